@@ -1,0 +1,361 @@
+"""Find, check and load Llama weights from either layout, cheaply and strictly.
+
+* Hugging Face: config.json + model.safetensors (or shards + model.safetensors.index.json).
+* Meta: params.json + consolidated.NN.pth (torch.load with weights_only=True, mmap=True).
+
+The model is built on the meta device and receives the checkpoint's tensors by assignment. When a
+tensor already has the wanted dtype it is used in place, straight from the private file mapping
+(no copy at all); otherwise it is cast once, one tensor at a time, from a mapping that is dropped
+right after, so peak memory stays close to the size of the weights in the chosen dtype.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import re
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from engine.config import ModelArgs, read_json
+from engine.errors import EngineError
+from engine.model import Transformer
+
+log = logging.getLogger(__name__)
+
+Layout = Literal["hf", "meta"]
+Progress = Callable[[float, str], None]
+
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F64": torch.float64,
+}
+
+# Hugging Face parameter names -> ours (Meta's names).
+_HF_LAYER_NAMES = {
+    "self_attn.q_proj.weight": "attention.wq.weight",
+    "self_attn.k_proj.weight": "attention.wk.weight",
+    "self_attn.v_proj.weight": "attention.wv.weight",
+    "self_attn.o_proj.weight": "attention.wo.weight",
+    "mlp.gate_proj.weight": "feed_forward.w1.weight",
+    "mlp.down_proj.weight": "feed_forward.w2.weight",
+    "mlp.up_proj.weight": "feed_forward.w3.weight",
+    "input_layernorm.weight": "attention_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+}
+_HF_TOP_NAMES = {
+    "model.embed_tokens.weight": "tok_embeddings.weight",
+    "model.norm.weight": "norm.weight",
+    "lm_head.weight": "output.weight",
+}
+_IGNORED = re.compile(r"(rotary_emb\.inv_freq|^rope\.freqs)$")
+"""Buffers some checkpoints carry that the model recomputes."""
+
+# Meta's model-parallel shards split each weight along one dimension (fairscale layers).
+_META_SPLIT_DIM = {
+    "tok_embeddings.weight": 1,
+    "output.weight": 0,
+    "wq.weight": 0,
+    "wk.weight": 0,
+    "wv.weight": 0,
+    "wo.weight": 1,
+    "w1.weight": 0,
+    "w3.weight": 0,
+    "w2.weight": 1,
+}
+
+
+def detect_layout(folder: Path) -> Layout:
+    """Which checkpoint layout a folder holds, or a message saying what a model folder needs."""
+    if not folder.is_dir():
+        raise EngineError(f"{folder} is not a folder; choose a model folder")
+    has_config = (folder / "config.json").is_file()
+    has_safetensors = any(folder.glob("*.safetensors"))
+    has_params = (folder / "params.json").is_file()
+    has_pth = any(folder.glob("consolidated.*.pth"))
+    if has_config and has_safetensors:
+        return "hf"
+    if has_params and has_pth:
+        return "meta"
+    if has_config and any(folder.glob("pytorch_model*.bin")):
+        raise EngineError(
+            f"{folder} has only pytorch_model*.bin weights (pickle files); Loopchat loads "
+            "*.safetensors: download the model's safetensors files"
+        )
+    if has_config:
+        raise EngineError(f"{folder} has config.json but no *.safetensors weights")
+    if has_params:
+        raise EngineError(f"{folder} has params.json but no consolidated.*.pth weights")
+    raise EngineError(
+        f"{folder} holds no model: expected config.json + *.safetensors (Hugging Face layout) "
+        "or params.json + consolidated.*.pth (Meta layout), each with tokenizer.model"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading tensors
+
+
+@dataclass(frozen=True)
+class TensorSource:
+    """Where one checkpoint tensor lives, and how to read it without loading its neighbours."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    read: Callable[[], torch.Tensor]
+    origin: str
+
+
+def _safetensors_header(path: Path) -> tuple[dict, int, int]:
+    """Parse and validate a safetensors header; return (entries, data start, file size)."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise EngineError(f"{path} is truncated (no safetensors header); download it again")
+        (header_len,) = struct.unpack("<Q", head)
+        if header_len > min(size - 8, 100 * 2**20):
+            raise EngineError(f"{path} is not a valid safetensors file (bad header length)")
+        try:
+            header = json.loads(f.read(header_len))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise EngineError(f"{path} is corrupt (unreadable safetensors header)") from None
+    if not isinstance(header, dict):
+        raise EngineError(f"{path} is corrupt (safetensors header is not an object)")
+    header.pop("__metadata__", None)
+    data_start = 8 + header_len
+    for name, entry in header.items():
+        try:
+            begin, end = entry["data_offsets"]
+            dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+            count = 1
+            for dim in entry["shape"]:
+                count *= int(dim)
+        except KeyError as exc:
+            raise EngineError(
+                f"{path}: tensor '{name}' has unsupported or missing {exc} in its header"
+            ) from None
+        if end - begin != count * dtype.itemsize or begin > end:
+            raise EngineError(f"{path} is corrupt: tensor '{name}' has inconsistent offsets")
+        if data_start + end > size:
+            raise EngineError(
+                f"{path} is truncated: tensor '{name}' ends at byte {data_start + end} but the "
+                f"file has {size}; download it again"
+            )
+    return header, data_start, size
+
+
+def _safetensors_sources(path: Path, keep_mapping: bool) -> Iterator[TensorSource]:
+    """Tensors of one safetensors file, each readable on its own through a private mmap.
+
+    With keep_mapping the tensors are views into one shared mapping (zero copy, for use in place);
+    otherwise each read maps the file, views the tensor and the caller casts it, after which the
+    mapping is released.
+    """
+    header, data_start, size = _safetensors_header(path)
+    shared: list[torch.Tensor] = []
+
+    def mapped_bytes() -> torch.Tensor:
+        if keep_mapping:
+            if not shared:
+                storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
+                shared.append(torch.empty(0, dtype=torch.uint8).set_(storage))
+            return shared[0]
+        storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
+        return torch.empty(0, dtype=torch.uint8).set_(storage)
+
+    for name, entry in header.items():
+        begin, end = entry["data_offsets"]
+        dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+        shape = tuple(int(d) for d in entry["shape"])
+
+        def read(begin=begin, end=end, dtype=dtype, shape=shape) -> torch.Tensor:
+            raw = mapped_bytes()[data_start + begin : data_start + end]
+            if (data_start + begin) % dtype.itemsize:
+                raw = raw.clone()  # unaligned: one copy so it can be viewed as `dtype`
+            return raw.view(dtype).view(shape)
+
+        yield TensorSource(name, shape, dtype, read, str(path))
+
+
+def _hf_sources(folder: Path, keep_mapping: bool) -> Iterator[TensorSource]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise EngineError(f"{index} has no weight_map")
+        files = sorted(set(weight_map.values()))
+        for name in files:
+            if not (folder / name).is_file():
+                raise EngineError(
+                    f"{folder / name} is missing (listed in {index.name}); the download is incomplete"
+                )
+    else:
+        files = sorted(p.name for p in folder.glob("*.safetensors"))
+    for name in files:
+        yield from _safetensors_sources(folder / name, keep_mapping)
+
+
+def _torch_load(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        raise EngineError(
+            f"{path} needs arbitrary code to unpickle ({first[:120]}); Loopchat only loads "
+            "plain tensors — use the official checkpoint or its safetensors version"
+        ) from None
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise EngineError(
+            f"{path} is not a readable PyTorch checkpoint ({exc}); download it again"
+        ) from None
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise EngineError(f"{path} does not hold a plain dictionary of tensors")
+    return data
+
+
+def _meta_shards(folder: Path) -> list[Path]:
+    shards = sorted(folder.glob("consolidated.*.pth"))
+    numbers = [int(p.suffixes[0][1:]) for p in shards if p.suffixes[0][1:].isdigit()]
+    if numbers != list(range(len(shards))):
+        raise EngineError(
+            f"{folder}: consolidated.*.pth shards are not numbered 00..{len(shards) - 1:02d}"
+        )
+    return shards
+
+
+def _meta_state(folder: Path) -> dict[str, torch.Tensor]:
+    """Meta's tensors, merged across model-parallel shards along each weight's split dimension."""
+    parts = [_torch_load(p) for p in _meta_shards(folder)]
+    if len(parts) == 1:
+        return parts[0]
+    merged: dict[str, torch.Tensor] = {}
+    for name in parts[0]:
+        pieces = [part.get(name) for part in parts]
+        if any(p is None for p in pieces):
+            raise EngineError(f"{folder}: tensor '{name}' is missing from some consolidated shards")
+        dim = _META_SPLIT_DIM.get(
+            name.rsplit(".", 2)[-2] + ".weight" if "layers." in name else name
+        )
+        merged[name] = pieces[0] if dim is None else torch.cat(pieces, dim=dim)
+    return merged
+
+
+def _hf_name(name: str) -> str | None:
+    """Our name for an HF tensor name (None for buffers we recompute)."""
+    if _IGNORED.search(name):
+        return None
+    if name in _HF_TOP_NAMES:
+        return _HF_TOP_NAMES[name]
+    match = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", name)
+    if match and match.group(2) in _HF_LAYER_NAMES:
+        return f"layers.{match.group(1)}.{_HF_LAYER_NAMES[match.group(2)]}"
+    return name  # unknown: reported as unexpected by the strict check
+
+
+# ----------------------------------------------------------------------------------------------
+# Building the model
+
+
+def read_args(folder: Path, layout: Layout, vocab_hint: int | None = None) -> ModelArgs:
+    """ModelArgs from config.json or params.json."""
+    if layout == "hf":
+        path = folder / "config.json"
+        return ModelArgs.from_hf_config(read_json(path), source=str(path))
+    path = folder / "params.json"
+    return ModelArgs.from_meta_params(read_json(path), vocab_hint or -1, source=str(path))
+
+
+def _materialise(src: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The tensor in the wanted dtype/device: in place when it already is, else cast once."""
+    if src.dtype == dtype and src.device == device:
+        return src
+    if device.type == "cpu" and dtype == torch.float32 and src.dim() == 2:
+        # fp32 matrix-vector products run ~25% faster on a column-major weight (x @ W^T then
+        # reads W^T contiguously); the cast is a copy anyway, so write it transposed for free.
+        out = torch.empty((src.shape[1], src.shape[0]), dtype=dtype, device=device).t()
+        out.copy_(src)
+        return out
+    return src.to(device=device, dtype=dtype)
+
+
+def load_transformer(
+    folder: Path,
+    dtype: torch.dtype,
+    device: torch.device,
+    progress: Progress | None = None,
+) -> tuple[ModelArgs, Transformer]:
+    """Build the model for `folder` with every weight checked by name and shape."""
+    report = progress or (lambda fraction, message: None)
+    layout = detect_layout(folder)
+    zero_copy = device.type == "cpu"
+
+    if layout == "hf":
+        args = read_args(folder, layout)
+        config = read_json(folder / "config.json")
+        sources = {}
+        for src in _hf_sources(folder, keep_mapping=zero_copy):
+            ours = _hf_name(src.name)
+            if ours is not None:
+                sources[ours] = src
+        if "output.weight" not in sources and config.get("tie_word_embeddings"):
+            sources["output.weight"] = sources.get("tok_embeddings.weight")  # type: ignore[assignment]
+    else:
+        state = _meta_state(folder)
+        emb = state.get("tok_embeddings.weight")
+        args = read_args(folder, layout, vocab_hint=emb.shape[0] if emb is not None else None)
+        sources = {
+            name: TensorSource(name, tuple(t.shape), t.dtype, (lambda t=t: t), str(folder))
+            for name, t in state.items()
+            if not _IGNORED.search(name)
+        }
+
+    with torch.device("meta"):
+        model = Transformer(args)
+    model.rope_interleaved = layout == "meta"
+    expected = dict(model.state_dict())
+    origin = folder / ("config.json" if layout == "hf" else "params.json")
+
+    missing = sorted(set(expected) - {k for k, v in sources.items() if v is not None})
+    if missing:
+        raise EngineError(
+            f"{folder}: the weights lack '{missing[0]}'"
+            + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+            + f" that {origin.name} implies; the checkpoint is incomplete or not a Llama model"
+        )
+    unexpected = sorted(set(sources) - set(expected))
+    if unexpected:
+        raise EngineError(
+            f"{sources[unexpected[0]].origin}: unexpected tensor '{sources[unexpected[0]].name}'; "
+            "this is not a Llama checkpoint Loopchat understands"
+        )
+    for name, param in expected.items():
+        src = sources[name]
+        if tuple(src.shape) != tuple(param.shape):
+            raise EngineError(
+                f"{src.origin}: tensor '{src.name}' has shape {list(src.shape)} but "
+                f"{origin.name} implies {list(param.shape)}"
+            )
+
+    state: dict[str, torch.Tensor] = {}
+    total = len(expected)
+    for i, name in enumerate(expected):
+        state[name] = _materialise(sources[name].read(), dtype, device)
+        if i % 8 == 0 or i == total - 1:
+            report((i + 1) / total, f"Loading weights {i + 1}/{total}")
+    if state["output.weight"] is state["tok_embeddings.weight"]:
+        log.debug("tied embeddings share one tensor")
+    model.load_state_dict(state, assign=True, strict=True)
+    # Norm weights may stay in the checkpoint dtype; buffers and parameters must be on `device`.
+    model.requires_grad_(False)
+    model.eval()
+    return args, model

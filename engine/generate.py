@@ -1,0 +1,340 @@
+"""Prefill and decode: turn prompt ids into a stream of `Step`s, one per sampled token.
+
+The `Generator` keeps the KV cache of the last call. A follow-up chat turn whose prompt starts with
+what is already cached (the usual case: the same conversation plus one more message) prefills only
+the new tokens, which keeps the time to first token flat as a conversation grows.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from engine.errors import EngineError
+from engine.loader import LoadedModel
+from engine.sampling import Sampler, SamplingParams
+from engine.tokenizer import StreamDecoder
+
+log = logging.getLogger(__name__)
+
+STOP_EOS = "eos"
+STOP_MAX_TOKENS = "max_tokens"
+STOP_STRING = "stop_string"
+STOP_CANCELLED = "cancelled"
+STOP_CONTEXT_FULL = "context_full"
+
+
+@dataclass(frozen=True)
+class TopToken:
+    """One candidate next token with the model's probability for it."""
+
+    token_id: int
+    text: str
+    prob: float
+
+
+@dataclass(frozen=True)
+class Step:
+    """One sampled token: what the chat view appends and what the top-k panel shows."""
+
+    index: int
+    token_id: int
+    text: str
+    """Text this token adds to the reply as streamed (may be "" while a character is incomplete)."""
+    piece: str
+    """The token on its own, readable (for the inspector)."""
+    prob: float
+    top: list[TopToken]
+    elapsed_s: float
+    """Seconds since generate() was called."""
+
+    def to_json(self) -> dict:
+        """The CLI's per-token JSON line."""
+        return {
+            "token_id": self.token_id,
+            "text": self.text,
+            "prob": self.prob,
+            "top": [{"token_id": t.token_id, "text": t.text, "prob": t.prob} for t in self.top],
+        }
+
+    def to_dict(self) -> dict:
+        """All fields as plain data, for signals that cross threads."""
+        return asdict(self)
+
+
+@dataclass
+class GenerationResult:
+    """How a generation ended and how fast it ran."""
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    generated_tokens: int
+    prefill_s: float
+    ttft_s: float
+    decode_tokens_per_s: float
+    stop_reason: str
+    reused_tokens: int = 0
+
+    def to_json(self) -> dict:
+        """The CLI's last JSON line (`done`)."""
+        return {
+            "done": True,
+            "text": self.text,
+            "token_ids": list(self.token_ids),
+            "prompt_tokens": self.prompt_tokens,
+            "generated_tokens": self.generated_tokens,
+            "prefill_s": round(self.prefill_s, 6),
+            "decode_tokens_per_s": round(self.decode_tokens_per_s, 3),
+            "stop_reason": self.stop_reason,
+        }
+
+    def to_dict(self) -> dict:
+        """All fields as plain data, for signals that cross threads."""
+        return asdict(self)
+
+
+@dataclass
+class _StopStringFilter:
+    """Holds back streamed text that could still turn out to be the start of a stop string.
+
+    Without it, the first half of a stop string would already be on screen before we know to cut.
+    """
+
+    stops: Sequence[str]
+    pending: str = ""
+    hit: bool = field(default=False, init=False)
+
+    def feed(self, text: str) -> str:
+        """Add streamed text; return the part that is safe to show now."""
+        if self.hit:
+            return ""
+        self.pending += text
+        for stop in self.stops:
+            at = self.pending.find(stop)
+            if at >= 0:
+                self.hit = True
+                safe, self.pending = self.pending[:at], ""
+                return safe
+        keep = 0
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(self.pending)), 0, -1):
+                if self.pending.endswith(stop[:n]):
+                    keep = max(keep, n)
+                    break
+        safe = self.pending[: len(self.pending) - keep]
+        self.pending = self.pending[len(safe) :]
+        return safe
+
+    def flush(self) -> str:
+        """The held-back text, once no more tokens will come."""
+        rest, self.pending = ("" if self.hit else self.pending), ""
+        return rest
+
+
+class Generation:
+    """One call's token stream: iterate for `Step`s; `result` is set once the stream ends."""
+
+    def __init__(self, steps: Iterator[Step]) -> None:
+        self._steps = steps
+        self.result: GenerationResult | None = None
+
+    def __iter__(self) -> Iterator[Step]:
+        self.result = yield from self._steps
+
+
+def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two id sequences."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Generator:
+    """Runs prompts through one loaded model, reusing its KV cache across calls.
+
+    Not thread-safe: one thread (the desktop's worker, the CLI's main thread) owns it.
+    """
+
+    def __init__(self, loaded: LoadedModel, prefill_chunk: int = 64) -> None:
+        if prefill_chunk < 1:
+            raise EngineError("prefill chunk must be at least 1 token")
+        self.loaded = loaded
+        self.prefill_chunk = prefill_chunk
+        self._cached_ids: list[int] = []
+        self._display: dict[int, str] = {}
+
+    def forget_cache(self) -> None:
+        """Make the next call prefill from scratch (e.g. after the model was used elsewhere)."""
+        self._cached_ids = []
+
+    @property
+    def cached_tokens(self) -> int:
+        """How many prompt positions hold valid keys and values right now."""
+        return len(self._cached_ids)
+
+    def display_text(self, token_id: int) -> str:
+        """Readable text of a single token, memoised: the top-k asks for the same ids often."""
+        text = self._display.get(token_id)
+        if text is None:
+            text = self._display[token_id] = self.loaded.tokenizer.display_text(token_id)
+        return text
+
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        params: SamplingParams | None = None,
+        max_new_tokens: int = 256,
+        stop: Sequence[str] = (),
+        cancel: threading.Event | None = None,
+        report_top: int = 10,
+        reuse_cache: bool = True,
+    ) -> Generation:
+        """Validate the request now (so errors surface before iteration) and return the stream."""
+        prompt = [int(t) for t in prompt_ids]
+        vocab = self.loaded.args.vocab_size
+        if not prompt:
+            raise EngineError("the prompt is empty: give at least one token")
+        bad = [t for t in prompt if not 0 <= t < vocab]
+        if bad:
+            raise EngineError(
+                f"prompt token id {bad[0]} is outside the vocabulary (0..{vocab - 1})"
+            )
+        if max_new_tokens < 1:
+            raise EngineError("max new tokens must be at least 1")
+        if report_top < 0:
+            raise EngineError("report-top must be 0 or more")
+        limit = self.loaded.max_context
+        if len(prompt) >= limit:
+            raise EngineError(
+                f"the prompt is {len(prompt)} tokens but the model's context holds {limit}; "
+                "shorten the conversation or start a new chat"
+            )
+        sampler = Sampler(params or SamplingParams())
+        stops = [s for s in stop if s]
+        return Generation(
+            self._run(prompt, sampler, max_new_tokens, stops, cancel, report_top, reuse_cache)
+        )
+
+    @torch.inference_mode()
+    def _run(
+        self,
+        prompt: list[int],
+        sampler: Sampler,
+        max_new_tokens: int,
+        stops: list[str],
+        cancel: threading.Event | None,
+        report_top: int,
+        reuse_cache: bool,
+    ) -> Iterator[Step]:
+        started = time.perf_counter()
+        model = self.loaded.model
+        tokenizer = self.loaded.tokenizer
+        device = self.loaded.device
+        limit = self.loaded.max_context
+
+        def cancelled() -> bool:
+            return cancel is not None and cancel.is_set()
+
+        # Reuse the cached prefix, but always run at least the last prompt token: its logits
+        # are what the first sampled token comes from.
+        reused = common_prefix_len(self._cached_ids, prompt) if reuse_cache else 0
+        reused = min(reused, len(prompt) - 1)
+        self._cached_ids = self._cached_ids[:reused]
+
+        def result(
+            reason: str, generated: list[int], text: str, **timing: float
+        ) -> GenerationResult:
+            return GenerationResult(
+                text=text,
+                token_ids=generated,
+                prompt_tokens=len(prompt),
+                generated_tokens=len(generated),
+                reused_tokens=reused,
+                stop_reason=reason,
+                prefill_s=timing.get("prefill_s", time.perf_counter() - started),
+                ttft_s=timing.get("ttft_s", 0.0),
+                decode_tokens_per_s=timing.get("tps", 0.0),
+            )
+
+        # Prefill in chunks so a cancel is honoured within one chunk.
+        logits = None
+        pos = reused
+        while pos < len(prompt):
+            if cancelled():
+                return result(STOP_CANCELLED, [], "")
+            chunk = prompt[pos : pos + self.prefill_chunk]
+            tokens = torch.tensor(chunk, dtype=torch.long, device=device)
+            logits = model(tokens, pos, last_only=True)[-1]
+            pos += len(chunk)
+            self._cached_ids = prompt[:pos]
+        prefill_s = time.perf_counter() - started
+        log.debug(
+            "prefill %d tokens (%d reused) in %.3f s", len(prompt) - reused, reused, prefill_s
+        )
+
+        decoder = StreamDecoder(tokenizer)
+        stop_filter = _StopStringFilter(stops)
+        history = list(prompt)
+        generated: list[int] = []
+        ttft = 0.0
+        first_token_at = 0.0
+        reason = STOP_MAX_TOKENS
+        assert logits is not None
+        while True:
+            sample = sampler.sample(logits, history, report_top=report_top)
+            now = time.perf_counter()
+            if not generated:
+                ttft = now - started
+                first_token_at = now
+            token = sample.token_id
+            if token == tokenizer.eos_id:
+                reason = STOP_EOS
+                break
+            generated.append(token)
+            history.append(token)
+            text = stop_filter.feed(decoder.push(token))
+            yield Step(
+                index=len(generated) - 1,
+                token_id=token,
+                text=text,
+                piece=self.display_text(token),
+                prob=sample.prob,
+                top=[
+                    TopToken(i, self.display_text(i), p)
+                    for i, p in zip(sample.top_ids, sample.top_probs, strict=True)
+                ],
+                elapsed_s=now - started,
+            )
+            if stop_filter.hit:
+                reason = STOP_STRING
+                break
+            if len(generated) >= max_new_tokens:
+                reason = STOP_MAX_TOKENS
+                break
+            if pos >= limit:
+                reason = STOP_CONTEXT_FULL
+                break
+            if cancelled():
+                reason = STOP_CANCELLED
+                break
+            tokens = torch.tensor([token], dtype=torch.long, device=device)
+            logits = model(tokens, pos, last_only=True)[-1]
+            pos += 1
+            self._cached_ids.append(token)
+
+        decode_s = time.perf_counter() - first_token_at if generated else 0.0
+        tps = (len(generated) - 1) / decode_s if len(generated) > 1 and decode_s > 0 else 0.0
+        text = tokenizer.decode(generated)
+        if reason == STOP_STRING:
+            cut = min((text.find(s) for s in stops if s in text), default=-1)
+            if cut >= 0:
+                text = text[:cut]
+        return result(reason, generated, text, prefill_s=prefill_s, ttft_s=ttft, tps=tps)

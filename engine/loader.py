@@ -1,0 +1,206 @@
+"""Open a model folder (or a cached Hub repo id) and return everything generation needs.
+
+This is the single entry point the CLI, the desktop worker and the tests use, so device choice,
+dtype choice and thread count are decided in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine.chat import load_chat_template
+from engine.checkpoint import detect_layout, load_transformer
+from engine.config import ModelArgs
+from engine.errors import EngineError
+from engine.hub import resolve_model
+from engine.model import Transformer
+from engine.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+"""The dtypes a user may ask for, by the names the CLI and the settings use."""
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class LoadedModel:
+    """A ready model: weights with an allocated KV cache, its tokenizer and how it was opened."""
+
+    model: Transformer
+    tokenizer: Tokenizer
+    args: ModelArgs
+    name: str
+    path: Path
+    device: torch.device
+    dtype: torch.dtype
+    chat_template: str | None
+    weights_bytes: int
+    max_context: int
+    """Positions the KV cache holds: the most tokens a prompt plus its reply can use."""
+
+    def describe(self) -> dict:
+        """Plain data about the model for status bars and logs (safe to send across threads)."""
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "device": str(self.device),
+            "dtype": dtype_name(self.dtype),
+            "max_context": self.max_context,
+            "n_params": sum(p.numel() for p in self.model.parameters()),
+            "weights_bytes": self.weights_bytes,
+            "vocab_size": self.args.vocab_size,
+            "n_layers": self.args.n_layers,
+            "has_chat_template": self.chat_template is not None,
+        }
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The user-facing name of a torch dtype ("bfloat16", not "torch.bfloat16")."""
+    return str(dtype).removeprefix("torch.")
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """The device asked for, or the best one present: CUDA, then Apple MPS, then CPU."""
+    if name in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
+        raise EngineError(f"unknown device '{name}'; use cpu, cuda or mps")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise EngineError(
+            f"device '{name}' was asked for but no CUDA GPU is available; use --device cpu"
+        )
+    if name == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise EngineError(
+            "device 'mps' was asked for but Apple MPS is not available; use --device cpu"
+        )
+    return torch.device(name)
+
+
+def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """The dtype asked for, or a 16-bit one that the device computes well ("auto")."""
+    if name in (None, "", "auto"):
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "mps":
+            return torch.float16
+        return torch.bfloat16
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise EngineError(f"unknown dtype '{name}'; use one of {', '.join(DTYPES)}") from None
+
+
+def configure_threads() -> int:
+    """Use every physical core for the matmuls (hyper-threads only add contention).
+
+    LOOPCHAT_THREADS overrides it, e.g. to leave a core free for other work.
+    """
+    wanted = os.environ.get("LOOPCHAT_THREADS")
+    if wanted and wanted.isdigit() and int(wanted) > 0:
+        n = int(wanted)
+    else:
+        try:
+            import psutil
+
+            n = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+        except ImportError:  # pragma: no cover - psutil is a dependency, but be forgiving
+            n = os.cpu_count() or 1
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def load_model(
+    path: str | Path,
+    dtype: str | None = "auto",
+    device: str | None = None,
+    progress: Progress | None = None,
+    max_context: int | None = None,
+) -> LoadedModel:
+    """Load weights, tokenizer and chat template, and allocate the KV cache.
+
+    `max_context` caps the cache (and so the memory it takes) below the model's own maximum.
+    """
+    report = progress or (lambda fraction, message: None)
+    folder = resolve_model(str(path))
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, dev)
+    if dev.type == "cpu":
+        configure_threads()
+
+    detect_layout(folder)  # a clear message for a folder that holds no model at all
+    report(0.0, f"Reading {folder.name}")
+    started = time.perf_counter()
+    tokenizer_file = folder / "tokenizer.model"
+    if not tokenizer_file.is_file():
+        raise EngineError(
+            f"{tokenizer_file} is missing: a Llama model folder needs its SentencePiece tokenizer.model"
+        )
+    tokenizer = Tokenizer(tokenizer_file)
+
+    def weights_progress(fraction: float, message: str) -> None:
+        report(0.02 + 0.93 * fraction, message)
+
+    args, model = load_transformer(folder, torch_dtype, dev, progress=weights_progress)
+    if tokenizer.vocab_size > args.vocab_size:
+        raise EngineError(
+            f"{tokenizer_file} has {tokenizer.vocab_size} tokens but the weights in {folder} only "
+            f"{args.vocab_size}: the tokenizer does not belong to this model"
+        )
+    chat_template = load_chat_template(folder)
+
+    context = args.max_seq_len if max_context is None else min(max_context, args.max_seq_len)
+    if context < 2:
+        raise EngineError(f"max context {context} is too small; use at least 2 tokens")
+    report(0.96, "Allocating the KV cache")
+    model.setup_cache(context)
+
+    weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    log.info(
+        "loaded %s (%s, %s) in %.2f s",
+        folder,
+        dev,
+        dtype_name(torch_dtype),
+        time.perf_counter() - started,
+    )
+    report(1.0, "Ready")
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        args=args,
+        name=model_display_name(folder),
+        path=folder,
+        device=dev,
+        dtype=torch_dtype,
+        chat_template=chat_template,
+        weights_bytes=weights_bytes,
+        max_context=context,
+    )
+
+
+def model_display_name(folder: Path) -> str:
+    """A readable name: the repo id for Hub cache snapshots, else the folder's name."""
+    parts = folder.resolve().parts
+    # HF cache: .../models--owner--name/snapshots/<commit>
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        return parts[-3].removeprefix("models--").replace("--", "/")
+    return folder.name

@@ -1,0 +1,209 @@
+"""The Llama 2 transformer, bottom-up: RMSNorm, rotary embeddings, attention, SwiGLU MLP, block, stack.
+
+Batch size is always 1 (a desktop chat), so activations are [T, dim] and every shape comment below
+leaves the batch out. Attention over the KV cache is `engine.attention.attend_to`, the loop.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.attention import DEFAULT_BLOCK, attend_to
+from engine.config import ModelArgs
+from engine.errors import EngineError
+from engine.kv_cache import KVCache
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm, computed in float32 like the reference so 16-bit runs stay close."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+class Rotary:
+    """Rotary position embedding tables (cos/sin per position and frequency).
+
+    Two pairings of the head dimensions exist in the wild and describe the same model: Meta's
+    checkpoints rotate interleaved pairs (0,1), (2,3)…; Hugging Face's permute the rows of wq/wk so
+    that the pairs are (i, i + d/2). q·k is unchanged when q and k are permuted alike, so instead of
+    copying wq/wk to undo the permutation, the model rotates in the layout its weights were saved in.
+    """
+
+    def __init__(self, head_dim: int, max_seq_len: int, theta: float, device: torch.device) -> None:
+        inv_freq = 1.0 / (
+            theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
+        )  # [d/2]
+        positions = torch.arange(max_seq_len, dtype=torch.float32, device=device)  # [L]
+        angles = torch.outer(positions, inv_freq)  # [L, d/2]
+        self.cos = angles.cos()
+        self.sin = angles.sin()
+
+    def apply(self, x: torch.Tensor, start_pos: int, interleaved: bool) -> torch.Tensor:
+        """Rotate x: [T, n_heads, d] at positions start_pos.. ; returns x's dtype."""
+        n = x.shape[0]
+        cos = self.cos[start_pos : start_pos + n, None, :]  # [T, 1, d/2]
+        sin = self.sin[start_pos : start_pos + n, None, :]  # [T, 1, d/2]
+        x32 = x.float()
+        if interleaved:
+            pairs = x32.unflatten(-1, (-1, 2))  # [T, H, d/2, 2]
+            a, b = pairs[..., 0], pairs[..., 1]  # [T, H, d/2] each
+            out = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1)  # [T, H, d/2, 2]
+            return out.flatten(-2).to(x.dtype)  # [T, H, d]
+        a, b = x32.chunk(2, dim=-1)  # [T, H, d/2] each
+        return torch.cat((a * cos - b * sin, a * sin + b * cos), dim=-1).to(x.dtype)  # [T, H, d]
+
+
+class Attention(nn.Module):
+    """Multi-head (or grouped-query) self-attention over the layer's KV cache."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.n_heads = args.n_heads
+        self.n_kv_heads = args.n_kv_heads
+        self.head_dim = args.head_dim
+        self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+        self.cache: KVCache | None = None
+        self.last_attention: torch.Tensor | None = None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        start_pos: int,
+        rotary: Rotary,
+        interleaved: bool,
+        block_size: int,
+        capture: bool,
+    ) -> torch.Tensor:
+        n = x.shape[0]
+        q = self.wq(x).view(n, self.n_heads, self.head_dim)  # [T, H, d]
+        k = self.wk(x).view(n, self.n_kv_heads, self.head_dim)  # [T, Hkv, d]
+        v = self.wv(x).view(n, self.n_kv_heads, self.head_dim)  # [T, Hkv, d]
+        q = rotary.apply(q, start_pos, interleaved)
+        k = rotary.apply(k, start_pos, interleaved)
+        assert self.cache is not None, "setup_cache() must run before forward()"
+        self.cache.write(start_pos, k.transpose(0, 1), v.transpose(0, 1))  # [Hkv, T, d]
+        out, weights = attend_to(
+            q.transpose(0, 1),  # [H, T, d]
+            self.cache.keys,
+            self.cache.values,
+            start_pos,
+            block_size=block_size,
+            capture=capture,
+        )  # out: [H, T, d]
+        self.last_attention = weights
+        return self.wo(out.transpose(0, 1).reshape(n, -1))  # [T, H*d] -> [T, dim]
+
+
+class FeedForward(nn.Module):
+    """SwiGLU MLP: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(args.dim, args.hidden_dim, bias=False)
+        self.w2 = nn.Linear(args.hidden_dim, args.dim, bias=False)
+        self.w3 = nn.Linear(args.dim, args.hidden_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm residual block: x + attention(norm(x)), then + mlp(norm(x))."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.attention = Attention(args)
+        self.feed_forward = FeedForward(args)
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        start_pos: int,
+        rotary: Rotary,
+        interleaved: bool,
+        block_size: int,
+        capture: bool,
+    ) -> torch.Tensor:
+        h = x + self.attention(
+            self.attention_norm(x), start_pos, rotary, interleaved, block_size, capture
+        )
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    """The whole model. Parameter names follow Meta's checkpoints (tok_embeddings, layers.N.…)."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        self.rope_interleaved = True
+        """True for Meta's pairing of rotary dims, False for HF's (see `Rotary`)."""
+        self.attention_block_size = DEFAULT_BLOCK
+        self.capture_attention = False
+        self.last_attention: list[torch.Tensor] = []
+        self.cache_len = 0
+        self._rotary: Rotary | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.output.weight.device
+
+    def setup_cache(self, max_seq_len: int | None = None) -> None:
+        """(Re)allocate every layer's KV cache and the rotary tables for max_seq_len positions."""
+        length = max_seq_len or self.args.max_seq_len
+        dtype = self.output.weight.dtype
+        for layer in self.layers:
+            layer.attention.cache = None  # free the old cache before allocating the new one
+        for layer in self.layers:
+            layer.attention.cache = KVCache(
+                self.args.n_kv_heads, length, self.args.head_dim, dtype, self.device
+            )
+        self._rotary = Rotary(self.args.head_dim, length, self.args.rope_theta, self.device)
+        self.cache_len = length
+
+    def forward(
+        self, tokens: torch.Tensor, start_pos: int, last_only: bool = False
+    ) -> torch.Tensor:
+        """Run T tokens at positions start_pos.. ; returns float32 logits [T, vocab] ([1, vocab])."""
+        n = tokens.shape[0]
+        if self._rotary is None:
+            raise EngineError("the KV cache is not set up; call setup_cache() first")
+        if start_pos < 0 or start_pos + n > self.cache_len:
+            raise EngineError(
+                f"positions {start_pos}..{start_pos + n - 1} do not fit the context of "
+                f"{self.cache_len} tokens"
+            )
+        h = self.tok_embeddings(tokens)  # [T, dim]
+        for layer in self.layers:
+            h = layer(
+                h,
+                start_pos,
+                self._rotary,
+                self.rope_interleaved,
+                self.attention_block_size,
+                self.capture_attention,
+            )
+        if last_only:
+            h = h[-1:]  # [1, dim]
+        if self.capture_attention:
+            self.last_attention = [layer.attention.last_attention for layer in self.layers]
+        return self.output(self.norm(h)).float()  # [T, vocab]

@@ -1,0 +1,74 @@
+"""Session fixtures shared by every test: a trained tokenizer and tiny random Llama models.
+
+Everything is built here, in the test session; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+@pytest.fixture(scope="session")
+def tokenizer_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Llama-like SentencePiece `tokenizer.model` trained for this session."""
+    from tests.fixtures.tokenizer import train_tokenizer
+
+    return train_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+def _build(tmp_path_factory, tokenizer_path: Path, name: str, kv_heads: int, seed: int) -> dict:
+    from tests.fixtures.models import random_llama, write_hf, write_meta
+
+    model = random_llama(kv_heads=kv_heads, seed=seed)
+    base = tmp_path_factory.mktemp(name)
+    return {
+        "hf": write_hf(model, base / "hf", tokenizer_path, sharded=kv_heads != 4),
+        "meta": write_meta(model, base / "meta", tokenizer_path, shards=1 if kv_heads == 4 else 2),
+    }
+
+
+@pytest.fixture(scope="session")
+def _tiny_mha(tmp_path_factory, tokenizer_path: Path) -> dict:
+    return _build(tmp_path_factory, tokenizer_path, "tiny_mha", kv_heads=4, seed=1)
+
+
+@pytest.fixture(scope="session")
+def _tiny_gqa(tmp_path_factory, tokenizer_path: Path) -> dict:
+    return _build(tmp_path_factory, tokenizer_path, "tiny_gqa", kv_heads=2, seed=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_dir(_tiny_mha: dict) -> Path:
+    """HF layout, multi-head attention, one model.safetensors, with a chat template."""
+    return _tiny_mha["hf"]
+
+
+@pytest.fixture(scope="session")
+def tiny_meta_dir(_tiny_mha: dict) -> Path:
+    """The same weights as tiny_hf_dir in Meta's layout (one consolidated.00.pth)."""
+    return _tiny_mha["meta"]
+
+
+@pytest.fixture(scope="session")
+def tiny_gqa_hf_dir(_tiny_gqa: dict) -> Path:
+    """HF layout, grouped-query attention (2 kv heads for 4), sharded safetensors + index."""
+    return _tiny_gqa["hf"]
+
+
+@pytest.fixture(scope="session")
+def tiny_gqa_meta_dir(_tiny_gqa: dict) -> Path:
+    """The same weights as tiny_gqa_hf_dir in Meta's layout, two model-parallel shards."""
+    return _tiny_gqa["meta"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_gqa_hf_dir: Path) -> Path:
+    """The model other parts (desktop, hub, CLI) use."""
+    return tiny_gqa_hf_dir
