@@ -130,6 +130,10 @@ class StreamDecoder:
             new = full[len(emitted) :]
         else:
             new = window_text[len(prefix) :]
-        self._prefix_start = self._read_start
+        # The next window starts at the ids just emitted, unless they were all control tokens
+        # (BOS/EOS decode to nothing): a window starting there would lose the space of the piece
+        # after them, which SentencePiece drops only at the very start of the text.
+        if not all(self._tokenizer.is_control(i) for i in self._ids[self._read_start :]):
+            self._prefix_start = self._read_start
         self._read_start = len(self._ids)
         return new
