@@ -1,0 +1,134 @@
+"""`loopchat`: start the window at once, then load a model in the engine thread.
+
+`loopchat --self-test MODEL` runs the same worker thread headless: it loads MODEL, generates 16
+greedy tokens from "Hello" and prints the CLI's `done` JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import logging.handlers
+import sys
+from collections.abc import Sequence
+
+SELF_TEST_PROMPT = "Hello"
+SELF_TEST_TOKENS = 16
+GREEDY = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="loopchat", description="Private local chat with Llama 2")
+    parser.add_argument("--model", help="model folder (HF or Meta layout) or cached Hub repo id")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--self-test", metavar="MODEL", help="load MODEL headless, generate, exit")
+    return parser.parse_args(argv)
+
+
+def setup_logging() -> None:
+    from desktop.paths import log_dir
+
+    handler = logging.handlers.RotatingFileHandler(
+        log_dir() / "loopchat.log", maxBytes=2_000_000, backupCount=3, encoding="utf-8"
+    )
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def run_self_test(model: str, dtype: str | None, device: str | None) -> int:
+    """Load and generate through the window's own worker thread, headless; print `done`."""
+    from PySide6.QtCore import QCoreApplication, QTimer
+
+    from desktop.controller import EngineController
+
+    app = QCoreApplication.instance() or QCoreApplication([sys.argv[0]])
+    controller = EngineController()
+    outcome = {"code": 1}
+
+    def loaded(_info: dict) -> None:
+        controller.generate(
+            {
+                "prompt": SELF_TEST_PROMPT,
+                "params": GREEDY,
+                "max_new_tokens": SELF_TEST_TOKENS,
+                "report_top": 5,
+            }
+        )
+
+    def finished(result: dict) -> None:
+        sys.stdout.write(json.dumps(result["done_json"], ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+        outcome["code"] = 0
+        app.quit()
+
+    def failed(message) -> None:
+        text = message["message"] if isinstance(message, dict) else message
+        sys.stderr.write("self-test failed: " + " ".join(str(text).split()) + "\n")
+        outcome["code"] = 2
+        app.quit()
+
+    worker = controller.worker
+    worker.model_loaded.connect(loaded)
+    worker.load_failed.connect(failed)
+    worker.generation_finished.connect(finished)
+    worker.generation_failed.connect(failed)
+    QTimer.singleShot(0, lambda: controller.load(model, dtype or "auto", device or "auto"))
+    app.exec()
+    controller.shutdown()
+    return outcome["code"]
+
+
+def create_settings():
+    from PySide6.QtCore import QSettings
+
+    from desktop.paths import config_dir
+
+    return QSettings(str(config_dir() / "loopchat.ini"), QSettings.Format.IniFormat)
+
+
+def apply_look(app) -> None:
+    """App icon and the small style sheet; colours come from the system palette (light or dark)."""
+    from PySide6.QtGui import QIcon
+
+    from desktop.resources import resource_path
+
+    icon = resource_path("icons/loopchat.svg")
+    if icon.is_file():
+        app.setWindowIcon(QIcon(str(icon)))
+    style = resource_path("styles/app.qss")
+    if style.is_file():
+        app.setStyleSheet(style.read_text(encoding="utf-8"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.self_test:
+        logging.basicConfig(level=logging.WARNING)
+        return run_self_test(args.self_test, args.dtype, args.device)
+
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationName("Loopchat")
+    app.setOrganizationName("Loopchat")
+    app.setDesktopFileName("loopchat")
+    setup_logging()
+    apply_look(app)
+
+    from desktop.main_window import MainWindow
+
+    settings = create_settings()
+    if args.dtype:
+        settings.setValue("engine/dtype", args.dtype)
+    if args.device:
+        settings.setValue("engine/device", args.device)
+    window = MainWindow(settings)
+    window.show()
+    model = args.model or settings.value("models/last")
+    if model:
+        window.load_model(str(model))
+    return app.exec()

@@ -1,0 +1,1 @@
+"""Widgets of the main window, one per file; the window wires them together."""

@@ -1,0 +1,258 @@
+"""The conversation: one card per message, replies streaming in token by token.
+
+A reply keeps every step it was built from. While it streams, and in "Tokens" view, each token's
+text carries its step index in the character format, so a click can show that step's top-k. A
+finished reply is shown rendered as Markdown (Qt's own renderer; code blocks monospaced).
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
+from PySide6.QtGui import (
+    QColor,
+    QGuiApplication,
+    QPalette,
+    QTextCharFormat,
+    QTextCursor,
+    QTextFormat,
+)
+from PySide6.QtWidgets import (
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QScrollArea,
+    QSizePolicy,
+    QTextBrowser,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+TOKEN_INDEX = QTextFormat.Property.UserProperty + 1
+
+
+class _AutoHeightBrowser(QTextBrowser):
+    """A read-only text area as tall as its content (the outer view scrolls, not each card)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setOpenExternalLinks(True)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.document().setDocumentMargin(2)
+        self.document().documentLayout().documentSizeChanged.connect(self._fit)
+        self.viewport().setAutoFillBackground(False)
+        self.setStyleSheet("background: transparent;")
+
+    def _fit(self) -> None:
+        height = int(self.document().size().height()) + 4
+        if self.height() != height:
+            self.setFixedHeight(height)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().resizeEvent(event)
+        self.document().setTextWidth(self.viewport().width())
+        self._fit()
+
+
+class MessageWidget(QFrame):
+    """One message card: header (who, buttons) and body."""
+
+    token_clicked = Signal(object, int)  # (this widget, step index)
+
+    def __init__(self, role: str, text: str = "", author: str = "", parent=None) -> None:
+        super().__init__(parent)
+        self.role = role
+        self.steps: list[dict] = []
+        self.text = text
+        self.finished = role != "assistant"
+        self._token_view = False
+        self.setObjectName(f"message_{role}")
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(14, 10, 14, 10)
+        layout.setSpacing(4)
+
+        header = QHBoxLayout()
+        header.setSpacing(6)
+        names = {"user": "You", "assistant": author or "Assistant", "note": "Note"}
+        self.author_label = QLabel(names.get(role, role.title()))
+        self.author_label.setObjectName("author")
+        header.addWidget(self.author_label)
+        self.meta_label = QLabel("")
+        self.meta_label.setObjectName("meta")
+        header.addWidget(self.meta_label)
+        header.addStretch(1)
+        self.tokens_button = QToolButton()
+        self.tokens_button.setText("Tokens")
+        self.tokens_button.setCheckable(True)
+        self.tokens_button.setToolTip("Show the reply token by token; click a token to inspect it")
+        self.tokens_button.toggled.connect(self.set_token_view)
+        self.tokens_button.setVisible(role == "assistant")
+        header.addWidget(self.tokens_button)
+        self.copy_button = QToolButton()
+        self.copy_button.setText("Copy")
+        self.copy_button.setToolTip("Copy this message")
+        self.copy_button.clicked.connect(self.copy)
+        self.copy_button.setVisible(role != "note")
+        header.addWidget(self.copy_button)
+        layout.addLayout(header)
+
+        self.body = _AutoHeightBrowser(self)
+        self.body.viewport().installEventFilter(self)
+        self.body.viewport().setCursor(Qt.CursorShape.IBeamCursor)
+        layout.addWidget(self.body)
+        if role == "assistant" and not text:
+            self.body.setPlainText("")
+        else:
+            self._render()
+
+    # -- streaming ---------------------------------------------------------------------------
+
+    def append_step(self, step: dict) -> None:
+        """Add one streamed token to the end of the reply."""
+        self.steps.append(step)
+        if step["text"]:
+            self.text += step["text"]
+            cursor = QTextCursor(self.body.document())
+            cursor.movePosition(QTextCursor.MoveOperation.End)
+            cursor.insertText(step["text"], self._token_format(len(self.steps) - 1))
+
+    def finish(self, text: str, meta: str = "") -> None:
+        """The reply is complete: keep the engine's final text and render it."""
+        self.text = text
+        self.finished = True
+        self.meta_label.setText(meta)
+        self._render()
+
+    def set_text(self, text: str) -> None:
+        self.text = text
+        self._render()
+
+    def set_token_view(self, on: bool) -> None:
+        self._token_view = on
+        if self.tokens_button.isChecked() != on:
+            self.tokens_button.setChecked(on)
+        self._render()
+
+    @property
+    def token_view(self) -> bool:
+        return self._token_view or not self.finished
+
+    def copy(self) -> None:
+        QGuiApplication.clipboard().setText(self.text)
+
+    def _token_format(self, index: int) -> QTextCharFormat:
+        fmt = QTextCharFormat()
+        fmt.setProperty(TOKEN_INDEX, index)
+        if self._token_view:
+            shade = QColor(self.palette().color(QPalette.ColorRole.Highlight))
+            shade.setAlphaF(0.10 if index % 2 else 0.22)
+            fmt.setBackground(shade)
+        return fmt
+
+    def _render(self) -> None:
+        doc = self.body.document()
+        if self.role == "assistant" and self.token_view and self.steps:
+            doc.clear()
+            cursor = QTextCursor(doc)
+            for i, step in enumerate(self.steps):
+                if step["text"]:
+                    cursor.insertText(step["text"], self._token_format(i))
+            shown = "".join(s["text"] for s in self.steps)
+            if self.text.startswith(shown) and len(self.text) > len(shown):
+                cursor.insertText(self.text[len(shown) :], QTextCharFormat())
+        elif self.role in ("assistant", "note"):
+            doc.setMarkdown(self.text)
+        else:
+            self.body.setPlainText(self.text)
+
+    # -- token clicks ------------------------------------------------------------------------
+
+    def step_at(self, pos) -> int | None:
+        """Step index of the token under a viewport position, if any."""
+        cursor = self.body.cursorForPosition(pos)
+        for candidate in (cursor.charFormat(),):
+            value = candidate.property(TOKEN_INDEX)
+            if value is not None:
+                return int(value)
+        # The format at a cursor is that of the character before it; try the one after too.
+        cursor.movePosition(QTextCursor.MoveOperation.Right)
+        value = cursor.charFormat().property(TOKEN_INDEX)
+        return None if value is None else int(value)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt API
+        if event.type() == QEvent.Type.MouseButtonRelease and self.role == "assistant":
+            if self.token_view and not self.body.textCursor().hasSelection():
+                index = self.step_at(event.position().toPoint())
+                if index is not None and index < len(self.steps):
+                    self.token_clicked.emit(self, index)
+        return super().eventFilter(watched, event)
+
+
+class ChatView(QScrollArea):
+    """All messages of the open conversation, newest at the bottom."""
+
+    token_clicked = Signal(object, int)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        inner = QWidget()
+        inner.setObjectName("chat_inner")
+        self._layout = QVBoxLayout(inner)
+        self._layout.setContentsMargins(18, 16, 18, 16)
+        self._layout.setSpacing(12)
+        self._placeholder = QLabel(
+            "<h2>Loopchat</h2><p>A private chat with a Llama model running on this computer.</p>"
+            "<p>Type a message below. While the model answers, the panel on the right shows the "
+            "tokens it considered at every step; click <b>Tokens</b> on a reply, then any token, "
+            "to look back.</p>"
+        )
+        self._placeholder.setObjectName("placeholder")
+        self._placeholder.setWordWrap(True)
+        self._placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self._layout.addStretch(1)
+        self._layout.addWidget(self._placeholder)
+        self._layout.addStretch(1)
+        self.setWidget(inner)
+        self.messages: list[MessageWidget] = []
+        self._stick_to_bottom = True
+        self.verticalScrollBar().rangeChanged.connect(self._follow)
+        self.verticalScrollBar().valueChanged.connect(self._track)
+
+    def add_message(self, role: str, text: str = "", author: str = "") -> MessageWidget:
+        self._placeholder.hide()
+        widget = MessageWidget(role, text, author)
+        widget.token_clicked.connect(self.token_clicked)
+        # Keep the trailing stretch last so messages pack at the top.
+        self._layout.insertWidget(self._layout.count() - 1, widget)
+        self.messages.append(widget)
+        self._stick_to_bottom = True
+        QTimer.singleShot(0, self._scroll_to_end)
+        return widget
+
+    def remove_message(self, widget: MessageWidget) -> None:
+        self.messages.remove(widget)
+        widget.setParent(None)
+        widget.deleteLater()
+
+    def clear(self) -> None:
+        for widget in list(self.messages):
+            self.remove_message(widget)
+        self._placeholder.show()
+
+    def _track(self, value: int) -> None:
+        bar = self.verticalScrollBar()
+        self._stick_to_bottom = value >= bar.maximum() - 24
+
+    def _follow(self, _minimum: int, _maximum: int) -> None:
+        if self._stick_to_bottom:
+            self._scroll_to_end()
+
+    def _scroll_to_end(self) -> None:
+        self.verticalScrollBar().setValue(self.verticalScrollBar().maximum())

@@ -1,0 +1,127 @@
+"""Sampling settings, persisted between runs."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QSettings, Signal
+from PySide6.QtWidgets import (
+    QDoubleSpinBox,
+    QFormLayout,
+    QLineEdit,
+    QPlainTextEdit,
+    QSpinBox,
+    QWidget,
+)
+
+DEFAULTS = {
+    "temperature": 0.7,
+    "top_k": 40,
+    "top_p": 0.95,
+    "min_p": 0.05,
+    "repetition_penalty": 1.1,
+    "max_new_tokens": 512,
+    "seed": -1,
+    "report_top": 10,
+}
+
+
+class SamplingPanel(QWidget):
+    """Temperature, filters, penalty, length, seed, panel k, and the system prompt."""
+
+    changed = Signal()
+
+    def __init__(self, settings: QSettings, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._settings = settings
+        form = QFormLayout(self)
+        form.setContentsMargins(12, 8, 12, 8)
+        form.setVerticalSpacing(6)
+
+        self.system_prompt = QPlainTextEdit()
+        self.system_prompt.setPlaceholderText("Optional instructions for the model")
+        self.system_prompt.setFixedHeight(64)
+        form.addRow("System prompt", self.system_prompt)
+
+        def spin(lo: float, hi: float, step: float, decimals: int) -> QDoubleSpinBox:
+            box = QDoubleSpinBox()
+            box.setRange(lo, hi)
+            box.setSingleStep(step)
+            box.setDecimals(decimals)
+            return box
+
+        self.temperature = spin(0.0, 2.0, 0.05, 2)
+        self.temperature.setToolTip("0 = always the most likely token (greedy)")
+        form.addRow("Temperature", self.temperature)
+        self.top_k = QSpinBox()
+        self.top_k.setRange(0, 1000)
+        self.top_k.setToolTip("Sample among the k most likely tokens (0 = off)")
+        form.addRow("Top-k", self.top_k)
+        self.top_p = spin(0.01, 1.0, 0.01, 2)
+        self.top_p.setToolTip("Sample among the most likely tokens that reach this mass (1 = off)")
+        form.addRow("Top-p", self.top_p)
+        self.min_p = spin(0.0, 0.99, 0.01, 2)
+        self.min_p.setToolTip("Drop tokens below this fraction of the top token (0 = off)")
+        form.addRow("Min-p", self.min_p)
+        self.repetition_penalty = spin(0.5, 2.0, 0.05, 2)
+        self.repetition_penalty.setToolTip("Discourage repeating tokens (1 = off)")
+        form.addRow("Repetition penalty", self.repetition_penalty)
+        self.max_new_tokens = QSpinBox()
+        self.max_new_tokens.setRange(1, 32768)
+        form.addRow("Max new tokens", self.max_new_tokens)
+        self.seed = QLineEdit()
+        self.seed.setPlaceholderText("random")
+        self.seed.setToolTip("A number makes sampling repeatable; empty = random")
+        form.addRow("Seed", self.seed)
+        self.report_top = QSpinBox()
+        self.report_top.setRange(1, 50)
+        self.report_top.setToolTip("How many candidates the top-k panel shows")
+        form.addRow("Top-k panel rows", self.report_top)
+        self.load()
+        for box in (self.temperature, self.top_p, self.min_p, self.repetition_penalty):
+            box.valueChanged.connect(self._save)
+        for box in (self.top_k, self.max_new_tokens, self.report_top):
+            box.valueChanged.connect(self._save)
+        self.seed.editingFinished.connect(self._save)
+        self.system_prompt.textChanged.connect(self._save)
+
+    def load(self) -> None:
+        s = self._settings
+        get = lambda key, kind: kind(s.value(f"sampling/{key}", DEFAULTS[key]))  # noqa: E731
+        self.temperature.setValue(get("temperature", float))
+        self.top_k.setValue(get("top_k", int))
+        self.top_p.setValue(get("top_p", float))
+        self.min_p.setValue(get("min_p", float))
+        self.repetition_penalty.setValue(get("repetition_penalty", float))
+        self.max_new_tokens.setValue(get("max_new_tokens", int))
+        seed = get("seed", int)
+        self.seed.setText("" if seed < 0 else str(seed))
+        self.report_top.setValue(get("report_top", int))
+        self.system_prompt.setPlainText(str(s.value("chat/system_prompt", "")))
+
+    def _save(self) -> None:
+        s = self._settings
+        values = self.values()
+        for key in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty"):
+            s.setValue(f"sampling/{key}", values["params"][key])
+        s.setValue("sampling/max_new_tokens", values["max_new_tokens"])
+        s.setValue("sampling/report_top", values["report_top"])
+        seed = values["params"]["seed"]
+        s.setValue("sampling/seed", -1 if seed is None else seed)
+        s.setValue("chat/system_prompt", self.system_prompt.toPlainText())
+        self.changed.emit()
+
+    def values(self) -> dict:
+        """The request fields these settings decide (plain data for the worker)."""
+        seed_text = self.seed.text().strip()
+        seed = int(seed_text) if seed_text.lstrip("-").isdigit() else None
+        return {
+            "params": {
+                "temperature": round(self.temperature.value(), 4),
+                "top_k": self.top_k.value(),
+                "top_p": round(self.top_p.value(), 4),
+                "min_p": round(self.min_p.value(), 4),
+                "repetition_penalty": round(self.repetition_penalty.value(), 4),
+                "seed": seed,
+            },
+            "max_new_tokens": self.max_new_tokens.value(),
+            "report_top": self.report_top.value(),
+        }

@@ -1,0 +1,178 @@
+"""The live top-k panel: the model's most likely next tokens as labelled probability bars.
+
+Steps can arrive faster than the screen refreshes, so `show_step` only stores the newest one and a
+timer repaints at most ~30 times a second. Painting is a handful of rectangles and text runs, so
+each repaint is cheap whatever the generation speed.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QRectF, Qt, QTimer, Signal
+from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPalette
+from PySide6.QtWidgets import QSizePolicy, QWidget
+
+REPAINT_MS = 33
+
+
+def visible_token(text: str) -> str:
+    """Make whitespace and raw bytes readable in a one-line label."""
+    if text.startswith("<0x") and text.endswith(">") and len(text) == 6:
+        return f"byte {text[1:-1]}"
+    out = text.replace(" ", "␣").replace("\n", "⏎").replace("\t", "→").replace("\r", "␍")
+    return out if out else "∅"
+
+
+class TopKPanel(QWidget):
+    """Shows one step: its top-k candidates, with the sampled token highlighted."""
+
+    rows_changed = Signal(list)
+    """Emitted after each repaint with the rows shown: [(token_id, text, prob, chosen)]."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.setMinimumWidth(220)
+        self._pending: dict | None = None
+        self._step: dict | None = None
+        self._title = "Next-token probabilities"
+        self._subtitle = "Generate a reply to see what the model considers at each step."
+        self._k = 10
+        self._timer = QTimer(self)
+        self._timer.setInterval(REPAINT_MS)
+        self._timer.timeout.connect(self._flush)
+        self._timer.start()
+        self.setAccessibleName("Top-k next tokens")
+
+    @property
+    def k(self) -> int:
+        return self._k
+
+    def set_k(self, k: int) -> None:
+        self._k = max(1, int(k))
+        self.update()
+
+    def show_step(self, step: dict, title: str | None = None) -> None:
+        """Queue a step for display (the newest one wins at the next repaint)."""
+        self._pending = dict(step, _title=title)
+
+    def clear(self) -> None:
+        self._pending = None
+        self._step = None
+        self._title = "Next-token probabilities"
+        self._subtitle = "Generate a reply to see what the model considers at each step."
+        self.update()
+
+    def shown_rows(self) -> list[tuple[int, str, float, bool]]:
+        """What the panel currently shows (for tests and accessibility)."""
+        if not self._step:
+            return []
+        chosen = self._step.get("token_id")
+        return [
+            (t["token_id"], t["text"], t["prob"], t["token_id"] == chosen)
+            for t in self._step.get("top", [])[: self._k]
+        ]
+
+    def flush_now(self) -> None:
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._pending is None:
+            return
+        step, self._pending = self._pending, None
+        self._step = step
+        title = step.get("_title")
+        index = step.get("index", 0)
+        self._title = title or f"Step {index + 1}"
+        chosen = visible_token(step.get("piece", ""))
+        self._subtitle = f"sampled “{chosen}” with p = {100 * step.get('prob', 0.0):.1f}%"
+        self.update()
+        self.rows_changed.emit(self.shown_rows())
+
+    # -- painting ---------------------------------------------------------------------------
+
+    def sizeHint(self):  # noqa: N802 - Qt API
+        from PySide6.QtCore import QSize
+
+        return QSize(280, 360)
+
+    def paintEvent(self, _event) -> None:  # noqa: N802 - Qt API
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        pal = self.palette()
+        text_color = pal.color(QPalette.ColorRole.WindowText)
+        muted = QColor(text_color)
+        muted.setAlphaF(0.6)
+        accent = pal.color(QPalette.ColorRole.Highlight)
+        bar = QColor(accent)
+        bar.setAlphaF(0.28)
+        track = QColor(text_color)
+        track.setAlphaF(0.07)
+
+        margin = 12
+        width = self.width() - 2 * margin
+        y = margin
+        title_font = QFont(self.font())
+        title_font.setBold(True)
+        title_font.setPointSizeF(self.font().pointSizeF() * 1.05)
+        painter.setFont(title_font)
+        painter.setPen(text_color)
+        fm = QFontMetrics(title_font)
+        painter.drawText(
+            QRectF(margin, y, width, fm.height()),
+            Qt.AlignmentFlag.AlignLeft,
+            fm.elidedText(self._title, Qt.TextElideMode.ElideRight, width),
+        )
+        y += fm.height() + 2
+        painter.setFont(self.font())
+        fm = QFontMetrics(self.font())
+        painter.setPen(muted)
+        painter.drawText(
+            QRectF(margin, y, width, fm.height()),
+            Qt.AlignmentFlag.AlignLeft,
+            fm.elidedText(self._subtitle, Qt.TextElideMode.ElideRight, width),
+        )
+        y += fm.height() + 10
+
+        rows = self.shown_rows()
+        if not rows:
+            return
+        mono = QFont("monospace")
+        mono.setStyleHint(QFont.StyleHint.Monospace)
+        mono.setPointSizeF(self.font().pointSizeF())
+        mfm = QFontMetrics(mono)
+        row_h = max(mfm.height(), fm.height()) + 10
+        label_w = min(int(width * 0.45), mfm.horizontalAdvance("M" * 14))
+        pct_w = fm.horizontalAdvance("100.0%") + 6
+        bar_x = margin + label_w + 8
+        bar_w = max(20, width - label_w - 8 - pct_w)
+        available = (self.height() - y - margin) // row_h
+        for token_id, text, prob, is_chosen in rows[: max(0, available)]:
+            rect = QRectF(margin - 4, y - 3, width + 8, row_h - 2)
+            if is_chosen:
+                highlight = QColor(accent)
+                highlight.setAlphaF(0.16)
+                painter.setPen(Qt.PenStyle.NoPen)
+                painter.setBrush(highlight)
+                painter.drawRoundedRect(rect, 6, 6)
+            painter.setFont(mono)
+            painter.setPen(text_color)
+            label = mfm.elidedText(visible_token(text), Qt.TextElideMode.ElideRight, label_w)
+            painter.drawText(
+                QRectF(margin, y, label_w, row_h - 8),
+                Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter,
+                label,
+            )
+            painter.setPen(Qt.PenStyle.NoPen)
+            painter.setBrush(track)
+            bar_rect = QRectF(bar_x, y + 2, bar_w, row_h - 12)
+            painter.drawRoundedRect(bar_rect, 4, 4)
+            painter.setBrush(accent if is_chosen else bar)
+            painter.drawRoundedRect(QRectF(bar_x, y + 2, max(2.0, bar_w * prob), row_h - 12), 4, 4)
+            painter.setFont(self.font())
+            painter.setPen(text_color if is_chosen else muted)
+            painter.drawText(
+                QRectF(bar_x + bar_w, y, pct_w, row_h - 8),
+                Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter,
+                f"{100 * prob:.1f}%",
+            )
+            y += row_h

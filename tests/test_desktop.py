@@ -1,0 +1,286 @@
+"""The real window driven with pytest-qt and a tiny real model (offscreen)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import QSettings, Qt, QTimer
+from PySide6.QtGui import QTextCursor
+
+from engine.chat import Message, chat_prompt_ids
+from engine.generate import Generator
+from engine.loader import load_model
+from engine.sampling import SamplingParams
+
+ROOT = Path(__file__).resolve().parents[1]
+GREEDY = SamplingParams(temperature=0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
+
+
+class Heartbeat:
+    """A 10 ms timer on the GUI thread; the largest gap between ticks is how long it was blocked."""
+
+    def __init__(self) -> None:
+        self.timer = QTimer()
+        self.timer.setInterval(10)
+        self.timer.timeout.connect(self._tick)
+        self.last = 0.0
+        self.worst = 0.0
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        if self.last:
+            self.worst = max(self.worst, now - self.last)
+        self.last = now
+
+    def __enter__(self) -> Heartbeat:
+        self.last = 0.0
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.timer.stop()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch) -> QSettings:
+    monkeypatch.setenv("LOOPCHAT_HOME", str(tmp_path / "home"))
+    s = QSettings(str(tmp_path / "loopchat.ini"), QSettings.Format.IniFormat)
+    s.setValue("engine/dtype", "float32")
+    s.setValue("engine/device", "cpu")
+    return s
+
+
+@pytest.fixture
+def window(qtbot, settings):
+    from desktop.main_window import MainWindow
+
+    win = MainWindow(settings)
+    qtbot.addWidget(win)
+    win.show()
+    yield win
+    win.close()
+
+
+def make_greedy(win, max_new_tokens: int = 24) -> None:
+    s = win.sampling
+    s.temperature.setValue(0.0)
+    s.top_k.setValue(0)
+    s.top_p.setValue(1.0)
+    s.min_p.setValue(0.0)
+    s.repetition_penalty.setValue(1.0)
+    s.max_new_tokens.setValue(max_new_tokens)
+    s.system_prompt.setPlainText("")
+
+
+def load(qtbot, win, folder: Path) -> dict:
+    with qtbot.waitSignal(win.model_ready, timeout=120_000) as blocker:
+        win.load_model(str(folder))
+    return blocker.args[0]
+
+
+def expected_reply(folder: Path, messages: list[Message], n: int):
+    loaded = load_model(folder, dtype="float32", device="cpu")
+    ids = chat_prompt_ids(loaded.tokenizer, messages, loaded.chat_template)
+    generation = Generator(loaded).generate(ids, GREEDY, max_new_tokens=n)
+    steps = list(generation)
+    return steps, generation.result
+
+
+def test_prompt_streams_the_engines_greedy_reply(qtbot, window, tiny_model_dir: Path) -> None:
+    with Heartbeat() as load_beat:
+        info = load(qtbot, window, tiny_model_dir)
+    assert info["dtype"] == "float32"
+    make_greedy(window)
+    rows_seen: list[list] = []
+    window.topk.rows_changed.connect(rows_seen.append)
+    streamed: list[str] = []
+    window.controller.worker.token.connect(lambda step: streamed.append(step["text"]))
+
+    qtbot.keyClicks(window.input, "Hello there")
+    with Heartbeat() as gen_beat, qtbot.waitSignal(window.reply_finished, timeout=120_000) as done:
+        qtbot.keyClick(window.input, Qt.Key.Key_Return)
+    result = done.args[0]
+    window.topk.flush_now()
+
+    steps, expected = expected_reply(tiny_model_dir, [Message("user", "Hello there")], 24)
+    assert result["token_ids"] == expected.token_ids
+    reply = window.chat.messages[-1]
+    assert reply.role == "assistant"
+    assert reply.text == expected.text
+    assert "".join(streamed) == "".join(s.text for s in steps)
+    assert window.history[-1] == {"role": "assistant", "content": expected.text}
+    assert [s["token_id"] for s in reply.steps] == expected.token_ids
+
+    # The panel showed k rows per step, probabilities summing to at most 1, the choice among them.
+    assert rows_seen
+    for rows in rows_seen:
+        assert len(rows) == window.topk.k == 10
+        assert sum(r[2] for r in rows) <= 1.0 + 1e-6
+        assert any(r[3] for r in rows)
+    # Status bar reports speed and context.
+    assert "tok/s" in window.speed_label.text()
+    assert f"/ {info['max_context']}" in window.context_label.text()
+
+    print(
+        f"worst GUI heartbeat gap: load {1000 * load_beat.worst:.0f} ms, "
+        f"generation {1000 * gen_beat.worst:.0f} ms"
+    )
+    assert load_beat.worst < 0.1
+    assert gen_beat.worst < 0.1
+
+
+def test_clicking_a_token_shows_its_top_k(qtbot, window, tiny_model_dir: Path) -> None:
+    load(qtbot, window, tiny_model_dir)
+    make_greedy(window, 12)
+    window.input.setPlainText("What is a loop")
+    with qtbot.waitSignal(window.reply_finished, timeout=120_000):
+        qtbot.keyClick(window.input, Qt.Key.Key_Return)
+    reply = window.chat.messages[-1]
+    qtbot.mouseClick(reply.tokens_button, Qt.MouseButton.LeftButton)
+    assert reply.token_view
+    # Find where a token with visible text sits in the document and click it.
+    index = next(i for i, s in enumerate(reply.steps) if s["text"].strip() and i > 0)
+    offset = sum(len(s["text"]) for s in reply.steps[:index]) + len(reply.steps[index]["text"]) // 2
+    cursor = QTextCursor(reply.body.document())
+    cursor.setPosition(offset)
+    rect = reply.body.cursorRect(cursor)
+    with qtbot.waitSignal(reply.token_clicked, timeout=5000) as clicked:
+        qtbot.mouseClick(reply.body.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    assert clicked.args[1] == index
+    shown = window.topk.shown_rows()
+    step = reply.steps[index]
+    assert [r[0] for r in shown] == [t["token_id"] for t in step["top"]][: window.topk.k]
+    assert any(r[3] for r in shown)
+
+
+def test_stop_keeps_the_partial_reply(qtbot, window, tiny_model_dir: Path) -> None:
+    load(qtbot, window, tiny_model_dir)
+    make_greedy(window, 400)
+    seen = []
+
+    def on_token(step: dict) -> None:
+        seen.append(step)
+        if len(seen) == 3:
+            window.stop()
+
+    window.controller.worker.token.connect(on_token)
+    window.input.setPlainText("Tell me a long story")
+    with qtbot.waitSignal(window.reply_finished, timeout=120_000) as done:
+        qtbot.keyClick(window.input, Qt.Key.Key_Return)
+    result = done.args[0]
+    assert result["stop_reason"] == "cancelled"
+    # The flag is checked between tokens: at most the token in flight follows the Stop.
+    assert 3 <= result["generated_tokens"] <= 4
+    reply = window.chat.messages[-1]
+    assert reply.text == result["text"]
+    assert window.send_button.isEnabled()
+    # The partial reply is part of the conversation, and Regenerate can replace it.
+    assert window.history[-1]["content"] == result["text"]
+
+
+def test_closing_mid_generation_exits_cleanly(qtbot, settings, tiny_model_dir: Path) -> None:
+    from desktop.main_window import MainWindow
+
+    win = MainWindow(settings)
+    qtbot.addWidget(win)
+    win.show()
+    load(qtbot, win, tiny_model_dir)
+    make_greedy(win, 400)
+    win.input.setPlainText("Go on and on")
+    with qtbot.waitSignal(win.controller.worker.token, timeout=60_000):
+        qtbot.keyClick(win.input, Qt.Key.Key_Return)
+    started = time.perf_counter()
+    win.close()
+    assert time.perf_counter() - started < 5
+    assert not win.controller._thread.isRunning()
+
+
+def test_broken_model_folder_shows_error_and_window_stays_usable(
+    qtbot, window, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    (broken / "model.safetensors").write_bytes(b"12345678")
+    with qtbot.waitSignal(window.error_shown, timeout=60_000) as error:
+        window.load_model(str(broken))
+    assert "broken" in error.args[0]
+    assert window.banner.isVisible()
+    assert not window.send_button.isEnabled()
+    # Sending without a model explains what to do and loses nothing typed.
+    window.input.setPlainText("hello")
+    qtbot.keyClick(window.input, Qt.Key.Key_Return)
+    assert window.input.toPlainText() == "hello"
+    assert "open a model" in window.banner.label.text().lower()
+    load(qtbot, window, tiny_model_dir)
+    assert window.send_button.isEnabled()
+
+
+def test_settings_and_layout_persist(qtbot, settings, tiny_model_dir: Path) -> None:
+    from desktop.main_window import MainWindow
+
+    first = MainWindow(settings)
+    qtbot.addWidget(first)
+    first.resize(720, 540)  # inside the offscreen screen, so restoring does not clamp it
+    first.show()
+    first.sampling.temperature.setValue(1.25)
+    first.sampling.top_k.setValue(7)
+    first.sampling.seed.setText("42")
+    first.sampling.seed.editingFinished.emit()
+    first.splitter.setSizes([450, 270])
+    sizes = first.splitter.sizes()
+    geometry = first.geometry()
+    first.close()
+    second = MainWindow(settings)
+    qtbot.addWidget(second)
+    second.show()
+    assert second.sampling.temperature.value() == pytest.approx(1.25)
+    assert second.sampling.top_k.value() == 7
+    assert second.sampling.values()["params"]["seed"] == 42
+    assert second.geometry().size() == geometry.size()
+    qtbot.waitUntil(lambda: sum(second.splitter.sizes()) == sum(sizes), timeout=2000)
+    assert second.splitter.sizes() == sizes
+    second.close()
+
+
+def test_self_test_command(tiny_model_dir: Path, tmp_path: Path) -> None:
+    env = dict(os.environ, LOOPCHAT_HOME=str(tmp_path), QT_QPA_PLATFORM="offscreen")
+    proc = subprocess.run(
+        [sys.executable, "-m", "desktop", "--self-test", str(tiny_model_dir), "--dtype", "float32"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    done = json.loads(proc.stdout.strip().splitlines()[-1])
+    loaded = load_model(tiny_model_dir, dtype="float32", device="cpu")
+    prompt = loaded.tokenizer.encode("Hello", bos=True)
+    generation = Generator(loaded).generate(prompt, GREEDY, max_new_tokens=16)
+    list(generation)
+    assert done["done"] is True
+    assert done["token_ids"] == generation.result.token_ids
+    assert done["text"] == generation.result.text
+    assert done["prompt_tokens"] == len(prompt)
+
+
+def test_self_test_reports_a_bad_model(tmp_path: Path) -> None:
+    env = dict(os.environ, LOOPCHAT_HOME=str(tmp_path), QT_QPA_PLATFORM="offscreen")
+    proc = subprocess.run(
+        [sys.executable, "-m", "desktop", "--self-test", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode != 0
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "missing" in proc.stderr
