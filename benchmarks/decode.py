@@ -105,11 +105,9 @@ def measure_engine(folder: str, dtype: str, tokens: int) -> dict:
     t0 = time.perf_counter()
     loaded = load_model(folder, dtype=dtype, device="cpu", max_context=PROMPT_LONG + tokens + 8)
     load_s = time.perf_counter() - t0
-    rss = peak_rss_bytes()
     greedy = SamplingParams(temperature=0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
-    gen = Generator(loaded, prefill_chunk=512)
-    out = {"load_s": load_s, "peak_rss": rss, "weights": loaded.weights_bytes,
-           "threads": torch.get_num_threads()}
+    gen = Generator(loaded)  # the app's own prefill chunking
+    out = {"load_s": load_s, "weights": loaded.weights_bytes, "threads": torch.get_num_threads()}
     for n in (PROMPT_SHORT, PROMPT_LONG):
         generation = gen.generate(prompt(n), greedy, max_new_tokens=tokens, reuse_cache=False)
         steps = list(generation)
@@ -117,6 +115,7 @@ def measure_engine(folder: str, dtype: str, tokens: int) -> dict:
         assert len(steps) == tokens, result.stop_reason
         out[f"decode_{n}"] = result.decode_tokens_per_s
         out[f"prefill_{n}"] = result.prefill_s
+    out["peak_rss"] = peak_rss_bytes()  # over load and generation
     return out
 
 
@@ -128,16 +127,16 @@ def measure_transformers(folder: str, dtype: str, tokens: int) -> dict:
     t0 = time.perf_counter()
     model = LlamaForCausalLM.from_pretrained(folder, dtype=torch_dtype).eval()
     load_s = time.perf_counter() - t0
-    rss = peak_rss_bytes()
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    out = {"load_s": load_s, "peak_rss": rss, "weights": weights, "threads": torch.get_num_threads()}
+    out = {"load_s": load_s, "weights": weights, "threads": torch.get_num_threads()}
 
     def run(n: int, new: int) -> float:
         ids = torch.tensor([prompt(n)])
         t = time.perf_counter()
         with torch.no_grad():
-            model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False,
-                           pad_token_id=0)
+            model.generate(
+                ids, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0
+            )
         return time.perf_counter() - t
 
     for n in (PROMPT_SHORT, PROMPT_LONG):
@@ -145,6 +144,7 @@ def measure_transformers(folder: str, dtype: str, tokens: int) -> dict:
         total = run(n, tokens)
         out[f"decode_{n}"] = (tokens - 1) / (total - first)
         out[f"prefill_{n}"] = first
+    out["peak_rss"] = peak_rss_bytes()  # over load and generation (weights load lazily)
     return out
 
 
@@ -156,9 +156,22 @@ def child(args: argparse.Namespace) -> None:
 def run_child(system: str, folder: Path, dtype: str, tokens: int) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run(
-        [sys.executable, __file__, "--child", system, "--folder", str(folder), "--dtype", dtype,
-         "--tokens", str(tokens)],
-        capture_output=True, text=True, env=env, check=False,
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            system,
+            "--folder",
+            str(folder),
+            "--dtype",
+            dtype,
+            "--tokens",
+            str(tokens),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
     if proc.returncode:
         raise SystemExit(f"{system} {dtype} failed:\n{proc.stderr[-3000:]}")
@@ -197,22 +210,30 @@ def main() -> None:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    print("| system | dtype | load s | peak RSS / weights | prefill 512 s | decode tok/s @16 "
-          "| decode tok/s @512 |")
+    print(
+        "| system | dtype | load s | peak RSS / weights | prefill 512 s | decode tok/s @16 "
+        "| decode tok/s @512 |"
+    )
     print("|---|---|---|---|---|---|---|")
     by_key = {(s, d): r for s, d, r in rows}
     for system, dtype, r in rows:
-        print(f"| {system} | {dtype} | {r['load_s']:.1f} | {r['peak_rss'] / r['weights']:.2f} | "
-              f"{r['prefill_512']:.2f} | {r['decode_16']:.2f} | {r['decode_512']:.2f} |")
+        print(
+            f"| {system} | {dtype} | {r['load_s']:.1f} | {r['peak_rss'] / r['weights']:.2f} | "
+            f"{r['prefill_512']:.2f} | {r['decode_16']:.2f} | {r['decode_512']:.2f} |"
+        )
     print()
-    print("| dtype | decode @16 engine/transformers | decode @512 engine/transformers "
-          "| prefill 512 transformers/engine |")
+    print(
+        "| dtype | decode @16 engine/transformers | decode @512 engine/transformers "
+        "| prefill 512 transformers/engine |"
+    )
     print("|---|---|---|---|")
     for dtype in args.dtypes:
         e, t = by_key[("engine", dtype)], by_key[("transformers", dtype)]
-        print(f"| {dtype} | {e['decode_16'] / t['decode_16']:.2f}x | "
-              f"{e['decode_512'] / t['decode_512']:.2f}x | "
-              f"{t['prefill_512'] / e['prefill_512']:.2f}x |")
+        print(
+            f"| {dtype} | {e['decode_16'] / t['decode_16']:.2f}x | "
+            f"{e['decode_512'] / t['decode_512']:.2f}x | "
+            f"{t['prefill_512'] / e['prefill_512']:.2f}x |"
+        )
     print(f"\n{rows[0][2]['threads']} threads, {args.tokens} decode tokens per measurement")
 
 

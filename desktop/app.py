@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import logging.handlers
+import os
 import sys
 from collections.abc import Sequence
 
@@ -117,11 +118,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     app.setOrganizationName("Loopchat")
     app.setDesktopFileName("loopchat")
     setup_logging()
+    settings = create_settings()
+
+    from desktop.theme import apply_theme
+
+    apply_theme(
+        app, os.environ.get("LOOPCHAT_THEME") or str(settings.value("view/theme", "system"))
+    )
     apply_look(app)
 
     from desktop.main_window import MainWindow
 
-    settings = create_settings()
     if args.dtype:
         settings.setValue("engine/dtype", args.dtype)
     if args.device:

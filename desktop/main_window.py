@@ -24,7 +24,9 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.controller import EngineController
+from desktop.store import Autosaver, ConversationStore, StoreError
 from desktop.views.chat_view import ChatView, MessageWidget
+from desktop.views.conversation_list import ConversationList
 from desktop.views.input_box import InputBox
 from desktop.views.sampling_panel import SamplingPanel
 from desktop.views.topk_panel import TopKPanel, visible_token
@@ -45,6 +47,11 @@ class Banner(QFrame):
         self.label.setWordWrap(True)
         self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         layout.addWidget(self.label, 1)
+        self.action = QPushButton()
+        self.action.hide()
+        self.action.clicked.connect(self._run_action)
+        self._callback = None
+        layout.addWidget(self.action)
         close = QToolButton()
         close.setText("✕")
         close.setToolTip("Dismiss")
@@ -52,12 +59,21 @@ class Banner(QFrame):
         layout.addWidget(close)
         self.hide()
 
-    def show_message(self, text: str, kind: str = "error") -> None:
+    def show_message(self, text: str, kind: str = "error", action: str = "", callback=None) -> None:
         self.setProperty("kind", kind)
         self.style().unpolish(self)
         self.style().polish(self)
         self.label.setText(text)
+        self._callback = callback
+        self.action.setText(action)
+        self.action.setVisible(bool(action and callback))
         self.show()
+
+    def _run_action(self) -> None:
+        callback, self._callback = self._callback, None
+        self.hide()
+        if callback is not None:
+            callback()
 
 
 class MainWindow(QMainWindow):
@@ -67,10 +83,22 @@ class MainWindow(QMainWindow):
     reply_finished = Signal(dict)
     error_shown = Signal(str)
 
-    def __init__(self, settings: QSettings, controller: EngineController | None = None) -> None:
+    def __init__(
+        self,
+        settings: QSettings,
+        controller: EngineController | None = None,
+        store: ConversationStore | None = None,
+    ) -> None:
         super().__init__()
         self.settings = settings
         self.controller = controller or EngineController(self)
+        if store is None:
+            from desktop.paths import data_dir
+
+            store = ConversationStore(data_dir() / "conversations.sqlite3")
+        self.store = store
+        self.conversation_id: int | None = None
+        self._saver: Autosaver | None = None
         self.model_info: dict | None = None
         self.history: list[dict] = []  # finished turns: {"role", "content"}
         self._reply: MessageWidget | None = None
@@ -82,6 +110,10 @@ class MainWindow(QMainWindow):
         self._build_menus()
         self._connect()
         self._restore()
+        self.refresh_conversations()
+        self._reopen_last()
+        if self.store.recovery_notice:
+            self.show_error(self.store.recovery_notice, kind="notice")
         self._update_buttons()
 
     # -- layout ------------------------------------------------------------------------------
@@ -145,12 +177,16 @@ class MainWindow(QMainWindow):
         self.side.setStretchFactor(0, 3)
         self.side.setStretchFactor(1, 2)
 
+        self.conversations = ConversationList()
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.addWidget(self.conversations)
         self.splitter.addWidget(left)
         self.splitter.addWidget(self.side)
-        self.splitter.setStretchFactor(0, 3)
-        self.splitter.setStretchFactor(1, 1)
-        self.splitter.setSizes([800, 360])
+        self.splitter.setCollapsible(0, True)
+        self.splitter.setStretchFactor(0, 0)
+        self.splitter.setStretchFactor(1, 3)
+        self.splitter.setStretchFactor(2, 1)
+        self.splitter.setSizes([230, 640, 330])
         self.setCentralWidget(self.splitter)
 
         status = self.statusBar()
@@ -183,6 +219,15 @@ class MainWindow(QMainWindow):
         self.new_chat_action.setShortcut(QKeySequence("Ctrl+N"))
         self.new_chat_action.triggered.connect(self.new_chat)
         file_menu.addAction(self.new_chat_action)
+        import_action = QAction("&Import conversation…", self)
+        import_action.triggered.connect(self.choose_import)
+        file_menu.addAction(import_action)
+        export_md = QAction("&Export conversation as Markdown…", self)
+        export_md.triggered.connect(lambda: self.choose_export(self.conversation_id, "md"))
+        file_menu.addAction(export_md)
+        export_json = QAction("Export conversation as &JSON…", self)
+        export_json.triggered.connect(lambda: self.choose_export(self.conversation_id, "json"))
+        file_menu.addAction(export_json)
         file_menu.addSeparator()
         quit_action = QAction("&Quit", self)
         quit_action.setShortcut(QKeySequence.StandardKey.Quit)
@@ -201,6 +246,12 @@ class MainWindow(QMainWindow):
         chat_menu.addAction(regenerate)
 
         view_menu = self.menuBar().addMenu("&View")
+        show_list = QAction("&Conversations", self)
+        show_list.setCheckable(True)
+        show_list.setChecked(True)
+        show_list.setShortcut(QKeySequence("Ctrl+Shift+L"))
+        show_list.toggled.connect(self.conversations.setVisible)
+        view_menu.addAction(show_list)
         toggle = QAction("&Side panel", self)
         toggle.setCheckable(True)
         toggle.setChecked(True)
@@ -228,6 +279,14 @@ class MainWindow(QMainWindow):
         self.stop_button.clicked.connect(self.stop)
         self.regenerate_button.clicked.connect(self.regenerate)
         self.chat.token_clicked.connect(self._inspect_token)
+        self.chat.edit_requested.connect(self.edit_message)
+        lst = self.conversations
+        lst.open_requested.connect(self.open_conversation)
+        lst.new_requested.connect(self.new_chat)
+        lst.rename_requested.connect(self.rename_conversation)
+        lst.delete_requested.connect(self.delete_conversation)
+        lst.export_requested.connect(self.choose_export)
+        lst.search_changed.connect(lambda _text: self.refresh_conversations())
         self.sampling.report_top.valueChanged.connect(self.topk.set_k)
 
     # -- persistence -------------------------------------------------------------------------
@@ -325,7 +384,7 @@ class MainWindow(QMainWindow):
         return ([{"role": "system", "content": system}] if system else []) + list(self.history)
 
     def send(self, text: str) -> None:
-        """Post the user's message and ask for a reply."""
+        """Post the user's message (saved at once) and ask for a reply."""
         if not text or self.controller.busy:
             return
         if self.model_info is None:
@@ -333,16 +392,36 @@ class MainWindow(QMainWindow):
                 "No model is loaded yet: open a model folder first (File → Open model folder…)."
             )
             return
+        try:
+            if self.conversation_id is None:
+                self.conversation_id = self.store.create_conversation(
+                    self.sampling.system_prompt.toPlainText().strip(), self.model_info["name"]
+                )
+                self.store.set_meta("last_open", str(self.conversation_id))
+            self.store.add_message(self.conversation_id, "user", text)
+        except (StoreError, OSError) as exc:
+            self.show_error(f"Could not save the message ({exc}); it is still in the input box.")
+            return
         self.input.clear()
-        self.chat.add_message("user", text)
+        widget = self.chat.add_message("user", text)
+        widget.position = len(self.history)
         self.history.append({"role": "user", "content": text})
+        self.refresh_conversations()
         self._request_reply()
 
     def _request_reply(self) -> None:
         self.banner.hide()
         self._reply = self.chat.add_message("assistant", author=self.model_info["name"])
+        self._reply.position = len(self.history)
         self.topk.clear()
-        request = {"messages": self.messages_for_request(), **self.sampling.values()}
+        values = self.sampling.values()
+        request = {"messages": self.messages_for_request(), **values}
+        reply_id = self.store.start_reply(
+            self.conversation_id,
+            self.model_info["name"],
+            {**values["params"], "max_new_tokens": values["max_new_tokens"]},
+        )
+        self._saver = Autosaver(self.store, reply_id)
         self._request_id = self.controller.generate(request)
         self._update_buttons()
 
@@ -350,26 +429,149 @@ class MainWindow(QMainWindow):
         if self.controller.busy:
             self.controller.stop()
 
+    def _truncate(self, position: int) -> None:
+        """Forget the conversation from `position` on: screen, history and disk."""
+        for widget in list(self.chat.messages):
+            index = self.chat.messages.index(widget)
+            later = widget.position is not None and widget.position >= position
+            trailing_note = widget.role == "note" and any(
+                w.position is not None and w.position >= position
+                for w in self.chat.messages[index + 1 :]
+            )
+            if later or trailing_note:
+                self.chat.remove_message(widget)
+        del self.history[position:]
+        if self.conversation_id is not None:
+            self.store.truncate_from(self.conversation_id, position)
+
     def regenerate(self) -> None:
         """Drop the last reply and answer the last user message again."""
-        if self.controller.busy or self.model_info is None:
+        if self.controller.busy or self.model_info is None or not self.history:
             return
-        if self.history and self.history[-1]["role"] == "assistant":
-            self.history.pop()
-            for widget in reversed(self.chat.messages):
-                if widget.role == "assistant":
-                    self.chat.remove_message(widget)
-                    break
+        if self.history[-1]["role"] == "assistant":
+            self._truncate(len(self.history) - 1)
         if self.history and self.history[-1]["role"] == "user":
             self._request_reply()
 
+    def edit_message(self, widget: MessageWidget) -> None:
+        """Put a sent message back in the input; it and the turns after it are replaced."""
+        if self.controller.busy or widget.position is None:
+            return
+        text = widget.text
+        self._truncate(widget.position)
+        self.input.setPlainText(text)
+        self.input.setFocus()
+        self.refresh_conversations()
+
     def new_chat(self) -> None:
         self.controller.stop()
+        self.conversation_id = None
         self.history.clear()
         self.chat.clear()
         self.topk.clear()
         self.banner.hide()
+        self.refresh_conversations()
         self.input.setFocus()
+
+    # -- conversations -----------------------------------------------------------------------
+
+    def refresh_conversations(self) -> None:
+        self.conversations.show_conversations(
+            self.store.list_conversations(self.conversations.search.text()), self.conversation_id
+        )
+
+    def _reopen_last(self) -> None:
+        last = self.store.get_meta("last_open")
+        if last and last.isdigit():
+            try:
+                self.open_conversation(int(last))
+            except StoreError:
+                pass
+
+    def open_conversation(self, conversation_id: int) -> None:
+        """Show a saved conversation, with every reply's steps for the token inspector."""
+        if self.controller.busy or conversation_id == self.conversation_id:
+            return
+        conv = self.store.get_conversation(conversation_id)
+        self.conversation_id = conversation_id
+        self.store.set_meta("last_open", str(conversation_id))
+        self.chat.clear()
+        self.topk.clear()
+        self.history = []
+        self.sampling.system_prompt.setPlainText(conv.system_prompt)
+        for message in conv.messages:
+            widget = self.chat.add_message(message.role, message.content, author=message.model)
+            widget.position = len(self.history)
+            if message.role == "assistant":
+                widget.steps = list(message.steps)
+                meta = "" if message.finished else "interrupted"
+                widget.finish(message.content, meta)
+            self.history.append({"role": message.role, "content": message.content})
+        self.refresh_conversations()
+        self._update_buttons()
+
+    def rename_conversation(self, conversation_id: int, title: str) -> None:
+        self.store.rename(conversation_id, title)
+        self.refresh_conversations()
+
+    def delete_conversation(self, conversation_id: int) -> None:
+        """Delete with undo: the banner offers it back until the next deletion."""
+        title = next(
+            (c.title for c in self.store.list_conversations() if c.id == conversation_id), ""
+        )
+        self.store.delete_conversation(conversation_id)
+        if conversation_id == self.conversation_id:
+            self.new_chat()
+        self.refresh_conversations()
+
+        def undo() -> None:
+            self.store.restore_conversation(conversation_id)
+            self.refresh_conversations()
+
+        self.banner.show_message(f"Deleted “{title}”.", "notice", "Undo", undo)
+
+    def choose_export(self, conversation_id: int | None, fmt: str) -> None:
+        if conversation_id is None:
+            self.show_error("There is no saved conversation to export yet.", kind="notice")
+            return
+        suffix = "Markdown (*.md)" if fmt == "md" else "JSON (*.json)"
+        path, _ = QFileDialog.getSaveFileName(self, "Export conversation", "", suffix)
+        if path:
+            self.export_conversation(conversation_id, Path(path), fmt)
+
+    def export_conversation(self, conversation_id: int, path: Path, fmt: str) -> None:
+        import json
+
+        try:
+            if fmt == "md":
+                path.write_text(self.store.export_markdown(conversation_id), encoding="utf-8")
+            else:
+                data = self.store.export_json(conversation_id)
+                path.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+        except OSError as exc:
+            self.show_error(f"Could not write {path}: {exc.strerror or exc}")
+
+    def choose_import(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Import conversation", "", "JSON (*.json)")
+        if path:
+            self.import_conversation(Path(path))
+
+    def import_conversation(self, path: Path) -> int | None:
+        import json
+
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            conversation_id = self.store.import_json(data)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            self.show_error(f"Could not read {path.name}: it is not a JSON export ({exc}).")
+            return None
+        except StoreError as exc:
+            self.show_error(f"Could not import {path.name}: {exc}")
+            return None
+        self.open_conversation(conversation_id)
+        return conversation_id
+
+    # -- engine answers ----------------------------------------------------------------------
 
     def _on_generation_started(self, info: dict) -> None:
         if info.get("id") != self._request_id or not info.get("dropped_turns"):
@@ -392,22 +594,40 @@ class MainWindow(QMainWindow):
             return
         self._reply.append_step(step)
         self.topk.show_step(step)
+        if self._saver is not None:
+            clean = {k: step[k] for k in ("index", "token_id", "text", "piece", "prob", "top")}
+            self._saver.add(clean)
 
     def _on_finished(self, result: dict) -> None:
         if result.get("id") != self._request_id or self._reply is None:
             return
         reply, self._reply = self._reply, None
+        saver, self._saver = self._saver, None
         meta = (
             f"{result['generated_tokens']} tokens · {result['decode_tokens_per_s']:.1f} tok/s"
             + (" · stopped" if result["stop_reason"] == "cancelled" else "")
             + (" · context full" if result["stop_reason"] == "context_full" else "")
         )
         reply.finish(result["text"], meta)
+        timings = {
+            k: result[k]
+            for k in (
+                "prompt_tokens",
+                "generated_tokens",
+                "prefill_s",
+                "ttft_s",
+                "decode_tokens_per_s",
+                "reused_tokens",
+            )
+        }
         if result["text"] or reply.steps:
             self.history.append({"role": "assistant", "content": result["text"]})
+            if saver is not None:
+                saver.finish(result["text"], result["stop_reason"], timings)
         else:
-            self.history.pop()  # nothing came back: let the user try again
             self.chat.remove_message(reply)
+            if saver is not None:
+                self.store.truncate_from(self.conversation_id, len(self.history))
         used = result["prompt_tokens"] + result["generated_tokens"]
         self.speed_label.setText(
             f"prompt {result['prompt_tokens']} tok · first token {result['ttft_s']:.2f} s · "
@@ -420,6 +640,7 @@ class MainWindow(QMainWindow):
                 "to continue.",
                 kind="notice",
             )
+        self.refresh_conversations()
         self._update_buttons()
         self.reply_finished.emit(result)
 
@@ -427,18 +648,17 @@ class MainWindow(QMainWindow):
         if failure.get("id") != self._request_id:
             return
         reply, self._reply = self._reply, None
+        saver, self._saver = self._saver, None
         if reply is not None:
             if reply.steps:
                 reply.finish(reply.text, "failed")
                 self.history.append({"role": "assistant", "content": reply.text})
+                if saver is not None:
+                    saver.finish(reply.text, "error")
             else:
                 self.chat.remove_message(reply)
-                if self.history and self.history[-1]["role"] == "user":
-                    self.history.pop()
-                    last = self.chat.messages[-1] if self.chat.messages else None
-                    if last is not None and last.role == "user":
-                        self.input.setPlainText(last.text)  # nothing typed is lost
-                        self.chat.remove_message(last)
+                if self.conversation_id is not None:
+                    self.store.truncate_from(self.conversation_id, len(self.history))
         self.show_error(failure["message"])
         self._update_buttons()
         self.reply_finished.emit({"id": failure.get("id"), "error": failure["message"]})
@@ -452,6 +672,7 @@ class MainWindow(QMainWindow):
     # -- misc --------------------------------------------------------------------------------
 
     def show_error(self, message: str, kind: str = "error") -> None:
+        """Non-blocking: a banner above the chat (tests and users never get stuck in a dialog)."""
         self.banner.show_message(message, kind)
         self.error_shown.emit(message)
 
@@ -474,4 +695,8 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt API
         self._save_layout()
         self.controller.shutdown()
+        if self._saver is not None:  # closed mid-reply: keep what streamed
+            reply = self._reply
+            self._saver.finish(reply.text if reply else "", "cancelled")
+            self._saver = None
         super().closeEvent(event)

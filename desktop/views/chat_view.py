@@ -61,11 +61,14 @@ class MessageWidget(QFrame):
     """One message card: header (who, buttons) and body."""
 
     token_clicked = Signal(object, int)  # (this widget, step index)
+    edit_requested = Signal(object)
 
     def __init__(self, role: str, text: str = "", author: str = "", parent=None) -> None:
         super().__init__(parent)
         self.role = role
         self.steps: list[dict] = []
+        self.position: int | None = None
+        """Where the message sits in the saved conversation (None for notes)."""
         self.text = text
         self.finished = role != "assistant"
         self._token_view = False
@@ -92,6 +95,14 @@ class MessageWidget(QFrame):
         self.tokens_button.toggled.connect(self.set_token_view)
         self.tokens_button.setVisible(role == "assistant")
         header.addWidget(self.tokens_button)
+        self.edit_button = QToolButton()
+        self.edit_button.setText("Edit")
+        self.edit_button.setToolTip(
+            "Edit this message and send it again (later turns are replaced)"
+        )
+        self.edit_button.clicked.connect(lambda: self.edit_requested.emit(self))
+        self.edit_button.setVisible(role == "user")
+        header.addWidget(self.edit_button)
         self.copy_button = QToolButton()
         self.copy_button.setText("Copy")
         self.copy_button.setToolTip("Copy this message")
@@ -196,6 +207,7 @@ class ChatView(QScrollArea):
     """All messages of the open conversation, newest at the bottom."""
 
     token_clicked = Signal(object, int)
+    edit_requested = Signal(object)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -229,6 +241,7 @@ class ChatView(QScrollArea):
         self._placeholder.hide()
         widget = MessageWidget(role, text, author)
         widget.token_clicked.connect(self.token_clicked)
+        widget.edit_requested.connect(self.edit_requested)
         # Keep the trailing stretch last so messages pack at the top.
         self._layout.insertWidget(self._layout.count() - 1, widget)
         self.messages.append(widget)

@@ -1,0 +1,103 @@
+"""The list of saved conversations: newest first, filtered by a search box."""
+
+from __future__ import annotations
+
+import time
+
+from PySide6.QtCore import QPoint, Qt, QTimer, Signal
+from PySide6.QtWidgets import (
+    QInputDialog,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QMenu,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+
+def _when(timestamp: float) -> str:
+    age = time.time() - timestamp
+    if age < 86400:
+        return time.strftime("%H:%M", time.localtime(timestamp))
+    if age < 7 * 86400:
+        return time.strftime("%a", time.localtime(timestamp))
+    return time.strftime("%d %b", time.localtime(timestamp))
+
+
+class ConversationList(QWidget):
+    """Shows conversations; asks the window to open, rename, delete or export them."""
+
+    open_requested = Signal(int)
+    new_requested = Signal()
+    rename_requested = Signal(int, str)
+    delete_requested = Signal(int)
+    export_requested = Signal(int, str)  # (id, "md" | "json")
+    search_changed = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("conversations")
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(10, 10, 6, 10)
+        layout.setSpacing(8)
+        self.new_button = QPushButton("＋  New chat")
+        self.new_button.setToolTip("Start a new conversation (Ctrl+N)")
+        self.new_button.clicked.connect(self.new_requested)
+        layout.addWidget(self.new_button)
+        self.search = QLineEdit()
+        self.search.setPlaceholderText("Search conversations")
+        self.search.setClearButtonEnabled(True)
+        layout.addWidget(self.search)
+        self.items = QListWidget()
+        self.items.setObjectName("conversation_items")
+        self.items.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.items.customContextMenuRequested.connect(self._menu)
+        self.items.itemClicked.connect(
+            lambda item: self.open_requested.emit(item.data(Qt.ItemDataRole.UserRole))
+        )
+        layout.addWidget(self.items, 1)
+        # Search as you type, without querying on every keystroke.
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(150)
+        self._debounce.timeout.connect(lambda: self.search_changed.emit(self.search.text()))
+        self.search.textChanged.connect(lambda _t: self._debounce.start())
+
+    def show_conversations(self, conversations: list, current: int | None) -> None:
+        self.items.clear()
+        for conv in conversations:
+            item = QListWidgetItem(f"{conv.title or 'New conversation'}")
+            item.setToolTip(f"{conv.title}\n{_when(conv.updated_at)}")
+            item.setData(Qt.ItemDataRole.UserRole, conv.id)
+            self.items.addItem(item)
+            if conv.id == current:
+                item.setSelected(True)
+                self.items.setCurrentItem(item)
+
+    def ids(self) -> list[int]:
+        return [
+            self.items.item(i).data(Qt.ItemDataRole.UserRole) for i in range(self.items.count())
+        ]
+
+    def titles(self) -> list[str]:
+        return [self.items.item(i).text() for i in range(self.items.count())]
+
+    def _menu(self, pos: QPoint) -> None:
+        item = self.items.itemAt(pos)
+        if item is None:
+            return
+        conv_id = item.data(Qt.ItemDataRole.UserRole)
+        menu = QMenu(self)
+        menu.addAction("Rename…", lambda: self._rename(conv_id, item.text()))
+        menu.addAction("Export as Markdown…", lambda: self.export_requested.emit(conv_id, "md"))
+        menu.addAction("Export as JSON…", lambda: self.export_requested.emit(conv_id, "json"))
+        menu.addSeparator()
+        menu.addAction("Delete", lambda: self.delete_requested.emit(conv_id))
+        menu.exec(self.items.mapToGlobal(pos))
+
+    def _rename(self, conv_id: int, current: str) -> None:
+        title, ok = QInputDialog.getText(self, "Rename conversation", "Title:", text=current)
+        if ok and title.strip():
+            self.rename_requested.emit(conv_id, title.strip())
