@@ -66,7 +66,7 @@ def main() -> None:
         print(f"turn {turn}: {len(ids)} tokens", file=sys.stderr)
         messages.append(Message("assistant", text(4)))
 
-    print(f"Time to first token per turn ({args.dtype}, {loaded.name}-shaped random weights)\n")
+    print(f"Time to first token per turn ({args.dtype}, TinyLlama-shaped random weights)\n")
     print(
         "| turn | prompt tokens | reused from cache | TTFT with reuse s | TTFT without s | speed-up |"
     )

@@ -250,11 +250,21 @@ def _translate(exc: BaseException, repo_id: str, token: str | None) -> EngineErr
 
 
 def _is_network_error(exc: BaseException) -> bool:
-    import httpx
-
-    seen = exc
+    """True for connection failures of any HTTP stack huggingface_hub may use (httpx, httpx2…)."""
+    names = {
+        "ConnectError",
+        "ConnectTimeout",
+        "ReadTimeout",
+        "RemoteProtocolError",
+        "ReadError",
+        "ProxyError",
+        "NetworkError",
+    }
+    seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, (httpx.ConnectError, httpx.ConnectTimeout, ConnectionError)):
+        if isinstance(seen, ConnectionError) or any(
+            cls.__name__ in names for cls in type(seen).__mro__
+        ):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
