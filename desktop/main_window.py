@@ -574,7 +574,12 @@ class MainWindow(QMainWindow):
     # -- engine answers ----------------------------------------------------------------------
 
     def _on_generation_started(self, info: dict) -> None:
-        if info.get("id") != self._request_id or not info.get("dropped_turns"):
+        if info.get("id") != self._request_id:
+            return
+        self._prompt_tokens = info["prompt_tokens"]
+        self.context_label.setText(f"context {info['prompt_tokens']} / {info['max_context']}")
+        self.speed_label.setText(f"prompt {info['prompt_tokens']} tok · generating…")
+        if not info.get("dropped_turns"):
             return
         n = info["dropped_turns"]
         note = self.chat.add_message(
@@ -594,6 +599,9 @@ class MainWindow(QMainWindow):
             return
         self._reply.append_step(step)
         self.topk.show_step(step)
+        if self.model_info and step["index"] % 8 == 0:
+            used = getattr(self, "_prompt_tokens", 0) + step["index"] + 1
+            self.context_label.setText(f"context {used} / {self.model_info['max_context']}")
         if self._saver is not None:
             clean = {k: step[k] for k in ("index", "token_id", "text", "piece", "prob", "top")}
             self._saver.add(clean)

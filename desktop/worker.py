@@ -103,15 +103,20 @@ class EngineWorker(QObject):
                     "No model is loaded: open a model first (File → Open model folder…)"
                 )
             loaded = self._loaded
+            dropped = 0
             if "prompt" in request:
                 ids = loaded.tokenizer.encode(request["prompt"], bos=True)
             else:
                 messages = [Message(m["role"], m["content"]) for m in request["messages"]]
                 ids, dropped = self._fit(messages, request)
-                if dropped:
-                    self.generation_started.emit(
-                        {"id": request_id, "dropped_turns": dropped, "prompt_tokens": len(ids)}
-                    )
+            self.generation_started.emit(
+                {
+                    "id": request_id,
+                    "dropped_turns": dropped,
+                    "prompt_tokens": len(ids),
+                    "max_context": loaded.max_context,
+                }
+            )
             params = SamplingParams(**request.get("params", {}))
             generation = self._generator.generate(
                 ids,

@@ -228,7 +228,7 @@ class ChatView(QScrollArea):
         self._placeholder.setObjectName("placeholder")
         self._placeholder.setWordWrap(True)
         self._placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self._layout.addStretch(1)
+        self._placeholder.setContentsMargins(40, 80, 40, 40)
         self._layout.addWidget(self._placeholder)
         self._layout.addStretch(1)
         self.setWidget(inner)

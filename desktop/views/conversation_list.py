@@ -52,6 +52,9 @@ class ConversationList(QWidget):
         layout.addWidget(self.search)
         self.items = QListWidget()
         self.items.setObjectName("conversation_items")
+        self.items.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.items.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.items.setWordWrap(False)
         self.items.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.items.customContextMenuRequested.connect(self._menu)
         self.items.itemClicked.connect(

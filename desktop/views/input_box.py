@@ -32,4 +32,9 @@ class InputBox(QPlainTextEdit):
     def _fit(self) -> None:
         lines = max(1, min(8, int(self.document().size().height())))
         line_height = self.fontMetrics().lineSpacing()
-        self.setFixedHeight(lines * line_height + 22)
+        margins = (
+            int(2 * self.document().documentMargin())
+            + self.contentsMargins().top()
+            + self.contentsMargins().bottom()
+        )
+        self.setFixedHeight(lines * line_height + margins + 8)

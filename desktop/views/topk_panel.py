@@ -15,10 +15,11 @@ REPAINT_MS = 33
 
 
 def visible_token(text: str) -> str:
-    """Make whitespace and raw bytes readable in a one-line label."""
+    """Make whitespace, control characters and raw bytes readable in a one-line label."""
     if text.startswith("<0x") and text.endswith(">") and len(text) == 6:
         return f"byte {text[1:-1]}"
     out = text.replace(" ", "␣").replace("\n", "⏎").replace("\t", "→").replace("\r", "␍")
+    out = "".join(c if c.isprintable() else f"byte 0x{ord(c):02X}" for c in out)
     return out if out else "∅"
 
 
