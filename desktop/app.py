@@ -135,7 +135,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.setValue("engine/device", args.device)
     window = MainWindow(settings)
     window.show()
-    model = args.model or settings.value("models/last")
-    if model:
-        window.load_model(str(model))
+    window.start(args.model or settings.value("models/last"))
     return app.exec()

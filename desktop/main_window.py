@@ -213,7 +213,6 @@ class MainWindow(QMainWindow):
         self.open_action.setShortcut(QKeySequence.StandardKey.Open)
         self.open_action.triggered.connect(self.choose_model_folder)
         file_menu.addAction(self.open_action)
-        self.recent_menu = file_menu.addMenu("Open &recent")
         file_menu.addSeparator()
         self.new_chat_action = QAction("&New chat", self)
         self.new_chat_action.setShortcut(QKeySequence("Ctrl+N"))
@@ -233,6 +232,16 @@ class MainWindow(QMainWindow):
         quit_action.setShortcut(QKeySequence.StandardKey.Quit)
         quit_action.triggered.connect(self.close)
         file_menu.addAction(quit_action)
+
+        models_menu = self.menuBar().addMenu("&Models")
+        choose = QAction("&Choose or download a model…", self)
+        choose.setShortcut(QKeySequence("Ctrl+M"))
+        choose.triggered.connect(self.show_model_chooser)
+        models_menu.addAction(choose)
+        self.recent_menu = models_menu.addMenu("&Recent models")
+        unload = QAction("&Unload model", self)
+        unload.triggered.connect(self.unload_model)
+        models_menu.addAction(unload)
 
         chat_menu = self.menuBar().addMenu("&Chat")
         self.stop_action = QAction("&Stop generating", self)
@@ -328,6 +337,33 @@ class MainWindow(QMainWindow):
 
     # -- model -------------------------------------------------------------------------------
 
+    def start(self, model: str | None) -> None:
+        """Open the given (or last) model; on first run, the chooser instead of an empty chat."""
+        if model:
+            self.load_model(str(model))
+        else:
+            self.show_model_chooser()
+
+    def show_model_chooser(self):
+        """The model chooser (also shown on first run, when no model was ever opened)."""
+        from desktop.views.model_chooser import ModelChooser
+
+        chooser = ModelChooser(self)
+        chooser.model_chosen.connect(self.load_model)
+        chooser.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        self.chooser = chooser
+        chooser.show()
+        return chooser
+
+    def unload_model(self) -> None:
+        """Free the model's memory; chatting needs a model again."""
+        self.controller.unload()
+        self.model_info = None
+        self.model_label.setText("No model — Models → Choose or download a model…")
+        self.device_label.setText("")
+        self.setWindowTitle("Loopchat")
+        self._update_buttons()
+
     def choose_model_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Open a model folder (HF or Meta layout)")
         if folder:
@@ -362,7 +398,9 @@ class MainWindow(QMainWindow):
         self.device_label.setText(f"{info['device']} · {info['dtype']}")
         self.context_label.setText(f"context 0 / {info['max_context']}")
         self.setWindowTitle(f"Loopchat — {info['name']}")
-        self._remember_model(getattr(self, "_pending_model_path", info["path"]))
+        path = getattr(self, "_pending_model_path", info["path"])
+        # A Hub snapshot is remembered by repo id: its folder changes with each new revision.
+        self._remember_model(info["name"] if "/snapshots/" in path.replace("\\", "/") else path)
         self._update_buttons()
         self.input.setFocus()
         self.model_ready.emit(info)
@@ -703,6 +741,12 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt API
         self._save_layout()
         self.controller.shutdown()
+        chooser = getattr(self, "chooser", None)
+        if chooser is not None:
+            try:
+                chooser.close()
+            except RuntimeError:  # already deleted
+                pass
         if self._saver is not None:  # closed mid-reply: keep what streamed
             reply = self._reply
             self._saver.finish(reply.text if reply else "", "cancelled")

@@ -1,0 +1,100 @@
+"""First run: the model chooser downloads a catalogue model from a (local) Hub, loads it, chats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import QSettings, Qt
+
+from engine.errors import EngineError
+from engine.hub import list_cached_models, resolve_model
+from tests.hub_server import FakeHub
+
+DEFAULT = "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path: Path, tiny_model_dir: Path):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("LOOPCHAT_HOME", str(tmp_path / "home"))
+    with FakeHub() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        server.add(DEFAULT, tiny_model_dir)  # the catalogue's default, served locally
+        yield server
+
+
+@pytest.fixture
+def window(qtbot, tmp_path: Path, hub):
+    from desktop.main_window import MainWindow
+
+    settings = QSettings(str(tmp_path / "loopchat.ini"), QSettings.Format.IniFormat)
+    settings.setValue("engine/dtype", "float32")
+    win = MainWindow(settings)
+    qtbot.addWidget(win)
+    win.show()
+    yield win
+    win.close()
+
+
+def test_first_run_downloads_the_default_and_chats(qtbot, window, hub) -> None:
+    window.start(None)
+    chooser = window.chooser
+    assert chooser.isVisible()
+    assert chooser.entry()["repo_id"] == DEFAULT
+    assert chooser.go_button.text() == "Download and open"
+    progress = []
+    chooser.downloads.worker.progress.connect(progress.append)
+    with qtbot.waitSignal(window.model_ready, timeout=120_000) as ready:
+        qtbot.mouseClick(chooser.go_button, Qt.MouseButton.LeftButton)
+    assert ready.args[0]["name"] == DEFAULT
+    assert progress and progress[-1]["done"] == progress[-1]["total"]
+    assert window.send_button.isEnabled()
+    window.input.setPlainText("Hello")
+    with qtbot.waitSignal(window.reply_finished, timeout=60_000) as done:
+        qtbot.keyClick(window.input, Qt.Key.Key_Return)
+    assert "text" in done.args[0]
+    # Next start reopens it, and the chooser now lists it as downloaded.
+    assert window.recent_models()[0] == DEFAULT
+    again = window.show_model_chooser()
+    assert again.go_button.text() == "Open"
+
+
+def test_cancelled_download_leaves_nothing_selectable(qtbot, window, hub) -> None:
+    chooser = window.show_model_chooser()
+
+    def cancel_on_weights(p: dict) -> None:
+        if p["filename"].endswith(".safetensors"):
+            chooser.downloads.cancel()
+
+    chooser.downloads.worker.progress.connect(cancel_on_weights)
+    with qtbot.waitSignal(chooser.downloads.worker.cancelled, timeout=60_000):
+        qtbot.mouseClick(chooser.go_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: "cancelled" in chooser.error.text(), timeout=5000)
+    assert chooser.entry()["path"] is None
+    assert chooser.go_button.text() == "Download and open"
+    assert list_cached_models() == []
+    with pytest.raises(EngineError):
+        resolve_model(DEFAULT)
+    assert window.model_info is None
+
+
+def test_gated_entry_asks_for_a_token(qtbot, window, hub, tiny_model_dir: Path) -> None:
+    hub.add("meta-llama/Llama-2-7b-chat-hf", tiny_model_dir, gated=True, token="hf_ok")
+    chooser = window.show_model_chooser()
+    rows = [
+        chooser.items.item(i).data(Qt.ItemDataRole.UserRole)["repo_id"]
+        for i in range(chooser.items.count())
+    ]
+    chooser.items.setCurrentRow(rows.index("meta-llama/Llama-2-7b-chat-hf"))
+    assert chooser.token_row.isVisible()
+    assert "accept the licence" in chooser.details.text()
+    with qtbot.waitSignal(chooser.downloads.worker.failed, timeout=60_000) as failed:
+        qtbot.mouseClick(chooser.go_button, Qt.MouseButton.LeftButton)
+    assert "gated" in failed.args[0]
+    qtbot.waitUntil(chooser.error.isVisible, timeout=5000)
+    chooser.token.setText("hf_ok")
+    with qtbot.waitSignal(window.model_ready, timeout=120_000):
+        qtbot.mouseClick(chooser.go_button, Qt.MouseButton.LeftButton)
+    assert "hf_ok" not in Path(window.settings.fileName()).read_text()
