@@ -16,6 +16,16 @@ from collections.abc import Sequence
 
 SELF_TEST_PROMPT = "Hello"
 SELF_TEST_TOKENS = 16
+DONE_KEYS = (
+    "done",
+    "text",
+    "token_ids",
+    "prompt_tokens",
+    "generated_tokens",
+    "prefill_s",
+    "decode_tokens_per_s",
+    "stop_reason",
+)
 GREEDY = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0}
 
 
@@ -61,7 +71,9 @@ def run_self_test(model: str, dtype: str | None, device: str | None) -> int:
         )
 
     def finished(result: dict) -> None:
-        sys.stdout.write(json.dumps(result["done_json"], ensure_ascii=False) + "\n")
+        done = result["done_json"]  # signals carry dicts as Qt maps, which sort the keys
+        ordered = {k: done[k] for k in DONE_KEYS if k in done}
+        sys.stdout.write(json.dumps(ordered, ensure_ascii=False) + "\n")
         sys.stdout.flush()
         outcome["code"] = 0
         app.quit()

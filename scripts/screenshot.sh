@@ -15,7 +15,7 @@ sleep 1
 export LOOPCHAT_HOME=$(mktemp -d)
 export QT_QPA_PLATFORM=xcb
 if [ "$theme" = dark ]; then export LOOPCHAT_THEME=dark; fi
-.venv/bin/python -m desktop --model "$model" &
+${APP_CMD:-.venv/bin/python -m desktop} --model "$model" &
 app=$!
 for _ in $(seq 1 120); do
     win=$(xdotool search --name "Loopchat —" 2>/dev/null | head -1 || true)
