@@ -55,12 +55,11 @@ def attend_to(
     # Query heads h = g * n_rep + r share key/value head g (the order HF's repeat_kv uses).
     # [n_heads, T, d] -> [n_kv, n_rep * T, d]: row r * T + t is query head g*n_rep+r at position t.
     queries = q.float().reshape(n_kv_heads, n_rep * n_queries, head_dim) * scale
-    query_pos = start_pos + torch.arange(n_queries, device=q.device).repeat(n_rep)  # [n_rep*T]
+    query_pos = None  # positions of the queries, built only if a block needs the causal mask
 
-    # The three running totals of the article's loop, per (head, query):
-    running_max = torch.full((n_kv_heads, n_rep * n_queries, 1), -math.inf, device=q.device)
-    total_score = torch.zeros((n_kv_heads, n_rep * n_queries, 1), device=q.device)
-    total_value = torch.zeros((n_kv_heads, n_rep * n_queries, head_dim), device=q.device)
+    # The three running totals of the article's loop, per (head, query). They start "empty"
+    # (max = -inf, sums = 0); the first block simply initialises them.
+    running_max = total_score = total_value = None
     captured: list[torch.Tensor] = []
 
     for block_start in range(0, end, block_size):
@@ -72,6 +71,8 @@ def attend_to(
         scores = queries @ keys.transpose(1, 2)  # [n_kv, n_rep*T, B]
         if block_end - 1 > start_pos:
             # Causal: a query never sees a position after its own (only in prefill chunks).
+            if query_pos is None:
+                query_pos = start_pos + torch.arange(n_queries, device=q.device).repeat(n_rep)
             key_pos = torch.arange(block_start, block_end, device=q.device)  # [B]
             future = key_pos[None, :] > query_pos[:, None]  # [n_rep*T, B]
             scores = scores.masked_fill(future, -math.inf)
@@ -80,7 +81,14 @@ def attend_to(
 
         # Online softmax: rescale what we have so far to the new maximum, then add this block.
         # Position 0 is visible to every query, so the first block always yields a finite max.
-        new_max = torch.maximum(running_max, scores.amax(dim=-1, keepdim=True))
+        block_max = scores.amax(dim=-1, keepdim=True)  # [n_kv, n_rep*T, 1]
+        if running_max is None:
+            running_max = block_max
+            weights = torch.exp(scores - running_max)  # [n_kv, n_rep*T, B], masked -> 0
+            total_score = weights.sum(dim=-1, keepdim=True)
+            total_value = weights @ values  # [n_kv, n_rep*T, d]
+            continue
+        new_max = torch.maximum(running_max, block_max)
         rescale = torch.exp(running_max - new_max)  # [n_kv, n_rep*T, 1]
         weights = torch.exp(scores - new_max)  # [n_kv, n_rep*T, B], masked -> 0
         total_score = total_score * rescale + weights.sum(dim=-1, keepdim=True)
