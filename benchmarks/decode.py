@@ -105,9 +105,11 @@ def measure_engine(folder: str, dtype: str, tokens: int) -> dict:
     t0 = time.perf_counter()
     loaded = load_model(folder, dtype=dtype, device="cpu", max_context=PROMPT_LONG + tokens + 8)
     load_s = time.perf_counter() - t0
+    rss_after_load = peak_rss_bytes()
     greedy = SamplingParams(temperature=0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
     gen = Generator(loaded)  # the app's own prefill chunking
-    out = {"load_s": load_s, "weights": loaded.weights_bytes, "threads": torch.get_num_threads()}
+    out = {"load_s": load_s, "weights": loaded.weights_bytes, "threads": torch.get_num_threads(),
+           "load_rss": rss_after_load}
     for n in (PROMPT_SHORT, PROMPT_LONG):
         generation = gen.generate(prompt(n), greedy, max_new_tokens=tokens, reuse_cache=False)
         steps = list(generation)
@@ -128,7 +130,10 @@ def measure_transformers(folder: str, dtype: str, tokens: int) -> dict:
     model = LlamaForCausalLM.from_pretrained(folder, dtype=torch_dtype).eval()
     load_s = time.perf_counter() - t0
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    out = {"load_s": load_s, "weights": weights, "threads": torch.get_num_threads()}
+    # Weights are mapped lazily, so RSS right after from_pretrained understates; only the peak
+    # after generation is comparable.
+    out = {"load_s": load_s, "weights": weights, "threads": torch.get_num_threads(),
+           "load_rss": None}
 
     def run(n: int, new: int) -> float:
         ids = torch.tensor([prompt(n)])
@@ -178,11 +183,24 @@ def run_child(system: str, folder: Path, dtype: str, tokens: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def median_of(runs: list[dict]) -> dict:
+    """Per-field median over repeated runs (shared machines are noisy)."""
+    import statistics
+
+    out = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)) and value is not None:
+            out[key] = statistics.median(r[key] for r in runs)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--tokens", type=int, default=32, help="decode tokens per measurement")
     parser.add_argument("--keep", type=Path, default=None, help="reuse/keep the checkpoint here")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs per system (alternating); the table shows medians")
     parser.add_argument("--child", choices=["engine", "transformers"])
     parser.add_argument("--folder")
     parser.add_argument("--dtype")
@@ -203,9 +221,14 @@ def main() -> None:
     rows = []
     try:
         for dtype in args.dtypes:
+            runs: dict[str, list[dict]] = {"transformers": [], "engine": []}
+            for attempt in range(args.repeat):
+                for system in ("transformers", "engine"):
+                    print(f"measuring {system} {dtype} ({attempt + 1}/{args.repeat}) ...",
+                          file=sys.stderr)
+                    runs[system].append(run_child(system, folder, dtype, args.tokens))
             for system in ("transformers", "engine"):
-                print(f"measuring {system} {dtype} ...", file=sys.stderr)
-                rows.append((system, dtype, run_child(system, folder, dtype, args.tokens)))
+                rows.append((system, dtype, median_of(runs[system])))
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -234,7 +257,8 @@ def main() -> None:
             f"{e['decode_512'] / t['decode_512']:.2f}x | "
             f"{t['prefill_512'] / e['prefill_512']:.2f}x |"
         )
-    print(f"\n{rows[0][2]['threads']} threads, {args.tokens} decode tokens per measurement")
+    print(f"\n{rows[0][2]['threads']} threads, {args.tokens} decode tokens per measurement, "
+          f"median of {args.repeat} run(s) each")
 
 
 if __name__ == "__main__":
