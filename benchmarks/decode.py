@@ -108,8 +108,12 @@ def measure_engine(folder: str, dtype: str, tokens: int) -> dict:
     rss_after_load = peak_rss_bytes()
     greedy = SamplingParams(temperature=0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
     gen = Generator(loaded)  # the app's own prefill chunking
-    out = {"load_s": load_s, "weights": loaded.weights_bytes, "threads": torch.get_num_threads(),
-           "load_rss": rss_after_load}
+    out = {
+        "load_s": load_s,
+        "weights": loaded.weights_bytes,
+        "threads": torch.get_num_threads(),
+        "load_rss": rss_after_load,
+    }
     for n in (PROMPT_SHORT, PROMPT_LONG):
         generation = gen.generate(prompt(n), greedy, max_new_tokens=tokens, reuse_cache=False)
         steps = list(generation)
@@ -132,8 +136,12 @@ def measure_transformers(folder: str, dtype: str, tokens: int) -> dict:
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     # Weights are mapped lazily, so RSS right after from_pretrained understates; only the peak
     # after generation is comparable.
-    out = {"load_s": load_s, "weights": weights, "threads": torch.get_num_threads(),
-           "load_rss": None}
+    out = {
+        "load_s": load_s,
+        "weights": weights,
+        "threads": torch.get_num_threads(),
+        "load_rss": None,
+    }
 
     def run(n: int, new: int) -> float:
         ids = torch.tensor([prompt(n)])
@@ -199,8 +207,12 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--tokens", type=int, default=32, help="decode tokens per measurement")
     parser.add_argument("--keep", type=Path, default=None, help="reuse/keep the checkpoint here")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="runs per system (alternating); the table shows medians")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs per system (alternating); the table shows medians",
+    )
     parser.add_argument("--child", choices=["engine", "transformers"])
     parser.add_argument("--folder")
     parser.add_argument("--dtype")
@@ -224,8 +236,10 @@ def main() -> None:
             runs: dict[str, list[dict]] = {"transformers": [], "engine": []}
             for attempt in range(args.repeat):
                 for system in ("transformers", "engine"):
-                    print(f"measuring {system} {dtype} ({attempt + 1}/{args.repeat}) ...",
-                          file=sys.stderr)
+                    print(
+                        f"measuring {system} {dtype} ({attempt + 1}/{args.repeat}) ...",
+                        file=sys.stderr,
+                    )
                     runs[system].append(run_child(system, folder, dtype, args.tokens))
             for system in ("transformers", "engine"):
                 rows.append((system, dtype, median_of(runs[system])))
@@ -234,14 +248,16 @@ def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
     print(
-        "| system | dtype | load s | peak RSS / weights | prefill 512 s | decode tok/s @16 "
-        "| decode tok/s @512 |"
+        "| system | dtype | load s | RSS after load / weights | peak RSS / weights "
+        "| prefill 512 s | decode tok/s @16 | decode tok/s @512 |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     by_key = {(s, d): r for s, d, r in rows}
     for system, dtype, r in rows:
+        after = "—" if r["load_rss"] is None else f"{r['load_rss'] / r['weights']:.2f}"
         print(
-            f"| {system} | {dtype} | {r['load_s']:.1f} | {r['peak_rss'] / r['weights']:.2f} | "
+            f"| {system} | {dtype} | {r['load_s']:.1f} | {after} | "
+            f"{r['peak_rss'] / r['weights']:.2f} | "
             f"{r['prefill_512']:.2f} | {r['decode_16']:.2f} | {r['decode_512']:.2f} |"
         )
     print()
@@ -257,8 +273,10 @@ def main() -> None:
             f"{e['decode_512'] / t['decode_512']:.2f}x | "
             f"{t['prefill_512'] / e['prefill_512']:.2f}x |"
         )
-    print(f"\n{rows[0][2]['threads']} threads, {args.tokens} decode tokens per measurement, "
-          f"median of {args.repeat} run(s) each")
+    print(
+        f"\n{rows[0][2]['threads']} threads, {args.tokens} decode tokens per measurement, "
+        f"median of {args.repeat} run(s) each"
+    )
 
 
 if __name__ == "__main__":

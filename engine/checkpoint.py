@@ -271,10 +271,11 @@ def read_args(folder: Path, layout: Layout, vocab_hint: int | None = None) -> Mo
 
 
 def _release_pages(tensor: torch.Tensor) -> None:
-    """Tell the kernel we are done with a memory-mapped tensor's pages (Linux/macOS).
+    """Tell the kernel we are done with a file-mapped tensor's pages (Linux/macOS).
 
-    A `torch.load(mmap=True)` checkpoint is one mapping for the whole file; without this, every
-    page read while copying would stay resident until the last tensor is done.
+    Only for tensors backed by an unmodified file mapping: the pages are dropped from this
+    process's memory and would simply be read from the file again if touched. Without this, the
+    pages read while copying would stay resident next to the copy until the mapping goes away.
     """
     if tensor.device.type != "cpu" or sys.platform not in ("linux", "darwin"):
         return
@@ -282,17 +283,17 @@ def _release_pages(tensor: torch.Tensor) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         page = mmap.PAGESIZE
         start = tensor.data_ptr()
-        end = (
-            start
-            + tensor.untyped_storage().nbytes()
-            - tensor.storage_offset() * tensor.element_size()
-        )
+        end = start + tensor.numel() * tensor.element_size()
         aligned = (start + page - 1) // page * page
         length = (end - aligned) // page * page
         if length > 0:
             libc.madvise(ctypes.c_void_p(aligned), ctypes.c_size_t(length), 4)  # MADV_DONTNEED
     except (OSError, AttributeError):  # pragma: no cover - best effort only
         pass
+
+
+COPY_CHUNK_BYTES = 16 * 2**20
+"""Big tensors are copied in row blocks of about this size, releasing each source block after."""
 
 
 class _Arena:
@@ -324,18 +325,35 @@ class _Arena:
 
 
 def _materialise(
-    src: torch.Tensor, dtype: torch.dtype, device: torch.device, arena: _Arena | None
+    src: torch.Tensor,
+    dtype: torch.dtype,
+    device: torch.device,
+    arena: _Arena | None,
+    release: bool,
 ) -> torch.Tensor:
-    """A private copy of the tensor in the wanted dtype, on the wanted device (cast once)."""
+    """A private copy of the tensor in the wanted dtype, on the wanted device (cast once).
+
+    With `release`, the source is file-mapped and its pages are dropped block by block as they
+    are copied, so even the 130 MB embedding never sits in memory twice.
+    """
     if arena is None:
-        return src.to(device=device, dtype=dtype, copy=True)
+        out = src.to(device=device, dtype=dtype, copy=True)
+        if release:
+            _release_pages(src)
+        return out
     if dtype == torch.float32 and src.dim() == 2:
         # fp32 matrix-vector products run faster on a column-major weight (x @ W^T then reads
         # W^T contiguously); the copy is made anyway, so write it transposed for free.
         out = arena.take((src.shape[1], src.shape[0])).t()
     else:
         out = arena.take(tuple(src.shape))
-    out.copy_(src)
+    row_bytes = src[0].numel() * src.element_size() if src.dim() > 1 else src.nbytes
+    rows = max(1, COPY_CHUNK_BYTES // max(1, row_bytes)) if src.dim() > 1 else len(src)
+    for start in range(0, src.shape[0] if src.dim() else 1, rows):
+        block = src[start : start + rows] if src.dim() else src
+        out[start : start + rows].copy_(block) if src.dim() else out.copy_(block)
+        if release and src.is_contiguous():
+            _release_pages(block)
     return out
 
 
@@ -353,7 +371,7 @@ def load_transformer(
         args = read_args(folder, layout)
         config = read_json(folder / "config.json")
         sources = {}
-        release_pages = False  # each safetensors read has its own mapping, dropped after use
+        release_pages = True  # every safetensors read is a private mapping of the file
         for src in _hf_sources(folder):
             ours = _hf_name(src.name)
             if ours is not None:
@@ -406,9 +424,7 @@ def load_transformer(
         arena = _Arena([tuple(p.shape) for p in expected.values()], dtype)
     for i, name in enumerate(expected):
         src = sources[name].read()
-        state[name] = _materialise(src, dtype, device, arena)
-        if release_pages:
-            _release_pages(src)
+        state[name] = _materialise(src, dtype, device, arena, release_pages)
         if i % 8 == 0 or i == total - 1:
             report((i + 1) / total, f"Loading weights {i + 1}/{total}")
     model.load_state_dict(state, assign=True, strict=True)
