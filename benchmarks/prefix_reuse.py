@@ -68,7 +68,8 @@ def main() -> None:
 
     print(f"Time to first token per turn ({args.dtype}, TinyLlama-shaped random weights)\n")
     print(
-        "| turn | prompt tokens | reused from cache | TTFT with reuse s | TTFT without s | speed-up |"
+        "| turn | prompt tokens | reused from cache | TTFT with reuse s | TTFT without s "
+        "| speed-up |"
     )
     print("|---|---|---|---|---|---|")
     for turn, n, reused, a, b in rows:

@@ -12,9 +12,9 @@ score × value and the sum of scores — then divide. Two changes make it usable
   so the loop runs a handful of times per token instead of thousands, with identical results up to
   float rounding.
 
-Everything is vectorised across heads and across the query positions of a prefill chunk. Grouped-query
-attention (fewer key/value heads than query heads) is handled by grouping the query heads that share
-a key/value head, so the cache is never copied per query head.
+Everything is vectorised across heads and across the query positions of a prefill chunk.
+Grouped-query attention (fewer key/value heads than query heads) is handled by grouping the query
+heads that share a key/value head, so the cache is never copied per query head.
 """
 
 from __future__ import annotations

@@ -192,7 +192,8 @@ def _hf_sources(folder: Path) -> Iterator[TensorSource]:
         for name in files:
             if not (folder / name).is_file():
                 raise EngineError(
-                    f"{folder / name} is missing (listed in {index.name}); the download is incomplete"
+                    f"{folder / name} is missing (listed in {index.name}); "
+                    "the download is incomplete"
                 )
     else:
         files = sorted(p.name for p in folder.glob("*.safetensors"))

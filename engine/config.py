@@ -1,4 +1,4 @@
-"""`ModelArgs`: the one description of a Llama model's shape, from HF config.json or Meta params.json."""
+"""`ModelArgs`: the one description of a Llama model's shape (HF config.json, Meta params.json)."""
 
 from __future__ import annotations
 

@@ -153,7 +153,8 @@ def load_model(
     tokenizer_file = folder / "tokenizer.model"
     if not tokenizer_file.is_file():
         raise EngineError(
-            f"{tokenizer_file} is missing: a Llama model folder needs its SentencePiece tokenizer.model"
+            f"{tokenizer_file} is missing: a Llama model folder needs its SentencePiece "
+            "tokenizer.model"
         )
     tokenizer = Tokenizer(tokenizer_file)
 

@@ -1,4 +1,4 @@
-"""The Llama 2 transformer, bottom-up: RMSNorm, rotary embeddings, attention, SwiGLU MLP, block, stack.
+"""The Llama 2 transformer, bottom-up: RMSNorm, rotary, attention, SwiGLU MLP, block, stack.
 
 Batch size is always 1 (a desktop chat), so activations are [T, dim] and every shape comment below
 leaves the batch out. Attention over the KV cache is `engine.attention.attend_to`, the loop.
@@ -36,7 +36,7 @@ class Rotary:
     Two pairings of the head dimensions exist in the wild and describe the same model: Meta's
     checkpoints rotate interleaved pairs (0,1), (2,3)…; Hugging Face's permute the rows of wq/wk so
     that the pairs are (i, i + d/2). q·k is unchanged when q and k are permuted alike, so instead of
-    copying wq/wk to undo the permutation, the model rotates in the layout its weights were saved in.
+    copying wq/wk to undo the permutation, the model rotates in the pairing its weights came in.
     """
 
     def __init__(self, head_dim: int, max_seq_len: int, theta: float, device: torch.device) -> None:
@@ -183,7 +183,7 @@ class Transformer(nn.Module):
     def forward(
         self, tokens: torch.Tensor, start_pos: int, last_only: bool = False
     ) -> torch.Tensor:
-        """Run T tokens at positions start_pos.. ; returns float32 logits [T, vocab] ([1, vocab])."""
+        """Run T tokens at positions start_pos..; float32 logits [T, vocab] (or [1, vocab])."""
         n = tokens.shape[0]
         if self._rotary is None:
             raise EngineError("the KV cache is not set up; call setup_cache() first")

@@ -74,7 +74,7 @@ class Sampler:
     def sample(
         self, logits: torch.Tensor, history: Sequence[int], report_top: int = 10
     ) -> SampleResult:
-        """Pick the next token from float32 logits [vocab]; `history` feeds the repetition penalty."""
+        """Pick the next token from float32 logits [vocab]; `history` feeds the penalty."""
         logits = logits.float().cpu()
         probs = torch.softmax(logits, dim=-1)
         token = self._choose(logits, history)

@@ -1,4 +1,4 @@
-"""Chat prompts: Meta's Llama 2 format token for token, and chat templates exactly as transformers."""
+"""Chat prompts: Meta's Llama 2 format token for token, chat templates exactly as transformers."""
 
 from __future__ import annotations
 

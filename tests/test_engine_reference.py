@@ -1,4 +1,4 @@
-"""The engine against an independent reference: transformers' LlamaForCausalLM on the same weights."""
+"""The engine against an independent reference: transformers' LlamaForCausalLM, same weights."""
 
 from __future__ import annotations
 

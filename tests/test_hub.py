@@ -1,4 +1,4 @@
-"""Downloads through the real huggingface_hub client against a local server that acts like the Hub."""
+"""Downloads through the real huggingface_hub client against a local server acting as the Hub."""
 
 from __future__ import annotations
 

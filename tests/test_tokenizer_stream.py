@@ -1,4 +1,4 @@
-"""The streaming decoder: streamed pieces always add up to decode(all ids), with no U+FFFD mid-stream."""
+"""The streaming decoder: pieces always add up to decode(all ids), with no U+FFFD mid-stream."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Long chats: the worker leaves out the oldest turns (never the system prompt) instead of failing."""
+"""Long chats: the worker leaves out the oldest turns (never the system prompt) to fit."""
 
 from __future__ import annotations
 
