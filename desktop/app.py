@@ -55,44 +55,36 @@ def run_self_test(model: str, dtype: str | None, device: str | None) -> int:
     from PySide6.QtCore import QCoreApplication, QTimer
 
     from desktop.controller import EngineController
+    from desktop.self_test import SelfTest
 
     app = QCoreApplication.instance() or QCoreApplication([sys.argv[0]])
     controller = EngineController()
-    outcome = {"code": 1}
-
-    def loaded(_info: dict) -> None:
-        controller.generate(
-            {
-                "prompt": SELF_TEST_PROMPT,
-                "params": GREEDY,
-                "max_new_tokens": SELF_TEST_TOKENS,
-                "report_top": 5,
-            }
-        )
-
-    def finished(result: dict) -> None:
-        done = result["done_json"]  # signals carry dicts as Qt maps, which sort the keys
-        ordered = {k: done[k] for k in DONE_KEYS if k in done}
-        sys.stdout.write(json.dumps(ordered, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
-        outcome["code"] = 0
-        app.quit()
-
-    def failed(message) -> None:
-        text = message["message"] if isinstance(message, dict) else message
-        sys.stderr.write("self-test failed: " + " ".join(str(text).split()) + "\n")
-        outcome["code"] = 2
-        app.quit()
-
-    worker = controller.worker
-    worker.model_loaded.connect(loaded)
-    worker.load_failed.connect(failed)
-    worker.generation_finished.connect(finished)
-    worker.generation_failed.connect(failed)
+    # A QObject living on this (main) thread, so the worker's answers arrive as queued calls here
+    # rather than running inside the worker thread as plain Python callables would.
+    check = SelfTest(
+        controller,
+        {
+            "prompt": SELF_TEST_PROMPT,
+            "params": GREEDY,
+            "max_new_tokens": SELF_TEST_TOKENS,
+            "report_top": 5,
+        },
+    )
+    check.done.connect(app.quit)
     QTimer.singleShot(0, lambda: controller.load(model, dtype or "auto", device or "auto"))
     app.exec()
     controller.shutdown()
-    return outcome["code"]
+    if check.failure is not None:
+        sys.stderr.write("self-test failed: " + " ".join(check.failure.split()) + "\n")
+        return 2
+    if check.result is None:
+        sys.stderr.write("self-test failed: the engine stopped without an answer\n")
+        return 2
+    done = check.result["done_json"]  # Qt maps sort a dict's keys; restore the CLI's order
+    ordered = {k: done[k] for k in DONE_KEYS if k in done}
+    sys.stdout.write(json.dumps(ordered, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+    return 0
 
 
 def create_settings():

@@ -87,7 +87,8 @@ class DownloadController(QObject):
         self.active = False
         for signal in (self.worker.finished, self.worker.failed):
             signal.connect(self._done)
-        self.worker.cancelled.connect(lambda: self._done(""))
+        # A bound slot, not a lambda: a lambda would run in the download thread.
+        self.worker.cancelled.connect(self._cancelled)
 
     def start(self, repo_id: str, token: str = "", remember: bool = False) -> None:
         self._cancel.clear()
@@ -98,6 +99,9 @@ class DownloadController(QObject):
         self._cancel.set()
 
     def _done(self, _value: str) -> None:
+        self.active = False
+
+    def _cancelled(self) -> None:
         self.active = False
 
     def shutdown(self) -> None:

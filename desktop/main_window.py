@@ -80,6 +80,8 @@ class MainWindow(QMainWindow):
     """Chat view, input, top-k panel and settings; talks to the engine only via the controller."""
 
     model_ready = Signal(dict)
+    token_shown = Signal(dict)
+    """A streamed step after the window has shown it (main thread; for tests and the store)."""
     reply_finished = Signal(dict)
     error_shown = Signal(str)
 
@@ -103,6 +105,8 @@ class MainWindow(QMainWindow):
         self.history: list[dict] = []  # finished turns: {"role", "content"}
         self._reply: MessageWidget | None = None
         self._request_id = 0
+        self._prompt_tokens = 0
+        self._first_token_s = 0.0
         self._loading = False
         self.setWindowTitle("Loopchat")
         self.resize(1180, 760)
@@ -637,12 +641,26 @@ class MainWindow(QMainWindow):
             return
         self._reply.append_step(step)
         self.topk.show_step(step)
-        if self.model_info and step["index"] % 8 == 0:
-            used = getattr(self, "_prompt_tokens", 0) + step["index"] + 1
+        index = step["index"]
+        if index == 0:
+            self._first_token_s = step["elapsed_s"]
+        if self.model_info and index % 8 == 0:
+            used = self._prompt_tokens + index + 1
             self.context_label.setText(f"context {used} / {self.model_info['max_context']}")
+            self._show_live_speed(step)
         if self._saver is not None:
             clean = {k: step[k] for k in ("index", "token_id", "text", "piece", "prob", "top")}
             self._saver.add(clean)
+        self.token_shown.emit(step)
+
+    def _show_live_speed(self, step: dict) -> None:
+        """Time to first token and decode speed so far (the final numbers replace these)."""
+        first = self._first_token_s
+        parts = [f"prompt {self._prompt_tokens} tok", f"first token {first:.2f} s"]
+        decoding = step["elapsed_s"] - first
+        if step["index"] > 0 and decoding > 0:
+            parts.append(f"{step['index'] / decoding:.1f} tok/s")
+        self.speed_label.setText(" · ".join(parts))
 
     def _on_finished(self, result: dict) -> None:
         if result.get("id") != self._request_id or self._reply is None:

@@ -1,4 +1,4 @@
-"""Find files shipped in the `resources` package, installed, in a checkout, or frozen by PyInstaller."""
+"""Find shipped resource files: installed, in a checkout, or frozen by PyInstaller."""
 
 from __future__ import annotations
 

@@ -49,13 +49,16 @@ class EngineWorker(QObject):
     @Slot(str, str, str)
     def load_model(self, path: str, dtype: str, device: str) -> None:
         """Load (replacing any current model); emits model_loaded or load_failed."""
+        self.load_progress.emit(0.0, "Starting the engine")
         try:
+            from desktop.native_preload import preload_torch_libraries
+
+            preload_torch_libraries()  # so that importing torch below hardly holds the GIL
             from engine.errors import EngineError
             from engine.generate import Generator
             from engine.loader import load_model
 
             self._release()
-            self.load_progress.emit(0.0, "Starting the engine")
             loaded = load_model(
                 path,
                 dtype=dtype or "auto",

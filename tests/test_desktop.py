@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from PySide6.QtCore import QSettings, Qt, QTimer
-from PySide6.QtGui import QTextCursor
+from PySide6.QtGui import QFontDatabase, QFontInfo, QGuiApplication, QTextCursor
 
 from engine.chat import Message, chat_prompt_ids
 from engine.generate import Generator
@@ -100,7 +100,7 @@ def test_prompt_streams_the_engines_greedy_reply(qtbot, window, tiny_model_dir: 
     rows_seen: list[list] = []
     window.topk.rows_changed.connect(rows_seen.append)
     streamed: list[str] = []
-    window.controller.worker.token.connect(lambda step: streamed.append(step["text"]))
+    window.token_shown.connect(lambda step: streamed.append(step["text"]))  # main thread
 
     qtbot.keyClicks(window.input, "Hello there")
     with Heartbeat() as gen_beat, qtbot.waitSignal(window.reply_finished, timeout=120_000) as done:
@@ -123,8 +123,10 @@ def test_prompt_streams_the_engines_greedy_reply(qtbot, window, tiny_model_dir: 
         assert len(rows) == window.topk.k == 10
         assert sum(r[2] for r in rows) <= 1.0 + 1e-6
         assert any(r[3] for r in rows)
-    # Status bar reports speed and context.
-    assert "tok/s" in window.speed_label.text()
+    # Status bar reports prompt size, time to first token, speed and context.
+    status = window.speed_label.text()
+    assert f"prompt {result['prompt_tokens']} tok" in status
+    assert "first token" in status and "tok/s" in status
     assert f"/ {info['max_context']}" in window.context_label.text()
 
     print(
@@ -162,24 +164,37 @@ def test_clicking_a_token_shows_its_top_k(qtbot, window, tiny_model_dir: Path) -
 def test_stop_keeps_the_partial_reply(qtbot, window, tiny_model_dir: Path) -> None:
     load(qtbot, window, tiny_model_dir)
     make_greedy(window, 400)
-    seen = []
+    shown: list[dict] = []
+    after_stop: list[int] = []
+    cancel = window.controller._cancel
+    # Runs in the worker thread (a plain callable on a worker signal): counts the steps the
+    # engine still produced once the GUI had set the cancel flag.
+    window.controller.worker.token.connect(
+        lambda step: after_stop.append(step["index"]) if cancel.is_set() else None
+    )
 
-    def on_token(step: dict) -> None:
-        seen.append(step)
-        if len(seen) == 3:
-            window.stop()
+    def on_shown(step: dict) -> None:
+        shown.append(step)
+        if len(shown) == 3:
+            qtbot.keyClick(window.input, Qt.Key.Key_Escape)  # the user presses Esc
 
-    window.controller.worker.token.connect(on_token)
+    window.token_shown.connect(on_shown)
+    with qtbot.waitActive(window):  # shortcuts (Esc) reach only the active window
+        window.activateWindow()
+    window.input.setFocus()
     window.input.setPlainText("Tell me a long story")
     with qtbot.waitSignal(window.reply_finished, timeout=120_000) as done:
         qtbot.keyClick(window.input, Qt.Key.Key_Return)
     result = done.args[0]
     assert result["stop_reason"] == "cancelled"
     # The flag is checked between tokens: at most the token in flight follows the Stop.
-    assert 3 <= result["generated_tokens"] <= 4
+    assert len(after_stop) <= 1, after_stop
+    assert result["generated_tokens"] < 400
     reply = window.chat.messages[-1]
     assert reply.text == result["text"]
-    assert window.send_button.isEnabled()
+    assert [s["token_id"] for s in reply.steps] == result["token_ids"]
+    assert "stopped" in reply.meta_label.text()
+    assert window.send_button.isEnabled() and not window.stop_button.isEnabled()
     # The partial reply is part of the conversation, and Regenerate can replace it.
     assert window.history[-1]["content"] == result["text"]
 
@@ -193,12 +208,55 @@ def test_closing_mid_generation_exits_cleanly(qtbot, settings, tiny_model_dir: P
     load(qtbot, win, tiny_model_dir)
     make_greedy(win, 400)
     win.input.setPlainText("Go on and on")
-    with qtbot.waitSignal(win.controller.worker.token, timeout=60_000):
+    with qtbot.waitSignal(win.token_shown, timeout=60_000):
         qtbot.keyClick(win.input, Qt.Key.Key_Return)
+    assert win.controller.busy
     started = time.perf_counter()
     win.close()
     assert time.perf_counter() - started < 5
     assert not win.controller._thread.isRunning()
+
+
+def test_finished_reply_renders_markdown_and_copies(qtbot, window) -> None:
+    reply = window.chat.add_message("assistant", author="m")
+    text = "Some **bold** words.\n\n```python\nfor t in range(pos + 1):\n    pass\n```\n"
+    for i, piece in enumerate(["Some ", "**bold** words.", text[len("Some **bold** words.") :]]):
+        reply.append_step({"index": i, "text": piece, "token_id": 3, "piece": piece, "top": []})
+    reply.finish(text, "3 tokens")
+    doc = reply.body.document()
+    assert "```" not in doc.toPlainText() and "**" not in doc.toPlainText()
+    block = doc.begin()
+    while block.isValid() and "for t in range" not in block.text():
+        block = block.next()
+    assert block.isValid()
+    font = QTextCursor(block).charFormat().font()
+    fixed = QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont)
+    assert QFontInfo(font).family() == QFontInfo(fixed).family()  # the system's monospace font
+    qtbot.mouseClick(reply.copy_button, Qt.MouseButton.LeftButton)
+    assert QGuiApplication.clipboard().text() == text
+
+
+def test_new_messages_open_no_windows(qtbot, window) -> None:
+    """A message's buttons must never flash up as windows of their own (and steal the focus)."""
+    from PySide6.QtWidgets import QApplication
+
+    with qtbot.waitActive(window):
+        window.activateWindow()
+    for role in ("user", "assistant", "note"):
+        window.chat.add_message(role, "hi")
+    qtbot.wait(50)
+    assert [w for w in QApplication.topLevelWidgets() if w.isVisible()] == [window]
+    assert QApplication.activeWindow() is window
+
+
+def test_topk_panel_labels_are_readable() -> None:
+    from desktop.views.topk_panel import visible_token
+
+    assert visible_token(" the") == "␣the"
+    assert visible_token("\n") == "⏎"
+    assert visible_token("\t") == "→"
+    assert visible_token("<0xE2>") == "byte 0xE2"
+    assert visible_token("") == "∅"
 
 
 def test_broken_model_folder_shows_error_and_window_stays_usable(

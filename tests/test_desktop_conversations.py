@@ -1,4 +1,4 @@
-"""Conversations in the real window: saved as they happen, reopened, searched, exported, imported."""
+"""Conversations in the real window: saved as they happen, reopened, searched, exported."""
 
 from __future__ import annotations
 

@@ -88,14 +88,15 @@ class MessageWidget(QFrame):
         self.meta_label.setObjectName("meta")
         header.addWidget(self.meta_label)
         header.addStretch(1)
-        self.tokens_button = QToolButton()
+        # Parented at once: setVisible(True) on a parentless widget would open it as a window.
+        self.tokens_button = QToolButton(self)
         self.tokens_button.setText("Tokens")
         self.tokens_button.setCheckable(True)
         self.tokens_button.setToolTip("Show the reply token by token; click a token to inspect it")
         self.tokens_button.toggled.connect(self.set_token_view)
         self.tokens_button.setVisible(role == "assistant")
         header.addWidget(self.tokens_button)
-        self.edit_button = QToolButton()
+        self.edit_button = QToolButton(self)
         self.edit_button.setText("Edit")
         self.edit_button.setToolTip(
             "Edit this message and send it again (later turns are replaced)"
@@ -103,7 +104,7 @@ class MessageWidget(QFrame):
         self.edit_button.clicked.connect(lambda: self.edit_requested.emit(self))
         self.edit_button.setVisible(role == "user")
         header.addWidget(self.edit_button)
-        self.copy_button = QToolButton()
+        self.copy_button = QToolButton(self)
         self.copy_button.setText("Copy")
         self.copy_button.setToolTip("Copy this message")
         self.copy_button.clicked.connect(self.copy)

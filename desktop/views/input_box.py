@@ -6,6 +6,9 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QKeyEvent
 from PySide6.QtWidgets import QPlainTextEdit, QWidget
 
+MAX_LINES = 8
+"""The box grows up to this many lines, then scrolls."""
+
 
 class InputBox(QPlainTextEdit):
     """Multi-line input that grows with its text up to a few lines."""
@@ -30,7 +33,15 @@ class InputBox(QPlainTextEdit):
         super().keyPressEvent(event)
 
     def _fit(self) -> None:
-        lines = max(1, min(8, int(self.document().size().height())))
+        # A QPlainTextEdit's document height is counted in lines, wrapped lines included.
+        wanted = int(self.document().size().height())
+        lines = max(1, min(MAX_LINES, wanted))
+        policy = (
+            Qt.ScrollBarPolicy.ScrollBarAsNeeded
+            if wanted > MAX_LINES
+            else (Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        )
+        self.setVerticalScrollBarPolicy(policy)
         line_height = self.fontMetrics().lineSpacing()
         margins = (
             int(2 * self.document().documentMargin())

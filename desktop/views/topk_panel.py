@@ -147,7 +147,7 @@ class TopKPanel(QWidget):
         bar_x = margin + label_w + 8
         bar_w = max(20, width - label_w - 8 - pct_w)
         available = (self.height() - y - margin) // row_h
-        for token_id, text, prob, is_chosen in rows[: max(0, available)]:
+        for _token_id, text, prob, is_chosen in rows[: max(0, available)]:
             rect = QRectF(margin - 4, y - 3, width + 8, row_h - 2)
             if is_chosen:
                 highlight = QColor(accent)
