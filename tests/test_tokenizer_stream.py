@@ -88,3 +88,15 @@ def test_encode_adds_bos_and_eos(tok: Tokenizer) -> None:
     ids = tok.encode("hello", bos=True, eos=True)
     assert ids[0] == tok.bos_id == 1 and ids[-1] == tok.eos_id == 2
     assert tok.decode(ids) == "hello"
+
+
+def test_space_after_control_tokens_mid_stream(tok: Tokenizer) -> None:
+    """BOS/EOS decode to nothing; the space of the piece after them must still be streamed."""
+    word = tok.encode("world", bos=False)
+    assert tok.piece(word[0]).startswith("▁")
+    for ids in (
+        [0, tok.bos_id, *word],
+        [*tok.encode("hello", bos=False), tok.eos_id, tok.bos_id, *word],
+        [tok.bos_id, *word, tok.eos_id, *word],
+    ):
+        assert "".join(stream(tok, ids)) == tok.decode(ids), ids
