@@ -1,332 +1,522 @@
-"""Conversations on disk: one SQLite database, saved as the user types and as the model streams.
+"""Conversations on disk: one SQLite database, saved as the user sends and as the model streams.
 
-Design choices, and why:
-* WAL journal with synchronous=NORMAL: every committed transaction survives the app being killed
-  (only a power cut may lose the last moments), and readers never block the writer.
-* Streamed tokens go into an append-only `steps` table keyed by (message_id, idx): saving a batch
-  of 32 tokens is 32 small inserts in one short transaction, never a rewrite of the whole reply.
-  Each step keeps what the token inspector needs: id, text, piece, probability and the top-k.
-* Search uses LIKE over titles and message text with the wildcards escaped: exact for any input,
-  and fast enough for a personal history (FTS5 is not in every Python's SQLite build).
-* A database that is corrupt or from a newer Loopchat is moved aside (never deleted) and a fresh
-  one is started; `recovery_notice` tells the window what happened and where the old file went.
+Choices, and why:
+
+* **WAL journal, synchronous=FULL.** Any committed transaction survives the app being killed in
+  every synchronous mode; FULL also makes it survive a power cut or an OS crash (a laptop whose
+  battery dies mid-generation), which NORMAL does not (it may roll back the last transactions).
+  The price is one fsync per commit (a few ms on an SSD), and there are few commits: a user
+  message, then one save point a second at most while a reply streams.
+* **Steps in an append-only table** keyed (message_id, idx): a save point inserts the new steps
+  and rewrites only the reply's text, never what was saved before, so its cost does not grow
+  with the reply. Top-k ids/probabilities are packed (see `store_schema.pack_top`).
+* **Search** is a case-insensitive substring match over titles, system prompts and messages,
+  done by a small SQL function with Python's `str.casefold` (right for any language, unlike
+  LIKE's ASCII-only case folding, and it has no wildcards, so `%` and `_` are literal).
+  It scans: a few ms per MB of text, fine for a personal history. FTS5 would need a trigram
+  index (3+ characters per query) and is not built into every Python's SQLite.
+* **One connection, one lock**: the GUI and the worker thread may both call any method; each
+  call holds the lock for one short transaction.
+* A database that is corrupt, unreadable or from a newer Loopchat is **moved aside** (with its
+  -wal/-shm, so it can still be opened), never deleted; `recovery_notice` tells the user where.
+
 No Qt and no torch here: the worker, tests and a crash-test subprocess all use it directly.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import logging
 import sqlite3
+import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-EXPORT_FORMAT = "loopchat-conversation"
-EXPORT_VERSION = 1
+from desktop.export import (
+    EXPORT_FORMAT,
+    EXPORT_VERSION,
+    conversation_from_json,
+    conversation_to_json,
+    conversation_to_markdown,
+    read_export,
+)
+from desktop.store_schema import (
+    MIGRATIONS,
+    ROLES,
+    Conversation,
+    Message,
+    Migration,
+    NewerSchemaError,
+    StepRecord,
+    StoreError,
+    migrate,
+    pack_top,
+    unpack_top,
+)
+
+__all__ = [
+    "EXPORT_FORMAT",
+    "EXPORT_VERSION",
+    "MIGRATIONS",
+    "Autosaver",
+    "Conversation",
+    "ConversationStore",
+    "Message",
+    "StepRecord",
+    "StoreError",
+    "default_path",
+    "make_title",
+    "read_export",
+]
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "conversations.sqlite3"
 TITLE_LENGTH = 60
+_LAST_OPEN = "last_open"
+_BUSY = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED: another process holds the file; it is not broken
+T = TypeVar("T")
 
 
-class StoreError(Exception):
-    """A problem with saved conversations that the user can act on (message fit for a dialog)."""
+def default_path() -> Path:
+    """`<user data dir>/conversations.sqlite3` (platformdirs; LOOPCHAT_HOME overrides)."""
+    from desktop.paths import data_dir
+
+    return data_dir() / DB_NAME
 
 
-def _run_script(db: sqlite3.Connection, script: str) -> None:
-    """Run DDL statements inside the caller's transaction (executescript would commit it)."""
-    for statement in script.split(";"):
-        if statement.strip():
-            db.execute(statement)
+def make_title(text: str) -> str:
+    """A one-line title from a message: whitespace collapsed, cut at a word near 60 chars."""
+    line = " ".join(text.split())
+    if len(line) <= TITLE_LENGTH:
+        return line
+    cut = line[: TITLE_LENGTH - 1]
+    if " " in cut[TITLE_LENGTH // 2 :]:
+        cut = cut[: cut.rindex(" ")]
+    return cut.rstrip() + "…"
 
 
-def _v1(db: sqlite3.Connection) -> None:
-    _run_script(
-        db,
-        """
-        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-        CREATE TABLE conversations (
-            id INTEGER PRIMARY KEY,
-            title TEXT NOT NULL DEFAULT '',
-            title_is_custom INTEGER NOT NULL DEFAULT 0,
-            system_prompt TEXT NOT NULL DEFAULT '',
-            model TEXT NOT NULL DEFAULT '',
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL,
-            deleted_at REAL
-        );
-        CREATE TABLE messages (
-            id INTEGER PRIMARY KEY,
-            conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
-            position INTEGER NOT NULL,
-            role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
-            content TEXT NOT NULL DEFAULT '',
-            created_at REAL NOT NULL,
-            finished INTEGER NOT NULL DEFAULT 1,
-            stop_reason TEXT NOT NULL DEFAULT '',
-            model TEXT NOT NULL DEFAULT '',
-            sampling TEXT NOT NULL DEFAULT '{}',
-            timings TEXT NOT NULL DEFAULT '{}',
-            UNIQUE (conversation_id, position)
-        );
-        CREATE TABLE steps (
-            message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
-            idx INTEGER NOT NULL,
-            token_id INTEGER NOT NULL,
-            text TEXT NOT NULL,
-            piece TEXT NOT NULL,
-            prob REAL NOT NULL,
-            top TEXT NOT NULL,
-            PRIMARY KEY (message_id, idx)
-        ) WITHOUT ROWID;
-        CREATE INDEX conversations_recent ON conversations(updated_at DESC);
-        """,
+def _contains(haystack: str | None, needle: str) -> bool:
+    """SQL `lc_contains(text, casefolded query)`: case-insensitive, no wildcards."""
+    return haystack is not None and needle in haystack.casefold()
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) in _BUSY or "locked" in str(exc)
+
+
+class _Unusable(Exception):
+    """The file at the store's path cannot be used as it is; `label` names the moved-aside copy."""
+
+    def __init__(self, label: str, reason: str) -> None:
+        super().__init__(reason)
+        self.label = label
+        self.reason = reason
+
+
+_CONV_COLUMNS = (
+    "id, title, created_at, updated_at, system_prompt, model, model_path, title_is_custom, "
+    "deleted_at"
+)
+_MSG_COLUMNS = (
+    "id, conversation_id, position, role, content, created_at, finished, stop_reason, model, "
+    "sampling, timings"
+)
+
+
+def _conversation(row: tuple) -> Conversation:
+    return Conversation(*row[:7], title_is_custom=bool(row[7]), deleted_at=row[8])
+
+
+def _message(row: tuple) -> Message:
+    return Message(
+        *row[:6],
+        finished=bool(row[6]),
+        stop_reason=row[7],
+        model=row[8],
+        sampling=json.loads(row[9]),
+        timings=json.loads(row[10]),
     )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1]
-"""Migration i brings a database from schema version i to i + 1. Only ever append."""
-
-
-@dataclass
-class Message:
-    id: int
-    role: str
-    content: str
-    position: int
-    finished: bool = True
-    stop_reason: str = ""
-    model: str = ""
-    sampling: dict = field(default_factory=dict)
-    timings: dict = field(default_factory=dict)
-    steps: list[dict] = field(default_factory=list)
-    """Each: {"index", "token_id", "text", "piece", "prob", "top": [{"token_id","text","prob"}]}"""
-
-
-@dataclass
-class Conversation:
-    id: int
-    title: str
-    system_prompt: str
-    model: str
-    created_at: float
-    updated_at: float
-    title_is_custom: bool = False
-    messages: list[Message] = field(default_factory=list)
-
-
-def _title_from(text: str) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= TITLE_LENGTH else line[: TITLE_LENGTH - 1].rstrip() + "…"
-
-
-def _like(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
+def _step_row(message_id: int, idx: int, s: StepRecord) -> tuple:
+    return (message_id, idx, s.token_id, s.prob, s.text, s.piece, *pack_top(s.top))
 
 
 class ConversationStore:
-    """All saved conversations. Thread-safe: one connection guarded by a lock, short writes."""
+    """Every saved conversation. Thread-safe; each method is one short transaction.
 
-    def __init__(self, path: Path, migrations: list | None = None) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._migrations = MIGRATIONS if migrations is None else migrations
-        self._lock = threading.RLock()
+    `path` defaults to `default_path()`. `migrations` is for tests of the migration runner;
+    `busy_timeout_s` is how long a write waits for another process holding the file.
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        migrations: Sequence[Migration] = MIGRATIONS,
+        busy_timeout_s: float = 5.0,
+    ) -> None:
+        self.path = Path(path) if path is not None else default_path()
         self.recovery_notice: str | None = None
+        """Set when the old file had to be moved aside: what happened and where it went."""
+        self._migrations = tuple(migrations)
+        self._busy_timeout_s = busy_timeout_s
+        self._lock = threading.RLock()
         try:
-            self._db = self._open()
-        except (sqlite3.DatabaseError, StoreError) as exc:
-            moved = self._move_aside()
-            self.recovery_notice = (
-                f"Your conversation database could not be opened ({exc}). It was moved to "
-                f"{moved} and a new one was started; nothing was deleted."
-            )
-            self._db = self._open()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"Cannot create the folder for saved conversations, {self.path.parent}: "
+                f"{exc.strerror}. Check that it is writable."
+            ) from None
+        try:
+            self._db = self._connect()
+        except _Unusable as problem:
+            if not self.path.exists():
+                raise StoreError(
+                    f"Cannot create the conversation database {self.path}: {problem.reason}. "
+                    "Check that the folder is writable."
+                ) from None
+            moved = self._move_aside(problem.label)
+            self.recovery_notice = self._notice(problem, moved)
+            log.warning("conversation database moved aside to %s: %s", moved, problem.reason)
+            try:
+                self._db = self._connect()
+            except _Unusable as again:
+                raise StoreError(
+                    f"Cannot start a new conversation database at {self.path}: {again.reason}. "
+                    "Check that the folder is writable and the disk is not full."
+                ) from None
+
+    # -- opening, recovery ---------------------------------------------------------------------
 
     @property
     def schema_version(self) -> int:
+        """The version this code writes (the length of its migration list)."""
         return len(self._migrations)
 
-    def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
+    def _connect(self) -> sqlite3.Connection:
+        """Check, open and migrate the file; `_Unusable` if it is broken or too new."""
+        if self.path.exists():
+            self._check_read_only()
+        db = None
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA foreign_keys=ON")
-            check = db.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise StoreError(f"integrity check failed: {check}")
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > self.schema_version:
-                raise StoreError(
-                    f"it was written by a newer Loopchat (schema {version}, this one knows "
-                    f"{self.schema_version})"
-                )
-            if version < self.schema_version:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    for migrate in self._migrations[version:]:
-                        migrate(db)
-                    db.execute(f"PRAGMA user_version={self.schema_version}")
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
+            db = sqlite3.connect(
+                self.path,
+                timeout=self._busy_timeout_s,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":  # e.g. some network file systems
+                log.warning("SQLite refused WAL mode for %s (using %s)", self.path, mode)
+            db.execute("PRAGMA synchronous = FULL")
+            db.execute("PRAGMA foreign_keys = ON")
+            try:
+                found = migrate(db, self._migrations)
+            except NewerSchemaError as exc:  # only if another process replaced it meanwhile
+                raise _Unusable("newer-version", str(exc)) from None
+            except sqlite3.Error as exc:
+                if _is_busy(exc):
                     raise
-        except BaseException:
-            db.close()
+                raise _Unusable("upgrade-failed", f"upgrading it failed ({exc})") from None
+            if found < self.schema_version:
+                log.info("conversations upgraded from v%d to v%d", found, self.schema_version)
+            db.create_function("lc_contains", 2, _contains, deterministic=True)
+            return db
+        except BaseException as exc:
+            if db is not None:
+                db.close()
+            if isinstance(exc, sqlite3.Error):
+                self._raise_unusable(exc)
             raise
-        return db
 
-    def _move_aside(self) -> Path:
+    def _check_read_only(self) -> None:
+        """Vet an existing file without changing it.
+
+        Read-only, because a read-write connection to a broken file still deletes its -wal on
+        close, and the -wal may hold the latest conversations: what is moved aside must be
+        exactly what was found.
+        """
+        db = None
+        try:
+            db = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=ro",
+                uri=True,
+                timeout=self._busy_timeout_s,
+                isolation_level=None,
+            )
+            # quick_check: integrity_check without the index/table cross-checks; several times
+            # faster and finds the damage that matters here (pages that cannot be read).
+            problems = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
+            if problems != ["ok"]:
+                log.warning("quick_check of %s: %s", self.path, " | ".join(problems))
+                raise _Unusable("unreadable", "it is damaged (its integrity check failed)")
+            found = db.execute("PRAGMA user_version").fetchone()[0]
+            if found > self.schema_version:
+                raise _Unusable("newer-version", str(NewerSchemaError(found, self.schema_version)))
+        except sqlite3.Error as exc:
+            self._raise_unusable(exc)
+        finally:
+            if db is not None:
+                db.close()
+
+    def _raise_unusable(self, exc: sqlite3.Error) -> None:
+        """Busy is not broken: another Loopchat may be using the file, so it is left alone."""
+        if _is_busy(exc):
+            raise StoreError(
+                f"The conversation database {self.path} is in use by another program "
+                "(is Loopchat already running?). Close it and try again."
+            ) from None
+        raise _Unusable("unreadable", f"it could not be read ({exc})") from None
+
+    def _move_aside(self, label: str) -> Path:
+        """Rename the file and its -wal/-shm to `<name>.<label>-<timestamp>[-n]` (kept paired)."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        target = self.path.with_name(f"{self.path.name}.unreadable-{stamp}")
-        n = 1
-        while target.exists():
-            target = self.path.with_name(f"{self.path.name}.unreadable-{stamp}-{n}")
+        target = self.path.with_name(f"{self.path.name}.{label}-{stamp}")
+        n = 2
+        while any(Path(f"{target}{s}").exists() for s in ("", "-wal", "-shm")):
+            target = self.path.with_name(f"{self.path.name}.{label}-{stamp}-{n}")
             n += 1
         for suffix in ("", "-wal", "-shm"):
-            source = Path(str(self.path) + suffix)
-            if source.exists():
-                shutil.move(source, Path(str(target) + suffix))
+            source = Path(f"{self.path}{suffix}")
+            if not source.exists():
+                continue
+            try:
+                source.rename(f"{target}{suffix}")
+            except OSError as exc:
+                raise StoreError(
+                    f"The conversation database {self.path} cannot be opened and could not be "
+                    f"moved aside ({exc.strerror}). Move it somewhere else and restart Loopchat."
+                ) from None
         return target
 
+    def _notice(self, problem: _Unusable, moved: Path) -> str:
+        kept = f"It was moved to {moved} (nothing was deleted) and a new, empty history started."
+        if problem.label == "newer-version":
+            return (
+                f"Your saved conversations were written by a newer version of Loopchat "
+                f"({problem.reason}). {kept} Open that file with the newer Loopchat to get them "
+                "back."
+            )
+        if problem.label == "upgrade-failed":
+            return (
+                f"Your saved conversations could not be upgraded to this version of Loopchat: "
+                f"{problem.reason}. {kept}"
+            )
+        return f"Your saved conversations could not be opened: {problem.reason}. {kept}"
+
     def close(self) -> None:
+        """Close the file (SQLite folds the WAL back into it)."""
         with self._lock:
+            try:
+                self._db.execute("PRAGMA optimize")
+            except sqlite3.Error:
+                pass
             self._db.close()
 
-    def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    def __enter__(self) -> ConversationStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transactions --------------------------------------------------------------------------
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` in one write transaction; a database failure becomes a StoreError."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                out = fn(self._db)
-                self._db.execute("COMMIT")
-                return out
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(self._db)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StoreError(
+                    f"Could not save to the conversation database ({exc}). Check that the disk "
+                    f"is not full and {self.path.parent} is writable."
+                ) from exc
+            return result
 
-    def _read(self, sql: str, args: Iterable = ()) -> list[tuple]:
+    def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` in one read transaction, so several SELECTs see the same snapshot."""
         with self._lock:
-            return self._db.execute(sql, tuple(args)).fetchall()
+            try:
+                self._db.execute("BEGIN")
+                try:
+                    return fn(self._db)
+                finally:
+                    self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"Could not read the conversation database ({exc}).") from exc
 
-    # -- conversations -----------------------------------------------------------------------
+    @staticmethod
+    def _require_conversation(db: sqlite3.Connection, conversation_id: int) -> tuple:
+        row = db.execute(
+            "SELECT title_is_custom, deleted_at FROM conversations WHERE id = ?",
+            (conversation_id,),
+        ).fetchone()
+        if row is None:
+            raise StoreError("This conversation no longer exists.")
+        return row
 
-    def create_conversation(self, system_prompt: str = "", model: str = "", title: str = "") -> int:
+    # -- conversations -------------------------------------------------------------------------
+
+    def create_conversation(
+        self, system_prompt: str = "", model: str = "", *, model_path: str = "", title: str = ""
+    ) -> int:
+        """A new, empty conversation; without `title` it is named after its first user message."""
         now = time.time()
+        title = " ".join(title.split())
         return self._write(
             lambda db: (
                 db.execute(
                     "INSERT INTO conversations (title, title_is_custom, system_prompt, model, "
-                    "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (title, int(bool(title)), system_prompt, model, now, now),
+                    "model_path, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (title, int(bool(title)), system_prompt, model, model_path, now, now),
                 ).lastrowid
             )
         )
 
     def list_conversations(self, search: str = "") -> list[Conversation]:
-        """Newest first; `search` matches any text of a conversation, case-insensitively."""
-        sql = (
-            "SELECT id, title, system_prompt, model, created_at, updated_at, title_is_custom "
-            "FROM conversations c WHERE deleted_at IS NULL"
-        )
-        args: list = []
-        if search.strip():
-            pattern = _like(search.strip())
+        """Conversations not deleted, most recently active first, without their messages.
+
+        `search` keeps those whose title, system prompt or any message contains it
+        (case-insensitive, literal: no wildcards).
+        """
+        sql = f"SELECT {_CONV_COLUMNS} FROM conversations c WHERE deleted_at IS NULL"
+        args: tuple = ()
+        needle = search.strip().casefold()
+        if needle:
             sql += (
-                " AND (title LIKE ? ESCAPE '\\' OR system_prompt LIKE ? ESCAPE '\\' OR EXISTS "
-                "(SELECT 1 FROM messages m WHERE m.conversation_id = c.id "
-                "AND m.content LIKE ? ESCAPE '\\'))"
+                " AND (lc_contains(title, ?1) OR lc_contains(system_prompt, ?1) OR EXISTS ("
+                "SELECT 1 FROM messages m WHERE m.conversation_id = c.id "
+                "AND lc_contains(m.content, ?1)))"
             )
-            args = [pattern, pattern, pattern]
+            args = (needle,)
         sql += " ORDER BY updated_at DESC, id DESC"
-        return [
-            Conversation(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]))
-            for r in self._read(sql, args)
-        ]
+        rows = self._read(lambda db: db.execute(sql, args).fetchall())
+        return [_conversation(r) for r in rows]
 
-    def get_conversation(self, conversation_id: int) -> Conversation:
-        rows = self._read(
-            "SELECT id, title, system_prompt, model, created_at, updated_at, title_is_custom "
-            "FROM conversations WHERE id = ? AND deleted_at IS NULL",
-            (conversation_id,),
-        )
-        if not rows:
-            raise StoreError(f"conversation {conversation_id} does not exist")
-        conv = Conversation(*rows[0][:6], bool(rows[0][6]))
-        messages = self._read(
-            "SELECT id, role, content, position, finished, stop_reason, model, sampling, timings "
-            "FROM messages WHERE conversation_id = ? ORDER BY position",
-            (conversation_id,),
-        )
-        for r in messages:
-            conv.messages.append(
-                Message(
-                    r[0],
-                    r[1],
-                    r[2],
-                    r[3],
-                    bool(r[4]),
-                    r[5],
-                    r[6],
-                    json.loads(r[7]),
-                    json.loads(r[8]),
-                    self._steps(r[0]),
+    def get_conversation(
+        self, conversation_id: int, *, steps: bool = True, include_deleted: bool = False
+    ) -> Conversation:
+        """A conversation with its messages in order and, unless `steps=False`, their steps."""
+
+        def read(db: sqlite3.Connection) -> Conversation:
+            row = db.execute(
+                f"SELECT {_CONV_COLUMNS} FROM conversations WHERE id = ?", (conversation_id,)
+            ).fetchone()
+            if row is None or (row[8] is not None and not include_deleted):
+                raise StoreError("This conversation no longer exists.")
+            conv = _conversation(row)
+            conv.messages = [
+                _message(r)
+                for r in db.execute(
+                    f"SELECT {_MSG_COLUMNS} FROM messages WHERE conversation_id = ? "
+                    "ORDER BY position",
+                    (conversation_id,),
                 )
-            )
-        return conv
+            ]
+            if steps:
+                by_id = {m.id: m for m in conv.messages}
+                for r in db.execute(
+                    "SELECT s.message_id, s.idx, s.token_id, s.prob, s.text, s.piece, s.top_ids, "
+                    "s.top_probs, s.top_texts FROM steps s JOIN messages m ON m.id = s.message_id "
+                    "WHERE m.conversation_id = ? ORDER BY s.message_id, s.idx",
+                    (conversation_id,),
+                ):
+                    by_id[r[0]].steps.append(
+                        StepRecord(r[2], r[4], r[3], unpack_top(r[6], r[7], r[8]), r[5], r[1])
+                    )
+            return conv
 
-    def _steps(self, message_id: int) -> list[dict]:
-        return [
-            {
-                "index": r[0],
-                "token_id": r[1],
-                "text": r[2],
-                "piece": r[3],
-                "prob": r[4],
-                "top": json.loads(r[5]),
-            }
-            for r in self._read(
-                "SELECT idx, token_id, text, piece, prob, top FROM steps WHERE message_id = ? "
-                "ORDER BY idx",
+        return self._read(read)
+
+    def get_steps(self, message_id: int) -> list[StepRecord]:
+        """One message's steps (for views that load them only when a reply is inspected)."""
+        rows = self._read(
+            lambda db: db.execute(
+                "SELECT idx, token_id, prob, text, piece, top_ids, top_probs, top_texts "
+                "FROM steps WHERE message_id = ? ORDER BY idx",
                 (message_id,),
-            )
+            ).fetchall()
+        )
+        return [
+            StepRecord(r[1], r[3], r[2], unpack_top(r[5], r[6], r[7]), r[4], r[0]) for r in rows
         ]
 
     def rename(self, conversation_id: int, title: str) -> None:
-        self._write(
-            lambda db: db.execute(
-                "UPDATE conversations SET title = ?, title_is_custom = 1 WHERE id = ?",
-                (title.strip(), conversation_id),
-            )
+        """Give a conversation its own title; an empty one goes back to the automatic title."""
+        title = " ".join(title.split())
+
+        def write(db: sqlite3.Connection) -> None:
+            self._require_conversation(db, conversation_id)
+            if title:
+                db.execute(
+                    "UPDATE conversations SET title = ?, title_is_custom = 1 WHERE id = ?",
+                    (title, conversation_id),
+                )
+            else:
+                db.execute(
+                    "UPDATE conversations SET title_is_custom = 0 WHERE id = ?", (conversation_id,)
+                )
+                self._retitle(db, conversation_id)
+
+        self._write(write)
+
+    @staticmethod
+    def _retitle(db: sqlite3.Connection, conversation_id: int) -> None:
+        """Automatic title = the first user message (kept as is when the user chose one)."""
+        first = db.execute(
+            "SELECT content FROM messages WHERE conversation_id = ? AND role = 'user' "
+            "ORDER BY position LIMIT 1",
+            (conversation_id,),
+        ).fetchone()
+        db.execute(
+            "UPDATE conversations SET title = ? WHERE id = ? AND title_is_custom = 0",
+            (make_title(first[0]) if first else "", conversation_id),
         )
 
     def set_system_prompt(self, conversation_id: int, system_prompt: str) -> None:
-        self._write(
-            lambda db: db.execute(
+        def write(db: sqlite3.Connection) -> None:
+            self._require_conversation(db, conversation_id)
+            db.execute(
                 "UPDATE conversations SET system_prompt = ? WHERE id = ?",
                 (system_prompt, conversation_id),
             )
-        )
+
+        self._write(write)
 
     def delete_conversation(self, conversation_id: int) -> None:
-        """Hide it (undo with `restore_conversation`); `purge_deleted` removes it for good."""
+        """Hide a conversation; `restore` undoes it until `purge_deleted` removes it for good."""
         self._write(
             lambda db: db.execute(
-                "UPDATE conversations SET deleted_at = ? WHERE id = ?",
+                "UPDATE conversations SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL",
                 (time.time(), conversation_id),
             )
         )
 
-    def restore_conversation(self, conversation_id: int) -> None:
+    def restore(self, conversation_id: int) -> None:
+        """Undo `delete_conversation`."""
         self._write(
             lambda db: db.execute(
                 "UPDATE conversations SET deleted_at = NULL WHERE id = ?", (conversation_id,)
             )
         )
 
+    restore_conversation = restore
+
     def purge_deleted(self, older_than_s: float = 0.0) -> int:
+        """Remove deleted conversations (and their messages and steps); return how many."""
         cutoff = time.time() - older_than_s
         return self._write(
             lambda db: (
@@ -337,7 +527,7 @@ class ConversationStore:
             )
         )
 
-    # -- messages ----------------------------------------------------------------------------
+    # -- messages ------------------------------------------------------------------------------
 
     def add_message(
         self,
@@ -345,261 +535,322 @@ class ConversationStore:
         role: str,
         content: str,
         *,
-        finished: bool = True,
         model: str = "",
         sampling: dict | None = None,
+        timings: dict | None = None,
+        finished: bool = True,
+        stop_reason: str | None = None,
     ) -> int:
-        """Append a message; a conversation's first user message becomes its title."""
+        """Append a message (committed before returning); return its id.
+
+        The conversation's first user message also becomes its title, unless the user chose one.
+        """
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, not {role!r}")
         now = time.time()
 
         def write(db: sqlite3.Connection) -> int:
-            position = db.execute(
-                "SELECT COALESCE(MAX(position) + 1, 0) FROM messages WHERE conversation_id = ?",
-                (conversation_id,),
-            ).fetchone()[0]
+            self._require_conversation(db, conversation_id)
             message_id = db.execute(
                 "INSERT INTO messages (conversation_id, position, role, content, created_at, "
-                "finished, model, sampling) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "finished, stop_reason, model, sampling, timings) VALUES (?, (SELECT "
+                "COALESCE(MAX(position) + 1, 0) FROM messages WHERE conversation_id = ?), "
+                "?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     conversation_id,
-                    position,
+                    conversation_id,
                     role,
                     content,
                     now,
                     int(finished),
+                    stop_reason,
                     model,
                     json.dumps(sampling or {}),
+                    json.dumps(timings or {}),
                 ),
             ).lastrowid
             db.execute(
-                "UPDATE conversations SET updated_at = ?, "
-                "title = CASE WHEN title_is_custom = 0 AND title = '' AND ? = 'user' "
-                "THEN ? ELSE title END WHERE id = ?",
-                (now, role, _title_from(content), conversation_id),
+                "UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conversation_id)
             )
+            if role == "user":
+                self._retitle(db, conversation_id)
             return message_id
 
         return self._write(write)
 
-    def start_reply(self, conversation_id: int, model: str, sampling: dict) -> int:
+    def start_reply(
+        self, conversation_id: int, model: str = "", sampling: dict | None = None
+    ) -> int:
+        """An empty, unfinished assistant message that `append_steps` fills as tokens stream."""
         return self.add_message(
-            conversation_id, "assistant", "", finished=False, model=model, sampling=sampling
+            conversation_id, "assistant", "", model=model, sampling=sampling, finished=False
         )
 
-    def append_steps(self, message_id: int, steps: list[dict], content: str) -> None:
-        """Save streamed steps and the reply text so far (one short transaction)."""
+    def append_steps(self, message_id: int, steps: Iterable[Any], content_so_far: str) -> None:
+        """Save a batch of streamed steps after those already saved, and the reply text so far.
+
+        `steps` may be StepRecords, engine `Step`s or their dicts. One short transaction: the
+        new rows plus one update, whatever the length of the reply.
+        """
+        records = [StepRecord.coerce(s) for s in steps]
 
         def write(db: sqlite3.Connection) -> None:
+            row = db.execute("SELECT finished FROM messages WHERE id = ?", (message_id,)).fetchone()
+            if row is None:
+                raise StoreError("The reply being saved no longer exists.")
+            if row[0]:
+                raise StoreError("This reply is already finished; nothing more can be added.")
+            start = db.execute(
+                "SELECT COALESCE(MAX(idx) + 1, 0) FROM steps WHERE message_id = ?", (message_id,)
+            ).fetchone()[0]
             db.executemany(
-                "INSERT OR REPLACE INTO steps (message_id, idx, token_id, text, piece, prob, top) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        message_id,
-                        s["index"],
-                        s["token_id"],
-                        s["text"],
-                        s.get("piece", ""),
-                        s["prob"],
-                        json.dumps(s.get("top", []), ensure_ascii=False),
-                    )
-                    for s in steps
-                ],
+                "INSERT INTO steps (message_id, idx, token_id, prob, text, piece, top_ids, "
+                "top_probs, top_texts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [_step_row(message_id, start + i, s) for i, s in enumerate(records)],
             )
-            db.execute("UPDATE messages SET content = ? WHERE id = ?", (content, message_id))
+            db.execute("UPDATE messages SET content = ? WHERE id = ?", (content_so_far, message_id))
 
         self._write(write)
 
     def finish_reply(
         self, message_id: int, content: str, stop_reason: str, timings: dict | None = None
     ) -> None:
+        """Mark a reply complete (or stopped) with its final text, why it ended and its timings."""
         now = time.time()
 
         def write(db: sqlite3.Connection) -> None:
+            row = db.execute(
+                "SELECT conversation_id FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
+            if row is None:
+                raise StoreError("The reply being saved no longer exists.")
             db.execute(
                 "UPDATE messages SET content = ?, finished = 1, stop_reason = ?, timings = ? "
                 "WHERE id = ?",
                 (content, stop_reason, json.dumps(timings or {}), message_id),
             )
-            db.execute(
-                "UPDATE conversations SET updated_at = ? WHERE id = "
-                "(SELECT conversation_id FROM messages WHERE id = ?)",
-                (now, message_id),
-            )
+            db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, row[0]))
 
         self._write(write)
 
-    def truncate_from(self, conversation_id: int, position: int) -> None:
-        """Delete the message at `position` and everything after it (edit, regenerate)."""
-        self._write(
-            lambda db: db.execute(
-                "DELETE FROM messages WHERE conversation_id = ? AND position >= ?",
-                (conversation_id, position),
-            )
-        )
+    def truncate_after(self, conversation_id: int, position: int) -> int:
+        """Delete every message after `position` (with its steps); return how many went.
 
-    # -- app state ---------------------------------------------------------------------------
+        Edit and resend message p: `truncate_after(conv, p - 1)` then `add_message`.
+        Regenerate reply p: `truncate_after(conv, p - 1)` then `start_reply`.
+        """
+
+        def write(db: sqlite3.Connection) -> int:
+            self._require_conversation(db, conversation_id)
+            gone = db.execute(
+                "DELETE FROM messages WHERE conversation_id = ? AND position > ?",
+                (conversation_id, position),
+            ).rowcount
+            if gone:
+                db.execute(
+                    "UPDATE conversations SET updated_at = ? WHERE id = ?",
+                    (time.time(), conversation_id),
+                )
+                self._retitle(db, conversation_id)
+            return gone
+
+        return self._write(write)
+
+    def truncate_from(self, conversation_id: int, position: int) -> int:
+        """Delete the message at `position` and all after it (`truncate_after(position - 1)`)."""
+        return self.truncate_after(conversation_id, position - 1)
+
+    # -- app state -----------------------------------------------------------------------------
 
     def get_meta(self, key: str, default: str | None = None) -> str | None:
-        rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
-        return rows[0][0] if rows else default
-
-    def set_meta(self, key: str, value: str) -> None:
-        self._write(
-            lambda db: db.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (key, value),
-            )
+        row = self._read(
+            lambda db: db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         )
+        return row[0] if row else default
 
-    # -- export / import ---------------------------------------------------------------------
+    def set_meta(self, key: str, value: str | None) -> None:
+        """Set a small app-state value; None removes it."""
+
+        def write(db: sqlite3.Connection) -> None:
+            if value is None:
+                db.execute("DELETE FROM meta WHERE key = ?", (key,))
+            else:
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (key, value),
+                )
+
+        self._write(write)
+
+    def get_last_open(self) -> int | None:
+        """The conversation to reopen on start, if it still exists and is not deleted."""
+
+        def read(db: sqlite3.Connection) -> int | None:
+            row = db.execute(
+                "SELECT c.id FROM meta JOIN conversations c ON c.id = CAST(meta.value AS INTEGER) "
+                "WHERE meta.key = ? AND c.deleted_at IS NULL",
+                (_LAST_OPEN,),
+            ).fetchone()
+            return row[0] if row else None
+
+        return self._read(read)
+
+    def set_last_open(self, conversation_id: int | None) -> None:
+        self.set_meta(_LAST_OPEN, None if conversation_id is None else str(conversation_id))
+
+    def backup_to(self, destination: str | Path) -> Path:
+        """Copy every conversation into a new SQLite file; consistent even while in use.
+
+        (Copying conversations.sqlite3 by hand while Loopchat runs can miss what is still in
+        its -wal file; this uses SQLite's online backup instead.)
+        """
+        dest = Path(destination)
+        if dest.exists():
+            raise StoreError(f"{dest} already exists; choose a new name for the backup.")
+        with self._lock:
+            try:
+                target = sqlite3.connect(dest)
+                try:
+                    self._db.backup(target)
+                finally:
+                    target.close()
+            except sqlite3.Error as exc:
+                raise StoreError(f"Could not write the backup {dest}: {exc}.") from None
+        return dest
+
+    # -- export / import -----------------------------------------------------------------------
 
     def export_json(self, conversation_id: int) -> dict:
-        """Everything, steps included: re-importable and readable by other tools."""
-        conv = self.get_conversation(conversation_id)
-        return {
-            "format": EXPORT_FORMAT,
-            "version": EXPORT_VERSION,
-            "title": conv.title,
-            "system_prompt": conv.system_prompt,
-            "model": conv.model,
-            "created_at": conv.created_at,
-            "messages": [
-                {
-                    "role": m.role,
-                    "content": m.content,
-                    "finished": m.finished,
-                    "stop_reason": m.stop_reason,
-                    "model": m.model,
-                    "sampling": m.sampling,
-                    "timings": m.timings,
-                    "steps": m.steps,
-                }
-                for m in conv.messages
-            ],
-        }
+        """The whole conversation, steps included, in the versioned export format."""
+        return conversation_to_json(self.get_conversation(conversation_id))
 
     def export_markdown(self, conversation_id: int) -> str:
-        conv = self.get_conversation(conversation_id)
-        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(conv.created_at))
-        lines = [f"# {conv.title or 'Untitled conversation'}", "", f"*{created}*"]
-        if conv.model:
-            lines[-1] += f" · model: {conv.model}"
-        lines.append("")
-        if conv.system_prompt:
-            lines += ["**System prompt:**", "", conv.system_prompt, ""]
-        for m in conv.messages:
-            who = "You" if m.role == "user" else (m.model or "Assistant")
-            lines += [f"## {who}", "", m.content, ""]
-            if m.role == "assistant" and m.sampling:
-                settings = ", ".join(f"{k} {v}" for k, v in m.sampling.items() if v is not None)
-                lines += [f"<sub>{settings}</sub>", ""]
-        return "\n".join(lines).rstrip() + "\n"
+        """A readable copy: title, model, system prompt, turns, and how each reply was made."""
+        return conversation_to_markdown(self.get_conversation(conversation_id))
 
     def import_json(self, data: Any) -> int:
-        """Add an exported conversation as a new one; a bad file raises StoreError."""
-        if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
-            raise StoreError("This file is not a Loopchat conversation export.")
-        if int(data.get("version", 0)) > EXPORT_VERSION:
-            raise StoreError("This export comes from a newer Loopchat; update to import it.")
-        messages = data.get("messages")
-        if not isinstance(messages, list) or not all(
-            isinstance(m, dict)
-            and m.get("role") in ("user", "assistant")
-            and isinstance(m.get("content"), str)
-            for m in messages
-        ):
-            raise StoreError("This export is damaged: its messages are missing or malformed.")
-        now = time.time()
+        """Add an exported conversation as a new one; StoreError (nothing saved) if it is bad."""
+        conv = conversation_from_json(data)
 
         def write(db: sqlite3.Connection) -> int:
             conv_id = db.execute(
                 "INSERT INTO conversations (title, title_is_custom, system_prompt, model, "
-                "created_at, updated_at) VALUES (?, 1, ?, ?, ?, ?)",
+                "model_path, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
-                    str(data.get("title", "")),
-                    str(data.get("system_prompt", "")),
-                    str(data.get("model", "")),
-                    float(data.get("created_at", now)),
-                    now,
+                    conv.title,
+                    int(conv.title_is_custom),
+                    conv.system_prompt,
+                    conv.model,
+                    conv.model_path,
+                    conv.created_at,
+                    conv.updated_at,
                 ),
             ).lastrowid
-            for position, m in enumerate(messages):
+            for m in conv.messages:
                 message_id = db.execute(
                     "INSERT INTO messages (conversation_id, position, role, content, created_at, "
                     "finished, stop_reason, model, sampling, timings) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         conv_id,
-                        position,
-                        m["role"],
-                        m["content"],
-                        now,
-                        int(m.get("finished", True)),
-                        str(m.get("stop_reason", "")),
-                        str(m.get("model", "")),
-                        json.dumps(m.get("sampling", {})),
-                        json.dumps(m.get("timings", {})),
+                        m.position,
+                        m.role,
+                        m.content,
+                        m.created_at,
+                        int(m.finished),
+                        m.stop_reason,
+                        m.model,
+                        json.dumps(m.sampling),
+                        json.dumps(m.timings),
                     ),
                 ).lastrowid
-                for s in m.get("steps", []):
-                    db.execute(
-                        "INSERT INTO steps (message_id, idx, token_id, text, piece, prob, top) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            message_id,
-                            int(s["index"]),
-                            int(s["token_id"]),
-                            str(s["text"]),
-                            str(s.get("piece", "")),
-                            float(s["prob"]),
-                            json.dumps(s.get("top", []), ensure_ascii=False),
-                        ),
-                    )
+                db.executemany(
+                    "INSERT INTO steps (message_id, idx, token_id, prob, text, piece, top_ids, "
+                    "top_probs, top_texts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [_step_row(message_id, i, s) for i, s in enumerate(m.steps)],
+                )
+            if not conv.title:
+                self._retitle(db, conv_id)
             return conv_id
 
         try:
             return self._write(write)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StoreError(f"This export is damaged ({exc}).") from None
+        except (OverflowError, ValueError, TypeError, struct.error) as exc:  # ids beyond int32
+            raise StoreError(f"This conversation export is damaged ({exc}).") from None
 
 
 class Autosaver:
-    """Buffers a streaming reply's steps and saves them every 32 tokens or every second."""
+    """Saves a streaming reply in batches: every `max_pending` steps or `max_interval_s` seconds.
+
+    Pure Python (no timer): the check runs as each step arrives, and `flush_if_due()` may be
+    called from a timer when steps stall. Use it from one thread. If a save fails (StoreError),
+    the steps stay pending and the next save retries them.
+    """
 
     def __init__(
         self,
         store: ConversationStore,
         message_id: int,
-        every_steps: int = 32,
-        every_s: float = 1.0,
+        *,
+        max_pending: int = 32,
+        max_interval_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.message_id = message_id
-        self.every_steps = every_steps
-        self.every_s = every_s
-        self._pending: list[dict] = []
-        self._content = ""
-        self._last = time.monotonic()
+        self.max_pending = max_pending
+        self.max_interval_s = max_interval_s
+        self._clock = clock
+        self._pending: list[StepRecord] = []
+        self._parts: list[str] = []
+        self._last_flush = clock()
         self.saved_steps = 0
+        """Steps committed to the database so far."""
+        self.finished = False
 
-    def add(self, step: dict) -> bool:
-        """Record one step; returns True when this call saved to disk."""
-        self._pending.append(step)
-        self._content += step.get("text", "")
-        if len(self._pending) >= self.every_steps or time.monotonic() - self._last >= self.every_s:
+    @property
+    def content(self) -> str:
+        """The reply text so far: the streamed texts of every step added."""
+        return "".join(self._parts)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def add(self, step: Any) -> bool:
+        """Take one streamed step (StepRecord, engine Step or its dict); True if it saved."""
+        record = StepRecord.coerce(step)
+        self._pending.append(record)
+        self._parts.append(record.text)
+        return self.flush_if_due()
+
+    def flush_if_due(self) -> bool:
+        due = len(self._pending) >= self.max_pending or (
+            self._pending and self._clock() - self._last_flush >= self.max_interval_s
+        )
+        if due:
             self.flush()
-            return True
-        return False
+        return bool(due)
 
-    def flush(self) -> None:
-        if self._pending:
-            self.store.append_steps(self.message_id, self._pending, self._content)
-            self.saved_steps += len(self._pending)
+    def flush(self) -> int:
+        """Save what is pending now; return how many steps were saved."""
+        count = len(self._pending)
+        if count:
+            self.store.append_steps(self.message_id, self._pending, self.content)
             self._pending = []
-        self._last = time.monotonic()
+            self.saved_steps += count
+        self._last_flush = self._clock()
+        return count
 
-    def finish(self, content: str, stop_reason: str, timings: dict | None = None) -> None:
+    def finish(
+        self, content: str | None = None, stop_reason: str = "eos", timings: dict | None = None
+    ) -> None:
+        """Save the rest and mark the reply done (or stopped); `content` defaults to the stream."""
+        if self.finished:
+            return
         self.flush()
-        self.store.finish_reply(self.message_id, content, stop_reason, timings)
+        self.store.finish_reply(
+            self.message_id, self.content if content is None else content, stop_reason, timings
+        )
+        self.finished = True

@@ -1,0 +1,346 @@
+"""What the conversation store keeps: the record types, the SQL schema and its forward migrations.
+
+Kept apart from `desktop.store` so export/import code can use the record types without the
+database, and so the history of the schema reads as one ordered list.
+
+No Qt and no torch here (the worker thread, tests and a crash-test subprocess import it).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import struct
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+ROLES = ("system", "user", "assistant")
+
+
+class StoreError(Exception):
+    """A problem with saved conversations, worded for a dialog (what happened, what to do)."""
+
+
+# -- record types ------------------------------------------------------------------------------
+
+_STEP_KEYS = ("index", "token_id", "text", "piece", "prob", "top")
+
+
+@dataclass(eq=True)
+class StepRecord(Mapping):
+    """One generated token as the token inspector needs it, reopened next week.
+
+    `top` holds the model's most likely candidates for that step as (token id, text, probability),
+    most likely first. `text` is what the token added to the reply as streamed (may be "" while a
+    multi-byte character is incomplete); `piece` is the token shown on its own.
+
+    It also reads like the dict the worker streams (`Step.to_dict()`: `step["top"]` gives
+    `[{"token_id", "text", "prob"}, ...]`), so views treat live and stored steps alike.
+    `index` is the step's place in its reply: filled in when read back, ignored when appended
+    (the store numbers steps in arrival order).
+    """
+
+    token_id: int
+    text: str
+    prob: float
+    top: list[tuple[int, str, float]] = field(default_factory=list)
+    piece: str = ""
+    index: int = field(default=-1, compare=False)
+
+    @classmethod
+    def coerce(cls, step: Any) -> StepRecord:
+        """A StepRecord from a StepRecord, an engine `Step`, or a dict shaped like either."""
+        if isinstance(step, StepRecord):
+            return step
+        get = step.get if isinstance(step, Mapping) else lambda k, d=None: getattr(step, k, d)
+        return cls(
+            token_id=int(get("token_id")),
+            text=str(get("text", "")),
+            prob=float(get("prob")),
+            top=[_top_entry(t) for t in get("top", None) or ()],
+            piece=str(get("piece", "") or ""),
+            index=int(get("index", -1)),
+        )
+
+    def to_dict(self) -> dict:
+        """The shape of the engine's `Step.to_dict()` (minus timing), JSON-ready."""
+        return {key: self[key] for key in _STEP_KEYS}
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "top":
+            return [{"token_id": i, "text": t, "prob": p} for i, t, p in self.top]
+        if key in _STEP_KEYS:
+            return getattr(self, key)
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_STEP_KEYS)
+
+    def __len__(self) -> int:
+        return len(_STEP_KEYS)
+
+
+def _top_entry(entry: Any) -> tuple[int, str, float]:
+    """(id, text, prob) from a tuple, a `{"token_id", "text", "prob"}` dict or a TopToken."""
+    if isinstance(entry, Mapping):
+        return int(entry["token_id"]), str(entry["text"]), float(entry["prob"])
+    if isinstance(entry, Sequence) and not isinstance(entry, str):
+        token_id, text, prob = entry
+        return int(token_id), str(text), float(prob)
+    return int(entry.token_id), str(entry.text), float(entry.prob)
+
+
+@dataclass
+class Message:
+    """One turn. An assistant reply being streamed has `finished=False` and no stop reason yet."""
+
+    id: int
+    conversation_id: int
+    position: int
+    """0-based place in the conversation."""
+    role: str
+    content: str
+    created_at: float
+    """Unix time, seconds (as all timestamps here)."""
+    finished: bool = True
+    stop_reason: str | None = None
+    model: str = ""
+    sampling: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    steps: list[StepRecord] = field(default_factory=list)
+
+    @property
+    def token_ids(self) -> list[int]:
+        return [s.token_id for s in self.steps]
+
+
+@dataclass
+class Conversation:
+    """A conversation; `messages` is filled by `get_conversation`, empty in listings."""
+
+    id: int
+    title: str
+    created_at: float
+    updated_at: float
+    system_prompt: str = ""
+    model: str = ""
+    model_path: str = ""
+    title_is_custom: bool = False
+    deleted_at: float | None = None
+    messages: list[Message] = field(default_factory=list)
+
+
+# -- packed top-k ------------------------------------------------------------------------------
+# A reply of 1000 tokens has 1000 top-k lists. Ids as int32 and probabilities as float32 (the
+# engine computes them in float32, so nothing is lost) take 8 bytes a candidate; JSON would take
+# ~30. The candidate texts stay JSON (any character may occur in a token's text).
+
+
+def pack_top(top: Sequence[tuple[int, str, float]]) -> tuple[bytes, bytes, str]:
+    """(ids blob, probs blob, texts JSON) for the `steps` table."""
+    n = len(top)
+    ids = struct.pack(f"<{n}i", *(t[0] for t in top))
+    probs = struct.pack(f"<{n}f", *(t[2] for t in top))
+    texts = json.dumps([t[1] for t in top], ensure_ascii=False, separators=(",", ":"))
+    return ids, probs, texts
+
+
+def unpack_top(ids: bytes, probs: bytes, texts: str) -> list[tuple[int, str, float]]:
+    n = len(ids) // 4
+    return list(
+        zip(
+            struct.unpack(f"<{n}i", ids),
+            json.loads(texts),
+            struct.unpack(f"<{n}f", probs),
+            strict=True,
+        )
+    )
+
+
+# -- schema and migrations ---------------------------------------------------------------------
+
+Migration = Callable[[sqlite3.Connection], None]
+"""Brings a database from version i to i + 1, inside the caller's transaction."""
+
+
+def sql_migration(*statements: str) -> Migration:
+    """A migration made of SQL statements (not `executescript`, which would commit midway)."""
+
+    def run(db: sqlite3.Connection) -> None:
+        for statement in statements:
+            db.execute(statement)
+
+    return run
+
+
+# Version 1: the first store (Loopchat 0.1 before packed steps). Kept verbatim: migrations
+# replay history, so a fresh database and an upgraded one end up identical.
+_V1 = sql_migration(
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE conversations (
+        id INTEGER PRIMARY KEY,
+        title TEXT NOT NULL DEFAULT '',
+        title_is_custom INTEGER NOT NULL DEFAULT 0,
+        system_prompt TEXT NOT NULL DEFAULT '',
+        model TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        deleted_at REAL
+    )""",
+    """CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+        position INTEGER NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+        content TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        finished INTEGER NOT NULL DEFAULT 1,
+        stop_reason TEXT NOT NULL DEFAULT '',
+        model TEXT NOT NULL DEFAULT '',
+        sampling TEXT NOT NULL DEFAULT '{}',
+        timings TEXT NOT NULL DEFAULT '{}',
+        UNIQUE (conversation_id, position)
+    )""",
+    """CREATE TABLE steps (
+        message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        token_id INTEGER NOT NULL,
+        text TEXT NOT NULL,
+        piece TEXT NOT NULL,
+        prob REAL NOT NULL,
+        top TEXT NOT NULL,
+        PRIMARY KEY (message_id, idx)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX conversations_recent ON conversations(updated_at DESC)",
+)
+
+
+def _v2(db: sqlite3.Connection) -> None:
+    """Model path, system messages, ids never reused, stop_reason NULL until known, and the
+    top-k of each step packed (JSON dicts took ~3x the space).
+
+    Tables are rebuilt (create new, copy, drop old, rename), SQLite's way to change constraints.
+    """
+    for statement in (
+        # AUTOINCREMENT: a purged conversation's id is never handed out again, so an id held by
+        # the window (last open, an undo banner) cannot come to mean another conversation.
+        """CREATE TABLE new_conversations (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            title TEXT NOT NULL DEFAULT '',
+            title_is_custom INTEGER NOT NULL DEFAULT 0 CHECK (title_is_custom IN (0, 1)),
+            system_prompt TEXT NOT NULL DEFAULT '',
+            model TEXT NOT NULL DEFAULT '',
+            model_path TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            deleted_at REAL
+        )""",
+        """CREATE TABLE new_messages (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            conversation_id INTEGER NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+            position INTEGER NOT NULL,
+            role TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
+            content TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL,
+            finished INTEGER NOT NULL DEFAULT 1 CHECK (finished IN (0, 1)),
+            stop_reason TEXT,
+            model TEXT NOT NULL DEFAULT '',
+            sampling TEXT NOT NULL DEFAULT '{}',
+            timings TEXT NOT NULL DEFAULT '{}',
+            UNIQUE (conversation_id, position)
+        )""",
+        # Append-only while a reply streams: a save point inserts the new rows and touches
+        # nothing already written. Clustered on (message_id, idx): a reply reads back in one
+        # range scan.
+        """CREATE TABLE new_steps (
+            message_id INTEGER NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+            idx INTEGER NOT NULL,
+            token_id INTEGER NOT NULL,
+            prob REAL NOT NULL,
+            text TEXT NOT NULL,
+            piece TEXT NOT NULL,
+            top_ids BLOB NOT NULL,
+            top_probs BLOB NOT NULL,
+            top_texts TEXT NOT NULL,
+            PRIMARY KEY (message_id, idx)
+        ) WITHOUT ROWID""",
+        "INSERT INTO new_conversations (id, title, title_is_custom, system_prompt, model, "
+        "created_at, updated_at, deleted_at) SELECT id, title, title_is_custom <> 0, "
+        "system_prompt, model, created_at, updated_at, deleted_at FROM conversations",
+        "INSERT INTO new_messages (id, conversation_id, position, role, content, created_at, "
+        "finished, stop_reason, model, sampling, timings) SELECT id, conversation_id, position, "
+        "role, content, created_at, finished <> 0, NULLIF(stop_reason, ''), model, sampling, "
+        "timings FROM messages",
+    ):
+        db.execute(statement)
+    rows = db.execute("SELECT message_id, idx, token_id, prob, text, piece, top FROM steps")
+    while batch := rows.fetchmany(2000):
+        db.executemany(
+            "INSERT INTO new_steps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    *r[:6],
+                    *pack_top([(t["token_id"], t["text"], t["prob"]) for t in json.loads(r[6])]),
+                )
+                for r in batch
+            ],
+        )
+    for statement in (
+        "DROP TABLE steps",
+        "DROP TABLE messages",
+        "DROP TABLE conversations",
+        "ALTER TABLE new_conversations RENAME TO conversations",
+        "ALTER TABLE new_messages RENAME TO messages",
+        "ALTER TABLE new_steps RENAME TO steps",
+        "CREATE INDEX conversations_recent ON conversations (updated_at DESC, id DESC)",
+    ):
+        db.execute(statement)
+
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _v2)
+"""Migration i brings schema version i to i + 1 (`PRAGMA user_version`). Only ever append."""
+
+
+class NewerSchemaError(Exception):
+    """The database was written by a newer Loopchat."""
+
+    def __init__(self, found: int, known: int) -> None:
+        super().__init__(f"schema version {found}, this Loopchat reads up to {known}")
+        self.found = found
+        self.known = known
+
+
+def schema_version(db: sqlite3.Connection) -> int:
+    return db.execute("PRAGMA user_version").fetchone()[0]
+
+
+def migrate(db: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
+    """Apply the pending migrations in order, all in one transaction; return the old version.
+
+    All or nothing: a failure leaves the file exactly as it was. Foreign keys are off meanwhile
+    (a migration may rebuild a table, SQLite's documented way to change a column) and checked
+    before the commit. `db` must be in autocommit mode (isolation_level=None).
+    """
+    found, target = schema_version(db), len(migrations)
+    if found > target:
+        raise NewerSchemaError(found, target)
+    if found == target:
+        return found
+    db.execute("PRAGMA foreign_keys = OFF")
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for step in migrations[found:]:
+            step(db)
+        broken = db.execute("PRAGMA foreign_key_check").fetchone()
+        if broken is not None:
+            raise sqlite3.IntegrityError(f"foreign key broken in table {broken[0]}")
+        db.execute(f"PRAGMA user_version = {target:d}")
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    finally:
+        db.execute("PRAGMA foreign_keys = ON")
+    return found
