@@ -29,6 +29,7 @@ import torch
 
 from engine.config import ModelArgs, read_json
 from engine.errors import EngineError
+from engine.linear import can_pack, pack_weight
 from engine.model import Transformer
 
 log = logging.getLogger(__name__)
@@ -318,6 +319,10 @@ class _Arena:
     def _aligned(cls, n: int) -> int:
         return (n + cls.ALIGN - 1) // cls.ALIGN * cls.ALIGN
 
+    def rewind(self) -> None:
+        """Hand out the same memory again (for a scratch buffer)."""
+        self.offset = 0
+
     def take(self, shape: tuple[int, ...]) -> torch.Tensor:
         nbytes = math.prod(shape) * self.dtype.itemsize
         view = self.buffer[self.offset : self.offset + nbytes].view(self.dtype).view(shape)
@@ -348,14 +353,48 @@ def _materialise(
         out = arena.take((src.shape[1], src.shape[0])).t()
     else:
         out = arena.take(tuple(src.shape))
+    _copy_blocks(src, out, release)
+    return out
+
+
+def _copy_blocks(src: torch.Tensor, out: torch.Tensor, release: bool) -> None:
+    """out[:] = src (casting), in row blocks; with `release`, each source block's pages go after."""
+    if src.dim() == 0:
+        out.copy_(src)
+        return
     row_bytes = src[0].numel() * src.element_size() if src.dim() > 1 else src.nbytes
     rows = max(1, COPY_CHUNK_BYTES // max(1, row_bytes)) if src.dim() > 1 else len(src)
-    for start in range(0, src.shape[0] if src.dim() else 1, rows):
-        block = src[start : start + rows] if src.dim() else src
-        out[start : start + rows].copy_(block) if src.dim() else out.copy_(block)
+    for start in range(0, src.shape[0], rows):
+        block = src[start : start + rows]
+        out[start : start + rows].copy_(block)
         if release and src.is_contiguous():
             _release_pages(block)
-    return out
+
+
+_LINEAR_WEIGHT = re.compile(r"(^output|\.w[qkvo123])\.weight$")
+"""Weights of `engine.linear.Linear` layers, packed for oneDNN on CPU when it can."""
+
+
+def _pack(
+    src: torch.Tensor, dtype: torch.dtype, scratch: _Arena | None, release: bool
+) -> torch.Tensor:
+    """The weight in `dtype`, reordered for oneDNN.
+
+    A weight already in the wanted dtype is packed straight from the file mapping. One that needs
+    a cast is copied into `scratch` first, a buffer reused for every weight, so no temporaries
+    churn the allocator (freed ones would stay in the heap and raise the resident size).
+    """
+    if src.dtype == dtype and src.is_contiguous():
+        out = pack_weight(src)
+        if release:
+            _release_pages(src)
+        return out
+    if scratch is None:
+        scratch = _Arena([tuple(src.shape)], dtype)
+    scratch.rewind()
+    plain = scratch.take(tuple(src.shape))
+    _copy_blocks(src, plain, release)
+    return pack_weight(plain)
 
 
 def load_transformer(
@@ -420,12 +459,26 @@ def load_transformer(
 
     state: dict[str, torch.Tensor] = {}
     total = len(expected)
-    arena = None
+    arena = scratch = None
+    packed = set()
+    order = list(expected)
     if device.type == "cpu":
-        arena = _Arena([tuple(p.shape) for p in expected.values()], dtype)
-    for i, name in enumerate(expected):
+        if can_pack(dtype):
+            packed = {name for name in expected if _LINEAR_WEIGHT.search(name)}
+            # The output head (vocab x dim) is the largest matrix: pack it first, while little
+            # else is resident, so its transient second copy never adds to the final peak.
+            order.sort(key=lambda name: name != "output.weight")
+            in_layers = [expected[name] for name in packed if name != "output.weight"]
+            largest = max(in_layers, key=lambda p: p.numel())
+            scratch = _Arena([tuple(largest.shape)], dtype)
+        arena = _Arena([tuple(p.shape) for n, p in expected.items() if n not in packed], dtype)
+    for i, name in enumerate(order):
         src = sources[name].read()
-        state[name] = _materialise(src, dtype, device, arena, release_pages)
+        if name in packed:
+            own_scratch = None if name == "output.weight" else scratch
+            state[name] = _pack(src, dtype, own_scratch, release_pages)
+        else:
+            state[name] = _materialise(src, dtype, device, arena, release_pages)
         if i % 8 == 0 or i == total - 1:
             report((i + 1) / total, f"Loading weights {i + 1}/{total}")
     model.load_state_dict(state, assign=True, strict=True)

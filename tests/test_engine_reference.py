@@ -9,6 +9,7 @@ import torch
 
 from engine.checkpoint import load_transformer
 from engine.generate import Generator
+from engine.linear import can_pack
 from engine.loader import load_model
 from engine.sampling import SamplingParams
 
@@ -29,13 +30,35 @@ def prompt_ids(n: int, seed: int = 0) -> torch.Tensor:
     return ids
 
 
+def set_packing(monkeypatch: pytest.MonkeyPatch, packed: bool) -> None:
+    """Weights packed for oneDNN (the CPU default where supported) or plain F.linear weights."""
+    monkeypatch.setenv("LOOPCHAT_PACKED_WEIGHTS", "1" if packed else "0")
+    can_pack.cache_clear()
+    if packed and not can_pack(torch.float32):
+        pytest.skip("oneDNN cannot pack float32 weights on this machine")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_packing_probe():
+    yield
+    can_pack.cache_clear()  # the next test sees its own environment
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "plain"])
 @pytest.mark.parametrize("fixture", ["tiny_hf_dir", "tiny_gqa_hf_dir"])
-def test_prefill_logits_equal_transformers(fixture: str, request) -> None:
+def test_prefill_logits_equal_transformers(
+    fixture: str, packed: bool, request, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_packing(monkeypatch, packed)
     folder = request.getfixturevalue(fixture)
     ids = prompt_ids(100)
     with torch.no_grad():
         expected = reference(folder)(ids[None]).logits[0]
     _, model = load_transformer(folder, torch.float32, CPU)
+    linears = [model.output] + [
+        getattr(block.attention, w) for block in model.layers for w in ("wq", "wk", "wv", "wo")
+    ]
+    assert all(layer.weight.is_mkldnn == packed for layer in linears)
     model.setup_cache(256)
     with torch.inference_mode():
         got = model(ids, 0)
