@@ -301,6 +301,11 @@ class Generator:
             generated.append(token)
             history.append(token)
             text = stop_filter.feed(decoder.push(token))
+            if not stop_filter.hit and (len(generated) >= max_new_tokens or pos >= limit):
+                # The last step: nothing more will complete held-back text, so it goes out now
+                # and the streamed pieces add up to the final text.
+                text += stop_filter.feed(decoder.flush())
+                text += stop_filter.flush()
             yield Step(
                 index=len(generated) - 1,
                 token_id=token,
