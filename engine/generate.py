@@ -237,6 +237,7 @@ class Generator:
         started = time.perf_counter()
         model = self.loaded.model
         tokenizer = self.loaded.tokenizer
+        speakable = tokenizer.vocab_size
         device = self.loaded.device
         limit = self.loaded.max_context
 
@@ -289,7 +290,9 @@ class Generator:
         reason = STOP_MAX_TOKENS
         assert logits is not None
         while True:
-            sample = sampler.sample(logits, history, report_top=report_top)
+            # Checkpoints may pad the vocabulary past the tokenizer's (to a multiple of 64, say);
+            # those rows are no token at all, so they are neither chosen nor reported.
+            sample = sampler.sample(logits[:speakable], history, report_top=report_top)
             now = time.perf_counter()
             if not generated:
                 ttft = now - started

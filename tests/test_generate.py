@@ -146,6 +146,26 @@ def test_streamed_text_adds_up_when_max_tokens_ends_it(loaded) -> None:
             assert "".join(s.text for s in steps) == result.text
 
 
+def test_padded_vocabulary_rows_are_never_chosen(tmp_path: Path, tokenizer_path: Path) -> None:
+    """A checkpoint whose vocabulary is padded past the tokenizer's speaks only real tokens."""
+    from tests.fixtures.models import VOCAB, random_llama, write_hf
+
+    model = random_llama(kv_heads=2, seed=5, vocab=VOCAB + 64)
+    with torch.no_grad():  # make the padding rows the model's favourites
+        model.lm_head.weight[VOCAB:] = model.lm_head.weight[3 : 3 + 64] * 40
+    folder = write_hf(model, tmp_path / "padded", tokenizer_path, sharded=False)
+    padded = load_model(folder, dtype="float32", device="cpu")
+    prompt = padded.tokenizer.encode("Hello", bos=True)
+    with torch.inference_mode():
+        padded.model.setup_cache(padded.max_context)
+        assert int(padded.model(torch.tensor(prompt), 0)[-1].argmax()) >= VOCAB
+    for params in (GREEDY, SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=1)):
+        steps, result = run_all(Generator(padded).generate(prompt, params, max_new_tokens=8))
+        assert steps and all(s.token_id < VOCAB for s in steps)
+        assert all(t.token_id < VOCAB for s in steps for t in s.top)
+        assert result.text == padded.tokenizer.decode(result.token_ids)
+
+
 def test_seed_reproducible(loaded) -> None:
     prompt = loaded.tokenizer.encode("Hello", bos=True)
     params = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=123)
