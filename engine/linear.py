@@ -4,8 +4,8 @@ Batch-1 decoding is one matrix-vector product per weight per token, so its speed
 CPU streams the weights. PyTorch's default CPU kernel for `F.linear` reads a plain row-major
 weight at about 17-19 GB/s on the development machine (2 cores, AVX-512); the same product on a
 weight reordered once into oneDNN's blocked layout runs at 26 GB/s in bfloat16 and 31 GB/s in
-float32 (measured with 2 threads; benchmarks/decode.py shows the whole-model effect). The reorder happens while loading, in
-place of the copy that casts each weight anyway, so it costs no extra memory or load time.
+float32 (2 threads; benchmarks/decode.py shows the whole-model effect). The reorder happens while
+loading, in place of the copy that casts each weight anyway, so it costs no extra memory.
 
 Packing is an optimisation only: where oneDNN is missing or cannot pack a dtype (float16 needs
 AVX512-FP16 here), weights stay plain and `F.linear` is used, with the same results up to float

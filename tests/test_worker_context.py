@@ -58,8 +58,9 @@ def test_window_shows_a_note_when_turns_are_left_out(qtbot, tmp_path: Path, monk
     win.model_info = {"name": "m", "max_context": 100}
     win._reply = win.chat.add_message("assistant")
     win._request_id = 3
-    win._on_generation_started({"id": 3, "dropped_turns": 4, "prompt_tokens": 90,
-                                "max_context": 100})
+    win._on_generation_started(
+        {"id": 3, "dropped_turns": 4, "prompt_tokens": 90, "max_context": 100}
+    )
     notes = [m for m in win.chat.messages if m.role == "note"]
     assert len(notes) == 1 and "4 oldest messages" in notes[0].text
     assert win.chat.messages.index(notes[0]) == win.chat.messages.index(win._reply) - 1
