@@ -1,0 +1,80 @@
+"""The model Loopchat ships: where it is, and how well it predicts text it never saw.
+
+`builtin` names it wherever a model path is accepted (CLI, self-test, the app's chooser), so a fresh
+install chats offline at once. The weights live in resources/builtin, found both installed and
+frozen by PyInstaller (sys._MEIPASS), like every other shipped resource.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from engine.errors import EngineError
+
+if TYPE_CHECKING:
+    from engine.loader import LoadedModel
+
+BUILTIN_NAME = "builtin"
+DISPLAY_NAME = "Built-in: Loopchat dictionary (6.5M)"
+
+
+def builtin_dir() -> Path:
+    """The shipped model's folder (HF layout)."""
+    frozen = getattr(sys, "_MEIPASS", None)
+    if frozen:
+        return Path(frozen) / "resources" / "builtin"
+    import resources
+
+    return Path(resources.__file__).resolve().parent / "builtin"
+
+
+def is_builtin(name: str | Path) -> bool:
+    return str(name).strip().lower() == BUILTIN_NAME
+
+
+def resolve_builtin() -> Path:
+    folder = builtin_dir()
+    if not (folder / "model.safetensors").is_file():
+        raise EngineError(
+            f"the built-in model is missing from this installation ({folder}); "
+            "reinstall Loopchat or choose another model"
+        )
+    return folder
+
+
+def held_out_dialogues(folder: Path) -> list[tuple[str, str]]:
+    """The (question, answer) pairs kept out of training and shipped with the model."""
+    lines = (folder / "held_out.jsonl").read_text(encoding="utf-8").splitlines()
+    pairs = [json.loads(line) for line in lines if line.strip()]
+    return [(p["user"], p["assistant"]) for p in pairs]
+
+
+@torch.inference_mode()
+def held_out_perplexity(loaded: LoadedModel) -> float:
+    """Per-token perplexity of the shipped held-out dialogues, each from its own BOS.
+
+    Each dialogue is encoded as a finished chat turn, exactly as the model was trained, and run
+    through the engine from position 0 (the KV cache is overwritten, so the caller's generator
+    must forget its cache afterwards).
+    """
+    from engine.chat import B_INST, E_INST
+
+    total, count = 0.0, 0
+    for question, answer in held_out_dialogues(loaded.path):
+        ids = loaded.tokenizer.encode(
+            f"{B_INST} {question.strip()} {E_INST} {answer.strip()} ", bos=True, eos=True
+        )
+        if len(ids) > loaded.max_context:
+            continue
+        logits = loaded.model(torch.tensor(ids, device=loaded.device), 0)  # [T, vocab]
+        targets = torch.tensor(ids[1:], device=logits.device)
+        nll = torch.nn.functional.cross_entropy(logits[:-1], targets, reduction="sum")
+        total += float(nll)
+        count += len(ids) - 1
+    return math.exp(total / count)

@@ -1,0 +1,305 @@
+"""Train Loopchat's built-in model: a small Llama 2 that explains English words, from WordNet.
+
+Reproducible from the repository: `apt-get install wordnet-base` (Debian's WordNet 3.0), an
+environment with the test extras (`pip install -e ".[test]"`, for transformers), then
+
+    python scripts/train_builtin.py --out resources/builtin
+
+Steps: build the dialogue corpus (scripts/builtin_corpus.py), train a SentencePiece tokenizer shaped
+like Llama 2's (BPE, byte fallback, unk/bos/eos = 0/1/2), encode every dialogue exactly as the
+engine encodes a chat (Meta's Llama 2 format, one BOS … EOS per exchange), train a Llama 2 with
+transformers' LlamaForCausalLM (the architecture the engine is tested against), and export it in
+Hugging Face layout in bfloat16 with its loss curve, held-out perplexity and a unigram baseline.
+Everything is seeded; on 2 CPU cores the default run takes about an hour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import logging
+import math
+import random
+import re
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import builtin_corpus  # noqa: E402
+
+log = logging.getLogger("train_builtin")
+HELD_OUT_SHIPPED = 200  # held-out dialogues shipped with the model, for the perplexity test
+
+CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}"
+    "{% set loop_messages = messages[1:] %}{% set system_message = messages[0]['content'] %}"
+    "{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}"
+    "{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}"
+    "{% if loop.index0 == 0 and system_message != false %}"
+    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'user' %}"
+    "{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{ ' '  + content.strip() + ' ' + eos_token }}"
+    "{% endif %}{% endfor %}"
+)
+
+
+def train_tokenizer(texts: list[str], out: Path, vocab_size: int, seed: int) -> Path:
+    import sentencepiece as spm
+
+    corpus = out / "tokenizer_corpus.txt"
+    corpus.write_text("\n".join(texts), encoding="utf-8")
+    spm.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(out / "tokenizer"),
+        model_type="bpe",
+        vocab_size=vocab_size,
+        byte_fallback=True,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        character_coverage=0.9999,
+        input_sentence_size=400_000,
+        shuffle_input_sentence=False,  # deterministic: all lines are used anyway
+        seed_sentencepiece_size=1_000_000,
+        num_threads=2,
+        minloglevel=2,
+    )
+    corpus.unlink()
+    (out / "tokenizer.vocab").unlink(missing_ok=True)
+    return out / "tokenizer.model"
+
+
+def encode_dialogues(tokenizer, pairs: list[tuple[str, str]]) -> list[list[int]]:
+    """Each exchange exactly as the engine's chat format encodes a finished turn."""
+    from engine.chat import B_INST, E_INST
+
+    return [
+        tokenizer.encode(f"{B_INST} {q.strip()} {E_INST} {a.strip()} ", bos=True, eos=True)
+        for q, a in pairs
+    ]
+
+
+def batches(stream: torch.Tensor, seq_len: int, batch: int, gen: torch.Generator):
+    while True:
+        starts = torch.randint(0, stream.numel() - seq_len - 1, (batch,), generator=gen)
+        rows = torch.stack([stream[s : s + seq_len + 1] for s in starts.tolist()])
+        yield rows[:, :-1], rows[:, 1:]
+
+
+def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def held_out_nll(model, dialogues: list[list[int]], batch: int = 32) -> tuple[float, int]:
+    """Total natural-log loss and predicted-token count over whole held-out dialogues.
+
+    Each dialogue starts at its own BOS, as a chat does. Right padding needs no mask: attention
+    is causal, so pad positions never influence the real ones, and their loss is ignored.
+    """
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(dialogues), batch):
+        group = dialogues[i : i + batch]
+        width = max(map(len, group))
+        x = torch.full((len(group), width), 0, dtype=torch.long)
+        y = torch.full((len(group), width), -100, dtype=torch.long)
+        for row, ids in enumerate(group):
+            x[row, : len(ids)] = torch.tensor(ids)
+            y[row, : len(ids) - 1] = torch.tensor(ids[1:])
+        logits = model(x).logits.float()
+        total += torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"
+        ).item()
+        count += int((y != -100).sum())
+    model.train()
+    return total, count
+
+
+def unigram_nll(train: list[list[int]], held: list[list[int]], vocab: int) -> float:
+    """Held-out loss per token of an add-one unigram model fitted on the training tokens."""
+    counts = Counter(t for ids in train for t in ids[1:])
+    total = sum(counts.values()) + vocab
+    nll = sum(-math.log((counts[t] + 1) / total) for ids in held for t in ids[1:])
+    return nll / sum(len(ids) - 1 for ids in held)
+
+
+def write_wordlist(pairs: list[tuple[str, str]], path: Path) -> None:
+    """Every word of the training text, lower case, gzipped: the tests' dictionary."""
+    words = sorted({w.lower() for q, a in pairs for w in re.findall(r"[A-Za-z]+", q + " " + a)})
+    path.write_bytes(gzip.compress(("\n".join(words) + "\n").encode("ascii"), mtime=0))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("resources/builtin"))
+    parser.add_argument("--wordnet", type=Path, default=builtin_corpus.WORDNET_DIR)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument("--dim", type=int, default=192)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=6)
+    parser.add_argument("--kv-heads", type=int, default=3)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=700)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--eval-every", type=int, default=100)
+    ns = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.manual_seed(ns.seed)
+    torch.set_num_threads(ns.threads)
+    ns.out.mkdir(parents=True, exist_ok=True)
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from engine.tokenizer import Tokenizer
+
+    train_pairs, held_pairs = builtin_corpus.build(ns.wordnet, ns.seed)
+    log.info("corpus: %d training dialogues, %d held out", len(train_pairs), len(held_pairs))
+    write_wordlist(train_pairs, ns.out / "words.txt.gz")
+    texts = [f"[INST] {q} [/INST] {a}" for q, a in train_pairs]
+    tokenizer = Tokenizer(train_tokenizer(texts, ns.out, ns.vocab, ns.seed))
+    train_ids = encode_dialogues(tokenizer, train_pairs)
+    held_ids = encode_dialogues(tokenizer, held_pairs)
+    stream = torch.tensor([t for ids in train_ids for t in ids], dtype=torch.long)
+    log.info("training tokens: %d; held-out tokens: %d", stream.numel(), sum(map(len, held_ids)))
+
+    config = LlamaConfig(
+        vocab_size=ns.vocab,
+        hidden_size=ns.dim,
+        intermediate_size=ns.hidden,
+        num_hidden_layers=ns.layers,
+        num_attention_heads=ns.heads,
+        num_key_value_heads=ns.kv_heads,
+        max_position_embeddings=1024,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        attn_implementation="sdpa",
+    )
+    model = LlamaForCausalLM(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("model: %.2f M parameters", n_params / 1e6)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optim = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=ns.lr,
+        betas=(0.9, 0.95),
+    )
+    gen = torch.Generator().manual_seed(ns.seed)
+    shipped = sorted(random.Random(ns.seed).sample(range(len(held_ids)), HELD_OUT_SHIPPED))
+    eval_set = [held_ids[i] for i in shipped]
+    curve = []
+    started = time.perf_counter()
+    data = batches(stream, ns.seq_len, ns.batch, gen)
+    for step in range(ns.steps):
+        for group in optim.param_groups:
+            group["lr"] = lr_at(step, ns.steps, ns.lr, warmup=100)
+        x, y = next(data)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # oneDNN bf16 matmuls, fp32 master
+            logits = model(x).logits
+        loss = torch.nn.functional.cross_entropy(
+            logits.float().reshape(-1, ns.vocab), y.reshape(-1)
+        )
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optim.step()
+        point = {"step": step + 1, "train_loss": round(loss.item(), 4)}
+        if (step + 1) % ns.eval_every == 0 or step + 1 == ns.steps:
+            total, count = held_out_nll(model, eval_set)
+            point["held_out_loss"] = round(total / count, 4)
+            elapsed = time.perf_counter() - started
+            log.info(
+                "step %d loss %.3f held-out %.3f (%.0f tok/s, %.0f s)",
+                step + 1,
+                loss.item(),
+                total / count,
+                (step + 1) * ns.batch * ns.seq_len / elapsed,
+                elapsed,
+            )
+        curve.append(point)
+        if (step + 1) % 25 == 0:
+            log.info("step %d loss %.3f", step + 1, loss.item())
+
+    total, count = held_out_nll(model, held_ids)
+    model.to(torch.bfloat16)  # what is shipped is what is measured
+    shipped_total, shipped_count = held_out_nll(model, eval_set)
+    report = {
+        "seed": ns.seed,
+        "parameters": n_params,
+        "training_tokens_seen": ns.steps * ns.batch * ns.seq_len,
+        "training_tokens_in_corpus": stream.numel(),
+        "train_seconds": round(time.perf_counter() - started, 1),
+        "threads": ns.threads,
+        "held_out_dialogues": len(held_ids),
+        "held_out_tokens": count,
+        "held_out_loss": total / count,
+        "held_out_perplexity": math.exp(total / count),
+        "unigram_perplexity": math.exp(unigram_nll(train_ids, held_ids, ns.vocab)),
+        "shipped_held_out_dialogues": len(eval_set),
+        "shipped_held_out_perplexity_bf16": math.exp(shipped_total / shipped_count),
+    }
+    log.info("final: %s", report)
+    model.save_pretrained(ns.out, safe_serialization=True)
+    held_out_file = ns.out / "held_out.jsonl"
+    held_out_file.write_text(
+        "".join(
+            json.dumps({"user": held_pairs[i][0], "assistant": held_pairs[i][1]}) + "\n"
+            for i in shipped
+        ),
+        encoding="utf-8",
+    )
+    (ns.out / "generation_config.json").unlink(missing_ok=True)
+    tokenizer_config = {
+        "tokenizer_class": "LlamaTokenizer",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "legacy": True,
+        "model_max_length": 1024,
+        "chat_template": CHAT_TEMPLATE,
+    }
+    (ns.out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+    (ns.out / "training.json").write_text(
+        json.dumps(
+            {"report": report, "args": vars(ns) | {"out": str(ns.out)}, "curve": curve},
+            indent=1,
+            default=str,
+        )
+        + "\n"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
