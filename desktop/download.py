@@ -24,8 +24,8 @@ class DownloadWorker(QObject):
 
     @Slot(str, str, bool)
     def download(self, repo_id: str, token: str, remember: bool) -> None:
-        from engine.errors import EngineError
         from engine.download import DownloadCancelled, download_model, format_progress
+        from engine.errors import EngineError
 
         def report(p) -> None:
             self.progress.emit(

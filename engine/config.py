@@ -102,6 +102,8 @@ class ModelArgs:
             raise EngineError(
                 f"{source} lacks {missing}; it is not a complete Llama config"
             ) from None
+        except EngineError as exc:
+            raise EngineError(f"{source}: {exc}") from None
         except (TypeError, ValueError, OverflowError) as exc:
             raise EngineError(f"{source} has a malformed value: {exc}") from None
         if head_dim is not None and head_dim != args.head_dim:
@@ -138,6 +140,8 @@ class ModelArgs:
             raise EngineError(
                 f"{source} lacks {missing}; it is not a complete Llama params file"
             ) from None
+        except EngineError as exc:
+            raise EngineError(f"{source}: {exc}") from None
         except (TypeError, ValueError, OverflowError) as exc:
             raise EngineError(f"{source} has a malformed value: {exc}") from None
 

@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 MEMORY_SHARE = 0.5
 """Share of the currently available memory the KV cache may take (the rest: activations, the
 app, other programs)."""
+DEFAULT_CONTEXT_CEILING = 131_072
+"""The default context never exceeds this: Llama 2 was trained on 4,096 positions, and a config
+claiming billions is broken, not generous. An explicit --max-context may go higher if it fits."""
 CONTEXT_GRANULE = 256
 """A capped context is rounded down to a multiple of this (when it is at least this big)."""
 
@@ -72,13 +75,20 @@ def choose_context(
     length = model_max if requested is None else min(requested, model_max)
     if length < 2:
         raise EngineError(f"max context {length} is too small; use at least 2 tokens")
+    ceiling_note = None
+    if requested is None and length > DEFAULT_CONTEXT_CEILING:
+        length = DEFAULT_CONTEXT_CEILING
+        ceiling_note = (
+            f"context capped to {length} tokens (the model's config claims {model_max}); "
+            "use --max-context for more"
+        )
     free = available_bytes(device) if available is None else available
-    if free is None:
-        return ContextChoice(length)
     per_position = bytes_per_position(args, dtype)
-    fits = int(free * MEMORY_SHARE) // per_position
+    fits = length if free is None else int(free * MEMORY_SHARE) // per_position
     if length <= fits:
-        return ContextChoice(length)
+        if ceiling_note:
+            log.info("%s", ceiling_note)
+        return ContextChoice(length, ceiling_note)
     need = _gib(length * per_position)
     if requested is not None or fits < 2:
         raise EngineError(

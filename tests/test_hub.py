@@ -34,8 +34,8 @@ from engine.download import (
     format_progress,
 )
 from engine.errors import EngineError
-from engine.model_folder import is_model_complete, list_cached_models, resolve_model
 from engine.loader import load_model
+from engine.model_folder import is_model_complete, list_cached_models, resolve_model
 from tests.hub_server import FakeHub
 
 ROOT = Path(__file__).resolve().parents[1]
