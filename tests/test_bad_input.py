@@ -132,6 +132,7 @@ def edit_config(folder: Path, **values) -> None:
     path.write_text(json.dumps(config))
 
 
+@pytest.mark.timeout(60)
 def test_ten_million_layers_fail_fast(tiny_hf_dir: Path, tmp_path: Path) -> None:
     folder = copy_model(tiny_hf_dir, tmp_path / "m")
     edit_config(folder, num_hidden_layers=10_000_000)
@@ -234,6 +235,7 @@ def test_symlink_loop_as_weights(tiny_hf_dir: Path, tmp_path: Path) -> None:
     expect_error(folder, "model.safetensors", "cannot be read")
 
 
+@pytest.mark.timeout(60)
 def test_fifo_as_weights_does_not_hang(tiny_hf_dir: Path, tmp_path: Path) -> None:
     folder = copy_model(tiny_hf_dir, tmp_path / "m")
     (folder / "model.safetensors").unlink()
@@ -241,6 +243,7 @@ def test_fifo_as_weights_does_not_hang(tiny_hf_dir: Path, tmp_path: Path) -> Non
     expect_error(folder, "model.safetensors", "not a regular file")
 
 
+@pytest.mark.timeout(60)
 def test_fifo_as_config_does_not_hang(tiny_hf_dir: Path, tmp_path: Path) -> None:
     folder = copy_model(tiny_hf_dir, tmp_path / "m")
     (folder / "config.json").unlink()
@@ -309,7 +312,7 @@ HELLO = [Message("user", "Hello")]
             "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
             "loops more than",
         ),
-        ("{% for i in range(100000) %}{{ 'abcdefghij' * 1000 }}{% endfor %}", "renders more"),
+        ("{% for i in range(1000) %}{{ 'abcdefghij' * 1000 }}{% endfor %}", "renders more"),
         ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "chat template failed"),
         ("{{ messages.__class__ }}{{ ''.__class__.__mro__[1].__subclasses__() }}", "failed"),
         ("{{ unknown_function() }}", "failed"),
