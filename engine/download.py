@@ -22,19 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from engine.download_errors import _explain, _free_bytes, _is_network_error, _is_transient
+from engine.download_errors import explain_failure, free_bytes, is_network_error, is_transient
 from engine.errors import EngineError
 from engine.model_folder import (
     HF_SMALL_FILES,
     HubSettings,
     Layout,
-    _hf_home,
-    _llama_problem,
-    _looks_like_repo_id,
-    _read_json,
     check_revision,
     find_cached_model,
+    hf_home,
     is_model_complete,
+    llama_problem,
+    looks_like_repo_id,
+    read_json_or_none,
 )
 from engine.progress_text import DownloadProgress, format_bytes, format_duration, format_progress
 
@@ -73,7 +73,7 @@ def _token(explicit: str | None) -> str | Literal[False]:
             return check_token(env.strip(), f"the token in {name}")
     from huggingface_hub import constants, get_token
 
-    path = os.environ.get("HF_TOKEN_PATH") or os.path.join(_hf_home(), "token")
+    path = os.environ.get("HF_TOKEN_PATH") or os.path.join(hf_home(), "token")
     path = os.path.abspath(os.path.expandvars(os.path.expanduser(path)))
     if path == os.path.abspath(constants.HF_TOKEN_PATH):
         stored = get_token()  # the store huggingface_hub knows (refreshes OAuth tokens)
@@ -381,10 +381,8 @@ class _Download:
         config_path = self._fetch(config_name, self.revision or "main")
         snapshot = config_path.parent
         commit = snapshot.name
-        config = _read_json(config_path)
-        problem = (
-            _llama_problem(config, layout) if isinstance(config, dict) else "unreadable config"
-        )
+        config = read_json_or_none(config_path)
+        problem = llama_problem(config, layout) if isinstance(config, dict) else "unreadable config"
         if problem is not None:
             raise EngineError(
                 f"{self.repo_id} is not a Llama model ({problem}); Loopchat runs Llama 2 "
@@ -398,7 +396,7 @@ class _Download:
         index = None
         first = [config_name]
         if layout == "hf" and listing.has("model.safetensors.index.json"):
-            index = _read_json(self._fetch("model.safetensors.index.json", commit))
+            index = read_json_or_none(self._fetch("model.safetensors.index.json", commit))
             if not isinstance(index, dict):
                 raise EngineError(f"{self.repo_id}'s model.safetensors.index.json is not JSON")
             first.append("model.safetensors.index.json")
@@ -411,7 +409,7 @@ class _Download:
         self.tracker.total = sum(sizes.values())
         cached = {name for name in files if (snapshot / name).exists()}
         self.space_needed = sum(size for name, size in sizes.items() if name not in cached)
-        free = _free_bytes(self.settings.cache_dir)
+        free = free_bytes(self.settings.cache_dir)
         if self.space_needed > free:
             raise EngineError(
                 f"not enough disk space for {self.repo_id}: it needs "
@@ -460,7 +458,7 @@ class _Download:
                 )
             except Exception as exc:
                 self.tracker.check_cancel()
-                if isinstance(exc, EngineError) or attempt == ATTEMPTS or not _is_transient(exc):
+                if isinstance(exc, EngineError) or attempt == ATTEMPTS or not is_transient(exc):
                     raise
                 log.warning(
                     "fetching %s of %s failed (%s: %s); trying again (%d of %d)",
@@ -498,7 +496,7 @@ def download_model(
     logged or shown.
     """
     repo_id = repo_id.strip()
-    if not _looks_like_repo_id(repo_id):
+    if not looks_like_repo_id(repo_id):
         raise EngineError(
             f"'{repo_id}' is not a Hub repo id; use owner/name, e.g. "
             "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
@@ -515,10 +513,10 @@ def download_model(
     except DownloadCancelled:
         raise
     except Exception as exc:
-        error = _explain(exc, repo_id, revision, bool(sent), settings, job.space_needed)
+        error = explain_failure(exc, repo_id, revision, bool(sent), settings, job.space_needed)
         if error is None:
             raise
-        if _is_network_error(exc):
+        if is_network_error(exc):
             cached = find_cached_model(repo_id, revision, settings)
             if cached is not None:
                 log.warning("%s; using the copy already in the cache", error)

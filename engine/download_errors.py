@@ -45,7 +45,7 @@ def _status(exc: BaseException) -> int | None:
     return None
 
 
-def _is_network_error(exc: BaseException) -> bool:
+def is_network_error(exc: BaseException) -> bool:
     """A connection that could not be made or was lost (not an answer the Hub gave)."""
     from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
@@ -53,7 +53,7 @@ def _is_network_error(exc: BaseException) -> bool:
     return isinstance(exc, (*_errors_named("TransportError"), *known))
 
 
-def _is_transient(exc: BaseException) -> bool:
+def is_transient(exc: BaseException) -> bool:
     """Worth trying the file again: a read cut short (huggingface_hub already retried connects and
     timeouts), a size mismatch after a flaky transfer, or the Hub busy or failing for a moment."""
     if isinstance(exc, _errors_named("ReadError", "WriteError", "CloseError")):
@@ -64,7 +64,7 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and str(exc).startswith("Consistency check failed")
 
 
-def _explain(
+def explain_failure(
     exc: BaseException,
     repo_id: str,
     revision: str | None,
@@ -106,7 +106,7 @@ def _explain(
             f"{settings.endpoint}/settings/tokens and give it with --token or `hf auth login`"
         )
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        free = _free_bytes(settings.cache_dir)
+        free = free_bytes(settings.cache_dir)
         return EngineError(
             f"the disk holding {settings.cache_dir} is full: {repo_id} needs "
             f"{format_bytes(space_needed)} more and {format_bytes(free)} are free; free some "
@@ -121,7 +121,7 @@ def _explain(
         return EngineError(
             f"the Hub could not serve {repo_id} right now (HTTP {status}); try again later"
         )
-    if _is_network_error(exc):
+    if is_network_error(exc):
         return EngineError(
             f"cannot reach {settings.endpoint} to download {repo_id}: check your internet "
             "connection or proxy and try again (models already downloaded work offline)"
@@ -136,7 +136,7 @@ def _explain(
     return None
 
 
-def _free_bytes(folder: Path) -> int:
+def free_bytes(folder: Path) -> int:
     """Free space on the disk that holds (or will hold) a folder."""
     for path in (folder, *folder.parents):
         try:

@@ -96,12 +96,12 @@ class HubSettings:
         endpoint = (env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
         cache = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")
         if not cache:
-            cache = os.path.join(_hf_home(), "hub")
+            cache = os.path.join(hf_home(), "hub")
         offline = _is_true(env.get("HF_HUB_OFFLINE")) or _is_true(env.get("TRANSFORMERS_OFFLINE"))
         return cls(endpoint, Path(os.path.expandvars(os.path.expanduser(cache))), offline)
 
 
-def _hf_home() -> str:
+def hf_home() -> str:
     home = os.environ.get("HF_HOME")
     if not home:
         xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -109,7 +109,7 @@ def _hf_home() -> str:
     return os.path.expandvars(os.path.expanduser(home))
 
 
-def _read_json(path: Path) -> Any:
+def read_json_or_none(path: Path) -> Any:
     """The JSON in `path`, or None when it is absent or unreadable (a question, not a load)."""
     try:
         return read_json(path)
@@ -138,7 +138,7 @@ def is_model_complete(folder: Path | str) -> bool:
     if _nonempty(folder / "config.json"):
         index = folder / "model.safetensors.index.json"
         if index.exists():
-            data = _read_json(index)
+            data = read_json_or_none(index)
             weight_map = data.get("weight_map") if isinstance(data, dict) else None
             if not isinstance(weight_map, dict) or not weight_map:
                 return False
@@ -156,16 +156,16 @@ def is_model_complete(folder: Path | str) -> bool:
 
 def _is_llama_folder(folder: Path) -> Layout | None:
     """The layout of a folder holding a Llama model, else None."""
-    config = _read_json(folder / "config.json")
+    config = read_json_or_none(folder / "config.json")
     if isinstance(config, dict):
-        return "hf" if _llama_problem(config, "hf") is None else None
-    params = _read_json(folder / "params.json")
+        return "hf" if llama_problem(config, "hf") is None else None
+    params = read_json_or_none(folder / "params.json")
     if isinstance(params, dict):
-        return "meta" if _llama_problem(params, "meta") is None else None
+        return "meta" if llama_problem(params, "meta") is None else None
     return None
 
 
-def _llama_problem(config: dict[str, Any], layout: Layout) -> str | None:
+def llama_problem(config: dict[str, Any], layout: Layout) -> str | None:
     """Why a config.json/params.json does not describe a Llama model, or None if it does."""
     if layout == "meta":
         missing = [k for k in ("dim", "n_layers", "n_heads") if k not in config]
@@ -176,7 +176,7 @@ def _llama_problem(config: dict[str, Any], layout: Layout) -> str | None:
     return f"model_type '{config.get('model_type', 'unknown')}'"
 
 
-def _looks_like_repo_id(text: str) -> bool:
+def looks_like_repo_id(text: str) -> bool:
     """'owner/name' or 'name' as the Hub spells repo ids (not a path someone typed)."""
     if len(text) > 96 or "--" in text or ".." in text or text.endswith(".git"):
         return False
@@ -251,7 +251,7 @@ def resolve_model(path_or_repo: str | Path) -> Path:
             f"{candidate} is a file; pick the model's folder (the one with config.json or "
             "params.json)"
         )
-    if not _looks_like_repo_id(text):
+    if not looks_like_repo_id(text):
         raise EngineError(f"no folder named {text}; pick a model folder (HF or Meta layout)")
     settings = HubSettings.from_environment()
     folder = find_cached_model(text, settings=settings)
