@@ -98,3 +98,27 @@ def test_malformed_token_in_the_environment(fake_hub: FakeHub, monkeypatch) -> N
     with pytest.raises(EngineError, match="HF_TOKEN contains a line break"):
         download_model(REPO)
     assert fake_hub.log == []
+
+
+def test_cached_model_found_at_a_revision_beside_another_tools_listing(
+    fake_hub: FakeHub, tmp_path: Path, tiny_model_dir: Path, monkeypatch
+) -> None:
+    """Needs huggingface_hub >= 1.23 (IncompleteSnapshotError.snapshot_path): the declared floor.
+
+    Another tool cached the repo's full listing, which names a file the engine never fetches
+    (params.json beside an HF layout); huggingface_hub then calls the snapshot incomplete, and
+    only the path it reports lets a revision-pinned lookup find our complete copy offline.
+    """
+    import huggingface_hub
+    from huggingface_hub import snapshot_download
+
+    repo = "test-org/with-params"
+    fake_hub.add(repo, tiny_model_dir, extra_files={"params.json": b'{"dim": 64}'})
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    cache = tmp_path / "hf" / "hub"
+    snapshot_download(repo, cache_dir=cache, endpoint=fake_hub.url, allow_patterns="*.md")
+    folder = download_model(repo)
+    assert not (folder / "params.json").exists()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert find_cached_model(repo, revision="main") == folder
+    assert find_cached_model(repo) == folder
