@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from engine.errors import EngineError
 from engine.generate import Generator
@@ -220,3 +221,36 @@ def test_ctrl_c_during_generation_exits_130_without_traceback(
     assert "Traceback" not in stderr
     done = json.loads(out.decode().splitlines()[-1])
     assert done["done"] is True and done["stop_reason"] == "cancelled"
+
+
+def test_kv_cache_allocation_failure_is_one_line(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """An allocation the system refuses (here: an address-space limit) is an EngineError."""
+    import resource
+
+    import psutil
+
+    from engine.config import ModelArgs
+    from engine.memory import MEMORY_SHARE, bytes_per_position
+    from tests.fixtures.models import DIM, HEADS, LAYERS, VOCAB
+
+    limit = 4 * 2**30  # room for Python and torch, not for the cache asked for below
+    args = ModelArgs(dim=DIM, n_layers=LAYERS, n_heads=HEADS, n_kv_heads=2, vocab_size=VOCAB,
+                     hidden_dim=4 * DIM)  # fmt: skip
+    per_position = bytes_per_position(args, torch.float32)
+    context = int(0.8 * MEMORY_SHARE * psutil.virtual_memory().available) // per_position
+    if context * per_position < 1.5 * limit:
+        pytest.skip("too little free memory to ask for a cache beyond the address-space limit")
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    config["max_position_embeddings"] = context
+    (folder / "config.json").write_text(json.dumps(config))
+
+    def cap_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine", "generate", "--model", str(folder), "--prompt", "hi",
+         *FAST, "--max-context", str(context)],
+        cwd=ROOT, capture_output=True, timeout=120, preexec_fn=cap_memory,
+    )  # fmt: skip
+    one_line_error(proc, "not enough memory for the KV cache")
