@@ -104,8 +104,8 @@ class Sampler:
         p = self.params
         if p.repetition_penalty != 1.0 and history:
             # Only ids the logits cover: a prompt may hold ids of padded rows past the tokenizer.
-            seen = torch.tensor(sorted(t for t in set(history) if 0 <= t < len(logits)))
-            seen = seen.long()
+            covered = sorted(t for t in set(history) if 0 <= t < len(logits))
+            seen = torch.tensor(covered, dtype=torch.long)
             picked = logits[seen]
             logits = logits.clone()
             logits[seen] = torch.where(
