@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from engine.errors import EngineError
+from engine.files import read_json, read_text
 from engine.tokenizer import Tokenizer
 
 B_INST, E_INST = "[INST]", "[/INST]"
@@ -70,20 +71,32 @@ def llama2_prompt_ids(tokenizer: Tokenizer, messages: Sequence[Message]) -> list
     return ids
 
 
+MIN_RENDER_LIMIT = 256 * 1024
+"""Rendered prompts may be this long plus a few times the conversation's own text."""
+
+
+def render_limit(messages: Sequence[Message]) -> int:
+    """The most characters a template may render for these messages (it only adds markup)."""
+    return MIN_RENDER_LIMIT + 4 * sum(len(m.content) for m in messages)
+
+
 def render_template(
     template: str,
     messages: Sequence[Message],
     special: dict[str, str],
     add_generation_prompt: bool = True,
 ) -> str:
-    """Render a chat template the way transformers does (sandboxed jinja2, same globals)."""
-    import jinja2
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    """Render a chat template the way transformers does (sandboxed jinja2, same globals).
+
+    The template is the model folder's code: whatever it raises or however much it tries to
+    compute, the result is one EngineError (see engine.template_sandbox for the bounds).
+    """
+    from engine.template_sandbox import BoundedSandbox
 
     def raise_exception(message: str) -> None:
         raise EngineError(f"the model's chat template refused the conversation: {message}")
 
-    env = ImmutableSandboxedEnvironment(
+    env = BoundedSandbox(
         trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
     )
     env.filters["tojson"] = lambda value, indent=None, **kw: json.dumps(
@@ -91,24 +104,41 @@ def render_template(
     )
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    limit = render_limit(messages)
     try:
         compiled = env.from_string(template)
-        return compiled.render(
+        env.reset_budget()
+        parts: list[str] = []
+        size = 0
+        for part in compiled.generate(
             messages=[{"role": m.role, "content": m.content} for m in messages],
             add_generation_prompt=add_generation_prompt,
             **special,
-        )
-    except jinja2.TemplateError as exc:
-        raise EngineError(f"the model's chat template failed: {exc}") from None
+        ):
+            size += len(part)
+            if size > limit:
+                raise EngineError(
+                    f"the model's chat template renders more than {limit} characters for this "
+                    "conversation; the template is broken"
+                )
+            parts.append(part)
+        return "".join(parts)
+    except EngineError:
+        raise
+    except (Exception, RecursionError) as exc:  # the template is foreign code: anything goes
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise EngineError(
+            f"the model's chat template failed ({type(exc).__name__}: {detail})"
+        ) from None
 
 
 @lru_cache(maxsize=8)
 def _no_prefix_processor(model_path: str):
     """The same SentencePiece model without the dummy-prefix space.
 
-    Text that follows a special token (e.g. "[INST]" after "<s>") is not the start of the input,
-    so Hugging Face's tokenizer encodes it without the leading '▁'; SentencePiece itself always
-    adds one. A copy of the model with that one normaliser option turned off does the same.
+    Where the folder's rule says text after a special token (e.g. "[INST]" after "<s>") gets no
+    leading '▁' (transformers' legacy=False; see engine.prefix_rule), SentencePiece itself would
+    still add one. A copy of the model with that one normaliser option turned off does not.
     """
     import sentencepiece as spm
     from sentencepiece import sentencepiece_model_pb2
@@ -120,14 +150,19 @@ def _no_prefix_processor(model_path: str):
 
 
 def encode_rendered(tokenizer: Tokenizer, text: str, special: dict[str, str]) -> list[int]:
-    """Tokenise rendered template text: special-token strings become ids, the rest is text."""
+    """Tokenise rendered template text: special-token strings become ids, the rest is text.
+
+    Each text segment gets SentencePiece's '▁' prefix or not by the tokenizer's prefix rule:
+    "always" (Meta's ids), "first" (only at the very start) or "never".
+    """
+    rule = getattr(tokenizer, "prefix_rule", "first")
     by_text = {}
     for value in special.values():
         token_id = tokenizer.sp.piece_to_id(value)
         if value and token_id != tokenizer.sp.unk_id() or value == tokenizer.piece(0):
             by_text[value] = token_id
     if not by_text:
-        return tokenizer.encode(text, bos=False)
+        return _encode_segment(tokenizer, text, rule in ("always", "first"))
     pattern = "(" + "|".join(re.escape(s) for s in sorted(by_text, key=len, reverse=True)) + ")"
     ids: list[int] = []
     for i, part in enumerate(re.split(pattern, text)):
@@ -135,11 +170,16 @@ def encode_rendered(tokenizer: Tokenizer, text: str, special: dict[str, str]) ->
             continue
         if part in by_text:
             ids.append(by_text[part])
-        elif i == 0:
-            ids += tokenizer.encode(part, bos=False)
         else:
-            ids += list(_no_prefix_processor(str(tokenizer.path)).encode(part))
+            prefixed = rule == "always" or (rule == "first" and i == 0)
+            ids += _encode_segment(tokenizer, part, prefixed)
     return ids
+
+
+def _encode_segment(tokenizer: Tokenizer, text: str, prefixed: bool) -> list[int]:
+    if prefixed:
+        return tokenizer.encode(text, bos=False)
+    return list(_no_prefix_processor(str(tokenizer.path)).encode(text))
 
 
 def chat_prompt_ids(
@@ -164,18 +204,13 @@ def chat_prompt_ids(
 def load_chat_template(folder: Path) -> str | None:
     """The chat template from tokenizer_config.json, if the model has one."""
     path = folder / "tokenizer_config.json"
-    if not path.is_file():
-        return None
-    try:
-        config: Any = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EngineError(f"{path} is not valid JSON ({exc})") from None
+    config: Any = read_json(path) if path.exists() or path.is_symlink() else None
     template = config.get("chat_template") if isinstance(config, dict) else None
     if isinstance(template, list):  # [{"name": "default", "template": "..."}, ...]
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("default")
     if template is None:
         chat_file = folder / "chat_template.jinja"
-        if chat_file.is_file():
-            template = chat_file.read_text(encoding="utf-8")
+        if chat_file.exists() or chat_file.is_symlink():
+            template = read_text(chat_file)
     return template if isinstance(template, str) and template.strip() else None

@@ -12,7 +12,6 @@ size of the weights in the chosen dtype, with no whole-model float32 detour.
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import math
 import mmap
@@ -29,6 +28,7 @@ import torch
 
 from engine.config import ModelArgs, read_json
 from engine.errors import EngineError
+from engine.files import member_name, parse_json, require_regular_file
 from engine.linear import can_pack, pack_weight
 from engine.model import Transformer
 
@@ -120,43 +120,107 @@ class TensorSource:
     origin: str
 
 
+MAX_HEADER_BYTES = 100 * 2**20
+"""safetensors' own limit for the JSON header."""
+
+
 def _safetensors_header(path: Path) -> tuple[dict, int, int]:
-    """Parse and validate a safetensors header; return (entries, data start, file size)."""
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise EngineError(f"{path} is truncated (no safetensors header); download it again")
-        (header_len,) = struct.unpack("<Q", head)
-        if header_len > min(size - 8, 100 * 2**20):
-            raise EngineError(f"{path} is not a valid safetensors file (bad header length)")
-        try:
-            header = json.loads(f.read(header_len))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise EngineError(f"{path} is corrupt (unreadable safetensors header)") from None
+    """Parse and validate a safetensors header; return (entries, data start, file size).
+
+    The header is checked the way the format defines it, before any tensor is read: each entry a
+    known dtype, a shape of non-negative ints and two int offsets 0 <= begin <= end matching the
+    shape; the tensors, sorted by offset, must tile the data section exactly (contiguous, no
+    overlap, no gap, nothing after). Otherwise a crafted or damaged file would load garbage
+    weights silently or fail later with a TypeError.
+    """
+    require_regular_file(path)
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise EngineError(f"{path} is truncated (no safetensors header); download it again")
+            (header_len,) = struct.unpack("<Q", head)
+            if header_len > min(size - 8, MAX_HEADER_BYTES):
+                raise EngineError(f"{path} is not a valid safetensors file (bad header length)")
+            raw = f.read(header_len)
+    except OSError as exc:
+        raise EngineError(f"{path} cannot be read ({exc.strerror or exc})") from None
+    try:
+        header = parse_json(raw.decode("utf-8"), str(path))
+    except (EngineError, UnicodeDecodeError):
+        raise EngineError(f"{path} is corrupt (unreadable safetensors header)") from None
     if not isinstance(header, dict):
         raise EngineError(f"{path} is corrupt (safetensors header is not an object)")
     header.pop("__metadata__", None)
     data_start = 8 + header_len
+    spans = []
     for name, entry in header.items():
-        try:
-            begin, end = entry["data_offsets"]
-            dtype = SAFETENSORS_DTYPES[entry["dtype"]]
-            count = 1
-            for dim in entry["shape"]:
-                count *= int(dim)
-        except KeyError as exc:
-            raise EngineError(
-                f"{path}: tensor '{name}' has unsupported or missing {exc} in its header"
-            ) from None
-        if end - begin != count * dtype.itemsize or begin > end:
-            raise EngineError(f"{path} is corrupt: tensor '{name}' has inconsistent offsets")
-        if data_start + end > size:
-            raise EngineError(
-                f"{path} is truncated: tensor '{name}' ends at byte {data_start + end} but the "
-                f"file has {size}; download it again"
-            )
+        begin, end = _check_entry(path, name, entry)
+        spans.append((begin, end, name))
+    _check_tiling(path, sorted(spans), size - data_start)
     return header, data_start, size
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_entry(path: Path, name: str, entry: object) -> tuple[int, int]:
+    """One header entry's (begin, end), or an error naming the tensor and what is wrong."""
+    where = f"{path}: tensor '{name}'"
+    if not isinstance(entry, dict):
+        raise EngineError(f"{where} has no header entry (the file is corrupt)")
+    dtype_name = entry.get("dtype")
+    if not isinstance(dtype_name, str) or dtype_name not in SAFETENSORS_DTYPES:
+        raise EngineError(
+            f"{where} has unsupported or missing dtype {dtype_name!r} in its header "
+            f"(Loopchat reads {', '.join(SAFETENSORS_DTYPES)})"
+        )
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise EngineError(
+            f"{where} has shape {shape!r} in its header; a shape is a list of non-negative "
+            "integers (the file is corrupt)"
+        )
+    offsets = entry.get("data_offsets")
+    if not (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(_is_int(o) for o in offsets)
+        and 0 <= offsets[0] <= offsets[1]
+    ):
+        raise EngineError(
+            f"{where} has data_offsets {offsets!r}; they must be two integers "
+            "0 <= begin <= end (the file is corrupt)"
+        )
+    begin, end = offsets
+    if end - begin != math.prod(shape) * SAFETENSORS_DTYPES[dtype_name].itemsize:
+        raise EngineError(f"{path} is corrupt: tensor '{name}' has inconsistent offsets")
+    return begin, end
+
+
+def _check_tiling(path: Path, spans: list[tuple[int, int, str]], data_size: int) -> None:
+    """Tensors sorted by offset must cover the data section exactly, one after the other."""
+    position = 0
+    for begin, end, name in spans:
+        if begin != position:
+            problem = "overlaps the previous one" if begin < position else "leaves a gap before it"
+            raise EngineError(
+                f"{path} is corrupt: tensor '{name}' starts at byte {begin} and {problem} "
+                f"(expected {position})"
+            )
+        position = end
+    if position > data_size:
+        raise EngineError(
+            f"{path} is truncated: its tensors need {position} bytes of data but the file has "
+            f"{max(data_size, 0)}; download it again"
+        )
+    if position < data_size:
+        raise EngineError(
+            f"{path} is corrupt: {data_size - position} bytes after the last tensor belong to "
+            "no tensor"
+        )
 
 
 def _safetensors_sources(path: Path) -> Iterator[TensorSource]:
@@ -185,24 +249,25 @@ def _safetensors_sources(path: Path) -> Iterator[TensorSource]:
 
 def _hf_sources(folder: Path) -> Iterator[TensorSource]:
     index = folder / "model.safetensors.index.json"
-    if index.is_file():
+    if index.exists() or index.is_symlink():
         weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict):
             raise EngineError(f"{index} has no weight_map")
-        files = sorted(set(weight_map.values()))
-        for name in files:
-            if not (folder / name).is_file():
+        paths = {member_name(folder, name, index.name) for name in weight_map.values()}
+        for path in paths:
+            if not path.exists():
                 raise EngineError(
-                    f"{folder / name} is missing (listed in {index.name}); "
-                    "the download is incomplete"
+                    f"{path} is missing (listed in {index.name}); the download is incomplete"
                 )
+        files = sorted(paths)
     else:
-        files = sorted(p.name for p in folder.glob("*.safetensors"))
-    for name in files:
-        yield from _safetensors_sources(folder / name)
+        files = sorted(folder.glob("*.safetensors"))
+    for path in files:
+        yield from _safetensors_sources(path)
 
 
 def _torch_load(path: Path) -> dict[str, torch.Tensor]:
+    require_regular_file(path)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as exc:
@@ -397,6 +462,25 @@ def _pack(
     return pack_weight(plain)
 
 
+_LAYER_INDEX = re.compile(r"layers\.(\d+)\.")
+
+
+def _check_layer_count(args: ModelArgs, sources: dict, folder: Path, origin: Path) -> None:
+    """Compare the config's layer count with the layers the weights hold, before building.
+
+    Building the model costs time per layer even on the meta device, so a config claiming ten
+    million layers must be refused here, from the tensor names alone.
+    """
+    present = {int(m.group(1)) for name in sources if (m := _LAYER_INDEX.match(name))}
+    held = max(present) + 1 if present else 0
+    if args.n_layers > held:
+        raise EngineError(
+            f"{folder}: the weights lack layers.{held}. (and any after it): {origin.name} says "
+            f"{args.n_layers} layers but the checkpoint holds {held}; the checkpoint is "
+            "incomplete or not a Llama model"
+        )
+
+
 def load_transformer(
     folder: Path,
     dtype: torch.dtype,
@@ -430,11 +514,11 @@ def load_transformer(
             if not _IGNORED.search(name)
         }
 
+    origin = folder / ("config.json" if layout == "hf" else "params.json")
+    _check_layer_count(args, sources, folder, origin)
     with torch.device("meta"):
         model = Transformer(args)
-    model.rope_interleaved = layout == "meta"
     expected = dict(model.state_dict())
-    origin = folder / ("config.json" if layout == "hf" else "params.json")
 
     missing = sorted(set(expected) - {k for k, v in sources.items() if v is not None})
     if missing:

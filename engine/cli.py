@@ -6,13 +6,19 @@ Exit codes: 0 success, 2 bad input (one line on stderr naming the problem), 130 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import signal
 import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 from engine.errors import EngineError
+from engine.progress_text import DownloadProgress, format_progress
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
@@ -41,8 +47,6 @@ def _prompt_ids(text: str) -> list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's arguments, exactly as DESIGN.md's contract names them."""
-    from engine.hub import add_download_arguments
-
     parser = _Parser(prog="python -m engine", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -53,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source = gen.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="prompt text (BOS is added)")
+    source.add_argument(
+        "--prompt-file", help="read the prompt text (UTF-8) from a file; '-' reads stdin"
+    )
     source.add_argument(
         "--prompt-ids", type=_prompt_ids, help="exact token ids, e.g. 1,2,3 (no BOS added)"
     )
@@ -79,6 +86,81 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MAX_PROMPT_FILE_BYTES = 64 * 2**20
+"""A prompt file larger than this is not a prompt (and would not fit any Llama 2 context)."""
+
+
+def check_text(value: str | None, flag: str) -> None:
+    """Refuse text that is not valid UTF-8 (argv bytes Python kept as lone surrogates).
+
+    Checked before the model loads, so a bad argument costs nothing and is named precisely.
+    """
+    if value is None:
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise EngineError(
+            f"{flag} is not valid UTF-8 text (bad byte at character {exc.start + 1}); "
+            "pass UTF-8 text or use --prompt-file with a UTF-8 file"
+        ) from None
+
+
+def read_prompt_file(name: str) -> str:
+    """The prompt in a file ('-' = stdin), decoded strictly as UTF-8."""
+    from engine.files import read_bytes
+
+    if name == "-":
+        data = sys.stdin.buffer.read(MAX_PROMPT_FILE_BYTES + 1)
+        if len(data) > MAX_PROMPT_FILE_BYTES:
+            raise EngineError(f"the prompt on stdin is larger than {MAX_PROMPT_FILE_BYTES} bytes")
+        where = "the prompt on stdin"
+    else:
+        path = Path(name).expanduser()
+        data = read_bytes(path, MAX_PROMPT_FILE_BYTES)
+        where = f"--prompt-file {path}"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EngineError(f"{where} is not UTF-8 text (bad byte at offset {exc.start})") from None
+    return text.removeprefix("\ufeff")
+
+
+def check_generate_args(ns: argparse.Namespace) -> None:
+    """Everything about a `generate` request that can be wrong, found before the model loads."""
+    if ns.prompt_file is not None:
+        ns.prompt = read_prompt_file(ns.prompt_file)
+    check_text(ns.prompt, "--prompt")
+    check_text(ns.system, "--system")
+    for stop in ns.stop:
+        check_text(stop, "--stop")
+    if ns.prompt_ids is not None and (ns.chat or ns.system):
+        raise EngineError("--chat and --system need --prompt text, not --prompt-ids")
+    if ns.system and not ns.chat:
+        raise EngineError("--system only applies with --chat")
+    if ns.max_new_tokens < 1:
+        raise EngineError("--max-new-tokens must be at least 1")
+    if ns.report_top < 0:
+        raise EngineError("--report-top must be 0 or more")
+    if ns.max_context is not None and ns.max_context < 2:
+        raise EngineError(f"--max-context {ns.max_context} is too small; use at least 2 tokens")
+    sampling_params(ns).validate()
+
+
+def sampling_params(ns: argparse.Namespace):
+    """The sampler settings the flags describe."""
+    from engine.sampling import SamplingParams
+
+    return SamplingParams(
+        temperature=ns.temperature,
+        top_k=ns.top_k,
+        top_p=ns.top_p,
+        min_p=ns.min_p,
+        repetition_penalty=ns.repetition_penalty,
+        seed=ns.seed,
+    )
+
+
 def prompt_from_args(ns: argparse.Namespace, loaded) -> list[int]:
     """Token ids for the prompt the user asked for (plain, chat-wrapped or given as ids)."""
     from engine.chat import Message, chat_prompt_ids
@@ -98,21 +180,39 @@ def prompt_from_args(ns: argparse.Namespace, loaded) -> list[int]:
     return loaded.tokenizer.encode(ns.prompt, bos=True)
 
 
+@contextlib.contextmanager
+def cancel_on_sigint(cancel: threading.Event) -> Iterator[None]:
+    """While generating, Ctrl+C asks the loop to stop at the next token instead of raising.
+
+    KeyboardInterrupt raised inside a generator's frame kills the generator mid-step (no
+    result, no done line); a flag checked between tokens ends it cleanly with stop_reason
+    "cancelled". A second Ctrl+C interrupts outright. Signal handlers live on the main thread only.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        cancel.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run_generate(ns: argparse.Namespace) -> int:
     """Load, generate, and print either streamed text or the JSON-lines contract."""
     from engine.generate import Generator
     from engine.loader import load_model
-    from engine.sampling import SamplingParams
 
-    params = SamplingParams(
-        temperature=ns.temperature,
-        top_k=ns.top_k,
-        top_p=ns.top_p,
-        min_p=ns.min_p,
-        repetition_penalty=ns.repetition_penalty,
-        seed=ns.seed,
-    )
+    check_generate_args(ns)
+    params = sampling_params(ns)
     loaded = load_model(ns.model, dtype=ns.dtype, device=ns.device, max_context=ns.max_context)
+    if loaded.context_note:
+        sys.stderr.write(f"note: {loaded.context_note}\n")
     prompt = prompt_from_args(ns, loaded)
     cancel = threading.Event()
     generation = Generator(loaded).generate(
@@ -125,22 +225,19 @@ def run_generate(ns: argparse.Namespace) -> int:
     )
     out = sys.stdout
     streamed = []
-    try:
+    with cancel_on_sigint(cancel):
         for step in generation:
             if ns.json:
-                out.write(json.dumps(step.to_json(), ensure_ascii=False) + "\n")
+                out.write(json.dumps(step.to_json(), ensure_ascii=False, allow_nan=False) + "\n")
             else:
                 out.write(step.text)
                 streamed.append(step.text)
             out.flush()
-    except KeyboardInterrupt:
-        cancel.set()
-        for _ in generation:  # let the generator finish cleanly with stop_reason "cancelled"
-            pass
     result = generation.result
-    assert result is not None
+    if result is None:  # the stream was cut short by an error already reported
+        raise EngineError("generation ended without a result")
     if ns.json:
-        out.write(json.dumps(result.to_json(), ensure_ascii=False) + "\n")
+        out.write(json.dumps(result.to_json(), ensure_ascii=False, allow_nan=False) + "\n")
     else:
         shown = "".join(streamed)
         if result.text.startswith(shown):
@@ -166,8 +263,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if ns.command == "generate":
             return run_generate(ns)
-        from engine.hub import run_download
-
         return run_download(ns)
     except EngineError as exc:
         message = " ".join(str(exc).split())
@@ -178,3 +273,70 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI: python -m engine download REPO_ID [--revision REV] [--token TOKEN]
+
+
+def add_download_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `download` subcommand's arguments (DESIGN.md's CLI contract)."""
+    parser.add_argument("repo_id", help="Hub repo id, e.g. TinyLlama/TinyLlama-1.1B-Chat-v1.0")
+    parser.add_argument("--revision", default=None, help="branch, tag or commit (default: main)")
+    parser.add_argument(
+        "--token",
+        default=None,
+        help="Hugging Face access token for gated models (default: HF_TOKEN or `hf auth login`)",
+    )
+
+
+class _TerminalProgress:
+    """Progress on stderr: one line redrawn in a terminal, a line per file and every few seconds
+    otherwise (logs stay short)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self.last = 0.0
+        self.open_line = False
+
+    def __call__(self, p: DownloadProgress) -> None:
+        now = time.monotonic()
+        file_done = p.file_total_bytes > 0 and p.file_done_bytes >= p.file_total_bytes
+        interval = 0.2 if self.tty else 5.0
+        if not (file_done or now - self.last >= interval):
+            return
+        self.last = now
+        line = format_progress(p)
+        if self.tty:
+            self.stream.write("\r" + line[:118].ljust(118))
+            self.open_line = True
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def end(self) -> None:
+        if self.open_line:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.open_line = False
+
+
+def run_download(ns: argparse.Namespace) -> int:
+    """Run `download`: progress on stderr, the snapshot folder as the last line of stdout, exit 0;
+    a problem is one line on stderr and exit 2."""
+    from engine.download import download_model
+
+    show = _TerminalProgress(sys.stderr)
+    try:
+        folder = download_model(ns.repo_id, revision=ns.revision, token=ns.token, progress=show)
+    except EngineError as exc:
+        show.end()
+        sys.stderr.write(f"error: {' '.join(str(exc).split())}\n")
+        sys.stderr.flush()
+        return EXIT_BAD_INPUT
+    finally:
+        show.end()
+    sys.stdout.write(f"{folder}\n")
+    sys.stdout.flush()
+    return 0

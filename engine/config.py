@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine.errors import EngineError
+from engine.files import read_json_object
 
 META_DEFAULT_CONTEXT = 4096
 """Meta's params.json has no context length; Llama 2 was trained with 4096 positions."""
@@ -28,6 +29,9 @@ class ModelArgs:
     max_seq_len: int = META_DEFAULT_CONTEXT
     bos_id: int = 1
     eos_id: int = 2
+    rope_interleaved: bool = True
+    """Which head dimensions rotary embeddings rotate together: Meta's checkpoints pair (0,1),
+    (2,3)...; Hugging Face's permute wq/wk rows so the pairs are (i, i + d/2) (see model.Rotary)."""
     head_dim: int = field(init=False)
     n_rep: int = field(init=False)
 
@@ -39,6 +43,18 @@ class ModelArgs:
                 raise EngineError(
                     f"model config has {name}={getattr(self, name)}; it must be positive"
                 )
+        if not (math.isfinite(self.norm_eps) and self.norm_eps > 0):
+            raise EngineError(
+                f"model config has rms_norm_eps={self.norm_eps}; it must be a positive number"
+            )
+        if not (math.isfinite(self.rope_theta) and self.rope_theta > 0):
+            raise EngineError(
+                f"model config has rope_theta={self.rope_theta}; it must be a positive number"
+            )
+        if self.max_seq_len < 2:
+            raise EngineError(
+                f"model config has a context of {self.max_seq_len} positions; it needs at least 2"
+            )
         if self.dim % self.n_heads:
             raise EngineError(f"model dim {self.dim} is not divisible by n_heads {self.n_heads}")
         if self.n_heads % self.n_kv_heads:
@@ -67,6 +83,7 @@ class ModelArgs:
                 )
         try:
             head_dim = cfg.get("head_dim")
+            head_dim = None if head_dim is None else _integer(head_dim, "head_dim")
             args = cls(
                 dim=int(cfg["hidden_size"]),
                 n_layers=int(cfg["num_hidden_layers"]),
@@ -79,14 +96,17 @@ class ModelArgs:
                 max_seq_len=int(cfg.get("max_position_embeddings", META_DEFAULT_CONTEXT)),
                 bos_id=_first_id(cfg.get("bos_token_id"), 1),
                 eos_id=_first_id(cfg.get("eos_token_id"), 2),
+                rope_interleaved=False,
             )
         except KeyError as missing:
             raise EngineError(
                 f"{source} lacks {missing}; it is not a complete Llama config"
             ) from None
-        except (TypeError, ValueError) as exc:
+        except EngineError as exc:
+            raise EngineError(f"{source}: {exc}") from None
+        except (TypeError, ValueError, OverflowError) as exc:
             raise EngineError(f"{source} has a malformed value: {exc}") from None
-        if head_dim is not None and int(head_dim) != args.head_dim:
+        if head_dim is not None and head_dim != args.head_dim:
             raise EngineError(
                 f"{source}: head_dim {head_dim} != hidden_size / heads; not supported"
             )
@@ -120,8 +140,23 @@ class ModelArgs:
             raise EngineError(
                 f"{source} lacks {missing}; it is not a complete Llama params file"
             ) from None
-        except (TypeError, ValueError) as exc:
+        except EngineError as exc:
+            raise EngineError(f"{source}: {exc}") from None
+        except (TypeError, ValueError, OverflowError) as exc:
             raise EngineError(f"{source} has a malformed value: {exc}") from None
+
+
+def _integer(value: Any, name: str) -> int:
+    """An integer setting; "abc", 1.5 or true are malformed, not silently converted."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{name} is {value!r}, not an integer")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{name} is {value!r}, not an integer") from None
+    if number != float(value):
+        raise ValueError(f"{name} is {value!r}, not an integer")
+    return number
 
 
 def _first_id(value: Any, default: int) -> int:
@@ -132,13 +167,5 @@ def _first_id(value: Any, default: int) -> int:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    """Parse a JSON config file, naming the file when it is unreadable."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EngineError(f"{path} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EngineError(f"{path} is not valid JSON ({exc}); the download may be broken") from None
-    if not isinstance(data, dict):
-        raise EngineError(f"{path} does not hold a JSON object")
-    return data
+    """Parse a JSON config file, naming the file when it is unreadable (see engine.files)."""
+    return read_json_object(path)

@@ -148,6 +148,15 @@ class Generation:
         self.result = yield from self._steps
 
 
+def invalid_numbers_message(index: int, dtype: torch.dtype) -> str:
+    """What to tell the user when the logits hold NaN or infinity (never sample or print them)."""
+    hint = "" if dtype == torch.float32 else " or it overflows in " + str(dtype).split(".")[-1]
+    return (
+        f"the model produced invalid numbers (NaN/Inf) at generated token {index + 1}; its "
+        f"weights may be damaged{hint}: try float32, or download the model again"
+    )
+
+
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     """Length of the longest common prefix of two id sequences."""
     n = min(len(a), len(b))
@@ -292,7 +301,10 @@ class Generator:
         while True:
             # Checkpoints may pad the vocabulary past the tokenizer's (to a multiple of 64, say);
             # those rows are no token at all, so they are neither chosen nor reported.
-            sample = sampler.sample(logits[:speakable], history, report_top=report_top)
+            scores = logits[:speakable]
+            if not bool(torch.isfinite(scores).all()):
+                raise EngineError(invalid_numbers_message(len(generated), self.loaded.dtype))
+            sample = sampler.sample(scores, history, report_top=report_top)
             now = time.perf_counter()
             if not generated:
                 ttft = now - started

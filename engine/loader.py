@@ -19,8 +19,11 @@ from engine.chat import load_chat_template
 from engine.checkpoint import detect_layout, load_transformer
 from engine.config import ModelArgs
 from engine.errors import EngineError
-from engine.hub import resolve_model
+from engine.files import require_regular_file
+from engine.memory import choose_context
 from engine.model import Transformer
+from engine.model_folder import resolve_model
+from engine.prefix_rule import prefix_rule
 from engine.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,8 @@ class LoadedModel:
     weights_bytes: int
     max_context: int
     """Positions the KV cache holds: the most tokens a prompt plus its reply can use."""
+    context_note: str | None = None
+    """Set when the context was capped below the model's own to fit memory (shown to the user)."""
 
     def describe(self) -> dict:
         """Plain data about the model for status bars and logs (safe to send across threads)."""
@@ -64,6 +69,7 @@ class LoadedModel:
             "vocab_size": self.args.vocab_size,
             "n_layers": self.args.n_layers,
             "has_chat_template": self.chat_template is not None,
+            "context_note": self.context_note,
         }
 
 
@@ -151,12 +157,14 @@ def load_model(
     report(0.0, f"Reading {folder.name}")
     started = time.perf_counter()
     tokenizer_file = folder / "tokenizer.model"
-    if not tokenizer_file.is_file():
+    if not (tokenizer_file.exists() or tokenizer_file.is_symlink()):
         raise EngineError(
             f"{tokenizer_file} is missing: a Llama model folder needs its SentencePiece "
             "tokenizer.model"
         )
+    require_regular_file(tokenizer_file)
     tokenizer = Tokenizer(tokenizer_file)
+    tokenizer.prefix_rule = prefix_rule(folder)
 
     def weights_progress(fraction: float, message: str) -> None:
         report(0.02 + 0.93 * fraction, message)
@@ -169,11 +177,15 @@ def load_model(
         )
     chat_template = load_chat_template(folder)
 
-    context = args.max_seq_len if max_context is None else min(max_context, args.max_seq_len)
-    if context < 2:
-        raise EngineError(f"max context {context} is too small; use at least 2 tokens")
+    context = choose_context(args, torch_dtype, dev, max_context)
     report(0.96, "Allocating the KV cache")
-    model.setup_cache(context)
+    try:
+        model.setup_cache(context.length)
+    except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+        raise EngineError(
+            f"not enough memory for the KV cache of {context.length} tokens on {dev} "
+            f"({str(exc).splitlines()[0][:120]}); use a smaller --max-context or dtype"
+        ) from None
 
     weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     log.info(
@@ -194,7 +206,8 @@ def load_model(
         dtype=torch_dtype,
         chat_template=chat_template,
         weights_bytes=weights_bytes,
-        max_context=context,
+        max_context=context.length,
+        context_note=context.note,
     )
 
 

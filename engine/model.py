@@ -40,7 +40,15 @@ class Rotary:
     copying wq/wk to undo the permutation, the model rotates in the pairing its weights came in.
     """
 
-    def __init__(self, head_dim: int, max_seq_len: int, theta: float, device: torch.device) -> None:
+    def __init__(
+        self,
+        head_dim: int,
+        max_seq_len: int,
+        theta: float,
+        device: torch.device,
+        interleaved: bool,
+    ) -> None:
+        self.interleaved = interleaved
         inv_freq = 1.0 / (
             theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
         )  # [d/2]
@@ -49,13 +57,13 @@ class Rotary:
         self.cos = angles.cos()
         self.sin = angles.sin()
 
-    def apply(self, x: torch.Tensor, start_pos: int, interleaved: bool) -> torch.Tensor:
+    def apply(self, x: torch.Tensor, start_pos: int) -> torch.Tensor:
         """Rotate x: [T, n_heads, d] at positions start_pos.. ; returns x's dtype."""
         n = x.shape[0]
         cos = self.cos[start_pos : start_pos + n, None, :]  # [T, 1, d/2]
         sin = self.sin[start_pos : start_pos + n, None, :]  # [T, 1, d/2]
         x32 = x.float()
-        if interleaved:
+        if self.interleaved:
             pairs = x32.unflatten(-1, (-1, 2))  # [T, H, d/2, 2]
             a, b = pairs[..., 0], pairs[..., 1]  # [T, H, d/2] each
             out = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1)  # [T, H, d/2, 2]
@@ -65,7 +73,12 @@ class Rotary:
 
 
 class Attention(nn.Module):
-    """Multi-head (or grouped-query) self-attention over the layer's KV cache."""
+    """Multi-head (or grouped-query) self-attention over the layer's KV cache.
+
+    What stays fixed between calls is state, set by the Transformer: the cache and rotary tables
+    (`setup_cache`), the loop's block size and whether to keep the attention weights. A call
+    passes only data.
+    """
 
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
@@ -77,32 +90,27 @@ class Attention(nn.Module):
         self.wv = Linear(args.dim, args.n_kv_heads * args.head_dim)
         self.wo = Linear(args.n_heads * args.head_dim, args.dim)
         self.cache: KVCache | None = None
+        self.rotary: Rotary | None = None
+        self.block_size = DEFAULT_BLOCK
+        self.capture = False
         self.last_attention: torch.Tensor | None = None
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        start_pos: int,
-        rotary: Rotary,
-        interleaved: bool,
-        block_size: int,
-        capture: bool,
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, start_pos: int) -> torch.Tensor:
         n = x.shape[0]
         q = self.wq(x).view(n, self.n_heads, self.head_dim)  # [T, H, d]
         k = self.wk(x).view(n, self.n_kv_heads, self.head_dim)  # [T, Hkv, d]
         v = self.wv(x).view(n, self.n_kv_heads, self.head_dim)  # [T, Hkv, d]
-        q = rotary.apply(q, start_pos, interleaved)
-        k = rotary.apply(k, start_pos, interleaved)
-        assert self.cache is not None, "setup_cache() must run before forward()"
+        assert self.cache is not None and self.rotary is not None, "setup_cache() comes first"
+        q = self.rotary.apply(q, start_pos)
+        k = self.rotary.apply(k, start_pos)
         self.cache.write(start_pos, k.transpose(0, 1), v.transpose(0, 1))  # [Hkv, T, d]
         out, weights = attend_to(
             q.transpose(0, 1),  # [H, T, d]
             self.cache.keys,
             self.cache.values,
             start_pos,
-            block_size=block_size,
-            capture=capture,
+            block_size=self.block_size,
+            capture=self.capture,
         )  # out: [H, T, d]
         self.last_attention = weights
         return self.wo(out.transpose(0, 1).reshape(n, -1))  # [T, H*d] -> [T, dim]
@@ -131,18 +139,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        start_pos: int,
-        rotary: Rotary,
-        interleaved: bool,
-        block_size: int,
-        capture: bool,
-    ) -> torch.Tensor:
-        h = x + self.attention(
-            self.attention_norm(x), start_pos, rotary, interleaved, block_size, capture
-        )
+    def forward(self, x: torch.Tensor, start_pos: int) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), start_pos)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -160,10 +158,8 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = Linear(args.dim, args.vocab_size)
-        self.rope_interleaved = True
-        """True for Meta's pairing of rotary dims, False for HF's (see `Rotary`)."""
-        self.attention_block_size = DEFAULT_BLOCK
-        self.capture_attention = False
+        self._block_size = DEFAULT_BLOCK
+        self._capture = False
         self.last_attention: list[torch.Tensor] = []
         self.cache_len = 0
         self._rotary: Rotary | None = None
@@ -171,6 +167,30 @@ class Transformer(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.output.weight.device
+
+    @property
+    def attention_block_size(self) -> int:
+        """Cached positions per iteration of the attention loop (1 = the article's loop)."""
+        return self._block_size
+
+    @attention_block_size.setter
+    def attention_block_size(self, value: int) -> None:
+        if value < 1:
+            raise ValueError("block_size must be at least 1")
+        self._block_size = value
+        for layer in self.layers:
+            layer.attention.block_size = value
+
+    @property
+    def capture_attention(self) -> bool:
+        """Keep each layer's attention weights of the last position (for the inspector)."""
+        return self._capture
+
+    @capture_attention.setter
+    def capture_attention(self, value: bool) -> None:
+        self._capture = bool(value)
+        for layer in self.layers:
+            layer.attention.capture = self._capture
 
     def setup_cache(self, max_seq_len: int | None = None) -> None:
         """(Re)allocate every layer's KV cache and the rotary tables for max_seq_len positions."""
@@ -182,7 +202,15 @@ class Transformer(nn.Module):
             layer.attention.cache = KVCache(
                 self.args.n_kv_heads, length, self.args.head_dim, dtype, self.device
             )
-        self._rotary = Rotary(self.args.head_dim, length, self.args.rope_theta, self.device)
+        self._rotary = Rotary(
+            self.args.head_dim,
+            length,
+            self.args.rope_theta,
+            self.device,
+            interleaved=self.args.rope_interleaved,
+        )
+        for layer in self.layers:
+            layer.attention.rotary = self._rotary
         self.cache_len = length
 
     def forward(
@@ -199,14 +227,7 @@ class Transformer(nn.Module):
             )
         h = self.tok_embeddings(tokens)  # [T, dim]
         for layer in self.layers:
-            h = layer(
-                h,
-                start_pos,
-                self._rotary,
-                self.rope_interleaved,
-                self.attention_block_size,
-                self.capture_attention,
-            )
+            h = layer(h, start_pos)
         if last_only:
             h = h[-1:]  # [1, dim]
         if self.capture_attention:

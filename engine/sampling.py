@@ -8,12 +8,18 @@ and transformers use).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from engine.errors import EngineError
+
+GREEDY_BELOW = 1e-5
+"""Temperatures at or below this are greedy: dividing logits by less overflows float32 to inf."""
+MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1
+"""torch's generator takes a 64-bit seed (signed or unsigned)."""
 
 
 @dataclass
@@ -32,22 +38,32 @@ class SamplingParams:
     seed: int | None = None
 
     def validate(self) -> None:
-        if not self.temperature >= 0:
-            raise EngineError(f"temperature must be 0 or more (0 = greedy), got {self.temperature}")
+        """EngineError for any setting the sampler cannot use (NaN and infinity included)."""
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise EngineError(
+                f"temperature must be a finite number, 0 or more (0 = greedy), got "
+                f"{self.temperature}"
+            )
         if self.top_k < 0:
             raise EngineError(f"top-k must be 0 (off) or more, got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise EngineError(f"top-p must be in (0, 1] (1 = off), got {self.top_p}")
         if not 0 <= self.min_p < 1:
             raise EngineError(f"min-p must be in [0, 1) (0 = off), got {self.min_p}")
-        if not self.repetition_penalty > 0:
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
             raise EngineError(
-                f"repetition penalty must be above 0 (1 = off), got {self.repetition_penalty}"
+                f"repetition penalty must be a finite number above 0 (1 = off), got "
+                f"{self.repetition_penalty}"
             )
+        if self.seed is not None and not (
+            isinstance(self.seed, int) and MIN_SEED <= self.seed <= MAX_SEED
+        ):
+            raise EngineError(f"seed must be a 64-bit integer (0 to 2**64-1), got {self.seed}")
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        """Temperature 0, or so close to it that sampling would divide by (almost) zero."""
+        return self.temperature <= GREEDY_BELOW
 
 
 @dataclass(frozen=True)
@@ -87,7 +103,9 @@ class Sampler:
     def _choose(self, logits: torch.Tensor, history: Sequence[int]) -> int:
         p = self.params
         if p.repetition_penalty != 1.0 and history:
-            seen = torch.tensor(sorted(set(history)), dtype=torch.long)
+            # Only ids the logits cover: a prompt may hold ids of padded rows past the tokenizer.
+            covered = sorted(t for t in set(history) if 0 <= t < len(logits))
+            seen = torch.tensor(covered, dtype=torch.long)
             picked = logits[seen]
             logits = logits.clone()
             logits[seen] = torch.where(

@@ -38,6 +38,10 @@ class Tokenizer:
             raise EngineError(f"{model_path} is not a SentencePiece model")
         self.path = model_path
         self.sp = processor
+        self.prefix_rule = "first"
+        """Whether chat text after a special token gets the dummy-prefix '▁': "always" (Meta's
+        ids), "first" (transformers' legacy=False) or "never"; the loader reads it from the model
+        folder (engine.prefix_rule)."""
         if self.sp.bos_id() < 0 or self.sp.eos_id() < 0:
             raise EngineError(
                 f"{model_path} defines no BOS/EOS tokens; it is not a Llama tokenizer"

@@ -116,7 +116,8 @@ class ModelChooser(QDialog):
     # -- listing -----------------------------------------------------------------------------
 
     def refresh(self) -> None:
-        from engine.hub import list_cached_models, load_catalogue
+        from desktop.catalogue import load_catalogue
+        from engine.model_folder import list_cached_models
 
         self.items.clear()
         cached = {m["repo_id"]: m for m in list_cached_models()}

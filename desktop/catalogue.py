@@ -1,0 +1,65 @@
+"""The model chooser's catalogue: the models Loopchat offers to download (resources/catalogue.json).
+
+Plain data, no Qt: the chooser shows it, tests read it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TypedDict
+
+from engine.errors import EngineError
+from engine.model_folder import Layout
+
+
+class CatalogueEntry(TypedDict):
+    """One model the chooser offers (resources/catalogue.json)."""
+
+    repo_id: str
+    name: str
+    size_bytes: int
+    licence: str
+    gated: bool
+    layout: Layout
+    description: str
+    default: bool
+
+
+def _resource_text(name: str) -> str:
+    """A file of the `resources` package, installed, in a checkout, or frozen by PyInstaller."""
+    frozen = getattr(sys, "_MEIPASS", None)
+    if frozen and (Path(frozen) / "resources" / name).is_file():
+        return (Path(frozen) / "resources" / name).read_text(encoding="utf-8")
+    from importlib import resources
+
+    return resources.files("resources").joinpath(name).read_text(encoding="utf-8")
+
+
+def load_catalogue() -> list[CatalogueEntry]:
+    """The models the chooser offers, from resources/catalogue.json, in the file's order."""
+    try:
+        models = json.loads(_resource_text("catalogue.json"))["models"]
+        entries = [
+            CatalogueEntry(
+                repo_id=str(m["repo_id"]),
+                name=str(m["name"]),
+                size_bytes=int(m["size_bytes"]),
+                licence=str(m["licence"]),
+                gated=bool(m["gated"]),
+                layout=m["layout"],
+                description=str(m.get("description", "")),
+                default=bool(m.get("default", False)),
+            )
+            for m in models
+        ]
+        bad = [e["repo_id"] for e in entries if e["layout"] not in ("hf", "meta")]
+        if bad:
+            raise ValueError(f"unknown layout for {bad[0]}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EngineError(
+            f"Loopchat's model catalogue (resources/catalogue.json) is unreadable ({exc}); "
+            "reinstall Loopchat"
+        ) from exc
+    return entries
