@@ -13,8 +13,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from engine.errors import EngineError
 
 if TYPE_CHECKING:
@@ -55,7 +53,6 @@ def held_out_dialogues(folder: Path) -> list[tuple[str, str]]:
     return [(p["user"], p["assistant"]) for p in pairs]
 
 
-@torch.inference_mode()
 def held_out_perplexity(loaded: LoadedModel) -> float:
     """Per-token perplexity of the shipped held-out dialogues, each from its own BOS.
 
@@ -63,6 +60,8 @@ def held_out_perplexity(loaded: LoadedModel) -> float:
     through the engine from position 0 (the KV cache is overwritten, so the caller's generator
     must forget its cache afterwards).
     """
+    import torch  # not at import time: model_folder imports this module on the GUI thread
+
     from engine.chat import B_INST, E_INST
 
     total, count = 0.0, 0
@@ -72,7 +71,8 @@ def held_out_perplexity(loaded: LoadedModel) -> float:
         )
         if len(ids) > loaded.max_context:
             continue
-        logits = loaded.model(torch.tensor(ids, device=loaded.device), 0)  # [T, vocab]
+        with torch.inference_mode():
+            logits = loaded.model(torch.tensor(ids, device=loaded.device), 0)  # [T, vocab]
         targets = torch.tensor(ids[1:], device=logits.device)
         nll = torch.nn.functional.cross_entropy(logits[:-1], targets, reduction="sum")
         total += float(nll)

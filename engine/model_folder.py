@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
+from engine.builtin import is_builtin, resolve_builtin
 from engine.errors import EngineError
 from engine.files import is_regular_file, member_name, read_json
 
@@ -241,8 +242,13 @@ def find_cached_model(
 
 
 def resolve_model(path_or_repo: str | Path) -> Path:
-    """A local model folder as it is, or the cached snapshot of a Hub repo id (never downloads)."""
+    """A local model folder as it is, `builtin`, or the cached snapshot of a Hub repo id.
+
+    Never downloads.
+    """
     text = str(path_or_repo).strip()
+    if is_builtin(text):  # the shipped model; a folder of that name is reachable as ./builtin
+        return resolve_builtin()
     candidate = Path(text).expanduser()
     if candidate.is_dir():
         return candidate
