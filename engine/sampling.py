@@ -13,41 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.errors import EngineError
+from engine.events import SamplingParams
 
-
-@dataclass
-class SamplingParams:
-    """How adventurous the sampler is. Temperature 0 is greedy; each filter has an 'off' value."""
-
-    temperature: float = 0.7
-    top_k: int = 40
-    """Keep the k most likely tokens; 0 = off."""
-    top_p: float = 0.95
-    """Keep the smallest set whose probability reaches p; 1 = off."""
-    min_p: float = 0.05
-    """Drop tokens less likely than min_p × the top token's probability; 0 = off."""
-    repetition_penalty: float = 1.1
-    """Penalise tokens already in the context (CTRL-style); 1 = off."""
-    seed: int | None = None
-
-    def validate(self) -> None:
-        if not self.temperature >= 0:
-            raise EngineError(f"temperature must be 0 or more (0 = greedy), got {self.temperature}")
-        if self.top_k < 0:
-            raise EngineError(f"top-k must be 0 (off) or more, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise EngineError(f"top-p must be in (0, 1] (1 = off), got {self.top_p}")
-        if not 0 <= self.min_p < 1:
-            raise EngineError(f"min-p must be in [0, 1) (0 = off), got {self.min_p}")
-        if not self.repetition_penalty > 0:
-            raise EngineError(
-                f"repetition penalty must be above 0 (1 = off), got {self.repetition_penalty}"
-            )
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
+__all__ = ["SampleResult", "Sampler", "SamplingParams"]
 
 
 @dataclass(frozen=True)
