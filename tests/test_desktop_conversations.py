@@ -140,24 +140,41 @@ def test_search_rename_delete_export_import(qtbot, home: Path, tiny_model_dir: P
     win.close()
 
 
-def test_edit_and_resend_replaces_later_turns(qtbot, home: Path, tiny_model_dir: Path) -> None:
+def test_edit_changes_nothing_until_sent(qtbot, home: Path, tiny_model_dir: Path) -> None:
+    """Defect 2: Edit opens an editor in the card; Esc restores; only Send replaces turns."""
     win = make_window(qtbot, home)
     load(qtbot, win, tiny_model_dir)
     greedy(win, 5)
     ask(qtbot, win, "first question")
     ask(qtbot, win, "second question")
+    saved = ConversationStore(home / "home" / "data" / "conversations.sqlite3")
+    before = [(m.role, m.content) for m in saved.get_conversation(win.conversation_id).messages]
+    history = win.history
     first_user = win.chat.messages[0]
     qtbot.mouseClick(first_user.edit_button, Qt.MouseButton.LeftButton)
-    assert win.input.toPlainText() == "first question"
-    assert win.chat.messages == [] and win.history == []
-    ask(qtbot, win, "edited question")
-    saved = ConversationStore(home / "home" / "data" / "conversations.sqlite3")
+    editor = first_user.editor
+    assert editor.box.toPlainText() == "first question"
+    # Nothing changed yet: not on screen, not in the history, not on disk.
+    assert len(win.chat.messages) == 4 and win.history == history
+    assert [(m.role, m.content) for m in saved.get_conversation(win.conversation_id).messages] == (
+        before
+    )
+    editor.box.setPlainText("changed my mind")
+    qtbot.keyClick(editor.box, Qt.Key.Key_Escape)
+    assert first_user.editor is None and first_user.body.isVisible()
+    assert first_user.text == "first question" and win.history == history
+
+    qtbot.mouseClick(first_user.edit_button, Qt.MouseButton.LeftButton)
+    first_user.editor.box.setPlainText("edited question")
+    with qtbot.waitSignal(win.reply_finished, timeout=120_000):
+        qtbot.keyClick(first_user.editor.box, Qt.Key.Key_Return)
     messages = saved.get_conversation(win.conversation_id).messages
     assert [(m.role, m.content) for m in messages][0] == ("user", "edited question")
-    assert len(messages) == 2
+    assert len(messages) == 2 and [m.role for m in win.chat.messages] == ["user", "assistant"]
+    assert win.history[0] == {"role": "user", "content": "edited question"}
     # Regenerate replaces the last reply in place.
     with qtbot.waitSignal(win.reply_finished, timeout=60_000):
-        win.regenerate()
+        win.regenerate_action.trigger()
     assert len(saved.get_conversation(win.conversation_id).messages) == 2
     win.close()
 
