@@ -7,8 +7,10 @@ that was streaming when the user switched away still ends, saved, in its own con
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
@@ -29,7 +31,7 @@ from PySide6.QtWidgets import (
 
 from desktop import menus
 from desktop.controller import EngineController
-from desktop.session import ChatSession, SessionListener
+from desktop.session import ChatSession, SessionListener, message_count
 from desktop.store import ConversationStore, StoreError, read_export
 from desktop.views.banner import Banner
 from desktop.views.chat_view import MessageWidget
@@ -44,6 +46,23 @@ log = logging.getLogger(__name__)
 UNDO_WINDOW_S = 60
 """How long a deleted conversation can be restored before it is purged from the file."""
 RETRY_SAVE_MS = 2000
+SYNC_OPEN_LIMIT = 2000
+"""Conversations with more messages are read in a helper thread (10,000 take ~100-300 ms)."""
+
+
+def _read_quietly(open_session, *args):
+    """Read a long conversation without a full garbage collection in the middle.
+
+    Its tens of thousands of new objects would trigger one, and with torch imported a full
+    collection holds the GIL (so the GUI) for ~100 ms. What exists once it is read lives as long
+    as the conversation is open, so it is frozen (left out of later collections) as well.
+    """
+    gc.disable()
+    try:
+        return open_session(*args)
+    finally:
+        gc.freeze()
+        gc.enable()
 
 
 class _Background(SessionListener):
@@ -63,6 +82,7 @@ class MainWindow(QMainWindow):
     token_shown = Signal(object)  # Step, after the window has shown it
     reply_finished = Signal(object)  # GenerationResult (with `error` when the reply failed)
     error_shown = Signal(str)
+    _opened = Signal(object)  # a Future of ChatSession.open, from the reader thread
 
     def __init__(
         self,
@@ -78,9 +98,12 @@ class MainWindow(QMainWindow):
         self._loading = False
         self._pending_model_path = ""
         self._streaming: ChatSession | None = None
+        """The session whose request the engine is answering (maybe not the one shown)."""
         self._prompt_tokens = 0
         self._first_token_s = 0.0
-        """The session whose request the engine is answering (maybe not the one shown)."""
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="loopchat-open")
+        self._opening: Future | None = None
+        self._opened.connect(self._finish_open)
         self.setWindowTitle("Loopchat")
         self.resize(1180, 760)
         self._build()
@@ -238,14 +261,10 @@ class MainWindow(QMainWindow):
         """The open conversation's turns as {"role", "content"} dicts (a copy)."""
         return self.session.history
 
-    def _new_session(self, conversation_id: int | None = None) -> ChatSession:
+    def _new_session(self) -> ChatSession:
         name = self.model_info.name if self.model_info else ""
-        if conversation_id is None:
-            prompt = self.sampling.default_system_prompt()
-            return ChatSession(self.store, self.controller, system_prompt=prompt, model=name)
-        session = ChatSession.open(self.store, self.controller, conversation_id)
-        session.model = name or session.model
-        return session
+        prompt = self.sampling.default_system_prompt()
+        return ChatSession(self.store, self.controller, system_prompt=prompt, model=name)
 
     def _show(self, session: ChatSession) -> None:
         """Put `session` on screen; a reply still streaming in the old one ends there."""
@@ -270,24 +289,51 @@ class MainWindow(QMainWindow):
         self.input.setFocus()
 
     def open_conversation(self, conversation_id: int) -> None:
-        """Show a saved conversation (its latest page first; earlier pages as you scroll up)."""
+        """Show a saved conversation (its latest page first; earlier pages as you scroll up).
+
+        A short one is shown before this returns; a long one is read in a helper thread and
+        shown as soon as it is read, the GUI running meanwhile.
+        """
         if conversation_id == self.conversation_id:
             return
+        opener = (ChatSession.open, self.store, self.controller, conversation_id)
+        self._opening = future = Future()
         try:
-            session = self._new_session(conversation_id)
-        except StoreError as exc:
+            large = message_count(self.store, conversation_id) > SYNC_OPEN_LIMIT
+        except StoreError:
+            large = False  # ChatSession.open says what is wrong
+        if large:
+            self.progress_label.setText("Opening the conversation…")
+            self._opening = future = self._reader.submit(_read_quietly, *opener)
+            future.add_done_callback(self._opened.emit)  # back on the GUI thread, queued
+            return
+        try:
+            future.set_result(opener[0](*opener[1:]))
+        except Exception as exc:  # noqa: BLE001 - reported by _finish_open
+            future.set_exception(exc)
+        self._finish_open(future)
+
+    def _finish_open(self, future: Future) -> None:
+        if future is not self._opening:
+            return  # another conversation was asked for meanwhile
+        self._opening = None
+        self.progress_label.setText("")
+        try:
+            session = future.result()
+        except (StoreError, ValueError, TypeError, OverflowError) as exc:
+            log.warning("conversation could not be opened: %r", exc)
             self.show_error(f"Could not open this conversation: {exc}")
             return
+        session.model = self.model_info.name if self.model_info else session.model
         self._show(session)
 
     def _reopen_last(self) -> None:
+        self._show(self.session)
         try:
             last = self.store.get_last_open()
         except StoreError:
             last = None
-        if last is None:
-            self._show(self.session)
-        else:
+        if last is not None:
             self.open_conversation(last)
 
     def _save_system_prompt(self) -> None:
@@ -385,9 +431,10 @@ class MainWindow(QMainWindow):
 
         self.banner.show_message(f"Deleted “{title}”.", "notice", "Undo", undo)
 
-    def purge_deleted(self, older_than_s: float = UNDO_WINDOW_S) -> None:
-        """Remove deleted conversations from the database file for good."""
-        self._try(lambda: self.store.purge_deleted(older_than_s))
+    def purge_deleted(self, older_than_s: float | None = None) -> None:
+        """Remove conversations deleted more than `older_than_s` (the undo window) ago."""
+        age = UNDO_WINDOW_S if older_than_s is None else older_than_s
+        self._try(lambda: self.store.purge_deleted(age))
 
     def choose_export(self, conversation_id: int | None, fmt: str) -> None:
         if conversation_id is None:
@@ -628,5 +675,6 @@ class MainWindow(QMainWindow):
         for session in {id(s): s for s in (self._streaming, self.session) if s}.values():
             session.abandon()  # closed mid-reply: keep what streamed, as a stopped reply
         self._streaming = None
+        self._reader.shutdown(wait=True, cancel_futures=True)
         self._try(lambda: self.store.purge_deleted(0))
         super().closeEvent(event)

@@ -33,6 +33,19 @@ log = logging.getLogger(__name__)
 USER, ASSISTANT = "user", "assistant"
 
 
+def message_count(store: ConversationStore, conversation_id: int) -> int:
+    """How many messages a conversation has, without reading them (to choose how to open it)."""
+    count = getattr(store, "count_messages", None)
+    if count is not None:
+        return int(count(conversation_id))
+    # Until the store has count_messages: one indexed COUNT in the store's own transaction.
+    return store._read(
+        lambda db: db.execute(
+            "SELECT COUNT(*) FROM messages WHERE conversation_id = ?", (conversation_id,)
+        ).fetchone()[0]
+    )
+
+
 class Engine(Protocol):
     """What a session needs from the engine (the desktop's EngineController)."""
 

@@ -19,8 +19,10 @@ from desktop.session import ASSISTANT, ChatSession, Turn
 from desktop.views.chat_view import ChatView, MessageWidget
 from engine.events import GenerationStarted, Step
 
-PAGE = 40
+PAGE = 25
 """Turns built at a time (the latest page on opening, one more per scroll to the top)."""
+CHUNK = 6
+"""Cards built per event-loop turn."""
 
 DAMAGED = "This message could not be read (it is damaged in the database) and is left out."
 
@@ -105,6 +107,8 @@ class ConversationView(ChatView):
         self._turns: list[Turn] = []
         self._first = 0
         """Index in `_turns` of the oldest turn that has a card."""
+        self._target = 0
+        """Index down to which cards are being built."""
         self._cards: dict[int, MessageWidget] = {}
         self._notes: dict[int, MessageWidget] = {}
         self.editing: MessageWidget | None = None
@@ -117,7 +121,8 @@ class ConversationView(ChatView):
         self.clear()
         self._turns = session.turns
         self._first = len(self._turns)
-        self._build(max(0, len(self._turns) - PAGE), len(self._turns))
+        self._target = max(0, self._first - PAGE)
+        self._build_chunk()
         QTimer.singleShot(0, self._scroll_to_end)
 
     def clear(self) -> None:
@@ -126,27 +131,29 @@ class ConversationView(ChatView):
         self._cards.clear()
         self._notes.clear()
         self._turns = []
-        self._first = 0
+        self._first = self._target = 0
         self.earlier_button.hide()
 
-    def load_earlier(self) -> int:
-        """Build the page before the oldest card; returns how many turns it added."""
-        if self._first == 0:
-            return 0
-        bar = self.verticalScrollBar()
-        from_bottom = bar.maximum() - bar.value()
-        self._stick_to_bottom = False
-        before = self._first
-        self._build(max(0, self._first - PAGE), self._first)
-        QTimer.singleShot(0, lambda: bar.setValue(bar.maximum() - from_bottom))
-        return before - self._first
+    def load_earlier(self) -> None:
+        """Build the page before the oldest card (a few cards per event-loop turn)."""
+        if self._first > 0 and self._target == self._first:
+            self._stick_to_bottom = False
+            self._target = max(0, self._first - PAGE)
+            self._build_chunk()
 
     def _maybe_load_earlier(self, value: int) -> None:
         if value == 0 and self._first > 0 and self.verticalScrollBar().maximum() > 0:
             QTimer.singleShot(0, self.load_earlier)
 
-    def _build(self, start: int, stop: int) -> None:
-        """Cards for turns[start:stop], placed above those already built."""
+    def _build_chunk(self) -> None:
+        """Cards for the next CHUNK turns above those built, newest first; then yield to the
+        event loop (25 Markdown cards at once can hold the GUI for 100 ms on a slow machine)."""
+        stop = self._first
+        start = max(self._target, stop - CHUNK)
+        if start >= stop:
+            return
+        bar = self.verticalScrollBar()
+        from_bottom = bar.maximum() - bar.value()
         at = 0
         for turn in self._turns[start:stop]:
             for widget in self._cards_for(turn):
@@ -156,6 +163,10 @@ class ConversationView(ChatView):
         self.earlier_button.setVisible(start > 0)
         self.earlier_button.setText(f"Show earlier messages ({start} more)")
         self._placeholder.setVisible(not self.messages)
+        if not self._stick_to_bottom:  # keep what the reader looks at in place
+            QTimer.singleShot(0, lambda: bar.setValue(bar.maximum() - from_bottom))
+        if start > self._target:
+            QTimer.singleShot(0, self._build_chunk)
 
     def _cards_for(self, turn: Turn) -> list[MessageWidget]:
         cards = []
