@@ -582,8 +582,15 @@ def test_garbage_file_is_moved_aside_with_its_wal(tmp_path: Path) -> None:
         assert "moved to" in s.recovery_notice and "nothing was deleted" in s.recovery_notice
         chat(s, "still works", "yes")
         assert len(s.list_conversations()) == 1
-    with ConversationStore(path) as again:  # and the fresh file is fine next time
-        assert again.recovery_notice is None and len(again.list_conversations()) == 1
+        notice = s.recovery_notice
+    with ConversationStore(path) as again:  # the fresh file is fine next time ...
+        assert len(again.list_conversations()) == 1
+        # ... and the notice is repeated at every start until the user dismisses it
+        assert again.recovery_notice == again.moved_aside_notice() == notice
+        again.dismiss_moved_aside_notice()
+        assert again.moved_aside_notice() is None
+    with ConversationStore(path) as third:
+        assert third.recovery_notice is None and third.moved_aside_notice() is None
 
 
 def test_damaged_pages_are_detected_and_moved_aside(tmp_path: Path) -> None:
