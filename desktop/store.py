@@ -80,6 +80,7 @@ DB_NAME = "conversations.sqlite3"
 TITLE_LENGTH = 60
 _LAST_OPEN = "last_open"
 _MOVED_ASIDE = "moved_aside_notice"
+_SECURE_SINCE = "vacuumed_for_secure_delete"
 _BUSY = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED: another process holds the file; it is not broken
 _CORRUPT = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB: the file itself is damaged
 _READ_ONLY = (3, 8, 14, 23)  # SQLITE_PERM, READONLY, CANTOPEN, AUTH: permissions, not damage
@@ -686,9 +687,15 @@ class ConversationStore:
     restore_conversation = restore
 
     def purge_deleted(self, older_than_s: float = 0.0) -> int:
-        """Remove deleted conversations (and their messages and steps); return how many."""
+        """Remove deleted conversations (and their messages and steps) from the file; how many.
+
+        Gone from the bytes on disk, not just from the tables (a deleted chat may be private):
+        `secure_delete` zeroes what a DELETE frees, a checkpoint copies the zeroed pages into
+        the main file and truncates the -wal, which still held the old page versions. The first
+        purge also VACUUMs once, for files written before secure_delete was on.
+        """
         cutoff = time.time() - older_than_s
-        return self._write(
+        count = self._write(
             lambda db: (
                 db.execute(
                     "DELETE FROM conversations WHERE deleted_at IS NOT NULL AND deleted_at <= ?",
@@ -696,6 +703,20 @@ class ConversationStore:
                 ).rowcount
             )
         )
+        with self._lock:
+            try:
+                if self.get_meta(_SECURE_SINCE) is None:
+                    self._db.execute("VACUUM")
+                    self.set_meta(_SECURE_SINCE, str(int(time.time())))
+                busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            except sqlite3.Error as exc:
+                raise StoreError(
+                    f"Deleted conversations were removed, but clearing them from the file "
+                    f"failed ({exc}); it is retried on the next purge."
+                ) from exc
+        if busy:  # another program reads the file; the -wal keeps old pages until next time
+            log.warning("checkpoint after purge blocked by a reader of %s", self.path)
+        return count
 
     # -- messages ------------------------------------------------------------------------------
 
