@@ -40,10 +40,13 @@ from typing import Any, TypeVar
 from desktop.export import (
     EXPORT_FORMAT,
     EXPORT_VERSION,
+    clean_sampling,
+    clean_timings,
     conversation_from_json,
     conversation_to_json,
     conversation_to_markdown,
     read_export,
+    valid_time,
 )
 from desktop.store_schema import (
     MIGRATIONS,
@@ -162,19 +165,89 @@ _MSG_COLUMNS = (
 )
 
 
+DAMAGED_TEXT = "[This message could not be read from the database.]"
+"""Shown for a stored message whose text is not text (a damaged row)."""
+
+
+def _time(value: Any) -> tuple[float, bool]:
+    """A stored time views can format; (0.0, True) for one out of range (e.g. 1e300)."""
+    return (float(value), False) if valid_time(value) else (0.0, True)
+
+
+def _text(value: Any, placeholder: str = "") -> tuple[str, bool]:
+    if isinstance(value, str):
+        return value, False
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace"), True
+    return placeholder, True
+
+
+def _json_dict(text: Any, clean: Callable[[Any], tuple[dict, bool]]) -> tuple[dict, bool]:
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        return {}, True
+    return clean(value)
+
+
 def _conversation(row: tuple) -> Conversation:
-    return Conversation(*row[:7], title_is_custom=bool(row[7]), deleted_at=row[8])
+    """A conversation row as a record; damaged values become safe defaults (`damaged=True`),
+    so one bad row never stops the list or the app from starting."""
+    title, bad_title = _text(row[1])
+    created, bad_created = _time(row[2])
+    updated, bad_updated = _time(row[3])
+    system_prompt, bad_prompt = _text(row[4])
+    model, bad_model = _text(row[5])
+    model_path, bad_path = _text(row[6])
+    deleted_at = row[8] if row[8] is None else _time(row[8])[0]
+    return Conversation(
+        row[0],
+        title,
+        created,
+        updated,
+        system_prompt,
+        model,
+        model_path,
+        title_is_custom=bool(row[7]),
+        deleted_at=deleted_at,
+        damaged=bad_title or bad_created or bad_updated or bad_prompt or bad_model or bad_path,
+    )
 
 
 def _message(row: tuple) -> Message:
+    """A message row as a record; damaged values become safe defaults (`damaged=True`)."""
+    content, bad_content = _text(row[4], DAMAGED_TEXT)
+    created, bad_created = _time(row[5])
+    stop_reason, bad_stop = (None, False) if row[7] is None else _text(row[7])
+    model, bad_model = _text(row[8])
+    sampling, bad_sampling = _json_dict(row[9], clean_sampling)
+    timings, bad_timings = _json_dict(row[10], clean_timings)
     return Message(
-        *row[:6],
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        content,
+        created,
         finished=bool(row[6]),
-        stop_reason=row[7],
-        model=row[8],
-        sampling=json.loads(row[9]),
-        timings=json.loads(row[10]),
+        stop_reason=stop_reason,
+        model=model,
+        sampling=sampling,
+        timings=timings,
+        damaged=bad_content or bad_created or bad_stop or bad_model or bad_sampling or bad_timings,
     )
+
+
+def _step(r: tuple) -> StepRecord | None:
+    """(idx, token_id, prob, text, piece, top_ids, top_probs, top_texts) as a StepRecord, or
+    None when the row cannot be read."""
+    try:
+        top = unpack_top(r[5], r[6], r[7])
+        if not (isinstance(r[3], str) and isinstance(r[4], str)):
+            return None
+        return StepRecord(int(r[1]), r[3], float(r[2]), top, r[4], int(r[0]))
+    except (TypeError, ValueError, struct.error, RecursionError):
+        return None
 
 
 def _step_row(message_id: int, idx: int, s: StepRecord) -> tuple:
@@ -605,9 +678,11 @@ class ConversationStore:
                     "WHERE m.conversation_id = ? ORDER BY s.message_id, s.idx",
                     (conversation_id,),
                 ):
-                    by_id[r[0]].steps.append(
-                        StepRecord(r[2], r[4], r[3], unpack_top(r[6], r[7], r[8]), r[5], r[1])
-                    )
+                    message, record = by_id[r[0]], _step(r[1:])
+                    if record is None:
+                        message.damaged = True
+                    else:
+                        message.steps.append(record)
             return conv
 
         return self._read(read)
@@ -621,9 +696,7 @@ class ConversationStore:
                 (message_id,),
             ).fetchall()
         )
-        return [
-            StepRecord(r[1], r[3], r[2], unpack_top(r[5], r[6], r[7]), r[4], r[0]) for r in rows
-        ]
+        return [record for record in map(_step, rows) if record is not None]
 
     def rename(self, conversation_id: int, title: str) -> None:
         """Give a conversation its own title; an empty one goes back to the automatic title."""

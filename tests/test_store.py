@@ -406,7 +406,7 @@ def export_with(message: dict | None = None, **top) -> dict:
             "token_id should be a token id",
         ),
         (export_with({"role": "user", "content": "x", "sampling": None}), "sampling should be"),
-        (export_with(created_at=float("nan")), "created_at should be a number"),
+        (export_with(created_at=float("nan")), "created_at should be a time"),
     ],
 )
 def test_bad_import_raises_a_clear_store_error(store: ConversationStore, bad, says: str) -> None:
