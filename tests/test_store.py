@@ -490,7 +490,9 @@ def test_autosaver_keeps_steps_when_a_save_fails(store: ConversationStore, monke
     with pytest.raises(StoreError):
         saver.add(step(1, "b"))
     assert saver.pending == 2 and saver.saved_steps == 0
-    saver.add(step(2, "c"))  # retried with the new one
+    saver.add(step(2, "c"))  # backing off: kept, not tried at once
+    assert saver.pending == 3 and saver.last_error is not None
+    assert saver.flush() == 3  # an explicit retry writes them all
     assert [s.text for s in store.get_steps(reply)] == ["a", "b", "c"]
 
 
