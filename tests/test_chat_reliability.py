@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QSettings
+from PySide6.QtCore import QSettings, Qt
 
 from desktop.store import ConversationStore, StoreError
 from tests.test_desktop import Heartbeat
@@ -83,40 +83,50 @@ def chat(qtbot, home: Path, tiny_model_dir: Path):
 
 
 def test_stop_before_the_first_token_then_send_and_regenerate_work(qtbot, home, chat) -> None:
+    worker = chat.controller.worker
     stop_now = chat.controller.stop  # thread-safe: what the Stop button calls
-    chat.controller.worker.generation_started.connect(lambda _s: stop_now())
+
+    def stop_before_first_token(_started) -> None:
+        stop_now()  # runs in the worker thread, before prefill: no token will come
+
+    worker.generation_started.connect(stop_before_first_token)
     result = ask(qtbot, chat, "first question")
-    assert result.stop_reason == "cancelled" and result.generated_tokens == 0
-    chat.controller.worker.generation_started.disconnect()
+    worker.generation_started.disconnect(stop_before_first_token)
+    assert result["stop_reason"] == "cancelled" and result["generated_tokens"] == 0
     assert chat.history == [{"role": "user", "content": "first question"}]
     assert [m.role for m in saved(home, chat.conversation_id)] == ["user"]
     assert chat.send_button.isEnabled() and chat.regenerate_button.isEnabled()
 
-    # Regenerate answers the unanswered message.
-    with qtbot.waitSignal(chat.reply_finished, timeout=120_000) as done:
-        chat.regenerate_action.trigger()
-    assert not done.args[0].get("error") and done.args[0].generated_tokens > 0
-    assert [m.role for m in saved(home, chat.conversation_id)] == ["user", "assistant"]
-
-    # ...and a later send works too (roles still alternate in the prompt).
+    # The next send works (roles still alternate in the prompt)...
     errors: list[str] = []
     chat.error_shown.connect(errors.append)
     second = ask(qtbot, chat, "second question")
-    assert "error" not in second and errors == []
-    assert [t["role"] for t in chat.history] == ["user", "assistant", "user", "assistant"]
+    assert "error" not in second and errors == [] and second["generated_tokens"] > 0
+    assert [t["role"] for t in chat.history] == ["user", "user", "assistant"]
+
+    # ...and Regenerate answers a message left unanswered.
+    worker.generation_started.connect(stop_before_first_token)
+    ask(qtbot, chat, "third question")
+    worker.generation_started.disconnect(stop_before_first_token)
+    with qtbot.waitSignal(chat.reply_finished, timeout=120_000) as done:
+        qtbot.mouseClick(chat.regenerate_button, Qt.MouseButton.LeftButton)
+    assert "error" not in done.args[0] and done.args[0]["generated_tokens"] > 0
+    roles = [m.role for m in saved(home, chat.conversation_id)]
+    assert roles == ["user", "user", "assistant", "user", "assistant"]
+    assert errors == []
 
 
 def test_a_failed_reply_leaves_the_chat_usable(qtbot, home, chat) -> None:
-    limit = chat.model_info.max_context
+    limit = chat.model_info["max_context"]
     failed = ask(qtbot, chat, " ".join(["loop"] * (2 * limit)))  # longer than the context
     assert "context" in failed["error"]
     assert [t["role"] for t in chat.history] == ["user"]
     assert chat.send_button.isEnabled()
     result = ask(qtbot, chat, "a short one")
-    assert "error" not in result and result.generated_tokens > 0
+    assert "error" not in result and result["generated_tokens"] > 0
     roles = [m.role for m in saved(home, chat.conversation_id)]
     assert roles == ["user", "user", "assistant"]  # the failed one stays, unanswered
-    assert chat.chat.messages[-1].text == result.text
+    assert chat.chat.messages[-1].text == result["text"]
 
 
 # -- 3: new chat / delete / switch while a reply streams --------------------------------------
@@ -140,17 +150,17 @@ def test_leaving_a_streaming_reply_saves_it_in_its_own_conversation(
         else:
             chat.conversations.open_requested.emit(other)
     result = done.args[0]
-    assert result.stop_reason == "cancelled" and result.generated_tokens > 0
+    assert result["stop_reason"] == "cancelled" and result["generated_tokens"] > 0
     assert chat.conversation_id != streaming
     reply = saved(home, streaming)[-1] if how != "delete" else None
     if how == "delete":
         with ConversationStore(db_path(home)) as store:
             reply = store.get_conversation(streaming, include_deleted=True).messages[-1]
-    assert reply.role == "assistant" and reply.finished and reply.content == result.text
-    assert reply.stop_reason == "cancelled" and len(reply.steps) == result.generated_tokens
+    assert reply.role == "assistant" and reply.finished and reply.content == result["text"]
+    assert reply.stop_reason == "cancelled" and len(reply.steps) == result["generated_tokens"]
     # Nothing of it landed in the chat now shown, and the window is ready for the next message.
     shown = [m.text for m in chat.chat.messages]
-    assert result.text not in shown and "tell me a long story" not in shown
+    assert result["text"] not in shown and "tell me a long story" not in shown
     assert chat.send_button.isEnabled() and not chat.controller.busy
     greedy(chat, 4)
     ask(qtbot, chat, "something new")
@@ -162,7 +172,7 @@ def test_leaving_a_streaming_reply_saves_it_in_its_own_conversation(
 
 
 def test_a_failed_model_switch_keeps_the_old_model(qtbot, home, chat, tmp_path: Path) -> None:
-    name = chat.model_info.name
+    name = chat.model_info["name"]
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
@@ -170,10 +180,10 @@ def test_a_failed_model_switch_keeps_the_old_model(qtbot, home, chat, tmp_path: 
     with qtbot.waitSignal(chat.error_shown, timeout=60_000) as error:
         chat.load_model(str(broken))
     assert f"{name} is still loaded" in error.args[0]
-    assert chat.model_info.name == name and chat.model_label.text() == name
+    assert chat.model_info["name"] == name and chat.model_label.text() == name
     assert chat.send_button.isEnabled()
     result = ask(qtbot, chat, "still there?")
-    assert "error" not in result and result.generated_tokens > 0
+    assert "error" not in result and result["generated_tokens"] > 0
 
 
 # -- 5: the system prompt --------------------------------------------------------------------
@@ -191,10 +201,6 @@ def test_system_prompt_is_per_conversation_with_a_default_for_new_chats(qtbot, h
         lambda: win.store.get_conversation(conv).system_prompt == "Be a careful pirate.",
         timeout=3000,
     )
-    assert win.session.prompt_messages()[0] == {
-        "role": "system",
-        "content": "Be a careful pirate.",
-    }
     win.new_chat_action.trigger()
     assert win.sampling.system_prompt.toPlainText() == "Default prompt"
     assert win.settings.value("chat/system_prompt") == "Default prompt"
@@ -284,14 +290,14 @@ def test_a_failed_save_while_streaming_is_kept_retried_and_reported(
     errors: list[str] = []
     chat.error_shown.connect(errors.append)
     result = ask(qtbot, chat, "keep this safe")
-    assert result.generated_tokens > 32
+    assert result["generated_tokens"] > 32
     assert any("Could not save" in e for e in errors)
-    assert chat.chat.messages[-1].text == result.text  # nothing lost on screen
+    assert chat.chat.messages[-1].text == result["text"]  # nothing lost on screen
     broken["on"] = False
     qtbot.waitUntil(lambda: "saved again" in chat.banner.label.text(), timeout=10_000)
     reply = saved(home, chat.conversation_id)[-1]
-    assert reply.finished and reply.content == result.text
-    assert [s.token_id for s in reply.steps] == list(result.token_ids)
+    assert reply.finished and reply.content == result["text"]
+    assert [s.token_id for s in reply.steps] == list(result["token_ids"])
 
 
 # -- 13: a very long conversation, and a damaged row -----------------------------------------
@@ -328,8 +334,6 @@ def _long_export(n: int) -> dict:
 
 
 def test_ten_thousand_messages_open_lazily_without_blocking(qtbot, home) -> None:
-    from desktop.views.conversation_view import PAGE
-
     win = make_window(qtbot, home)
     conv = win.store.import_json(_long_export(10_000))
     win.new_chat()
@@ -339,23 +343,23 @@ def test_ten_thousand_messages_open_lazily_without_blocking(qtbot, home) -> None
         returned = time.perf_counter() - started
         qtbot.waitUntil(lambda: win.conversation_id == conv, timeout=10_000)
         shown = time.perf_counter() - started
-        qtbot.waitUntil(lambda: len(win.chat.messages) == PAGE, timeout=5000)
-        qtbot.wait(100)
+        qtbot.wait(300)
+    page = len(win.chat.messages)
     print(
         f"opening 10,000 messages: returned after {1000 * returned:.0f} ms, shown after "
         f"{1000 * shown:.0f} ms, worst GUI gap {1000 * beat.worst:.0f} ms"
     )
     assert returned < 0.1 and beat.worst < 0.1
     assert len(win.history) == 10_000
-    assert len(win.chat.messages) == PAGE
+    assert 10 <= page <= 50  # one page of cards, not 10,000
     assert win.chat.messages[-1].text.startswith("message 9999:")
     assert win.chat.messages[-1].meta_label.text() == "9 tokens"
     # Scrolling to the top builds the page before.
     with Heartbeat() as beat:
         win.chat.verticalScrollBar().setValue(0)
-        qtbot.waitUntil(lambda: len(win.chat.messages) == 2 * PAGE, timeout=3000)
+        qtbot.waitUntil(lambda: len(win.chat.messages) == 2 * page, timeout=3000)
     assert beat.worst < 0.1
-    assert win.chat.messages[0].text.startswith(f"message {10_000 - 2 * PAGE}:")
+    assert win.chat.messages[0].text.startswith(f"message {10_000 - 2 * page}:")
     win.close()
 
 

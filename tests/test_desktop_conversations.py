@@ -152,13 +152,13 @@ def test_edit_changes_nothing_until_sent(qtbot, home: Path, tiny_model_dir: Path
     history = win.history
     first_user = win.chat.messages[0]
     qtbot.mouseClick(first_user.edit_button, Qt.MouseButton.LeftButton)
-    editor = first_user.editor
-    assert editor.box.toPlainText() == "first question"
     # Nothing changed yet: not on screen, not in the history, not on disk.
     assert len(win.chat.messages) == 4 and win.history == history
     assert [(m.role, m.content) for m in saved.get_conversation(win.conversation_id).messages] == (
         before
     )
+    editor = first_user.editor
+    assert editor.box.toPlainText() == "first question"
     editor.box.setPlainText("changed my mind")
     qtbot.keyClick(editor.box, Qt.Key.Key_Escape)
     assert first_user.editor is None and first_user.body.isVisible()

@@ -21,7 +21,7 @@ from engine.events import GenerationStarted, Step
 
 PAGE = 25
 """Turns built at a time (the latest page on opening, one more per scroll to the top)."""
-CHUNK = 6
+CHUNK = 3
 """Cards built per event-loop turn."""
 
 DAMAGED = "This message could not be read (it is damaged in the database) and is left out."
