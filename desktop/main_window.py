@@ -7,62 +7,30 @@ that was streaming when the user switched away still ends, saved, in its own con
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import (
-    QFileDialog,
-    QFrame,
-    QHBoxLayout,
-    QLabel,
     QMainWindow,
-    QProgressBar,
-    QPushButton,
-    QScrollArea,
-    QSplitter,
-    QVBoxLayout,
-    QWidget,
 )
 
 from desktop import menus
 from desktop.controller import EngineController
-from desktop.session import ChatSession, SessionListener, message_count
+from desktop.opener import ConversationOpener
+from desktop.session import ChatSession, SessionListener
 from desktop.store import ConversationStore, StoreError, read_export
-from desktop.views.banner import Banner
 from desktop.views.chat_view import MessageWidget
-from desktop.views.conversation_list import ConversationList
-from desktop.views.conversation_view import ConversationView
-from desktop.views.input_box import InputBox
-from desktop.views.sampling_panel import SamplingPanel
-from desktop.views.topk_panel import TopKPanel, visible_token
+from desktop.views.topk_panel import visible_token
+from desktop.views.window_layout import build_layout
 from engine.events import GenerationResult, GenerationStarted, ModelInfo, Step
 
 log = logging.getLogger(__name__)
 UNDO_WINDOW_S = 60
 """How long a deleted conversation can be restored before it is purged from the file."""
 RETRY_SAVE_MS = 2000
-SYNC_OPEN_LIMIT = 2000
-"""Conversations with more messages are read in a helper thread (10,000 take ~100-300 ms)."""
-
-
-def _read_quietly(open_session, *args):
-    """Read a long conversation without a full garbage collection in the middle.
-
-    Its tens of thousands of new objects would trigger one, and with torch imported a full
-    collection holds the GIL (so the GUI) for ~100 ms. What exists once it is read lives as long
-    as the conversation is open, so it is frozen (left out of later collections) as well.
-    """
-    gc.disable()
-    try:
-        return open_session(*args)
-    finally:
-        gc.freeze()
-        gc.enable()
 
 
 class _Background(SessionListener):
@@ -82,7 +50,6 @@ class MainWindow(QMainWindow):
     token_shown = Signal(object)  # Step, after the window has shown it
     reply_finished = Signal(object)  # GenerationResult (with `error` when the reply failed)
     error_shown = Signal(str)
-    _opened = Signal(object)  # a Future of ChatSession.open, from the reader thread
 
     def __init__(
         self,
@@ -99,14 +66,12 @@ class MainWindow(QMainWindow):
         self._pending_model_path = ""
         self._streaming: ChatSession | None = None
         """The session whose request the engine is answering (maybe not the one shown)."""
-        self._prompt_tokens = 0
-        self._first_token_s = 0.0
-        self._reader = ThreadPoolExecutor(1, thread_name_prefix="loopchat-open")
-        self._opening: Future | None = None
-        self._opened.connect(self._finish_open)
+        self.opener = ConversationOpener(self.store, self.controller, self)
         self.setWindowTitle("Loopchat")
         self.resize(1180, 760)
-        self._build()
+        build_layout(self)
+        self._prompt_timer = QTimer(self, singleShot=True, interval=400)
+        self._retry_timer = QTimer(self, interval=RETRY_SAVE_MS)
         menus.build_menus(self)
         self.session = self._new_session()
         self._connect()
@@ -117,92 +82,9 @@ class MainWindow(QMainWindow):
             self.show_error(self.store.recovery_notice, kind="notice")
         self._update_buttons()
 
-    # -- layout ------------------------------------------------------------------------------
-
-    def _build(self) -> None:
-        self.chat = ConversationView()
-        self.banner = Banner()
-        self.input = InputBox()
-        self.send_button = QPushButton("Send")
-        self.send_button.setObjectName("primary")
-        self.send_button.setDefault(True)
-        self.stop_button = QPushButton("Stop")
-        self.stop_button.setToolTip("Stop generating (Esc)")
-        self.regenerate_button = QPushButton("Regenerate")
-        self.regenerate_button.setToolTip("Answer the last message again")
-        buttons = QVBoxLayout()
-        buttons.setSpacing(6)
-        buttons.addWidget(self.send_button)
-        buttons.addWidget(self.stop_button)
-        buttons.addStretch(1)
-        input_row = QHBoxLayout()
-        input_row.setContentsMargins(18, 8, 18, 14)
-        input_row.setSpacing(8)
-        input_row.addWidget(self.input, 1)
-        input_row.addLayout(buttons)
-        actions_row = QHBoxLayout()
-        actions_row.setContentsMargins(18, 0, 18, 0)
-        actions_row.addStretch(1)
-        actions_row.addWidget(self.regenerate_button)
-        left = QWidget()
-        left_layout = QVBoxLayout(left)
-        left_layout.setContentsMargins(0, 0, 0, 0)
-        left_layout.setSpacing(0)
-        for item in (self.banner, self.chat, actions_row, input_row):
-            if isinstance(item, QWidget):
-                left_layout.addWidget(item, 1 if item is self.chat else 0)
-            else:
-                left_layout.addLayout(item)
-
-        self.topk = TopKPanel()
-        self.sampling = SamplingPanel(self.settings)
-        self.topk.set_k(self.sampling.report_top.value())
-        sampling_scroll = QScrollArea()
-        sampling_scroll.setWidgetResizable(True)
-        sampling_scroll.setFrameShape(QFrame.Shape.NoFrame)
-        sampling_scroll.setWidget(self.sampling)
-        side_title = QLabel("Generation settings")
-        side_title.setObjectName("section")
-        side_bottom = QWidget()
-        side_bottom_layout = QVBoxLayout(side_bottom)
-        side_bottom_layout.setContentsMargins(0, 6, 0, 0)
-        side_bottom_layout.addWidget(side_title)
-        side_bottom_layout.addWidget(sampling_scroll, 1)
-        self.side = QSplitter(Qt.Orientation.Vertical)
-        self.side.setObjectName("side")
-        self.side.addWidget(self.topk)
-        self.side.addWidget(side_bottom)
-        self.side.setStretchFactor(0, 3)
-        self.side.setStretchFactor(1, 2)
-
-        self.conversations = ConversationList()
-        self.splitter = QSplitter(Qt.Orientation.Horizontal)
-        for i, (widget, stretch) in enumerate(((self.conversations, 0), (left, 3), (self.side, 1))):
-            self.splitter.addWidget(widget)
-            self.splitter.setStretchFactor(i, stretch)
-        self.splitter.setCollapsible(0, True)
-        self.splitter.setSizes([230, 640, 330])
-        self.setCentralWidget(self.splitter)
-
-        status = self.statusBar()
-        self.model_label = QLabel("No model — File → Open model folder…")
-        self.device_label, self.speed_label, self.context_label = QLabel(), QLabel(), QLabel()
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1000)
-        self.progress.setMaximumWidth(220)
-        self.progress.setTextVisible(False)
-        self.progress.hide()
-        self.progress_label = QLabel("")
-        for widget in (self.model_label, self.progress_label, self.progress):
-            status.addWidget(widget)
-        for widget in (self.speed_label, self.context_label, self.device_label):
-            status.addPermanentWidget(widget)
-        self._prompt_timer = QTimer(self, singleShot=True, interval=400)
-        self._retry_timer = QTimer(self, interval=RETRY_SAVE_MS)
-
     def _connect(self) -> None:
         worker = self.controller.worker
-        worker.load_progress.connect(self._on_load_progress)
+        worker.load_progress.connect(self.status_line.loading)
         worker.model_loaded.connect(self._on_model_loaded)
         worker.load_failed.connect(self._on_load_failed)
         worker.model_unloaded.connect(self._on_model_unloaded)
@@ -223,9 +105,13 @@ class MainWindow(QMainWindow):
         lst.new_requested.connect(self.new_chat)
         lst.rename_requested.connect(self.rename_conversation)
         lst.delete_requested.connect(self.delete_conversation)
-        lst.export_requested.connect(self.choose_export)
+        lst.export_requested.connect(lambda cid, fmt: menus.choose_export(self, cid, fmt))
         lst.search_changed.connect(lambda _text: self.refresh_conversations())
         self.sampling.report_top.valueChanged.connect(self.topk.set_k)
+        self.opener.ready.connect(self._opened)
+        self.opener.failed.connect(
+            lambda m: self.show_error(f"Could not open this conversation: {m}")
+        )
         self.sampling.system_prompt.textChanged.connect(self._prompt_timer.start)
         self._prompt_timer.timeout.connect(self._save_system_prompt)
         self._retry_timer.timeout.connect(self._retry_saves)
@@ -289,41 +175,11 @@ class MainWindow(QMainWindow):
         self.input.setFocus()
 
     def open_conversation(self, conversation_id: int) -> None:
-        """Show a saved conversation (its latest page first; earlier pages as you scroll up).
+        """Show a saved conversation (its latest page first; earlier pages as you scroll up)."""
+        if conversation_id != self.conversation_id:
+            self.opener.open(conversation_id)
 
-        A short one is shown before this returns; a long one is read in a helper thread and
-        shown as soon as it is read, the GUI running meanwhile.
-        """
-        if conversation_id == self.conversation_id:
-            return
-        opener = (ChatSession.open, self.store, self.controller, conversation_id)
-        self._opening = future = Future()
-        try:
-            large = message_count(self.store, conversation_id) > SYNC_OPEN_LIMIT
-        except StoreError:
-            large = False  # ChatSession.open says what is wrong
-        if large:
-            self.progress_label.setText("Opening the conversation…")
-            self._opening = future = self._reader.submit(_read_quietly, *opener)
-            future.add_done_callback(self._opened.emit)  # back on the GUI thread, queued
-            return
-        try:
-            future.set_result(opener[0](*opener[1:]))
-        except Exception as exc:  # noqa: BLE001 - reported by _finish_open
-            future.set_exception(exc)
-        self._finish_open(future)
-
-    def _finish_open(self, future: Future) -> None:
-        if future is not self._opening:
-            return  # another conversation was asked for meanwhile
-        self._opening = None
-        self.progress_label.setText("")
-        try:
-            session = future.result()
-        except (StoreError, ValueError, TypeError, OverflowError) as exc:
-            log.warning("conversation could not be opened: %r", exc)
-            self.show_error(f"Could not open this conversation: {exc}")
-            return
+    def _opened(self, session: ChatSession) -> None:
         session.model = self.model_info.name if self.model_info else session.model
         self._show(session)
 
@@ -436,15 +292,6 @@ class MainWindow(QMainWindow):
         age = UNDO_WINDOW_S if older_than_s is None else older_than_s
         self._try(lambda: self.store.purge_deleted(age))
 
-    def choose_export(self, conversation_id: int | None, fmt: str) -> None:
-        if conversation_id is None:
-            self.show_error("There is no saved conversation to export yet.", kind="notice")
-            return
-        suffix = "Markdown (*.md)" if fmt == "md" else "JSON (*.json)"
-        path, _ = QFileDialog.getSaveFileName(self, "Export conversation", "", suffix)
-        if path:
-            self.export_conversation(conversation_id, Path(path), fmt)
-
     def export_conversation(self, conversation_id: int, path: Path, fmt: str) -> None:
         try:
             if fmt == "md":
@@ -456,11 +303,6 @@ class MainWindow(QMainWindow):
             self.show_error(f"Could not export the conversation: {exc}")
         except OSError as exc:
             self.show_error(f"Could not write {path}: {exc.strerror or exc}")
-
-    def choose_import(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Import conversation", "", "JSON (*.json)")
-        if path:
-            self.import_conversation(Path(path))
 
     def import_conversation(self, path: Path) -> int | None:
         try:
@@ -490,19 +332,12 @@ class MainWindow(QMainWindow):
         chooser.show()
         return chooser
 
-    def choose_model_folder(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Open a model folder (HF or Meta layout)")
-        if folder:
-            self.load_model(folder)
-
     def load_model(self, path: str) -> None:
         """Load a model in the engine thread; the current one works until the new one is ready."""
         self.stop()
         self._loading = True
         self.banner.hide()
-        self.progress.setValue(0)
-        self.progress.show()
-        self.progress_label.setText("Loading…")
+        self.status_line.loading(0.0, "Loading…")
         self._pending_model_path = path
         dtype = str(self.settings.value("engine/dtype", "auto"))
         device = str(self.settings.value("engine/device", "auto"))
@@ -514,19 +349,11 @@ class MainWindow(QMainWindow):
         self.stop()
         self.controller.unload()
 
-    def _on_load_progress(self, fraction: float, message: str) -> None:
-        self.progress.setValue(int(1000 * fraction))
-        self.progress_label.setText(message)
-
     def _loaded_state(self, loading_done: bool = True) -> None:
         """Status bar, title and buttons for the model now loaded (or none)."""
-        if loading_done:
-            self._loading = False
-            self.progress.hide()
-            self.progress_label.setText("")
+        self._loading = self._loading and not loading_done
         info = self.model_info
-        self.model_label.setText(info.name if info else "No model — Models → Choose a model…")
-        self.device_label.setText(f"{info.device} · {info.dtype}" if info else "")
+        self.status_line.loaded(info, loading_done)
         self.setWindowTitle(f"Loopchat — {info.name}" if info else "Loopchat")
         self.session.model = info.name if info else self.session.model
         self._update_buttons()
@@ -534,7 +361,6 @@ class MainWindow(QMainWindow):
     def _on_model_loaded(self, info: ModelInfo) -> None:
         self.model_info = info
         self._loaded_state()
-        self.context_label.setText(f"context 0 / {info.max_context}")
         path = self._pending_model_path or info.path
         # A Hub snapshot is remembered by repo id: its folder changes with each new revision.
         menus.remember_model(self, info.name if "/snapshots/" in path.replace("\\", "/") else path)
@@ -556,27 +382,15 @@ class MainWindow(QMainWindow):
         session = self._streaming
         if session is None or not session.on_started(started) or session is not self.session:
             return
-        self._prompt_tokens = started.prompt_tokens
-        self._first_token_s = 0.0
-        self.context_label.setText(f"context {started.prompt_tokens} / {started.max_context}")
-        self.speed_label.setText(f"prompt {started.prompt_tokens} tok · generating…")
+        self.status_line.started(started)
 
     def _on_token(self, step: Step) -> None:
         session = self._streaming
         if session is None or not session.on_step(step) or session is not self.session:
             return
         self.topk.show_step(step)
-        if step.index == 0:
-            self._first_token_s = step.elapsed_s
-        if self.model_info and step.index % 8 == 0:
-            used = self._prompt_tokens + step.index + 1
-            self.context_label.setText(f"context {used} / {self.model_info.max_context}")
-            first = self._first_token_s
-            parts = [f"prompt {self._prompt_tokens} tok", f"first token {first:.2f} s"]
-            decoding = step.elapsed_s - first
-            if step.index > 0 and decoding > 0:
-                parts.append(f"{step.index / decoding:.1f} tok/s")
-            self.speed_label.setText(" · ".join(parts))
+        if self.model_info is not None:
+            self.status_line.step(step, self.model_info.max_context)
         self.token_shown.emit(step)
 
     def _on_finished(self, result: GenerationResult) -> None:
@@ -585,12 +399,7 @@ class MainWindow(QMainWindow):
             return
         self._streaming = None
         if session is self.session:
-            self.speed_label.setText(
-                f"prompt {result.prompt_tokens} tok · first token {result.ttft_s:.2f} s · "
-                f"{result.decode_tokens_per_s:.1f} tok/s"
-            )
-            used = result.prompt_tokens + result.generated_tokens
-            self.context_label.setText(f"context {used} / {result.max_context}")
+            self.status_line.finished(result)
             if result.stop_reason == "context_full":
                 self.show_error(
                     "The model's context is full, so the reply was cut. Start a new chat "
@@ -675,6 +484,6 @@ class MainWindow(QMainWindow):
         for session in {id(s): s for s in (self._streaming, self.session) if s}.values():
             session.abandon()  # closed mid-reply: keep what streamed, as a stopped reply
         self._streaming = None
-        self._reader.shutdown(wait=True, cancel_futures=True)
+        self.opener.shutdown()
         self._try(lambda: self.store.purge_deleted(0))
         super().closeEvent(event)

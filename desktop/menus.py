@@ -7,11 +7,12 @@ set as attributes of the window under those names.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import QMessageBox
+from PySide6.QtWidgets import QFileDialog, QMessageBox
 
 if TYPE_CHECKING:
     from desktop.main_window import MainWindow
@@ -32,22 +33,26 @@ def build_menus(w: MainWindow) -> None:
     bar = w.menuBar()
     file_menu = bar.addMenu("&File")
     w.open_action = _action(
-        w, file_menu, "&Open model folder…", w.choose_model_folder, QKeySequence.StandardKey.Open
+        w,
+        file_menu,
+        "&Open model folder…",
+        lambda: choose_model_folder(w),
+        QKeySequence.StandardKey.Open,
     )
     file_menu.addSeparator()
     w.new_chat_action = _action(w, file_menu, "&New chat", w.new_chat, "Ctrl+N")
-    _action(w, file_menu, "&Import conversation…", w.choose_import)
+    _action(w, file_menu, "&Import conversation…", lambda: choose_import(w))
     _action(
         w,
         file_menu,
         "&Export conversation as Markdown…",
-        lambda: w.choose_export(w.conversation_id, "md"),
+        lambda: choose_export(w, w.conversation_id, "md"),
     )
     _action(
         w,
         file_menu,
         "Export conversation as &JSON…",
-        lambda: w.choose_export(w.conversation_id, "json"),
+        lambda: choose_export(w, w.conversation_id, "json"),
     )
     file_menu.addSeparator()
     _action(w, file_menu, "&Quit", w.close, QKeySequence.StandardKey.Quit)
@@ -109,3 +114,25 @@ def about(w: MainWindow) -> None:
         "<b>Loopchat</b><p>Llama 2 on your own computer, with loop attention you can watch "
         "at work.</p>",
     )
+
+
+def choose_model_folder(w: MainWindow) -> None:
+    folder = QFileDialog.getExistingDirectory(w, "Open a model folder (HF or Meta layout)")
+    if folder:
+        w.load_model(folder)
+
+
+def choose_export(w: MainWindow, conversation_id: int | None, fmt: str) -> None:
+    if conversation_id is None:
+        w.show_error("There is no saved conversation to export yet.", kind="notice")
+        return
+    suffix = "Markdown (*.md)" if fmt == "md" else "JSON (*.json)"
+    path, _ = QFileDialog.getSaveFileName(w, "Export conversation", "", suffix)
+    if path:
+        w.export_conversation(conversation_id, Path(path), fmt)
+
+
+def choose_import(w: MainWindow) -> None:
+    path, _ = QFileDialog.getOpenFileName(w, "Import conversation", "", "JSON (*.json)")
+    if path:
+        w.import_conversation(Path(path))

@@ -23,6 +23,9 @@ PAGE = 25
 """Turns built at a time (the latest page on opening, one more per scroll to the top)."""
 CHUNK = 3
 """Cards built per event-loop turn."""
+FIRST = 12
+"""Cards built at once on opening: a short conversation is complete when `show_session`
+returns."""
 
 DAMAGED = "This message could not be read (it is damaged in the database) and is left out."
 
@@ -122,7 +125,7 @@ class ConversationView(ChatView):
         self._turns = session.turns
         self._first = len(self._turns)
         self._target = max(0, self._first - PAGE)
-        self._build_chunk()
+        self._build_chunk(FIRST)
         QTimer.singleShot(0, self._scroll_to_end)
 
     def clear(self) -> None:
@@ -145,11 +148,11 @@ class ConversationView(ChatView):
         if value == 0 and self._first > 0 and self.verticalScrollBar().maximum() > 0:
             QTimer.singleShot(0, self.load_earlier)
 
-    def _build_chunk(self) -> None:
+    def _build_chunk(self, size: int = CHUNK) -> None:
         """Cards for the next CHUNK turns above those built, newest first; then yield to the
         event loop (25 Markdown cards at once can hold the GUI for 100 ms on a slow machine)."""
         stop = self._first
-        start = max(self._target, stop - CHUNK)
+        start = max(self._target, stop - size)
         if start >= stop:
             return
         bar = self.verticalScrollBar()
