@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import Qt
 
 from desktop.store import ConversationStore, StoreError
 from tests.test_desktop import Heartbeat
+from tests.window_helpers import ask, greedy, load, make_window
 
 
 @pytest.fixture
@@ -27,42 +28,6 @@ def home(tmp_path: Path, monkeypatch) -> Path:
 
 def db_path(home: Path) -> Path:
     return home / "home" / "data" / "conversations.sqlite3"
-
-
-def make_window(qtbot, home: Path, **values):
-    from desktop.main_window import MainWindow
-
-    settings = QSettings(str(home / "loopchat.ini"), QSettings.Format.IniFormat)
-    settings.setValue("engine/dtype", "float32")
-    settings.setValue("engine/device", "cpu")
-    for key, value in values.items():
-        settings.setValue(key, value)
-    win = MainWindow(settings)
-    qtbot.addWidget(win)
-    win.show()
-    return win
-
-
-def greedy(win, n: int) -> None:
-    s = win.sampling
-    s.temperature.setValue(0.0)
-    s.top_k.setValue(0)
-    s.top_p.setValue(1.0)
-    s.min_p.setValue(0.0)
-    s.repetition_penalty.setValue(1.0)
-    s.max_new_tokens.setValue(n)
-
-
-def load(qtbot, win, folder: Path):
-    with qtbot.waitSignal(win.model_ready, timeout=120_000) as ready:
-        win.load_model(str(folder))
-    return ready.args[0]
-
-
-def ask(qtbot, win, text: str):
-    with qtbot.waitSignal(win.reply_finished, timeout=120_000) as done:
-        win.send(text)
-    return done.args[0]
 
 
 def saved(home: Path, conversation_id: int) -> list:

@@ -14,12 +14,12 @@ from PySide6.QtCore import QSettings, Qt, QTimer
 from PySide6.QtGui import QFontDatabase, QFontInfo, QGuiApplication, QTextCursor
 
 from engine.chat import Message, chat_prompt_ids
+from engine.events import GREEDY
 from engine.generate import Generator
 from engine.loader import load_model
-from engine.sampling import SamplingParams
+from tests.window_helpers import greedy
 
 ROOT = Path(__file__).resolve().parents[1]
-GREEDY = SamplingParams(temperature=0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
 
 
 class Heartbeat:
@@ -68,14 +68,8 @@ def window(qtbot, settings):
 
 
 def make_greedy(win, max_new_tokens: int = 24) -> None:
-    s = win.sampling
-    s.temperature.setValue(0.0)
-    s.top_k.setValue(0)
-    s.top_p.setValue(1.0)
-    s.min_p.setValue(0.0)
-    s.repetition_penalty.setValue(1.0)
-    s.max_new_tokens.setValue(max_new_tokens)
-    s.system_prompt.setPlainText("")
+    greedy(win, max_new_tokens)
+    win.sampling.system_prompt.setPlainText("")
 
 
 def load(qtbot, win, folder: Path) -> dict:

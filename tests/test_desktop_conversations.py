@@ -6,50 +6,18 @@ import json
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QTextCursor
 
 from desktop.store import ConversationStore
+from tests.window_helpers import ask, load, make_window
+from tests.window_helpers import greedy as _greedy
 
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.setenv("LOOPCHAT_HOME", str(tmp_path / "home"))
     return tmp_path
-
-
-def make_window(qtbot, home: Path):
-    from desktop.main_window import MainWindow
-
-    settings = QSettings(str(home / "loopchat.ini"), QSettings.Format.IniFormat)
-    settings.setValue("engine/dtype", "float32")
-    settings.setValue("engine/device", "cpu")
-    win = MainWindow(settings)
-    qtbot.addWidget(win)
-    win.show()
-    return win
-
-
-def greedy(win, n: int = 10) -> None:
-    s = win.sampling
-    s.temperature.setValue(0.0)
-    s.top_k.setValue(0)
-    s.top_p.setValue(1.0)
-    s.min_p.setValue(0.0)
-    s.repetition_penalty.setValue(1.0)
-    s.max_new_tokens.setValue(n)
-
-
-def ask(qtbot, win, text: str) -> dict:
-    win.input.setPlainText(text)
-    with qtbot.waitSignal(win.reply_finished, timeout=120_000) as done:
-        qtbot.keyClick(win.input, Qt.Key.Key_Return)
-    return done.args[0]
-
-
-def load(qtbot, win, folder: Path) -> None:
-    with qtbot.waitSignal(win.model_ready, timeout=120_000):
-        win.load_model(str(folder))
 
 
 def test_conversations_survive_a_restart(qtbot, home: Path, tiny_model_dir: Path) -> None:
@@ -189,3 +157,7 @@ def test_corrupt_database_is_reported_and_app_works(qtbot, home: Path) -> None:
     assert list(data.glob("conversations.sqlite3.unreadable-*"))
     assert win.conversations.ids() == []
     win.close()
+
+
+def greedy(win, n: int = 10) -> None:
+    _greedy(win, n)

@@ -23,9 +23,7 @@ PAGE = 25
 """Turns built at a time (the latest page on opening, one more per scroll to the top)."""
 CHUNK = 3
 """Cards built per event-loop turn."""
-FIRST = 12
-"""Cards built at once on opening: a short conversation is complete when `show_session`
-returns."""
+
 
 DAMAGED = "This message could not be read (it is damaged in the database) and is left out."
 
@@ -125,7 +123,9 @@ class ConversationView(ChatView):
         self._turns = session.turns
         self._first = len(self._turns)
         self._target = max(0, self._first - PAGE)
-        self._build_chunk(FIRST)
+        # A conversation of one page is complete when this returns; a longer one starts with
+        # its last few turns and the rest of the page follows, a chunk per event-loop turn.
+        self._build_chunk(PAGE if self._first <= PAGE else CHUNK)
         QTimer.singleShot(0, self._scroll_to_end)
 
     def clear(self) -> None:
