@@ -314,55 +314,51 @@ class ChatSession:
         return True
 
     def on_finished(self, result: GenerationResult) -> bool:
-        reply = self.reply
-        if reply is None or result.request_id != self.request_id:
+        """The reply ended (EOS, max tokens, stop string, context full or Stop)."""
+        if self.reply is None or result.request_id != self.request_id:
             return False
-        self.reply, self.request_id = None, None
-        saver, self._saver = self._saver, None
-        if not reply.steps and not result.text:
-            self._drop_reply(reply)
-            return True
-        reply.content = result.text
-        reply.finished = True
-        reply.stop_reason = result.stop_reason
-        reply.timings = {**result.timings(), "dropped_turns": reply.dropped_turns}
-        if saver is not None:
-            timings = dict(reply.timings)
-            self._save(lambda: saver.finish(result.text, result.stop_reason, timings))
-        self.listener.reply_ended(self, reply)
+        timings = {**result.timings(), "dropped_turns": self.reply.dropped_turns}
+        self._end_reply(result.stop_reason, result.text, timings)
         return True
 
     def on_failed(self, result: GenerationResult) -> bool:
         """The reply broke off: keep what streamed (marked failed), or drop an empty reply."""
-        reply = self.reply
-        if reply is None or result.request_id != self.request_id:
+        if self.reply is None or result.request_id != self.request_id:
             return False
-        self.reply, self.request_id = None, None
-        saver, self._saver = self._saver, None
-        if not reply.steps:
-            self._drop_reply(reply)
-            return True
-        reply.finished = True
-        reply.stop_reason = "error"
-        if saver is not None:
-            content = reply.content
-            self._save(lambda: saver.finish(content, "error", dict(reply.timings)))
-        self.listener.reply_ended(self, reply)
+        self._end_reply("error")
         return True
 
     def abandon(self) -> None:
         """The app is closing mid-reply: save what streamed as a stopped reply."""
-        reply = self.reply
-        if reply is None:
-            self.retry_saves()
-            return
-        self.reply, self.request_id = None, None
-        saver, self._saver = self._saver, None
-        reply.finished, reply.stop_reason = True, "cancelled"
-        if saver is not None:
-            content = reply.content
-            self._save(lambda: saver.finish(content, "cancelled", dict(reply.timings)))
+        if self.reply is not None:
+            self._end_reply("cancelled", quiet=True)
         self.retry_saves()
+
+    def _end_reply(
+        self,
+        stop_reason: str,
+        text: str | None = None,
+        timings: dict | None = None,
+        quiet: bool = False,
+    ) -> None:
+        """Finish the reply in memory and on disk; a reply with nothing in it is dropped.
+
+        `text` (the engine's final text) defaults to what streamed; `quiet` skips the listener.
+        """
+        reply, saver = self.reply, self._saver
+        self.reply, self.request_id, self._saver = None, None, None
+        if not reply.steps and not text:
+            self._drop_reply(reply)
+            return
+        reply.content = reply.content if text is None else text
+        reply.finished, reply.stop_reason = True, stop_reason
+        if timings is not None:
+            reply.timings = timings
+        if saver is not None:
+            content, saved_timings = reply.content, dict(reply.timings)
+            self._save(lambda: saver.finish(content, stop_reason, saved_timings))
+        if not quiet:
+            self.listener.reply_ended(self, reply)
 
     # -- saving ----------------------------------------------------------------------------
 
