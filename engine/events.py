@@ -112,6 +112,21 @@ DEFAULT_REPORT_TOP = 10
 
 
 @dataclass(frozen=True)
+class GenerationRequest:
+    """What to answer and how (GUI to engine thread); `request_id` is stamped when queued."""
+
+    messages: tuple[dict, ...] = ()
+    """The conversation as {"role", "content"} dicts, system prompt first if any."""
+    params: SamplingParams = field(default_factory=SamplingParams)
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    report_top: int = DEFAULT_REPORT_TOP
+    prompt: str | None = None
+    """Plain text (BOS added, no chat template) instead of `messages`: the self-test's prompt."""
+    stop: tuple[str, ...] = ()
+    request_id: int = 0
+
+
+@dataclass(frozen=True)
 class TopToken(_Record):
     """One candidate next token with the model's probability for it."""
 
