@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from desktop import store as _store
 from desktop.store import Autosaver, ConversationStore, StoreError
 from engine.events import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -31,6 +32,7 @@ from engine.events import (
 log = logging.getLogger(__name__)
 
 USER, ASSISTANT = "user", "assistant"
+DAMAGED_TEXT = getattr(_store, "DAMAGED_TEXT", "[This message could not be read.]")
 
 
 def message_count(store: ConversationStore, conversation_id: int) -> int:
@@ -178,8 +180,12 @@ class ChatSession:
         session = cls(store, engine, system_prompt=conv.system_prompt or "", model=conv.model)
         session.conversation_id = conversation_id
         for m in conv.messages:
-            damaged = bool(getattr(m, "damaged", False)) or m.role not in (USER, ASSISTANT)
-            content = m.content if isinstance(m.content, str) else ""
+            # A row whose text could not be read is shown as damaged and left out of prompts;
+            # other damage (timings, times) was already replaced by safe defaults.
+            content = m.content if isinstance(m.content, str) else DAMAGED_TEXT
+            damaged = m.role not in (USER, ASSISTANT) or (
+                bool(getattr(m, "damaged", False)) and content == DAMAGED_TEXT
+            )
             session.turns.append(
                 Turn(
                     m.role,

@@ -338,14 +338,18 @@ def test_a_damaged_stored_row_never_stops_the_app(qtbot, home) -> None:
     first.close()
     db = sqlite3.connect(db_path(home))
     db.execute("UPDATE messages SET timings = '{broken' WHERE role = 'assistant'")
+    db.execute("UPDATE messages SET content = 42 WHERE content = 'and then'")
     db.commit()
     db.close()
 
     win = make_window(qtbot, home)  # reopens that conversation at start
     texts = [m.text for m in win.chat.messages]
-    # Shown with the bad row marked damaged (once the store reads rows one by one), or not
-    # opened, with a banner saying so; either way the app runs.
-    assert "hello" in texts or "Could not open" in win.banner.label.text()
+    assert texts[:2] == ["hello", "hi"]
+    assert "could not be read" in texts[2] and win.chat.messages[2].role == "note"
+    assert win.history == [
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "hi"},
+    ]
     win.new_chat_action.trigger()
     assert win.chat.messages == [] and win.input.isEnabled()
     win.close()
