@@ -289,3 +289,26 @@ def test_a_reopened_session_reads_steps_only_when_asked(engine, store) -> None:
     assert reply._steps is None  # not read yet
     assert [s.token_id for s in reply.steps] == [s.token_id for s in first.turns[-1].steps]
     assert reply.stats == first.turns[-1].stats
+
+
+def test_an_unreadable_message_is_shown_damaged_and_left_out(store, monkeypatch) -> None:
+    from desktop.session import DAMAGED_TEXT
+
+    conv = store.create_conversation("", "m")
+    for role, text in (("user", "a"), ("assistant", "b"), ("user", "c")):
+        store.add_message(conv, role, text)
+    real = store.get_conversation
+
+    def with_a_damaged_row(*args, **kwargs):
+        read = real(*args, **kwargs)
+        read.messages[2].content, read.messages[2].damaged = DAMAGED_TEXT, True
+        return read
+
+    monkeypatch.setattr(store, "get_conversation", with_a_damaged_row)
+    session = ChatSession.open(store, None, conv)
+    assert [t.damaged for t in session.turns] == [False, False, True]
+    assert session.history == [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+    ]
+    assert session.prompt_messages() == session.history
