@@ -41,6 +41,33 @@ def _out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".bin")
+
+
+def available_memory() -> int:
+    """Bytes of RAM the system can give without swapping (psutil's `available`)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def room_for_another(path: str) -> bool:
+    """Can the weights at `path` load while the current model stays resident?
+
+    Linux does not raise MemoryError when RAM runs out: it swaps or kills the process. So a
+    switch loads first (keeping the old model if the new one fails) only when the new weights
+    fit in the available memory with a margin; otherwise the old model is freed first.
+    """
+    from engine.hub import resolve_model
+
+    try:
+        folder = resolve_model(path)
+        size = sum(f.stat().st_size for f in folder.iterdir() if f.suffix in WEIGHT_SUFFIXES)
+    except Exception:  # noqa: BLE001 - the load itself will say what is wrong
+        return True
+    return size * 1.2 + 512 * 2**20 < available_memory()
+
+
 class EngineWorker(QObject):
     """Loads a model and generates replies; runs entirely in the controller's QThread."""
 
@@ -68,11 +95,16 @@ class EngineWorker(QObject):
         """Load a model, then replace the current one; emits model_loaded or load_failed.
 
         The old model keeps working until the new one is ready, so a failed switch changes
-        nothing. Only when memory runs out with both resident is the old one freed and the load
-        tried again; if that fails too, `model_unloaded` says so before `load_failed`.
+        nothing. When both would not fit in memory (`room_for_another`), or the load runs out of
+        memory anyway, the old one is freed first and `model_unloaded` says so: the window then
+        shows "no model" until a load succeeds.
         """
         self.load_progress.emit(0.0, "Starting the engine")
         try:
+            if self._loaded is not None and not room_for_another(path):
+                log.info("not enough memory to keep the old model while loading %s", path)
+                self._release()
+                self.model_unloaded.emit()
             try:
                 loaded = self._load(path, dtype, device)
             except Exception as exc:

@@ -151,6 +151,26 @@ def test_a_failed_model_switch_keeps_the_old_model(qtbot, home, chat, tmp_path: 
     assert "error" not in result and result["generated_tokens"] > 0
 
 
+def test_a_failed_switch_without_room_for_two_models_shows_no_model(
+    qtbot, home, chat, tmp_path: Path, monkeypatch
+) -> None:
+    import desktop.worker
+
+    monkeypatch.setattr(desktop.worker, "available_memory", lambda: 0)  # no room for two
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    (broken / "model.safetensors").write_bytes(b"12345678")
+    with qtbot.waitSignal(chat.error_shown, timeout=60_000) as error:
+        chat.load_model(str(broken))
+    assert "still loaded" not in error.args[0]
+    assert chat.model_info is None and chat.model_label.text().startswith("No model")
+    assert not chat.send_button.isEnabled() and not chat.regenerate_button.isEnabled()
+    chat.input.setPlainText("hello")
+    chat.send("hello")
+    assert "No model is loaded" in chat.banner.label.text()
+
+
 # -- 5: the system prompt --------------------------------------------------------------------
 
 
@@ -207,6 +227,8 @@ def test_deleted_conversations_are_purged_after_undo_window_and_on_quit(
     assert db.execute("SELECT COUNT(*) FROM conversations").fetchone()[0] == 0
     assert db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0
     db.close()
+    for file in db_path(home).parent.glob("conversations.sqlite3*"):
+        assert b"secret" not in file.read_bytes(), file  # gone from the file, not just hidden
 
 
 # -- 7: closing while a model loads ----------------------------------------------------------
