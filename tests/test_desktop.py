@@ -336,3 +336,24 @@ def test_self_test_reports_a_bad_model(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert len(proc.stderr.strip().splitlines()) == 1
     assert "missing" in proc.stderr
+
+
+def test_every_default_comes_from_one_place(qtbot, tmp_path: Path) -> None:
+    """Sampling defaults from SamplingParams, dtype names from one list (panel, CLI, app)."""
+    from desktop.app import parse_args
+    from desktop.views.sampling_panel import SamplingPanel
+    from engine.cli import build_parser
+    from engine.events import CLI_SAMPLING, DTYPE_NAMES, SamplingParams
+    from engine.loader import DTYPES
+
+    panel = SamplingPanel(QSettings(str(tmp_path / "fresh.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(panel)
+    assert panel.options().params == SamplingParams()
+    args = build_parser().parse_args(["generate", "--model", "m", "--prompt", "p"])
+    cli = SamplingParams(args.temperature, args.top_k, args.top_p, args.min_p)
+    assert cli == SamplingParams(
+        CLI_SAMPLING.temperature, CLI_SAMPLING.top_k, CLI_SAMPLING.top_p, CLI_SAMPLING.min_p
+    )
+    assert args.repetition_penalty == CLI_SAMPLING.repetition_penalty
+    assert set(DTYPE_NAMES) == {"auto", *DTYPES}
+    assert parse_args(["--dtype", "bfloat16"]).dtype == "bfloat16"
