@@ -17,7 +17,7 @@ from PySide6.QtCore import Qt
 
 from desktop.store import ConversationStore, StoreError
 from tests.test_desktop import Heartbeat
-from tests.window_helpers import ask, greedy, load, make_window
+from tests.window_helpers import ask, broken_model_folder, greedy, load, make_window
 
 
 @pytest.fixture
@@ -138,10 +138,7 @@ def test_leaving_a_streaming_reply_saves_it_in_its_own_conversation(
 
 def test_a_failed_model_switch_keeps_the_old_model(qtbot, home, chat, tmp_path: Path) -> None:
     name = chat.model_info["name"]
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "config.json").write_text("{not json")
-    (broken / "model.safetensors").write_bytes(b"12345678")
+    broken = broken_model_folder(tmp_path)
     with qtbot.waitSignal(chat.error_shown, timeout=60_000) as error:
         chat.load_model(str(broken))
     assert f"{name} is still loaded" in error.args[0]
@@ -157,10 +154,7 @@ def test_a_failed_switch_without_room_for_two_models_shows_no_model(
     import desktop.worker
 
     monkeypatch.setattr(desktop.worker, "available_memory", lambda: 0)  # no room for two
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "config.json").write_text("{not json")
-    (broken / "model.safetensors").write_bytes(b"12345678")
+    broken = broken_model_folder(tmp_path)
     with qtbot.waitSignal(chat.error_shown, timeout=60_000) as error:
         chat.load_model(str(broken))
     assert "still loaded" not in error.args[0]

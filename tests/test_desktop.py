@@ -17,7 +17,7 @@ from engine.chat import Message, chat_prompt_ids
 from engine.events import GREEDY
 from engine.generate import Generator
 from engine.loader import load_model
-from tests.window_helpers import greedy
+from tests.window_helpers import broken_model_folder, greedy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -256,10 +256,7 @@ def test_topk_panel_labels_are_readable() -> None:
 def test_broken_model_folder_shows_error_and_window_stays_usable(
     qtbot, window, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "config.json").write_text("{not json")
-    (broken / "model.safetensors").write_bytes(b"12345678")
+    broken = broken_model_folder(tmp_path)
     with qtbot.waitSignal(window.error_shown, timeout=60_000) as error:
         window.load_model(str(broken))
     assert "broken" in error.args[0]

@@ -92,6 +92,11 @@ def on_disk(store: ConversationStore, conversation_id: int) -> list[tuple]:
         return [(m.role, m.content, m.finished, m.stop_reason, len(m.steps)) for m in conv.messages]
 
 
+def as_saved(turn) -> tuple:
+    """How `on_disk` shows a finished reply that was saved completely."""
+    return ("assistant", turn.content, True, turn.stop_reason, len(turn.steps))
+
+
 def test_send_saves_the_turn_and_the_streamed_reply(engine, store) -> None:
     session = ChatSession(store, engine, system_prompt="Be brief.", model="tiny")
     session.send("Hello there", OPTIONS)
@@ -106,13 +111,7 @@ def test_send_saves_the_turn_and_the_streamed_reply(engine, store) -> None:
         {"role": "user", "content": "Hello there"},
         {"role": "assistant", "content": reply.content},
     ]
-    assert on_disk(store, session.conversation_id)[-1] == (
-        "assistant",
-        reply.content,
-        True,
-        reply.stop_reason,
-        len(reply.steps),
-    )
+    assert on_disk(store, session.conversation_id)[-1] == as_saved(reply)
     assert f"{len(reply.steps)} tokens" in reply.stats
     with ConversationStore(store.path) as fresh:
         conv = fresh.get_conversation(session.conversation_id)
@@ -213,13 +212,7 @@ def test_switching_away_while_streaming_finishes_the_reply_in_its_own_session(
     reply = old.turns[-1]
     assert reply.finished and reply.stop_reason == "cancelled" and len(reply.steps) >= 3
     assert len(heard) == 3  # the screen stopped hearing it once it switched
-    assert on_disk(store, old.conversation_id)[-1] == (
-        "assistant",
-        reply.content,
-        True,
-        "cancelled",
-        len(reply.steps),
-    )
+    assert on_disk(store, old.conversation_id)[-1] == as_saved(reply)
     assert new.turns == [] and new.conversation_id is None
     new.send("a new topic", OPTIONS)
     engine.run(new)
@@ -270,13 +263,7 @@ def test_a_failing_store_keeps_the_steps_and_saves_them_later(engine, store, mon
     assert not session.retry_saves()
     broken["on"] = False
     assert session.retry_saves() and not session.unsaved and problems[-1] == "ok"
-    assert on_disk(store, session.conversation_id)[-1] == (
-        "assistant",
-        reply.content,
-        True,
-        reply.stop_reason,
-        len(reply.steps),
-    )
+    assert on_disk(store, session.conversation_id)[-1] == as_saved(reply)
 
 
 def test_a_reopened_session_reads_steps_only_when_asked(engine, store) -> None:

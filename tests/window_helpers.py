@@ -48,3 +48,12 @@ def ask(qtbot, win, text: str):
     with qtbot.waitSignal(win.reply_finished, timeout=120_000) as done:
         qtbot.keyClick(win.input, Qt.Key.Key_Return)
     return done.args[0]
+
+
+def broken_model_folder(base: Path) -> Path:
+    """A folder that looks like a model but is not one (bad config.json, 8-byte weights)."""
+    broken = base / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    (broken / "model.safetensors").write_bytes(b"12345678")
+    return broken
