@@ -176,7 +176,12 @@ class MainWindow(QMainWindow):
 
     def open_conversation(self, conversation_id: int) -> None:
         """Show a saved conversation (its latest page first; earlier pages as you scroll up)."""
-        if conversation_id != self.conversation_id:
+        if conversation_id == self.conversation_id:
+            return
+        streaming = self._streaming
+        if streaming is not None and streaming.conversation_id == conversation_id:
+            self._show(streaming)  # back to a reply still ending: the same session, live
+        else:
             self.opener.open(conversation_id)
 
     def _opened(self, session: ChatSession) -> None:

@@ -133,6 +133,24 @@ def test_leaving_a_streaming_reply_saves_it_in_its_own_conversation(
     assert chat.conversation_id != streaming
 
 
+def test_switching_back_to_a_reply_still_ending_shows_it_live(qtbot, home, chat) -> None:
+    other = chat.store.create_conversation("", "m")
+    chat.store.add_message(other, "user", "an older chat")
+    greedy(chat, 400)
+    with qtbot.waitSignal(chat.token_shown, timeout=60_000):
+        chat.send("tell me a long story")
+    streaming = chat.conversation_id
+    with qtbot.waitSignal(chat.reply_finished, timeout=60_000) as done:
+        chat.open_conversation(other)
+        chat.open_conversation(streaming)  # before its last tokens arrive
+    result = done.args[0]
+    assert chat.conversation_id == streaming
+    cards = [(m.role, m.text) for m in chat.chat.messages]
+    assert cards == [("user", "tell me a long story"), ("assistant", result["text"])]
+    assert "stopped" in chat.chat.messages[-1].meta_label.text()
+    assert saved(home, streaming)[-1].content == result["text"]
+
+
 # -- 4: a failed model switch ---------------------------------------------------------------
 
 

@@ -110,6 +110,8 @@ class ConversationView(ChatView):
         """Index in `_turns` of the oldest turn that has a card."""
         self._target = 0
         """Index down to which cards are being built."""
+        self._live: Turn | None = None
+        """The shown session's reply in progress, if any."""
         self._cards: dict[int, MessageWidget] = {}
         self._notes: dict[int, MessageWidget] = {}
         self.editing: MessageWidget | None = None
@@ -120,6 +122,7 @@ class ConversationView(ChatView):
     def show_session(self, session: ChatSession) -> None:
         """Show a session from its latest page (the list is the session's own, not a copy)."""
         self.clear()
+        self._live = session.reply
         self._turns = session.turns
         self._first = len(self._turns)
         self._target = max(0, self._first - PAGE)
@@ -179,9 +182,13 @@ class ConversationView(ChatView):
             cards.append(note)
         if turn.damaged:
             card = MessageWidget("note", DAMAGED)
+        elif turn is self._live and not turn.finished:  # streaming: its steps so far, live
+            card = MessageWidget(turn.role, "", turn.model)
+            for step in turn.steps:
+                card.append_step(step)
         else:
             card = MessageWidget(turn.role, turn.content, turn.model)
-            if turn.role == ASSISTANT and turn is not None and turn.finished:
+            if turn.role == ASSISTANT and turn.finished:
                 card.steps = list(turn.steps)
                 card.finish(turn.content, turn.stats)
             elif turn.role == ASSISTANT and turn.content:  # saved while streaming, never ended
