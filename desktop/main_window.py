@@ -24,7 +24,7 @@ from desktop.session import ChatSession, SessionListener
 from desktop.store import ConversationStore, StoreError, read_export
 from desktop.views.chat_view import MessageWidget
 from desktop.views.topk_panel import visible_token
-from desktop.views.window_layout import build_layout
+from desktop.views.window_layout import build_layout, restore_layout, save_layout
 from engine.events import GenerationResult, GenerationStarted, ModelInfo, Step
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class MainWindow(QMainWindow):
         menus.build_menus(self)
         self.session = self._new_session()
         self._connect()
-        self._restore()
+        restore_layout(self)
         self._reopen_last()
         self.refresh_conversations()
         if self.store.recovery_notice:
@@ -115,23 +115,6 @@ class MainWindow(QMainWindow):
         self.sampling.system_prompt.textChanged.connect(self._prompt_timer.start)
         self._prompt_timer.timeout.connect(self._save_system_prompt)
         self._retry_timer.timeout.connect(self._retry_saves)
-
-    # -- persistence -------------------------------------------------------------------------
-
-    def _restore(self) -> None:
-        geometry = self.settings.value("window/geometry")
-        if geometry is not None:
-            self.restoreGeometry(geometry)
-        for key, splitter in (("window/splitter", self.splitter), ("window/side", self.side)):
-            state = self.settings.value(key)
-            if state is not None:
-                splitter.restoreState(state)
-
-    def _save_layout(self) -> None:
-        self.settings.setValue("window/geometry", self.saveGeometry())
-        self.settings.setValue("window/splitter", self.splitter.saveState())
-        self.settings.setValue("window/side", self.side.saveState())
-        self.settings.sync()
 
     def recent_models(self) -> list[str]:
         return menus.recent_models(self.settings)
@@ -477,7 +460,7 @@ class MainWindow(QMainWindow):
         self.open_action.setEnabled(not busy)
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt API
-        self._save_layout()
+        save_layout(self)
         self._save_system_prompt()
         chooser = getattr(self, "chooser", None)
         if chooser is not None:

@@ -117,6 +117,24 @@ def build_layout(w: QMainWindow) -> None:
     w.progress_label = w.status_line.progress_label
 
 
+def restore_layout(w) -> None:
+    """Window geometry and splitter positions as the user left them."""
+    geometry = w.settings.value("window/geometry")
+    if geometry is not None:
+        w.restoreGeometry(geometry)
+    for key, splitter in (("window/splitter", w.splitter), ("window/side", w.side)):
+        state = w.settings.value(key)
+        if state is not None:
+            splitter.restoreState(state)
+
+
+def save_layout(w) -> None:
+    w.settings.setValue("window/geometry", w.saveGeometry())
+    w.settings.setValue("window/splitter", w.splitter.saveState())
+    w.settings.setValue("window/side", w.side.saveState())
+    w.settings.sync()
+
+
 class StatusLine(QObject):
     """Model, load progress, prompt size, time to first token, speed and context use.
 
