@@ -182,6 +182,8 @@ def test_http_links_open_only_after_the_user_confirms(
     monkeypatch.setattr("desktop.views.markdown.confirm_link", confirm)
     widget = card(qtbot, "See [the docs site](https://example.com/docs?q=1) for more.")
     before = shown(widget)
+    widget.body.highlighted.emit(QUrl("https://example.com/docs?q=1"))  # hover: address shown
+    widget.body.highlighted.emit(QUrl())
 
     answers.append(False)
     click_text(qtbot, widget, "the docs site")

@@ -26,6 +26,7 @@ from urllib.parse import unquote_to_bytes
 from PySide6.QtCore import QByteArray, QFile, QIODevice, QSizeF, Qt, QUrl
 from PySide6.QtGui import (
     QColor,
+    QCursor,
     QDesktopServices,
     QFont,
     QFontDatabase,
@@ -183,9 +184,8 @@ def _show_address(browser: QTextBrowser, url: QUrl) -> None:
     if url.isEmpty() or url.scheme().lower() == COPY_SCHEME:
         QToolTip.hideText()
         return
-    QToolTip.showText(
-        browser.cursor().pos(), url.toString(QUrl.ComponentFormattingOption.FullyEncoded)[:300]
-    )
+    shown = url.toString(QUrl.ComponentFormattingOption.FullyEncoded)[:300]
+    QToolTip.showText(QCursor.pos(), shown, browser)
 
 
 # -- rendering ---------------------------------------------------------------------------------
