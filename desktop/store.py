@@ -17,8 +17,17 @@ Choices, and why:
   index (3+ characters per query) and is not built into every Python's SQLite.
 * **One connection, one lock**: the GUI and the worker thread may both call any method; each
   call holds the lock for one short transaction.
-* A database that is corrupt, unreadable or from a newer Loopchat is **moved aside** (with its
-  -wal/-shm, so it can still be opened), never deleted; `recovery_notice` tells the user where.
+* Only a **damaged** database (SQLITE_CORRUPT / NOTADB, a failed quick_check), one from a newer
+  Loopchat, or one whose upgrade fails on its data is **moved aside** (with its -wal/-shm, so it
+  can still be opened), never deleted; `recovery_notice` says where, at every start until
+  `dismiss_moved_aside_notice()`. A healthy file is never moved for the machine's sake: not
+  writable (file, -wal, -shm or folder) → opened `read_only`, saying why; disk full or an I/O
+  error → StoreError naming the cause, the file untouched.
+* **Deleted means gone from the file**: `secure_delete` zeroes freed content and
+  `purge_deleted` checkpoints and truncates the -wal, which still held the old pages.
+* **Rows are data too**: a stored value views cannot use (a time of 1e300, broken JSON) comes
+  back as a safe default with `damaged=True` instead of an exception; import checks the same
+  ranges and types up front and names the bad field.
 
 No Qt and no torch here: the worker, tests and a crash-test subprocess all use it directly.
 """

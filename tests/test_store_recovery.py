@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import resource
 import shutil
 import signal
 import sqlite3
@@ -24,6 +23,9 @@ import pytest
 from desktop.store import ConversationStore
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="faults made with Linux rlimits and capabilities"
+)
 
 CHILD = r"""
 import json, sys
@@ -59,6 +61,8 @@ def run_store(path: Path, *, file_size_limit: int | None = None, as_user: bool =
     """Open the store at `path` in a child process under the given fault; its report."""
 
     def limits() -> None:
+        import resource
+
         if file_size_limit is not None:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write beyond it fails (EFBIG)
             resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
