@@ -227,7 +227,7 @@ class MainWindow(QMainWindow):
         try:
             action()
         except StoreError as exc:
-            self.show_error(f"Could not save the message ({exc}); nothing was sent.")
+            self.show_error(f"Could not save the conversation ({exc}); no reply was asked for.")
             return False
         finally:
             if self.conversation_id is not None:
