@@ -126,4 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     window = MainWindow(settings)
     window.show()
     window.start(args.model or settings.value("models/last"))
-    return app.exec()
+    code = app.exec()
+    if window.controller.running:
+        # Closed during a cold `import torch`, which nothing can interrupt: everything is saved
+        # (the window saved and purged on close), so exit now rather than wait for the import.
+        logging.shutdown()
+        os._exit(code)
+    return code

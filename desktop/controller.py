@@ -6,7 +6,7 @@ import dataclasses
 import itertools
 import threading
 
-from PySide6.QtCore import QObject, QThread, Signal
+from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal
 
 from desktop.worker import EngineWorker
 from engine.events import GenerationRequest
@@ -72,12 +72,27 @@ class EngineController(QObject):
             self.busy = False
             self._pending = None
 
+    @property
+    def running(self) -> bool:
+        """The engine thread has not ended yet."""
+        return self._thread.isRunning()
+
     def shutdown(self, timeout_ms: int = 30_000) -> bool:
-        """Cancel any reply or load, end the thread's event loop and wait. Safe to call twice."""
-        if not self._running:
+        """Cancel any reply or load, end the thread's event loop and wait. Safe to call twice.
+
+        False if the thread is still busy after `timeout_ms` (a cold `import torch` cannot be
+        interrupted): the controller then moves under the application object, so the running
+        QThread is never destroyed with the window ("QThread: Destroyed while thread is still
+        running" aborts the process); `desktop.app.main` exits without waiting for it.
+        """
+        if self._running:
+            self._running = False
+            self._cancel.set()
+            self._load_cancel.set()
+            self._thread.quit()
+        if self._thread.wait(timeout_ms):
             return True
-        self._running = False
-        self._cancel.set()
-        self._load_cancel.set()
-        self._thread.quit()
-        return self._thread.wait(timeout_ms)
+        app = QCoreApplication.instance()
+        if app is not None:
+            self.setParent(app)
+        return False

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 UNDO_WINDOW_S = 60
 """How long a deleted conversation can be restored before it is purged from the file."""
 RETRY_SAVE_MS = 2000
+CLOSE_WAIT_MS = 1500
+"""How long closing waits for the engine thread (a load stops between tensors well before)."""
 
 
 class _Background(SessionListener):
@@ -468,7 +470,8 @@ class MainWindow(QMainWindow):
                 chooser.close()
             except RuntimeError:  # already deleted
                 pass
-        self.controller.shutdown()
+        if not self.controller.shutdown(CLOSE_WAIT_MS):
+            log.warning("engine thread still busy at close; not waiting for it")
         for session in {id(s): s for s in (self._streaming, self.session) if s}.values():
             session.abandon()  # closed mid-reply: keep what streamed, as a stopped reply
         self._streaming = None

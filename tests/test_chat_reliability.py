@@ -263,6 +263,32 @@ def test_closing_during_a_model_load_exits_within_two_seconds(
     assert win.model_info is None
 
 
+def test_closing_while_the_engine_starts_does_not_wait_for_it(
+    qtbot, home, tiny_model_dir: Path
+) -> None:
+    """A cold `import torch` cannot be cancelled; closing does not wait for it, nor abort."""
+    win = make_window(qtbot, home)
+    worker = win.controller.worker
+    slow = {"once": True}
+
+    def cold_start(_fraction, message) -> None:  # runs in the worker thread
+        if slow["once"] and message == "Starting the engine":
+            slow["once"] = False
+            time.sleep(3.0)
+
+    worker.load_progress.connect(cold_start)
+    win.load_model(str(tiny_model_dir))
+    qtbot.wait(200)
+    started = time.perf_counter()
+    win.close()
+    took = time.perf_counter() - started
+    assert took < 2.0, took
+    controller = win.controller
+    assert controller.parent() is not win  # kept alive past the window
+    qtbot.waitUntil(lambda: not controller.running, timeout=10_000)
+    assert win.model_info is None
+
+
 # -- 12: a failed save while streaming -------------------------------------------------------
 
 
