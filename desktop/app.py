@@ -14,25 +14,16 @@ import os
 import sys
 from collections.abc import Sequence
 
+from engine.events import DTYPE_NAMES, GREEDY, GenerationRequest
+
 SELF_TEST_PROMPT = "Hello"
 SELF_TEST_TOKENS = 16
-DONE_KEYS = (
-    "done",
-    "text",
-    "token_ids",
-    "prompt_tokens",
-    "generated_tokens",
-    "prefill_s",
-    "decode_tokens_per_s",
-    "stop_reason",
-)
-GREEDY = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="loopchat", description="Private local chat with Llama 2")
     parser.add_argument("--model", help="model folder (HF or Meta layout) or cached Hub repo id")
-    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", choices=DTYPE_NAMES)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--self-test", metavar="MODEL", help="load MODEL headless, generate, exit")
     return parser.parse_args(argv)
@@ -63,12 +54,9 @@ def run_self_test(model: str, dtype: str | None, device: str | None) -> int:
     # rather than running inside the worker thread as plain Python callables would.
     check = SelfTest(
         controller,
-        {
-            "prompt": SELF_TEST_PROMPT,
-            "params": GREEDY,
-            "max_new_tokens": SELF_TEST_TOKENS,
-            "report_top": 5,
-        },
+        GenerationRequest(
+            prompt=SELF_TEST_PROMPT, params=GREEDY, max_new_tokens=SELF_TEST_TOKENS, report_top=5
+        ),
     )
     check.done.connect(app.quit)
     QTimer.singleShot(0, lambda: controller.load(model, dtype or "auto", device or "auto"))
@@ -80,9 +68,7 @@ def run_self_test(model: str, dtype: str | None, device: str | None) -> int:
     if check.result is None:
         sys.stderr.write("self-test failed: the engine stopped without an answer\n")
         return 2
-    done = check.result["done_json"]  # Qt maps sort a dict's keys; restore the CLI's order
-    ordered = {k: done[k] for k in DONE_KEYS if k in done}
-    sys.stdout.write(json.dumps(ordered, ensure_ascii=False) + "\n")
+    sys.stdout.write(json.dumps(check.result.to_json(), ensure_ascii=False) + "\n")
     sys.stdout.flush()
     return 0
 
@@ -140,4 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     window = MainWindow(settings)
     window.show()
     window.start(args.model or settings.value("models/last"))
-    return app.exec()
+    code = app.exec()
+    if window.controller.running:
+        # Closed during a cold `import torch`, which nothing can interrupt: everything is saved
+        # (the window saved and purged on close), so exit now rather than wait for the import.
+        logging.shutdown()
+        os._exit(code)
+    return code

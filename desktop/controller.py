@@ -2,29 +2,37 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 
-from PySide6.QtCore import QObject, QThread, Signal
+from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal
 
 from desktop.worker import EngineWorker
+from engine.events import GenerationRequest
 
 
 class EngineController(QObject):
-    """The GUI's only handle on the engine. All calls return at once; answers come as signals."""
+    """The GUI's only handle on the engine. All calls return at once; answers come as signals.
+
+    Two cancel flags, set directly from the GUI thread (a queued "stop" could not run while the
+    worker is busy): one stops a reply between tokens, the other a model load between tensors,
+    so closing the window during a load does not wait for the whole model.
+    """
 
     # Requests, delivered to the worker's thread by queued connections.
     _load_requested = Signal(str, str, str)
-    _generate_requested = Signal(dict)
+    _generate_requested = Signal(object)
     _unload_requested = Signal()
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._cancel = threading.Event()
+        self._load_cancel = threading.Event()
         self._ids = itertools.count(1)
         self._thread = QThread()
         self._thread.setObjectName("loopchat-engine")
-        self.worker = EngineWorker(self._cancel)
+        self.worker = EngineWorker(self._cancel, self._load_cancel)
         self.worker.moveToThread(self._thread)
         self._load_requested.connect(self.worker.load_model)
         self._generate_requested.connect(self.worker.generate)
@@ -33,6 +41,8 @@ class EngineController(QObject):
         self._thread.start()
         self._running = True
         self.busy = False
+        """True from `generate` until that request's finished/failed answer arrives."""
+        self._pending: int | None = None
         self.worker.generation_finished.connect(self._idle)
         self.worker.generation_failed.connect(self._idle)
 
@@ -44,27 +54,45 @@ class EngineController(QObject):
         self._cancel.set()
         self._unload_requested.emit()
 
-    def generate(self, request: dict) -> int:
-        """Queue a request; returns its id, which every answering signal carries."""
-        request = dict(request)
-        request["id"] = next(self._ids)
+    def generate(self, request: GenerationRequest) -> int:
+        """Queue a request; returns its id, which every answering record carries."""
+        request_id = next(self._ids)
         self._cancel.clear()
         self.busy = True
-        self._generate_requested.emit(request)
-        return request["id"]
+        self._pending = request_id
+        self._generate_requested.emit(dataclasses.replace(request, request_id=request_id))
+        return request_id
 
     def stop(self) -> None:
         """Stop the running generation after its current token (thread-safe, immediate)."""
         self._cancel.set()
 
-    def _idle(self, _result: dict) -> None:
-        self.busy = False
+    def _idle(self, result: object) -> None:
+        if getattr(result, "request_id", None) == self._pending:
+            self.busy = False
+            self._pending = None
+
+    @property
+    def running(self) -> bool:
+        """The engine thread has not ended yet."""
+        return self._thread.isRunning()
 
     def shutdown(self, timeout_ms: int = 30_000) -> bool:
-        """Cancel, end the thread's event loop and wait for it. Safe to call twice."""
-        if not self._running:
+        """Cancel any reply or load, end the thread's event loop and wait. Safe to call twice.
+
+        False if the thread is still busy after `timeout_ms` (a cold `import torch` cannot be
+        interrupted): the controller then moves under the application object, so the running
+        QThread is never destroyed with the window ("QThread: Destroyed while thread is still
+        running" aborts the process); `desktop.app.main` exits without waiting for it.
+        """
+        if self._running:
+            self._running = False
+            self._cancel.set()
+            self._load_cancel.set()
+            self._thread.quit()
+        if self._thread.wait(timeout_ms):
             return True
-        self._running = False
-        self._cancel.set()
-        self._thread.quit()
-        return self._thread.wait(timeout_ms)
+        app = QCoreApplication.instance()
+        if app is not None:
+            self.setParent(app)
+        return False

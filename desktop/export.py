@@ -19,6 +19,48 @@ from desktop.store_schema import ROLES, Conversation, Message, StepRecord, Store
 EXPORT_FORMAT = "loopchat-conversation"
 EXPORT_VERSION = 1
 NOT_AN_EXPORT = "This file is not a Loopchat conversation export"
+LATEST_TIME = 253402300799.0
+"""9999-12-31 23:59:59 UTC: later (or negative) times break date formatting, so never stored."""
+MAX_SETTING_TEXT = 1000
+"""Longest text value accepted in a reply's sampling settings."""
+
+
+def valid_time(value: Any) -> bool:
+    """A Unix time that every date function can format (also on Windows: not negative)."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0 <= value <= LATEST_TIME
+    )
+
+
+def valid_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def clean_timings(timings: Any) -> tuple[dict, bool]:
+    """Only the timing values views can format (finite numbers >= 0, or null); True if any
+    were dropped. Used for rows already stored, which may predate validation."""
+    if not isinstance(timings, dict):
+        return {}, True
+    kept = {str(k): v for k, v in timings.items() if v is None or (valid_number(v) and v >= 0)}
+    return kept, len(kept) != len(timings)
+
+
+def clean_sampling(sampling: Any) -> tuple[dict, bool]:
+    """Only plain settings (numbers, short texts, true/false, null); True if any were dropped."""
+    if not isinstance(sampling, dict):
+        return {}, True
+    kept = {
+        str(k): v
+        for k, v in sampling.items()
+        if v is None
+        or isinstance(v, bool)
+        or valid_number(v)
+        or (isinstance(v, str) and len(v) <= MAX_SETTING_TEXT)
+    }
+    return kept, len(kept) != len(sampling)
 
 
 # -- JSON --------------------------------------------------------------------------------------
@@ -78,13 +120,22 @@ def read_export(path: str | Path) -> Any:
             f"{NOT_AN_EXPORT}: {path.name} is not valid JSON (line {exc.lineno}, "
             f"column {exc.colno})."
         ) from None
+    except RecursionError:
+        raise StoreError(
+            f"{NOT_AN_EXPORT}, or it is damaged: {path.name} is nested too deeply to read."
+        ) from None
+
+
+_TIME = "a time (seconds since 1970, before year 10000)"
 
 
 class _Checker:
     """Type checks that say where in the file the problem is (`messages[2].steps[7].prob`)."""
 
     def fail(self, where: str, expected: str, got: Any) -> None:
-        shown = repr(got) if len(repr(got)) <= 40 else type(got).__name__
+        # repr only of scalars: a container may be nested 100,000 deep (RecursionError).
+        scalar = got is None or isinstance(got, (str, int, float, bool))
+        shown = repr(got) if scalar and len(repr(got)) <= 40 else type(got).__name__
         raise StoreError(
             f"{NOT_AN_EXPORT}, or it is damaged: {where} should be {expected} (found {shown})."
         )
@@ -103,9 +154,8 @@ class _Checker:
             "a token id": lambda v: (
                 isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**31
             ),
-            "a number": lambda v: (
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            ),
+            "a number": valid_number,
+            "a time (seconds since 1970, before year 10000)": valid_time,
             "a probability": lambda v: (
                 isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0
             ),
@@ -129,12 +179,12 @@ def conversation_from_json(data: Any) -> Conversation:
             "update Loopchat to import it."
         )
     now = time.time()
-    created = check.field(data, "created_at", "", "a number", now)
+    created = check.field(data, "created_at", "", _TIME, now)
     conv = Conversation(
         id=0,
         title=check.field(data, "title", "", "text", ""),
         created_at=created,
-        updated_at=check.field(data, "updated_at", "", "a number", created),
+        updated_at=check.field(data, "updated_at", "", _TIME, created),
         system_prompt=check.field(data, "system_prompt", "", "text", ""),
         model=check.field(data, "model", "", "text", ""),
         model_path=check.field(data, "model_path", "", "text", ""),
@@ -153,17 +203,28 @@ def conversation_from_json(data: Any) -> Conversation:
             position=position,
             role=role,
             content=check.field(m, "content", f"{where}.", "text"),
-            created_at=check.field(m, "created_at", f"{where}.", "a number", conv.created_at),
+            created_at=check.field(m, "created_at", f"{where}.", _TIME, conv.created_at),
             finished=check.field(m, "finished", f"{where}.", "true or false", True),
             stop_reason=check.field(m, "stop_reason", f"{where}.", "text or null", None),
             model=check.field(m, "model", f"{where}.", "text", ""),
-            sampling=check.field(m, "sampling", f"{where}.", "an object", {}),
-            timings=check.field(m, "timings", f"{where}.", "an object", {}),
+            sampling=_settings(check, m, "sampling", f"{where}.", clean_sampling),
+            timings=_settings(check, m, "timings", f"{where}.", clean_timings),
         )
         for i, s in enumerate(check.field(m, "steps", f"{where}.", "a list", [])):
             message.steps.append(_step_from_json(check, s, f"{where}.steps[{i}]", i))
         conv.messages.append(message)
     return conv
+
+
+def _settings(check: _Checker, m: dict, key: str, where: str, clean) -> dict:
+    """A reply's `sampling` or `timings`: an object of plain values, else the field is named."""
+    value = check.field(m, key, where, "an object", {})
+    kept, dropped = clean(value)
+    if dropped:
+        bad = next(k for k in value if k not in kept)
+        expected = "a number of 0 or more, or null" if key == "timings" else "a plain value"
+        check.fail(f"{where}{key}.{bad}", expected, value[bad])
+    return kept
 
 
 def _step_from_json(check: _Checker, s: Any, where: str, index: int) -> StepRecord:
@@ -196,19 +257,25 @@ def _step_from_json(check: _Checker, s: Any, where: str, index: int) -> StepReco
 _SPEAKERS = {"user": "You", "assistant": "Assistant", "system": "System"}
 
 
-def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+def _when(ts: Any) -> str:
+    if not valid_time(ts):
+        return "(unknown time)"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+    except (OverflowError, OSError, ValueError):
+        return "(unknown time)"
 
 
 def _settings_line(m: Message) -> str:
     """Sampling settings and speed of a reply, one line (how it was made, for the reader)."""
-    parts = [f"{key} {value}" for key, value in m.sampling.items() if value is not None]
-    t = m.timings
-    if "generated_tokens" in t:
-        parts.append(f"{t['generated_tokens']} tokens")
-    if t.get("decode_tokens_per_s"):
+    sampling, _ = clean_sampling(m.sampling)
+    parts = [f"{key} {value}" for key, value in sampling.items() if value is not None]
+    t, _ = clean_timings(m.timings)  # a damaged stored row must not break the export
+    if valid_number(t.get("generated_tokens")):
+        parts.append(f"{t['generated_tokens']:.0f} tokens")
+    if valid_number(t.get("decode_tokens_per_s")) and t["decode_tokens_per_s"]:
         parts.append(f"{t['decode_tokens_per_s']:.1f} tok/s")
-    if t.get("ttft_s") is not None:
+    if valid_number(t.get("ttft_s")):
         parts.append(f"first token after {t['ttft_s']:.2f} s")
     if not m.finished:
         parts.append("interrupted")
@@ -229,7 +296,7 @@ def conversation_to_markdown(conv: Conversation) -> str:
     if conv.system_prompt:
         lines += ["## System prompt", "", conv.system_prompt, ""]
     for m in conv.messages:
-        speaker = _SPEAKERS[m.role]
+        speaker = _SPEAKERS.get(m.role, str(m.role).title())
         if m.role == "assistant" and m.model and m.model != conv.model:
             speaker += f" ({m.model})"
         lines += [f"## {speaker} · {_when(m.created_at)}", "", m.content, ""]

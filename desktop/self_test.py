@@ -5,6 +5,7 @@ from __future__ import annotations
 from PySide6.QtCore import QObject, Signal, Slot
 
 from desktop.controller import EngineController
+from engine.events import GenerationRequest, GenerationResult, ModelInfo
 
 
 class SelfTest(QObject):
@@ -12,11 +13,11 @@ class SelfTest(QObject):
 
     done = Signal()
 
-    def __init__(self, controller: EngineController, request: dict) -> None:
+    def __init__(self, controller: EngineController, request: GenerationRequest) -> None:
         super().__init__()
         self._controller = controller
         self._request = request
-        self.result: dict | None = None
+        self.result: GenerationResult | None = None
         self.failure: str | None = None
         worker = controller.worker
         worker.model_loaded.connect(self._loaded)
@@ -24,8 +25,8 @@ class SelfTest(QObject):
         worker.generation_finished.connect(self._finished)
         worker.generation_failed.connect(self._generation_failed)
 
-    @Slot(dict)
-    def _loaded(self, _info: dict) -> None:
+    @Slot(object)
+    def _loaded(self, _info: ModelInfo) -> None:
         self._controller.generate(self._request)
 
     @Slot(str)
@@ -33,12 +34,12 @@ class SelfTest(QObject):
         self.failure = message
         self.done.emit()
 
-    @Slot(dict)
-    def _finished(self, result: dict) -> None:
+    @Slot(object)
+    def _finished(self, result: GenerationResult) -> None:
         self.result = result
         self.done.emit()
 
-    @Slot(dict)
-    def _generation_failed(self, failure: dict) -> None:
-        self.failure = str(failure.get("message", failure))
+    @Slot(object)
+    def _generation_failed(self, failure: GenerationResult) -> None:
+        self.failure = failure.error
         self.done.emit()

@@ -17,8 +17,17 @@ Choices, and why:
   index (3+ characters per query) and is not built into every Python's SQLite.
 * **One connection, one lock**: the GUI and the worker thread may both call any method; each
   call holds the lock for one short transaction.
-* A database that is corrupt, unreadable or from a newer Loopchat is **moved aside** (with its
-  -wal/-shm, so it can still be opened), never deleted; `recovery_notice` tells the user where.
+* Only a **damaged** database (SQLITE_CORRUPT / NOTADB, a failed quick_check), one from a newer
+  Loopchat, or one whose upgrade fails on its data is **moved aside** (with its -wal/-shm, so it
+  can still be opened), never deleted; `recovery_notice` says where, at every start until
+  `dismiss_moved_aside_notice()`. A healthy file is never moved for the machine's sake: not
+  writable (file, -wal, -shm or folder) → opened `read_only`, saying why; disk full or an I/O
+  error → StoreError naming the cause, the file untouched.
+* **Deleted means gone from the file**: `secure_delete` zeroes freed content and
+  `purge_deleted` checkpoints and truncates the -wal, which still held the old pages.
+* **Rows are data too**: a stored value views cannot use (a time of 1e300, broken JSON) comes
+  back as a safe default with `damaged=True` instead of an exception; import checks the same
+  ranges and types up front and names the bad field.
 
 No Qt and no torch here: the worker, tests and a crash-test subprocess all use it directly.
 """
@@ -27,6 +36,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import sqlite3
 import struct
 import threading
@@ -38,10 +49,13 @@ from typing import Any, TypeVar
 from desktop.export import (
     EXPORT_FORMAT,
     EXPORT_VERSION,
+    clean_sampling,
+    clean_timings,
     conversation_from_json,
     conversation_to_json,
     conversation_to_markdown,
     read_export,
+    valid_time,
 )
 from desktop.store_schema import (
     MIGRATIONS,
@@ -77,7 +91,12 @@ log = logging.getLogger(__name__)
 DB_NAME = "conversations.sqlite3"
 TITLE_LENGTH = 60
 _LAST_OPEN = "last_open"
+_MOVED_ASIDE = "moved_aside_notice"
+_SECURE_SINCE = "vacuumed_for_secure_delete"
 _BUSY = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED: another process holds the file; it is not broken
+_CORRUPT = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB: the file itself is damaged
+_READ_ONLY = (3, 8, 14, 23)  # SQLITE_PERM, READONLY, CANTOPEN, AUTH: permissions, not damage
+_ENVIRONMENT = (*_READ_ONLY, 7, 10, 13, 15)  # + NOMEM, IOERR, FULL, PROTOCOL: not the file's fault
 T = TypeVar("T")
 
 
@@ -104,17 +123,45 @@ def _contains(haystack: str | None, needle: str) -> bool:
     return haystack is not None and needle in haystack.casefold()
 
 
+def _code(exc: sqlite3.Error) -> int | None:
+    """SQLite's primary result code of an error (Python 3.11+ carries it; None before)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
+
+
 def _is_busy(exc: sqlite3.Error) -> bool:
-    return getattr(exc, "sqlite_errorcode", None) in _BUSY or "locked" in str(exc)
+    return _code(exc) in _BUSY or "locked" in str(exc)
+
+
+def _is_corrupt(exc: sqlite3.Error) -> bool:
+    """Damage in the file itself, the only sqlite error that justifies moving it aside."""
+    text = str(exc).lower()
+    return _code(exc) in _CORRUPT or "malformed" in text or "not a database" in text
+
+
+def _is_read_only(exc: sqlite3.Error) -> bool:
+    """Permissions (file, -wal, -shm or folder), not damage: the data is fine, just not ours to
+    write."""
+    text = str(exc).lower()
+    return _code(exc) in _READ_ONLY or "readonly" in text or "unable to open" in text
 
 
 class _Unusable(Exception):
-    """The file at the store's path cannot be used as it is; `label` names the moved-aside copy."""
+    """The file at the store's path is damaged or too new; `label` names the moved-aside copy."""
 
     def __init__(self, label: str, reason: str) -> None:
         super().__init__(reason)
         self.label = label
         self.reason = reason
+
+
+class _Kept(Exception):
+    """The file is fine but cannot be used now (permissions, disk full, I/O): it stays put."""
+
+    def __init__(self, exc: sqlite3.Error) -> None:
+        super().__init__(str(exc))
+        self.error = exc
+        self.read_only = _is_read_only(exc)
 
 
 _CONV_COLUMNS = (
@@ -127,19 +174,89 @@ _MSG_COLUMNS = (
 )
 
 
+DAMAGED_TEXT = "[This message could not be read from the database.]"
+"""Shown for a stored message whose text is not text (a damaged row)."""
+
+
+def _time(value: Any) -> tuple[float, bool]:
+    """A stored time views can format; (0.0, True) for one out of range (e.g. 1e300)."""
+    return (float(value), False) if valid_time(value) else (0.0, True)
+
+
+def _text(value: Any, placeholder: str = "") -> tuple[str, bool]:
+    if isinstance(value, str):
+        return value, False
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace"), True
+    return placeholder, True
+
+
+def _json_dict(text: Any, clean: Callable[[Any], tuple[dict, bool]]) -> tuple[dict, bool]:
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        return {}, True
+    return clean(value)
+
+
 def _conversation(row: tuple) -> Conversation:
-    return Conversation(*row[:7], title_is_custom=bool(row[7]), deleted_at=row[8])
+    """A conversation row as a record; damaged values become safe defaults (`damaged=True`),
+    so one bad row never stops the list or the app from starting."""
+    title, bad_title = _text(row[1])
+    created, bad_created = _time(row[2])
+    updated, bad_updated = _time(row[3])
+    system_prompt, bad_prompt = _text(row[4])
+    model, bad_model = _text(row[5])
+    model_path, bad_path = _text(row[6])
+    deleted_at = row[8] if row[8] is None else _time(row[8])[0]
+    return Conversation(
+        row[0],
+        title,
+        created,
+        updated,
+        system_prompt,
+        model,
+        model_path,
+        title_is_custom=bool(row[7]),
+        deleted_at=deleted_at,
+        damaged=bad_title or bad_created or bad_updated or bad_prompt or bad_model or bad_path,
+    )
 
 
 def _message(row: tuple) -> Message:
+    """A message row as a record; damaged values become safe defaults (`damaged=True`)."""
+    content, bad_content = _text(row[4], DAMAGED_TEXT)
+    created, bad_created = _time(row[5])
+    stop_reason, bad_stop = (None, False) if row[7] is None else _text(row[7])
+    model, bad_model = _text(row[8])
+    sampling, bad_sampling = _json_dict(row[9], clean_sampling)
+    timings, bad_timings = _json_dict(row[10], clean_timings)
     return Message(
-        *row[:6],
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        content,
+        created,
         finished=bool(row[6]),
-        stop_reason=row[7],
-        model=row[8],
-        sampling=json.loads(row[9]),
-        timings=json.loads(row[10]),
+        stop_reason=stop_reason,
+        model=model,
+        sampling=sampling,
+        timings=timings,
+        damaged=bad_content or bad_created or bad_stop or bad_model or bad_sampling or bad_timings,
     )
+
+
+def _step(r: tuple) -> StepRecord | None:
+    """(idx, token_id, prob, text, piece, top_ids, top_probs, top_texts) as a StepRecord, or
+    None when the row cannot be read."""
+    try:
+        top = unpack_top(r[5], r[6], r[7])
+        if not (isinstance(r[3], str) and isinstance(r[4], str)):
+            return None
+        return StepRecord(int(r[1]), r[3], float(r[2]), top, r[4], int(r[0]))
+    except (TypeError, ValueError, struct.error, RecursionError):
+        return None
 
 
 def _step_row(message_id: int, idx: int, s: StepRecord) -> tuple:
@@ -151,6 +268,11 @@ class ConversationStore:
 
     `path` defaults to `default_path()`. `migrations` is for tests of the migration runner;
     `busy_timeout_s` is how long a write waits for another process holding the file.
+
+    Only damage (SQLITE_CORRUPT / NOTADB, a failed quick_check) or a newer schema moves a file
+    aside. A healthy file that cannot be written now (read-only file, -wal, -shm or folder) is
+    opened read-only (`read_only`, with `recovery_notice` saying why); any other problem (disk
+    full, I/O error) leaves it untouched and raises StoreError naming the cause.
     """
 
     def __init__(
@@ -162,7 +284,12 @@ class ConversationStore:
     ) -> None:
         self.path = Path(path) if path is not None else default_path()
         self.recovery_notice: str | None = None
-        """Set when the old file had to be moved aside: what happened and where it went."""
+        """What to tell the user at start: the file was opened read-only (and why), or an
+        earlier file was moved aside (repeated at every start until
+        `dismiss_moved_aside_notice`)."""
+        self.read_only = False
+        """True when the file could only be opened for reading; every write raises StoreError."""
+        self._read_only_reason = ""
         self._migrations = tuple(migrations)
         self._busy_timeout_s = busy_timeout_s
         self._lock = threading.RLock()
@@ -182,15 +309,20 @@ class ConversationStore:
                     "Check that the folder is writable."
                 ) from None
             moved = self._move_aside(problem.label)
-            self.recovery_notice = self._notice(problem, moved)
+            notice = self._notice(problem, moved)
             log.warning("conversation database moved aside to %s: %s", moved, problem.reason)
             try:
                 self._db = self._connect()
-            except _Unusable as again:
+            except (_Unusable, _Kept) as again:
                 raise StoreError(
-                    f"Cannot start a new conversation database at {self.path}: {again.reason}. "
+                    f"Cannot start a new conversation database at {self.path}: {again}. "
                     "Check that the folder is writable and the disk is not full."
                 ) from None
+            self.set_meta(_MOVED_ASIDE, notice)
+        except _Kept as kept:
+            self._db = self._open_read_only_or_raise(kept)
+        notices = (self.recovery_notice, self.moved_aside_notice())
+        self.recovery_notice = " ".join(n for n in notices if n) or None
 
     # -- opening, recovery ---------------------------------------------------------------------
 
@@ -200,9 +332,13 @@ class ConversationStore:
         return len(self._migrations)
 
     def _connect(self) -> sqlite3.Connection:
-        """Check, open and migrate the file; `_Unusable` if it is broken or too new."""
+        """Check, open and migrate the file.
+
+        `_Unusable` if it is damaged or too new (it gets moved aside), `_Kept` if it is fine but
+        cannot be opened for writing now (it stays where it is).
+        """
         if self.path.exists():
-            self._check_read_only()
+            self._vet()
         db = None
         try:
             db = sqlite3.connect(
@@ -216,27 +352,65 @@ class ConversationStore:
                 log.warning("SQLite refused WAL mode for %s (using %s)", self.path, mode)
             db.execute("PRAGMA synchronous = FULL")
             db.execute("PRAGMA foreign_keys = ON")
+            # Deleted conversations leave no readable bytes behind in the file (privacy).
+            db.execute("PRAGMA secure_delete = ON")
             try:
                 found = migrate(db, self._migrations)
             except NewerSchemaError as exc:  # only if another process replaced it meanwhile
                 raise _Unusable("newer-version", str(exc)) from None
             except sqlite3.Error as exc:
-                if _is_busy(exc):
+                if _is_busy(exc) or _is_corrupt(exc) or _code(exc) in _ENVIRONMENT:
                     raise
                 raise _Unusable("upgrade-failed", f"upgrading it failed ({exc})") from None
             if found < self.schema_version:
                 log.info("conversations upgraded from v%d to v%d", found, self.schema_version)
+            # A file that opens but cannot take a write lock (read-only file, -wal or -shm) is
+            # found here, at start, rather than at the first message.
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(f"PRAGMA user_version = {self.schema_version:d}")  # a real write
+            finally:
+                db.execute("ROLLBACK")
             db.create_function("lc_contains", 2, _contains, deterministic=True)
             return db
         except BaseException as exc:
             if db is not None:
                 db.close()
             if isinstance(exc, sqlite3.Error):
-                self._raise_unusable(exc)
+                self._classify(exc)
             raise
 
-    def _check_read_only(self) -> None:
-        """Vet an existing file without changing it.
+    def _open_read_only(self) -> sqlite3.Connection:
+        """A read-only connection, also in a read-only folder without -shm (`immutable`, safe
+        only when there is no -wal whose content it would skip)."""
+        uri = self.path.resolve().as_uri()
+        db = None
+        try:
+            db = sqlite3.connect(
+                f"{uri}?mode=ro",
+                uri=True,
+                timeout=self._busy_timeout_s,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the real open
+            return db
+        except sqlite3.Error as exc:
+            if db is not None:
+                db.close()
+            if _is_busy(exc) or _is_corrupt(exc) or Path(f"{self.path}-wal").exists():
+                raise
+        db = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+        db.isolation_level = None
+        try:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error:
+            db.close()
+            raise
+        return db
+
+    def _vet(self) -> None:
+        """Check an existing file without changing it.
 
         Read-only, because a read-write connection to a broken file still deletes its -wal on
         close, and the -wal may hold the latest conversations: what is moved aside must be
@@ -244,12 +418,16 @@ class ConversationStore:
         """
         db = None
         try:
-            db = sqlite3.connect(
-                f"{self.path.resolve().as_uri()}?mode=ro",
-                uri=True,
-                timeout=self._busy_timeout_s,
-                isolation_level=None,
-            )
+            try:
+                db = self._open_read_only()
+            except sqlite3.Error as exc:
+                if _is_corrupt(exc) or not Path(f"{self.path}-wal").exists():
+                    raise
+                db = sqlite3.connect(  # -wal present but no usable -shm: check the main file
+                    f"{self.path.resolve().as_uri()}?mode=ro&immutable=1",
+                    uri=True,
+                    isolation_level=None,
+                )
             # quick_check: integrity_check without the index/table cross-checks; several times
             # faster and finds the damage that matters here (pages that cannot be read).
             problems = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
@@ -260,19 +438,76 @@ class ConversationStore:
             if found > self.schema_version:
                 raise _Unusable("newer-version", str(NewerSchemaError(found, self.schema_version)))
         except sqlite3.Error as exc:
-            self._raise_unusable(exc)
+            self._classify(exc)
         finally:
             if db is not None:
                 db.close()
 
-    def _raise_unusable(self, exc: sqlite3.Error) -> None:
-        """Busy is not broken: another Loopchat may be using the file, so it is left alone."""
+    def _classify(self, exc: sqlite3.Error) -> None:
+        """Raise what an sqlite error at opening means: busy, damaged or kept."""
         if _is_busy(exc):
             raise StoreError(
                 f"The conversation database {self.path} is in use by another program "
                 "(is Loopchat already running?). Close it and try again."
             ) from None
-        raise _Unusable("unreadable", f"it could not be read ({exc})") from None
+        if _is_corrupt(exc):
+            raise _Unusable("unreadable", f"it is damaged ({exc})") from None
+        raise _Kept(exc) from None
+
+    def _open_read_only_or_raise(self, kept: _Kept) -> sqlite3.Connection:
+        """The file is fine but not writable now: open it read-only when that is the cause and
+        possible, else a StoreError that names the cause. The file is never moved."""
+        cause = self._describe(kept.error)
+        log.warning("conversation database %s kept as it is: %s", self.path, kept.error)
+        if kept.read_only:
+            db = None
+            try:
+                db = self._open_read_only()
+                found = db.execute("PRAGMA user_version").fetchone()[0]
+                if found != self.schema_version:
+                    raise StoreError(
+                        f"Your saved conversations in {self.path} need upgrading to this version "
+                        f"of Loopchat, but {cause}. Make them writable and restart Loopchat."
+                    )
+                db.create_function("lc_contains", 2, _contains, deterministic=True)
+            except sqlite3.Error as exc:
+                if db is not None:
+                    db.close()
+                raise StoreError(
+                    f"Cannot open your saved conversations in {self.path}: {cause}; even "
+                    f"reading them failed ({exc}). Nothing was changed or moved."
+                ) from None
+            self.read_only = True
+            self._read_only_reason = cause
+            self.recovery_notice = (
+                f"Your saved conversations are open read-only: {cause}. You can read them, but "
+                "nothing new is saved until that is fixed and Loopchat restarted."
+            )
+            return db
+        raise StoreError(
+            f"Cannot open your saved conversations in {self.path}: {cause}. The file was left "
+            "as it is (nothing was moved or deleted); fix that and restart Loopchat."
+        )
+
+    def _describe(self, exc: sqlite3.Error) -> str:
+        """The cause of an error in words: which file is not writable, or how full the disk is."""
+        folder = self.path.parent
+        if _is_read_only(exc):
+            if not os.access(folder, os.W_OK):
+                return f"the folder {folder} is read-only"
+            for suffix in ("", "-wal", "-shm"):
+                part = Path(f"{self.path}{suffix}")
+                if part.exists() and not os.access(part, os.W_OK):
+                    return f"{part.name} is read-only"
+            return f"it cannot be opened for writing ({exc})"
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            return f"a disk error ({exc})"
+        free_text = f"{free / 2**20:.0f} MB free" if free < 2**30 else f"{free / 2**30:.1f} GB free"
+        if _code(exc) == 13 or "full" in str(exc).lower():
+            return f"the disk is full ({free_text} on {folder})"
+        return f"a disk error ({exc}; is the disk full? {free_text} on {folder})"
 
     def _move_aside(self, label: str) -> Path:
         """Rename the file and its -wal/-shm to `<name>.<label>-<timestamp>[-n]` (kept paired)."""
@@ -310,6 +545,19 @@ class ConversationStore:
             )
         return f"Your saved conversations could not be opened: {problem.reason}. {kept}"
 
+    def moved_aside_notice(self) -> str | None:
+        """What happened when an earlier file was moved aside (where it went, why), or None.
+
+        Kept in the database so it is shown at every start until the user dismisses it: the
+        old conversations are still there to recover, and a notice seen once is easily lost.
+        """
+        return self.get_meta(_MOVED_ASIDE)
+
+    def dismiss_moved_aside_notice(self) -> None:
+        """The user has seen the moved-aside notice; stop repeating it (the file stays)."""
+        self.set_meta(_MOVED_ASIDE, None)
+        self.recovery_notice = None
+
     def close(self) -> None:
         """Close the file (SQLite folds the WAL back into it)."""
         with self._lock:
@@ -330,6 +578,11 @@ class ConversationStore:
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn` in one write transaction; a database failure becomes a StoreError."""
         with self._lock:
+            if self.read_only:
+                raise StoreError(
+                    f"Nothing can be saved: your conversations are open read-only "
+                    f"({self._read_only_reason})."
+                )
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
@@ -434,9 +687,11 @@ class ConversationStore:
                     "WHERE m.conversation_id = ? ORDER BY s.message_id, s.idx",
                     (conversation_id,),
                 ):
-                    by_id[r[0]].steps.append(
-                        StepRecord(r[2], r[4], r[3], unpack_top(r[6], r[7], r[8]), r[5], r[1])
-                    )
+                    message, record = by_id[r[0]], _step(r[1:])
+                    if record is None:
+                        message.damaged = True
+                    else:
+                        message.steps.append(record)
             return conv
 
         return self._read(read)
@@ -450,9 +705,7 @@ class ConversationStore:
                 (message_id,),
             ).fetchall()
         )
-        return [
-            StepRecord(r[1], r[3], r[2], unpack_top(r[5], r[6], r[7]), r[4], r[0]) for r in rows
-        ]
+        return [record for record in map(_step, rows) if record is not None]
 
     def rename(self, conversation_id: int, title: str) -> None:
         """Give a conversation its own title; an empty one goes back to the automatic title."""
@@ -516,9 +769,15 @@ class ConversationStore:
     restore_conversation = restore
 
     def purge_deleted(self, older_than_s: float = 0.0) -> int:
-        """Remove deleted conversations (and their messages and steps); return how many."""
+        """Remove deleted conversations (and their messages and steps) from the file; how many.
+
+        Gone from the bytes on disk, not just from the tables (a deleted chat may be private):
+        `secure_delete` zeroes what a DELETE frees, a checkpoint copies the zeroed pages into
+        the main file and truncates the -wal, which still held the old page versions. The first
+        purge also VACUUMs once, for files written before secure_delete was on.
+        """
         cutoff = time.time() - older_than_s
-        return self._write(
+        count = self._write(
             lambda db: (
                 db.execute(
                     "DELETE FROM conversations WHERE deleted_at IS NOT NULL AND deleted_at <= ?",
@@ -526,6 +785,20 @@ class ConversationStore:
                 ).rowcount
             )
         )
+        with self._lock:
+            try:
+                if self.get_meta(_SECURE_SINCE) is None:
+                    self._db.execute("VACUUM")
+                    self.set_meta(_SECURE_SINCE, str(int(time.time())))
+                busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            except sqlite3.Error as exc:
+                raise StoreError(
+                    f"Deleted conversations were removed, but clearing them from the file "
+                    f"failed ({exc}); it is retried on the next purge."
+                ) from exc
+        if busy:  # another program reads the file; the -wal keeps old pages until next time
+            log.warning("checkpoint after purge blocked by a reader of %s", self.path)
+        return count
 
     # -- messages ------------------------------------------------------------------------------
 
@@ -784,8 +1057,14 @@ class Autosaver:
     """Saves a streaming reply in batches: every `max_pending` steps or `max_interval_s` seconds.
 
     Pure Python (no timer): the check runs as each step arrives, and `flush_if_due()` may be
-    called from a timer when steps stall. Use it from one thread. If a save fails (StoreError),
-    the steps stay pending and the next save retries them.
+    called from a timer when steps stall. Use it from one thread.
+
+    A failed save loses nothing: `flush()` and `finish()` raise StoreError and keep every
+    pending step (and the reply unfinished), so calling them again writes them all, in order.
+    After a failure the automatic saves in `add`/`flush_if_due` back off (`retry_interval_s`,
+    doubling up to `max_retry_interval_s`) instead of retrying at every token: a locked file
+    makes each try wait `busy_timeout_s`, which would stall the stream. `last_error` holds the
+    failure until a save succeeds.
     """
 
     def __init__(
@@ -795,19 +1074,26 @@ class Autosaver:
         *,
         max_pending: int = 32,
         max_interval_s: float = 1.0,
+        retry_interval_s: float = 2.0,
+        max_retry_interval_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.message_id = message_id
         self.max_pending = max_pending
         self.max_interval_s = max_interval_s
+        self.retry_interval_s = retry_interval_s
+        self.max_retry_interval_s = max_retry_interval_s
         self._clock = clock
         self._pending: list[StepRecord] = []
         self._parts: list[str] = []
         self._last_flush = clock()
+        self._backoff = 0.0
         self.saved_steps = 0
         """Steps committed to the database so far."""
         self.finished = False
+        self.last_error: StoreError | None = None
+        """Why the last save failed; None once a save succeeds."""
 
     @property
     def content(self) -> str:
@@ -816,41 +1102,78 @@ class Autosaver:
 
     @property
     def pending(self) -> int:
+        """Steps added but not yet on disk."""
         return len(self._pending)
 
     def add(self, step: Any) -> bool:
-        """Take one streamed step (StepRecord, engine Step or its dict); True if it saved."""
+        """Take one streamed step (StepRecord, engine Step or its dict); True if it saved.
+
+        StoreError if a save was due and failed; the step is kept pending either way.
+        """
         record = StepRecord.coerce(step)
         self._pending.append(record)
         self._parts.append(record.text)
         return self.flush_if_due()
 
     def flush_if_due(self) -> bool:
-        due = len(self._pending) >= self.max_pending or (
-            self._pending and self._clock() - self._last_flush >= self.max_interval_s
-        )
+        """Save if enough steps or time have gathered (later, while backing off a failure)."""
+        if not self._pending:
+            return False
+        waited = self._clock() - self._last_flush
+        if self.last_error is not None:
+            due = waited >= self._backoff
+        else:
+            due = len(self._pending) >= self.max_pending or waited >= self.max_interval_s
         if due:
             self.flush()
-        return bool(due)
+        return due
 
     def flush(self) -> int:
-        """Save what is pending now; return how many steps were saved."""
+        """Save what is pending now; return how many steps were saved.
+
+        StoreError if the save failed: the steps stay pending for the next call.
+        """
         count = len(self._pending)
         if count:
-            self.store.append_steps(self.message_id, self._pending, self.content)
+            try:
+                self.store.append_steps(self.message_id, self._pending, self.content)
+            except StoreError as exc:
+                self._failed(exc)
+                raise
             self._pending = []
             self.saved_steps += count
-        self._last_flush = self._clock()
+        self._succeeded()
         return count
 
     def finish(
         self, content: str | None = None, stop_reason: str = "eos", timings: dict | None = None
     ) -> None:
-        """Save the rest and mark the reply done (or stopped); `content` defaults to the stream."""
+        """Save the rest and mark the reply done (or stopped); `content` defaults to the stream.
+
+        StoreError if either save failed; the reply stays unfinished and calling `finish`
+        again (same arguments) completes it.
+        """
         if self.finished:
             return
         self.flush()
-        self.store.finish_reply(
-            self.message_id, self.content if content is None else content, stop_reason, timings
-        )
+        try:
+            self.store.finish_reply(
+                self.message_id, self.content if content is None else content, stop_reason, timings
+            )
+        except StoreError as exc:
+            self._failed(exc)
+            raise
+        self._succeeded()
         self.finished = True
+
+    def _failed(self, exc: StoreError) -> None:
+        self.last_error = exc
+        self._backoff = min(
+            self.max_retry_interval_s, max(self.retry_interval_s, self._backoff * 2)
+        )
+        self._last_flush = self._clock()
+
+    def _succeeded(self) -> None:
+        self.last_error = None
+        self._backoff = 0.0
+        self._last_flush = self._clock()

@@ -109,6 +109,9 @@ class Message:
     sampling: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     steps: list[StepRecord] = field(default_factory=list)
+    damaged: bool = False
+    """Part of the stored row could not be read (bad JSON, a time out of range, broken steps);
+    what could be read is here, the rest replaced by safe defaults. Views may say so."""
 
     @property
     def token_ids(self) -> list[int]:
@@ -129,6 +132,8 @@ class Conversation:
     title_is_custom: bool = False
     deleted_at: float | None = None
     messages: list[Message] = field(default_factory=list)
+    damaged: bool = False
+    """The stored row (not its messages) had values that could not be used as they were."""
 
 
 # -- packed top-k ------------------------------------------------------------------------------

@@ -1,12 +1,15 @@
 """The engine's home: one QObject living in one QThread, talking to the GUI only through signals.
 
-Every signal carries plain Python data (dict, list, str, float) so nothing the GUI receives can be
-mutated by the engine afterwards. The engine and torch are imported here, lazily, inside the worker
-thread: the window appears before torch is ever loaded.
+Every answer is a frozen record from `engine.events` (Step, GenerationResult, ModelInfo, ...)
+sent through `Signal(object)`: nothing the GUI receives can be changed by the engine afterwards,
+and no field is lost or reordered on the way (a Qt map would sort a dict's keys). The engine and
+torch are imported here, lazily, inside the worker thread: the window appears before torch loads.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import logging
 import threading
 import traceback
@@ -14,7 +17,13 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal, Slot
 
+from engine.events import GenerationRequest, GenerationResult, GenerationStarted, ModelInfo
+
 log = logging.getLogger(__name__)
+
+
+class LoadCancelled(Exception):
+    """Raised from the loader's progress callback: the app is closing, stop between tensors."""
 
 
 def _friendly(exc: BaseException) -> str:
@@ -28,51 +37,113 @@ def _friendly(exc: BaseException) -> str:
     return f"Unexpected error: {type(exc).__name__}: {text}"
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".bin")
+
+
+def available_memory() -> int:
+    """Bytes of RAM the system can give without swapping (psutil's `available`)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def room_for_another(path: str) -> bool:
+    """Can the weights at `path` load while the current model stays resident?
+
+    Linux does not raise MemoryError when RAM runs out: it swaps or kills the process. So a
+    switch loads first (keeping the old model if the new one fails) only when the new weights
+    fit in the available memory with a margin; otherwise the old model is freed first.
+    """
+    from engine.model_folder import resolve_model
+
+    try:
+        folder = resolve_model(path)
+        size = sum(f.stat().st_size for f in folder.iterdir() if f.suffix in WEIGHT_SUFFIXES)
+    except Exception:  # noqa: BLE001 - the load itself will say what is wrong
+        return True
+    return size * 1.2 + 512 * 2**20 < available_memory()
+
+
 class EngineWorker(QObject):
     """Loads a model and generates replies; runs entirely in the controller's QThread."""
 
     load_progress = Signal(float, str)
-    model_loaded = Signal(dict)
+    model_loaded = Signal(object)  # ModelInfo
     load_failed = Signal(str)
     model_unloaded = Signal()
-    generation_started = Signal(dict)
-    token = Signal(dict)
-    generation_finished = Signal(dict)
-    generation_failed = Signal(dict)
+    """No model is loaded any more (unload, or a failed switch that had to free the old one)."""
+    generation_started = Signal(object)  # GenerationStarted
+    token = Signal(object)  # Step
+    generation_finished = Signal(object)  # GenerationResult
+    generation_failed = Signal(object)  # GenerationResult with `error`
 
-    def __init__(self, cancel: threading.Event) -> None:
+    def __init__(self, cancel: threading.Event, load_cancel: threading.Event | None = None) -> None:
         super().__init__()
         self._cancel = cancel
+        self._load_cancel = load_cancel or threading.Event()
         self._loaded: Any = None
         self._generator: Any = None
 
+    # -- models ----------------------------------------------------------------------------
+
     @Slot(str, str, str)
     def load_model(self, path: str, dtype: str, device: str) -> None:
-        """Load (replacing any current model); emits model_loaded or load_failed."""
+        """Load a model, then replace the current one; emits model_loaded or load_failed.
+
+        The old model keeps working until the new one is ready, so a failed switch changes
+        nothing. When both would not fit in memory (`room_for_another`), or the load runs out of
+        memory anyway, the old one is freed first and `model_unloaded` says so: the window then
+        shows "no model" until a load succeeds.
+        """
         self.load_progress.emit(0.0, "Starting the engine")
         try:
-            from desktop.native_preload import preload_torch_libraries
-
-            preload_torch_libraries()  # so that importing torch below hardly holds the GIL
-            from engine.errors import EngineError
+            if self._loaded is not None and not room_for_another(path):
+                log.info("not enough memory to keep the old model while loading %s", path)
+                self._release()
+                self.model_unloaded.emit()
+            try:
+                loaded = self._load(path, dtype, device)
+            except Exception as exc:
+                if self._loaded is None or not _out_of_memory(exc):
+                    raise
+                log.warning("not enough memory for two models; freeing the old one first")
+                self._release()
+                self.model_unloaded.emit()
+                loaded = self._load(path, dtype, device)
             from engine.generate import Generator
-            from engine.loader import load_model
 
+            generator = Generator(loaded)
             self._release()
-            loaded = load_model(
-                path,
-                dtype=dtype or "auto",
-                device=device or None,
-                progress=lambda f, m: self.load_progress.emit(float(f), str(m)),
-            )
-            self._loaded = loaded
-            self._generator = Generator(loaded)
-            self.model_loaded.emit(loaded.describe())
-        except EngineError as exc:
-            self.load_failed.emit(str(exc))
+            self._loaded, self._generator = loaded, generator
+            self.model_loaded.emit(ModelInfo.from_dict(loaded.describe()))
+        except LoadCancelled:
+            log.info("model load cancelled")
+            self.load_failed.emit("Loading the model was cancelled.")
         except Exception as exc:  # noqa: BLE001 - the window must survive anything
-            log.error("model load failed:\n%s", traceback.format_exc())
-            self.load_failed.emit(_friendly(exc))
+            from engine.errors import EngineError
+
+            if not isinstance(exc, EngineError):
+                log.error("model load failed:\n%s", traceback.format_exc())
+            self.load_failed.emit(str(exc) if isinstance(exc, EngineError) else _friendly(exc))
+
+    def _load(self, path: str, dtype: str, device: str) -> Any:
+        from desktop.native_preload import preload_torch_libraries
+
+        preload_torch_libraries()  # so that importing torch below hardly holds the GIL
+        if self._load_cancel.is_set():
+            raise LoadCancelled
+        from engine.loader import load_model
+
+        def progress(fraction: float, message: str) -> None:
+            if self._load_cancel.is_set():
+                raise LoadCancelled
+            self.load_progress.emit(float(fraction), str(message))
+
+        return load_model(path, dtype=dtype or "auto", device=device or None, progress=progress)
 
     @Slot()
     def unload(self) -> None:
@@ -81,25 +152,23 @@ class EngineWorker(QObject):
         self.model_unloaded.emit()
 
     def _release(self) -> None:
+        """Drop the model; collect only if there was one (a full collection holds the GIL for
+        hundreds of ms once torch is imported, and the GUI thread would wait for it)."""
+        had_model = self._loaded is not None
         self._generator = None
         self._loaded = None
-        import gc
+        if had_model:
+            gc.collect()
 
-        gc.collect()
+    # -- replies ---------------------------------------------------------------------------
 
-    @Slot(dict)
-    def generate(self, request: dict) -> None:
-        """Run one request to the end (or cancel) and stream every step as a signal.
-
-        request: {"id": int, "messages": [{"role", "content"}], "prompt": str (plain, with BOS,
-        instead of messages), "params": {...SamplingParams}, "max_new_tokens": int,
-        "report_top": int}
-        """
-        request_id = request.get("id", 0)
+    @Slot(object)
+    def generate(self, request: GenerationRequest) -> None:
+        """Run one request to the end (or cancel) and stream every step as a signal."""
+        rid = request.request_id
         try:
             from engine.chat import Message
             from engine.errors import EngineError
-            from engine.sampling import SamplingParams
 
             if self._generator is None:
                 raise EngineError(
@@ -107,44 +176,41 @@ class EngineWorker(QObject):
                 )
             loaded = self._loaded
             dropped = 0
-            if "prompt" in request:
-                ids = loaded.tokenizer.encode(request["prompt"], bos=True)
+            if request.prompt is not None:
+                ids = loaded.tokenizer.encode(request.prompt, bos=True)
             else:
-                messages = [Message(m["role"], m["content"]) for m in request["messages"]]
-                ids, dropped = self._fit(messages, request)
+                messages = [Message(m["role"], m["content"]) for m in request.messages]
+                ids, dropped = self._fit(messages, request.max_new_tokens)
             self.generation_started.emit(
-                {
-                    "id": request_id,
-                    "dropped_turns": dropped,
-                    "prompt_tokens": len(ids),
-                    "max_context": loaded.max_context,
-                }
+                GenerationStarted(rid, len(ids), loaded.max_context, dropped)
             )
-            params = SamplingParams(**request.get("params", {}))
             generation = self._generator.generate(
                 ids,
-                params,
-                max_new_tokens=int(request.get("max_new_tokens", 256)),
-                stop=request.get("stop", ()),
+                request.params,
+                max_new_tokens=request.max_new_tokens,
+                stop=request.stop,
                 cancel=self._cancel,
-                report_top=int(request.get("report_top", 10)),
+                report_top=request.report_top,
             )
             for step in generation:
-                data = step.to_dict()
-                data["id"] = request_id
-                self.token.emit(data)
-            result = generation.result.to_dict()
-            result["done_json"] = generation.result.to_json()
-            result["id"] = request_id
-            result["max_context"] = loaded.max_context
-            self.generation_finished.emit(result)
-        except EngineError as exc:
-            self.generation_failed.emit({"id": request_id, "message": str(exc)})
-        except Exception as exc:  # noqa: BLE001
-            log.error("generation failed:\n%s", traceback.format_exc())
-            self.generation_failed.emit({"id": request_id, "message": _friendly(exc)})
+                self.token.emit(dataclasses.replace(step, request_id=rid))
+            self.generation_finished.emit(
+                dataclasses.replace(
+                    generation.result,
+                    request_id=rid,
+                    max_context=loaded.max_context,
+                    dropped_turns=dropped,
+                )
+            )
+        except Exception as exc:  # noqa: BLE001 - the window must survive anything
+            from engine.errors import EngineError
 
-    def _fit(self, messages: list, request: dict) -> tuple[list[int], int]:
+            if not isinstance(exc, EngineError):
+                log.error("generation failed:\n%s", traceback.format_exc())
+            message = str(exc) if isinstance(exc, EngineError) else _friendly(exc)
+            self.generation_failed.emit(GenerationResult.failed(rid, message))
+
+    def _fit(self, messages: list, max_new_tokens: int) -> tuple[list[int], int]:
         """Prompt ids for the conversation, leaving out the oldest turns if it would not fit.
 
         The system prompt is always kept; turns go in user/assistant pairs so roles still
@@ -155,7 +221,7 @@ class EngineWorker(QObject):
 
         loaded = self._loaded
         limit = loaded.max_context
-        reserve = min(int(request.get("max_new_tokens", 256)), limit // 2)
+        reserve = min(int(max_new_tokens), limit // 2)
         system = [m for m in messages[:1] if m.role == "system"]
         turns = messages[len(system) :]
         dropped = 0

@@ -18,6 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import EngineError
+from engine.events import (
+    CLI_MAX_NEW_TOKENS,
+    CLI_SAMPLING,
+    DEFAULT_REPORT_TOP,
+    DTYPE_NAMES,
+)
 from engine.progress_text import DownloadProgress, format_progress
 
 EXIT_OK = 0
@@ -65,16 +71,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--chat", action="store_true", help="wrap --prompt in the model's chat format")
     gen.add_argument("--system", help="system prompt (with --chat)")
-    gen.add_argument("--max-new-tokens", type=int, default=256)
-    gen.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
-    gen.add_argument("--top-k", type=int, default=40, help="0 = off")
-    gen.add_argument("--top-p", type=float, default=0.95, help="1 = off")
-    gen.add_argument("--min-p", type=float, default=0.0, help="0 = off")
-    gen.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off")
-    gen.add_argument("--seed", type=int, default=None)
-    gen.add_argument("--report-top", type=int, default=10, help="top-k entries reported per token")
+    d = CLI_SAMPLING
+    gen.add_argument("--max-new-tokens", type=int, default=CLI_MAX_NEW_TOKENS)
+    gen.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy")
+    gen.add_argument("--top-k", type=int, default=d.top_k, help="0 = off")
+    gen.add_argument("--top-p", type=float, default=d.top_p, help="1 = off")
+    gen.add_argument("--min-p", type=float, default=d.min_p, help="0 = off")
+    gen.add_argument(
+        "--repetition-penalty", type=float, default=d.repetition_penalty, help="1 = off"
+    )
+    gen.add_argument("--seed", type=int, default=d.seed)
+    gen.add_argument(
+        "--report-top",
+        type=int,
+        default=DEFAULT_REPORT_TOP,
+        help="top-k entries reported per token",
+    )
     gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    gen.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
+    gen.add_argument("--dtype", choices=DTYPE_NAMES, default="auto")
     gen.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     gen.add_argument("--max-context", type=int, default=None, help="cap the KV cache length")
     gen.add_argument(

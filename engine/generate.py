@@ -11,11 +11,12 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 
 from engine.errors import EngineError
+from engine.events import GenerationResult, Step, TopToken
 from engine.loader import LoadedModel
 from engine.sampling import Sampler, SamplingParams
 from engine.tokenizer import StreamDecoder
@@ -27,76 +28,6 @@ STOP_MAX_TOKENS = "max_tokens"
 STOP_STRING = "stop_string"
 STOP_CANCELLED = "cancelled"
 STOP_CONTEXT_FULL = "context_full"
-
-
-@dataclass(frozen=True)
-class TopToken:
-    """One candidate next token with the model's probability for it."""
-
-    token_id: int
-    text: str
-    prob: float
-
-
-@dataclass(frozen=True)
-class Step:
-    """One sampled token: what the chat view appends and what the top-k panel shows."""
-
-    index: int
-    token_id: int
-    text: str
-    """Text this token adds to the reply as streamed (may be "" while a character is incomplete)."""
-    piece: str
-    """The token on its own, readable (for the inspector)."""
-    prob: float
-    top: list[TopToken]
-    elapsed_s: float
-    """Seconds since generate() was called."""
-
-    def to_json(self) -> dict:
-        """The CLI's per-token JSON line."""
-        return {
-            "token_id": self.token_id,
-            "text": self.text,
-            "prob": self.prob,
-            "top": [{"token_id": t.token_id, "text": t.text, "prob": t.prob} for t in self.top],
-        }
-
-    def to_dict(self) -> dict:
-        """All fields as plain data, for signals that cross threads."""
-        return asdict(self)
-
-
-@dataclass
-class GenerationResult:
-    """How a generation ended and how fast it ran."""
-
-    text: str
-    token_ids: list[int]
-    prompt_tokens: int
-    generated_tokens: int
-    prefill_s: float
-    ttft_s: float
-    decode_tokens_per_s: float
-    stop_reason: str
-    reused_tokens: int = 0
-
-    def to_json(self) -> dict:
-        """The CLI's last JSON line (`done`)."""
-        return {
-            "done": True,
-            "text": self.text,
-            "token_ids": list(self.token_ids),
-            "prompt_tokens": self.prompt_tokens,
-            "generated_tokens": self.generated_tokens,
-            "prefill_s": round(self.prefill_s, 6),
-            "decode_tokens_per_s": round(self.decode_tokens_per_s, 3),
-            "stop_reason": self.stop_reason,
-        }
-
-    def to_dict(self) -> dict:
-        """All fields as plain data, for signals that cross threads."""
-        return asdict(self)
 
 
 @dataclass

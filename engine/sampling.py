@@ -8,62 +8,14 @@ and transformers use).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from engine.errors import EngineError
+from engine.events import SamplingParams
 
-GREEDY_BELOW = 1e-5
-"""Temperatures at or below this are greedy: dividing logits by less overflows float32 to inf."""
-MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1
-"""torch's generator takes a 64-bit seed (signed or unsigned)."""
-
-
-@dataclass
-class SamplingParams:
-    """How adventurous the sampler is. Temperature 0 is greedy; each filter has an 'off' value."""
-
-    temperature: float = 0.7
-    top_k: int = 40
-    """Keep the k most likely tokens; 0 = off."""
-    top_p: float = 0.95
-    """Keep the smallest set whose probability reaches p; 1 = off."""
-    min_p: float = 0.05
-    """Drop tokens less likely than min_p × the top token's probability; 0 = off."""
-    repetition_penalty: float = 1.1
-    """Penalise tokens already in the context (CTRL-style); 1 = off."""
-    seed: int | None = None
-
-    def validate(self) -> None:
-        """EngineError for any setting the sampler cannot use (NaN and infinity included)."""
-        if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise EngineError(
-                f"temperature must be a finite number, 0 or more (0 = greedy), got "
-                f"{self.temperature}"
-            )
-        if self.top_k < 0:
-            raise EngineError(f"top-k must be 0 (off) or more, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise EngineError(f"top-p must be in (0, 1] (1 = off), got {self.top_p}")
-        if not 0 <= self.min_p < 1:
-            raise EngineError(f"min-p must be in [0, 1) (0 = off), got {self.min_p}")
-        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
-            raise EngineError(
-                f"repetition penalty must be a finite number above 0 (1 = off), got "
-                f"{self.repetition_penalty}"
-            )
-        if self.seed is not None and not (
-            isinstance(self.seed, int) and MIN_SEED <= self.seed <= MAX_SEED
-        ):
-            raise EngineError(f"seed must be a 64-bit integer (0 to 2**64-1), got {self.seed}")
-
-    @property
-    def greedy(self) -> bool:
-        """Temperature 0, or so close to it that sampling would divide by (almost) zero."""
-        return self.temperature <= GREEDY_BELOW
+__all__ = ["SampleResult", "Sampler", "SamplingParams"]
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,12 @@ from PySide6.QtCore import QSettings, Qt, QTimer
 from PySide6.QtGui import QFontDatabase, QFontInfo, QGuiApplication, QTextCursor
 
 from engine.chat import Message, chat_prompt_ids
+from engine.events import GREEDY
 from engine.generate import Generator
 from engine.loader import load_model
-from engine.sampling import SamplingParams
+from tests.window_helpers import broken_model_folder, greedy
 
 ROOT = Path(__file__).resolve().parents[1]
-GREEDY = SamplingParams(temperature=0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
 
 
 class Heartbeat:
@@ -68,14 +68,8 @@ def window(qtbot, settings):
 
 
 def make_greedy(win, max_new_tokens: int = 24) -> None:
-    s = win.sampling
-    s.temperature.setValue(0.0)
-    s.top_k.setValue(0)
-    s.top_p.setValue(1.0)
-    s.min_p.setValue(0.0)
-    s.repetition_penalty.setValue(1.0)
-    s.max_new_tokens.setValue(max_new_tokens)
-    s.system_prompt.setPlainText("")
+    greedy(win, max_new_tokens)
+    win.sampling.system_prompt.setPlainText("")
 
 
 def load(qtbot, win, folder: Path) -> dict:
@@ -262,10 +256,7 @@ def test_topk_panel_labels_are_readable() -> None:
 def test_broken_model_folder_shows_error_and_window_stays_usable(
     qtbot, window, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "config.json").write_text("{not json")
-    (broken / "model.safetensors").write_bytes(b"12345678")
+    broken = broken_model_folder(tmp_path)
     with qtbot.waitSignal(window.error_shown, timeout=60_000) as error:
         window.load_model(str(broken))
     assert "broken" in error.args[0]
@@ -342,3 +333,24 @@ def test_self_test_reports_a_bad_model(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert len(proc.stderr.strip().splitlines()) == 1
     assert "missing" in proc.stderr
+
+
+def test_every_default_comes_from_one_place(qtbot, tmp_path: Path) -> None:
+    """Sampling defaults from SamplingParams, dtype names from one list (panel, CLI, app)."""
+    from desktop.app import parse_args
+    from desktop.views.sampling_panel import SamplingPanel
+    from engine.cli import build_parser
+    from engine.events import CLI_SAMPLING, DTYPE_NAMES, SamplingParams
+    from engine.loader import DTYPES
+
+    panel = SamplingPanel(QSettings(str(tmp_path / "fresh.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(panel)
+    assert panel.options().params == SamplingParams()
+    args = build_parser().parse_args(["generate", "--model", "m", "--prompt", "p"])
+    cli = SamplingParams(args.temperature, args.top_k, args.top_p, args.min_p)
+    assert cli == SamplingParams(
+        CLI_SAMPLING.temperature, CLI_SAMPLING.top_k, CLI_SAMPLING.top_p, CLI_SAMPLING.min_p
+    )
+    assert args.repetition_penalty == CLI_SAMPLING.repetition_penalty
+    assert set(DTYPE_NAMES) == {"auto", *DTYPES}
+    assert parse_args(["--dtype", "bfloat16"]).dtype == "bfloat16"

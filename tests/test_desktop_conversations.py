@@ -6,50 +6,18 @@ import json
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QTextCursor
 
 from desktop.store import ConversationStore
+from tests.window_helpers import ask, load, make_window
+from tests.window_helpers import greedy as _greedy
 
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.setenv("LOOPCHAT_HOME", str(tmp_path / "home"))
     return tmp_path
-
-
-def make_window(qtbot, home: Path):
-    from desktop.main_window import MainWindow
-
-    settings = QSettings(str(home / "loopchat.ini"), QSettings.Format.IniFormat)
-    settings.setValue("engine/dtype", "float32")
-    settings.setValue("engine/device", "cpu")
-    win = MainWindow(settings)
-    qtbot.addWidget(win)
-    win.show()
-    return win
-
-
-def greedy(win, n: int = 10) -> None:
-    s = win.sampling
-    s.temperature.setValue(0.0)
-    s.top_k.setValue(0)
-    s.top_p.setValue(1.0)
-    s.min_p.setValue(0.0)
-    s.repetition_penalty.setValue(1.0)
-    s.max_new_tokens.setValue(n)
-
-
-def ask(qtbot, win, text: str) -> dict:
-    win.input.setPlainText(text)
-    with qtbot.waitSignal(win.reply_finished, timeout=120_000) as done:
-        qtbot.keyClick(win.input, Qt.Key.Key_Return)
-    return done.args[0]
-
-
-def load(qtbot, win, folder: Path) -> None:
-    with qtbot.waitSignal(win.model_ready, timeout=120_000):
-        win.load_model(str(folder))
 
 
 def test_conversations_survive_a_restart(qtbot, home: Path, tiny_model_dir: Path) -> None:
@@ -140,24 +108,41 @@ def test_search_rename_delete_export_import(qtbot, home: Path, tiny_model_dir: P
     win.close()
 
 
-def test_edit_and_resend_replaces_later_turns(qtbot, home: Path, tiny_model_dir: Path) -> None:
+def test_edit_changes_nothing_until_sent(qtbot, home: Path, tiny_model_dir: Path) -> None:
+    """Defect 2: Edit opens an editor in the card; Esc restores; only Send replaces turns."""
     win = make_window(qtbot, home)
     load(qtbot, win, tiny_model_dir)
     greedy(win, 5)
     ask(qtbot, win, "first question")
     ask(qtbot, win, "second question")
+    saved = ConversationStore(home / "home" / "data" / "conversations.sqlite3")
+    before = [(m.role, m.content) for m in saved.get_conversation(win.conversation_id).messages]
+    history = win.history
     first_user = win.chat.messages[0]
     qtbot.mouseClick(first_user.edit_button, Qt.MouseButton.LeftButton)
-    assert win.input.toPlainText() == "first question"
-    assert win.chat.messages == [] and win.history == []
-    ask(qtbot, win, "edited question")
-    saved = ConversationStore(home / "home" / "data" / "conversations.sqlite3")
+    # Nothing changed yet: not on screen, not in the history, not on disk.
+    assert len(win.chat.messages) == 4 and win.history == history
+    assert [(m.role, m.content) for m in saved.get_conversation(win.conversation_id).messages] == (
+        before
+    )
+    editor = first_user.editor
+    assert editor.box.toPlainText() == "first question"
+    editor.box.setPlainText("changed my mind")
+    qtbot.keyClick(editor.box, Qt.Key.Key_Escape)
+    assert first_user.editor is None and first_user.body.isVisible()
+    assert first_user.text == "first question" and win.history == history
+
+    qtbot.mouseClick(first_user.edit_button, Qt.MouseButton.LeftButton)
+    first_user.editor.box.setPlainText("edited question")
+    with qtbot.waitSignal(win.reply_finished, timeout=120_000):
+        qtbot.keyClick(first_user.editor.box, Qt.Key.Key_Return)
     messages = saved.get_conversation(win.conversation_id).messages
     assert [(m.role, m.content) for m in messages][0] == ("user", "edited question")
-    assert len(messages) == 2
+    assert len(messages) == 2 and [m.role for m in win.chat.messages] == ["user", "assistant"]
+    assert win.history[0] == {"role": "user", "content": "edited question"}
     # Regenerate replaces the last reply in place.
     with qtbot.waitSignal(win.reply_finished, timeout=60_000):
-        win.regenerate()
+        win.regenerate_action.trigger()
     assert len(saved.get_conversation(win.conversation_id).messages) == 2
     win.close()
 
@@ -172,3 +157,7 @@ def test_corrupt_database_is_reported_and_app_works(qtbot, home: Path) -> None:
     assert list(data.glob("conversations.sqlite3.unreadable-*"))
     assert win.conversations.ids() == []
     win.close()
+
+
+def greedy(win, n: int = 10) -> None:
+    _greedy(win, n)

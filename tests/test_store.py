@@ -406,7 +406,7 @@ def export_with(message: dict | None = None, **top) -> dict:
             "token_id should be a token id",
         ),
         (export_with({"role": "user", "content": "x", "sampling": None}), "sampling should be"),
-        (export_with(created_at=float("nan")), "created_at should be a number"),
+        (export_with(created_at=float("nan")), "created_at should be a time"),
     ],
 )
 def test_bad_import_raises_a_clear_store_error(store: ConversationStore, bad, says: str) -> None:
@@ -490,7 +490,9 @@ def test_autosaver_keeps_steps_when_a_save_fails(store: ConversationStore, monke
     with pytest.raises(StoreError):
         saver.add(step(1, "b"))
     assert saver.pending == 2 and saver.saved_steps == 0
-    saver.add(step(2, "c"))  # retried with the new one
+    saver.add(step(2, "c"))  # backing off: kept, not tried at once
+    assert saver.pending == 3 and saver.last_error is not None
+    assert saver.flush() == 3  # an explicit retry writes them all
     assert [s.text for s in store.get_steps(reply)] == ["a", "b", "c"]
 
 
@@ -582,8 +584,15 @@ def test_garbage_file_is_moved_aside_with_its_wal(tmp_path: Path) -> None:
         assert "moved to" in s.recovery_notice and "nothing was deleted" in s.recovery_notice
         chat(s, "still works", "yes")
         assert len(s.list_conversations()) == 1
-    with ConversationStore(path) as again:  # and the fresh file is fine next time
-        assert again.recovery_notice is None and len(again.list_conversations()) == 1
+        notice = s.recovery_notice
+    with ConversationStore(path) as again:  # the fresh file is fine next time ...
+        assert len(again.list_conversations()) == 1
+        # ... and the notice is repeated at every start until the user dismisses it
+        assert again.recovery_notice == again.moved_aside_notice() == notice
+        again.dismiss_moved_aside_notice()
+        assert again.moved_aside_notice() is None
+    with ConversationStore(path) as third:
+        assert third.recovery_notice is None and third.moved_aside_notice() is None
 
 
 def test_damaged_pages_are_detected_and_moved_aside(tmp_path: Path) -> None:

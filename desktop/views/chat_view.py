@@ -28,6 +28,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from desktop.views.markdown import render_markdown, secure_browser
+
 TOKEN_INDEX = QTextFormat.Property.UserProperty + 1
 
 
@@ -39,7 +41,7 @@ class _AutoHeightBrowser(QTextBrowser):
         self.setFrameShape(QFrame.Shape.NoFrame)
         self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.setOpenExternalLinks(True)
+        secure_browser(self)  # no raw HTML, resources or unasked-for links (views/markdown.py)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.document().setDocumentMargin(2)
         self.document().documentLayout().documentSizeChanged.connect(self._fit)
@@ -177,7 +179,7 @@ class MessageWidget(QFrame):
             if self.text.startswith(shown) and len(self.text) > len(shown):
                 cursor.insertText(self.text[len(shown) :], QTextCharFormat())
         elif self.role in ("assistant", "note"):
-            doc.setMarkdown(self.text)
+            render_markdown(doc, self.text, self.palette())
         else:
             self.body.setPlainText(self.text)
 

@@ -24,10 +24,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.download import DownloadController
-
-
-def _size(n: float) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+from engine.progress_text import format_bytes
 
 
 class ModelChooser(QDialog):
@@ -124,7 +121,7 @@ class ModelChooser(QDialog):
         default_row = 0
         for entry in load_catalogue():
             have = entry["repo_id"] in cached
-            label = f"{entry['name']}   ·   {_size(entry['size_bytes'])}"
+            label = f"{entry['name']}   ·   {format_bytes(entry['size_bytes'])}"
             label += "   ·   downloaded" if have else ("   ·   gated" if entry["gated"] else "")
             item = QListWidgetItem(label)
             data = dict(entry, kind="catalogue", path=cached.get(entry["repo_id"], {}).get("path"))
@@ -139,7 +136,9 @@ class ModelChooser(QDialog):
         for repo_id, model in cached.items():
             if repo_id in catalogue_ids:
                 continue
-            item = QListWidgetItem(f"{repo_id}   ·   {_size(model['size_bytes'])}   ·   downloaded")
+            item = QListWidgetItem(
+                f"{repo_id}   ·   {format_bytes(model['size_bytes'])}   ·   downloaded"
+            )
             item.setData(
                 Qt.ItemDataRole.UserRole,
                 {

@@ -1,4 +1,9 @@
-"""Sampling settings, persisted between runs."""
+"""Sampling settings, persisted between runs.
+
+Defaults come from `engine.events.SamplingParams` (the CLI reads the same record). The system
+prompt field shows the open conversation's prompt; the default for new chats is kept apart
+(`chat/system_prompt`) and changes only when the user says so.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +17,22 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from desktop.session import ReplyOptions
+from engine.events import DEFAULT_MAX_NEW_TOKENS, DEFAULT_REPORT_TOP, SamplingParams
+
+_P = SamplingParams()
 DEFAULTS = {
-    "temperature": 0.7,
-    "top_k": 40,
-    "top_p": 0.95,
-    "min_p": 0.05,
-    "repetition_penalty": 1.1,
-    "max_new_tokens": 512,
-    "seed": -1,
-    "report_top": 10,
+    "temperature": _P.temperature,
+    "top_k": _P.top_k,
+    "top_p": _P.top_p,
+    "min_p": _P.min_p,
+    "repetition_penalty": _P.repetition_penalty,
+    "max_new_tokens": DEFAULT_MAX_NEW_TOKENS,
+    "seed": -1 if _P.seed is None else _P.seed,
+    "report_top": DEFAULT_REPORT_TOP,
 }
+"""The panel's field values when nothing is saved: SamplingParams' own defaults."""
+DEFAULT_SYSTEM_PROMPT_KEY = "chat/system_prompt"
 
 
 class SamplingPanel(QWidget):
@@ -81,7 +92,6 @@ class SamplingPanel(QWidget):
         for box in (self.top_k, self.max_new_tokens, self.report_top):
             box.valueChanged.connect(self._save)
         self.seed.editingFinished.connect(self._save)
-        self.system_prompt.textChanged.connect(self._save)
 
     def load(self) -> None:
         s = self._settings
@@ -95,7 +105,21 @@ class SamplingPanel(QWidget):
         seed = get("seed", int)
         self.seed.setText("" if seed < 0 else str(seed))
         self.report_top.setValue(get("report_top", int))
-        self.system_prompt.setPlainText(str(s.value("chat/system_prompt", "")))
+        self.system_prompt.setPlainText(self.default_system_prompt())
+
+    def default_system_prompt(self) -> str:
+        """The system prompt a new chat starts with."""
+        return str(self._settings.value(DEFAULT_SYSTEM_PROMPT_KEY, "") or "")
+
+    def save_default_system_prompt(self) -> None:
+        """Make the prompt shown now the one new chats start with."""
+        self._settings.setValue(DEFAULT_SYSTEM_PROMPT_KEY, self.system_prompt.toPlainText())
+
+    def show_system_prompt(self, text: str) -> None:
+        """Show a conversation's prompt without it counting as an edit."""
+        blocked = self.system_prompt.blockSignals(True)
+        self.system_prompt.setPlainText(text)
+        self.system_prompt.blockSignals(blocked)
 
     def _save(self) -> None:
         s = self._settings
@@ -106,7 +130,6 @@ class SamplingPanel(QWidget):
         s.setValue("sampling/report_top", values["report_top"])
         seed = values["params"]["seed"]
         s.setValue("sampling/seed", -1 if seed is None else seed)
-        s.setValue("chat/system_prompt", self.system_prompt.toPlainText())
         self.changed.emit()
 
     def values(self) -> dict:
@@ -125,3 +148,10 @@ class SamplingPanel(QWidget):
             "max_new_tokens": self.max_new_tokens.value(),
             "report_top": self.report_top.value(),
         }
+
+    def options(self) -> ReplyOptions:
+        """The reply settings as the session passes them to the engine."""
+        values = self.values()
+        return ReplyOptions(
+            SamplingParams(**values["params"]), values["max_new_tokens"], values["report_top"]
+        )

@@ -1,0 +1,138 @@
+"""The main window's menus and actions (File, Models, Chat, View, Help).
+
+Kept apart from the window so the window is layout and wiring; the actions that tests drive
+(`new_chat_action`, `stop_action`, `regenerate_action`, File → Import / Export … Markdown) are
+set as attributes of the window under those names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import QFileDialog, QMessageBox
+
+if TYPE_CHECKING:
+    from desktop.main_window import MainWindow
+
+MAX_RECENT = 8
+
+
+def _action(window: MainWindow, menu, text: str, slot, shortcut=None) -> QAction:
+    action = QAction(text, window)
+    if shortcut is not None:
+        action.setShortcut(QKeySequence(shortcut))
+    action.triggered.connect(slot)
+    menu.addAction(action)
+    return action
+
+
+def build_menus(w: MainWindow) -> None:
+    bar = w.menuBar()
+    file_menu = bar.addMenu("&File")
+    w.open_action = _action(
+        w,
+        file_menu,
+        "&Open model folder…",
+        lambda: choose_model_folder(w),
+        QKeySequence.StandardKey.Open,
+    )
+    file_menu.addSeparator()
+    w.new_chat_action = _action(w, file_menu, "&New chat", w.new_chat, "Ctrl+N")
+    _action(w, file_menu, "&Import conversation…", lambda: choose_import(w))
+    _action(
+        w,
+        file_menu,
+        "&Export conversation as Markdown…",
+        lambda: choose_export(w, w.conversation_id, "md"),
+    )
+    _action(
+        w,
+        file_menu,
+        "Export conversation as &JSON…",
+        lambda: choose_export(w, w.conversation_id, "json"),
+    )
+    file_menu.addSeparator()
+    _action(w, file_menu, "&Quit", w.close, QKeySequence.StandardKey.Quit)
+
+    models = bar.addMenu("&Models")
+    _action(w, models, "&Choose or download a model…", w.show_model_chooser, "Ctrl+M")
+    w.recent_menu = models.addMenu("&Recent models")
+    _action(w, models, "&Unload model", w.unload_model)
+
+    chat = bar.addMenu("&Chat")
+    w.stop_action = _action(w, chat, "&Stop generating", w.stop, Qt.Key.Key_Escape)
+    w.addAction(w.stop_action)  # Esc works wherever the focus is
+    w.regenerate_action = _action(w, chat, "&Regenerate last reply", w.regenerate, "Ctrl+R")
+    chat.addSeparator()
+    _action(w, chat, "Use this system prompt for &new chats", w.sampling.save_default_system_prompt)
+
+    view = bar.addMenu("&View")
+    for text, target, shortcut in (
+        ("&Conversations", w.conversations, "Ctrl+Shift+L"),
+        ("&Side panel", w.side, "Ctrl+B"),
+    ):
+        toggle = _action(w, view, text, lambda: None, shortcut)
+        toggle.setCheckable(True)
+        toggle.setChecked(True)
+        toggle.toggled.connect(target.setVisible)
+
+    help_menu = bar.addMenu("&Help")
+    _action(w, help_menu, "&About Loopchat", lambda: about(w))
+    refresh_recent(w)
+
+
+def recent_models(settings) -> list[str]:
+    value = settings.value("models/recent", [])
+    if isinstance(value, str):
+        value = [value]
+    return [str(v) for v in (value or [])]
+
+
+def remember_model(w: MainWindow, path: str) -> None:
+    recent = [p for p in recent_models(w.settings) if p != path]
+    w.settings.setValue("models/recent", [path, *recent][:MAX_RECENT])
+    w.settings.setValue("models/last", path)
+    refresh_recent(w)
+
+
+def refresh_recent(w: MainWindow) -> None:
+    w.recent_menu.clear()
+    recent = recent_models(w.settings)
+    for path in recent:
+        action = w.recent_menu.addAction(path)
+        action.triggered.connect(lambda _=False, p=path: w.load_model(p))
+    w.recent_menu.setEnabled(bool(recent))
+
+
+def about(w: MainWindow) -> None:
+    QMessageBox.about(
+        w,
+        "About Loopchat",
+        "<b>Loopchat</b><p>Llama 2 on your own computer, with loop attention you can watch "
+        "at work.</p>",
+    )
+
+
+def choose_model_folder(w: MainWindow) -> None:
+    folder = QFileDialog.getExistingDirectory(w, "Open a model folder (HF or Meta layout)")
+    if folder:
+        w.load_model(folder)
+
+
+def choose_export(w: MainWindow, conversation_id: int | None, fmt: str) -> None:
+    if conversation_id is None:
+        w.show_error("There is no saved conversation to export yet.", kind="notice")
+        return
+    suffix = "Markdown (*.md)" if fmt == "md" else "JSON (*.json)"
+    path, _ = QFileDialog.getSaveFileName(w, "Export conversation", "", suffix)
+    if path:
+        w.export_conversation(conversation_id, Path(path), fmt)
+
+
+def choose_import(w: MainWindow) -> None:
+    path, _ = QFileDialog.getOpenFileName(w, "Import conversation", "", "JSON (*.json)")
+    if path:
+        w.import_conversation(Path(path))

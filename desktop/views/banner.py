@@ -1,0 +1,57 @@
+"""A dismissible message above the chat (errors, notices); never blocks like a dialog."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QToolButton, QWidget
+
+
+class Banner(QFrame):
+    """One line of text, an optional action button (e.g. Undo) and a close button."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("banner")
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(12, 8, 8, 8)
+        self.label = QLabel()
+        self.label.setWordWrap(True)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout.addWidget(self.label, 1)
+        self.action = QPushButton()
+        self.action.hide()
+        self.action.clicked.connect(self._run_action)
+        self._callback: Callable[[], None] | None = None
+        layout.addWidget(self.action)
+        close = QToolButton()
+        close.setText("✕")
+        close.setToolTip("Dismiss")
+        close.clicked.connect(self.hide)
+        layout.addWidget(close)
+        self.kind = ""
+        self.hide()
+
+    def show_message(
+        self,
+        text: str,
+        kind: str = "error",
+        action: str = "",
+        callback: Callable[[], None] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.setProperty("kind", "error" if kind == "error" else "notice")
+        self.style().unpolish(self)
+        self.style().polish(self)
+        self.label.setText(text)
+        self._callback = callback
+        self.action.setText(action)
+        self.action.setVisible(bool(action and callback))
+        self.show()
+
+    def _run_action(self) -> None:
+        callback, self._callback = self._callback, None
+        self.hide()
+        if callback is not None:
+            callback()

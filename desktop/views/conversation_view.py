@@ -1,0 +1,283 @@
+"""The open conversation on screen: a view of a `ChatSession`, rendered a page at a time.
+
+`ConversationView` listens to the session (it has the `SessionListener` methods) and keeps one
+card per turn it shows. A long conversation opens with its latest page only; earlier pages are
+built when the user scrolls to the top (or clicks "Show earlier messages"), so opening 10,000
+messages neither blocks the GUI nor builds 10,000 text documents.
+
+Editing a sent message happens in its card (`MessageEditor`): nothing changes until the edited
+text is sent; Esc or Cancel puts the card back as it was.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QEvent, Qt, QTimer, Signal
+from PySide6.QtGui import QKeyEvent
+from PySide6.QtWidgets import QFrame, QHBoxLayout, QPlainTextEdit, QPushButton, QVBoxLayout
+
+from desktop.session import ASSISTANT, ChatSession, Turn
+from desktop.views.chat_view import ChatView, MessageWidget
+from engine.events import GenerationStarted, Step
+
+PAGE = 25
+"""Turns built at a time (the latest page on opening, one more per scroll to the top)."""
+CHUNK = 3
+"""Cards built per event-loop turn."""
+
+
+DAMAGED = "This message could not be read (it is damaged in the database) and is left out."
+
+
+def dropped_note(n: int) -> str:
+    return (
+        f"The {n} oldest messages no longer fit the model's context, so they were left out "
+        "of the prompt for this reply (the system prompt is kept)."
+    )
+
+
+class _EditorBox(QPlainTextEdit):
+    """Enter sends, Shift+Enter adds a line, Esc cancels."""
+
+    submitted = Signal()
+    cancelled = Signal()
+
+    def event(self, event: QEvent) -> bool:
+        # Esc is also the window's Stop shortcut; while editing, it cancels the edit instead.
+        if event.type() == QEvent.Type.ShortcutOverride and event.key() == Qt.Key.Key_Escape:
+            event.accept()
+            return True
+        return super().event(event)
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802 - Qt API
+        if event.key() == Qt.Key.Key_Escape:
+            self.cancelled.emit()
+            return
+        enter = event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)
+        if enter and not event.modifiers() & Qt.KeyboardModifier.ShiftModifier:
+            self.submitted.emit()
+            return
+        super().keyPressEvent(event)
+
+
+class MessageEditor(QFrame):
+    """Inline editor shown in place of a user card's text while it is edited."""
+
+    submitted = Signal(str)
+    cancelled = Signal()
+
+    def __init__(self, text: str, parent=None) -> None:
+        super().__init__(parent)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.box = _EditorBox(self)
+        self.box.setPlainText(text)
+        self.box.setFixedHeight(96)
+        layout.addWidget(self.box)
+        row = QHBoxLayout()
+        row.addStretch(1)
+        self.cancel_button = QPushButton("Cancel", self)
+        self.send_button = QPushButton("Send", self)
+        self.send_button.setObjectName("primary")
+        row.addWidget(self.cancel_button)
+        row.addWidget(self.send_button)
+        layout.addLayout(row)
+        self.cancel_button.clicked.connect(self.cancelled)
+        self.box.cancelled.connect(self.cancelled)
+        self.send_button.clicked.connect(self._submit)
+        self.box.submitted.connect(self._submit)
+
+    def _submit(self) -> None:
+        text = self.box.toPlainText().strip()
+        if text:
+            self.submitted.emit(text)
+
+
+class ConversationView(ChatView):
+    """Cards for a session's turns, built lazily; listens to that session."""
+
+    edit_submitted = Signal(object, str)  # (Turn, new text)
+    save_problem = Signal(str)  # "" once saving works again
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.earlier_button = QPushButton("Show earlier messages")
+        self.earlier_button.setFlat(True)
+        self.earlier_button.hide()
+        self.earlier_button.clicked.connect(self.load_earlier)
+        self._layout.insertWidget(0, self.earlier_button)
+        self._turns: list[Turn] = []
+        self._first = 0
+        """Index in `_turns` of the oldest turn that has a card."""
+        self._target = 0
+        """Index down to which cards are being built."""
+        self._live: Turn | None = None
+        """The shown session's reply in progress, if any."""
+        self._cards: dict[int, MessageWidget] = {}
+        self._notes: dict[int, MessageWidget] = {}
+        self.editing: MessageWidget | None = None
+        self.verticalScrollBar().valueChanged.connect(self._maybe_load_earlier)
+
+    # -- whole conversations ---------------------------------------------------------------
+
+    def show_session(self, session: ChatSession) -> None:
+        """Show a session from its latest page (the list is the session's own, not a copy)."""
+        self.clear()
+        self._live = session.reply
+        self._turns = session.turns
+        self._first = len(self._turns)
+        self._target = max(0, self._first - PAGE)
+        # A conversation of one page is complete when this returns; a longer one starts with
+        # its last few turns and the rest of the page follows, a chunk per event-loop turn.
+        self._build_chunk(PAGE if self._first <= PAGE else CHUNK)
+        QTimer.singleShot(0, self._scroll_to_end)
+
+    def clear(self) -> None:
+        self.cancel_edit()
+        super().clear()
+        self._cards.clear()
+        self._notes.clear()
+        self._turns = []
+        self._first = self._target = 0
+        self.earlier_button.hide()
+
+    def load_earlier(self) -> None:
+        """Build the page before the oldest card (a few cards per event-loop turn)."""
+        if self._first > 0 and self._target == self._first:
+            self._stick_to_bottom = False
+            self._target = max(0, self._first - PAGE)
+            self._build_chunk()
+
+    def _maybe_load_earlier(self, value: int) -> None:
+        if value == 0 and self._first > 0 and self.verticalScrollBar().maximum() > 0:
+            QTimer.singleShot(0, self.load_earlier)
+
+    def _build_chunk(self, size: int = CHUNK) -> None:
+        """Cards for the next CHUNK turns above those built, newest first; then yield to the
+        event loop (25 Markdown cards at once can hold the GUI for 100 ms on a slow machine)."""
+        stop = self._first
+        start = max(self._target, stop - size)
+        if start >= stop:
+            return
+        bar = self.verticalScrollBar()
+        from_bottom = bar.maximum() - bar.value()
+        at = 0
+        for turn in self._turns[start:stop]:
+            for widget in self._cards_for(turn):
+                self._insert(at, widget)
+                at += 1
+        self._first = start
+        self.earlier_button.setVisible(start > 0)
+        self.earlier_button.setText(f"Show earlier messages ({start} more)")
+        self._placeholder.setVisible(not self.messages)
+        if not self._stick_to_bottom:  # keep what the reader looks at in place
+            QTimer.singleShot(0, lambda: bar.setValue(bar.maximum() - from_bottom))
+        if start > self._target:
+            QTimer.singleShot(0, self._build_chunk)
+
+    def _cards_for(self, turn: Turn) -> list[MessageWidget]:
+        cards = []
+        if turn.dropped_turns:
+            note = MessageWidget("note", dropped_note(turn.dropped_turns))
+            self._notes[id(turn)] = note
+            cards.append(note)
+        if turn.damaged:
+            card = MessageWidget("note", DAMAGED)
+        elif turn is self._live and not turn.finished:  # streaming: its steps so far, live
+            card = MessageWidget(turn.role, "", turn.model)
+            for step in turn.steps:
+                card.append_step(step)
+        else:
+            card = MessageWidget(turn.role, turn.content, turn.model)
+            if turn.role == ASSISTANT and turn.finished:
+                card.steps = list(turn.steps)
+                card.finish(turn.content, turn.stats)
+            elif turn.role == ASSISTANT and turn.content:  # saved while streaming, never ended
+                card.finish(turn.content, turn.stats)
+        card.turn = turn
+        card.position = turn.position
+        self._cards[id(turn)] = card
+        cards.append(card)
+        return cards
+
+    def _insert(self, index: int, widget: MessageWidget) -> None:
+        widget.token_clicked.connect(self.token_clicked)
+        widget.edit_requested.connect(self.edit_requested)
+        offset = self._layout.indexOf(self._placeholder) + 1
+        self._layout.insertWidget(offset + index, widget)
+        self.messages.insert(index, widget)
+        self._placeholder.hide()
+
+    def card(self, turn: Turn) -> MessageWidget | None:
+        return self._cards.get(id(turn))
+
+    # -- SessionListener -------------------------------------------------------------------
+
+    def turn_added(self, _session: ChatSession, turn: Turn) -> None:
+        for widget in self._cards_for(turn):
+            self._insert(len(self.messages), widget)
+        self._stick_to_bottom = True
+        QTimer.singleShot(0, self._scroll_to_end)
+
+    def turns_removed(self, _session: ChatSession, turns: list[Turn]) -> None:
+        for turn in turns:
+            for cards in (self._notes, self._cards):
+                widget = cards.pop(id(turn), None)
+                if widget is not None:
+                    if widget is self.editing:
+                        self.cancel_edit()
+                    self.remove_message(widget)
+        self._first = min(self._first, len(self._turns))
+        self._placeholder.setVisible(not self.messages)
+
+    def reply_started(self, _session: ChatSession, turn: Turn, started: GenerationStarted) -> None:
+        card = self.card(turn)
+        if not started.dropped_turns or card is None or id(turn) in self._notes:
+            return
+        note = MessageWidget("note", dropped_note(started.dropped_turns))
+        self._notes[id(turn)] = note
+        self._insert(self.messages.index(card), note)  # above the reply it explains
+
+    def reply_step(self, _session: ChatSession, turn: Turn, step: Step) -> None:
+        card = self.card(turn)
+        if card is not None:
+            card.append_step(step)
+
+    def reply_ended(self, _session: ChatSession, turn: Turn) -> None:
+        card = self.card(turn)
+        if card is not None:
+            card.finish(turn.content, turn.stats)
+
+    def save_failed(self, _session: ChatSession, message: str) -> None:
+        self.save_problem.emit(message)
+
+    def saved_again(self, _session: ChatSession) -> None:
+        self.save_problem.emit("")
+
+    # -- editing ---------------------------------------------------------------------------
+
+    def begin_edit(self, card: MessageWidget) -> MessageEditor:
+        """Show an editor in the card; the conversation is unchanged until it is sent."""
+        self.cancel_edit()
+        editor = MessageEditor(card.text, card)
+        card.layout().addWidget(editor)
+        card.body.hide()
+        card.edit_button.setEnabled(False)
+        editor.cancelled.connect(self.cancel_edit)
+        editor.submitted.connect(lambda text: self.edit_submitted.emit(card.turn, text))
+        card.editor = editor
+        self.editing = card
+        editor.box.setFocus()
+        return editor
+
+    def cancel_edit(self) -> None:
+        """Put the card being edited back as it was."""
+        card, self.editing = self.editing, None
+        if card is None:
+            return
+        editor = getattr(card, "editor", None)
+        card.editor = None
+        if editor is not None:
+            editor.hide()
+            editor.deleteLater()
+        card.body.show()
+        card.edit_button.setEnabled(True)

@@ -1,0 +1,204 @@
+"""Where the main window's widgets sit, and what its status bar says.
+
+Kept apart from `desktop.main_window` (the wiring) so each reads on its own: `build_layout` makes
+the widgets the window and the tests use (`input`, `send_button`, `chat`, `sampling`, ...) and
+sets them as attributes of the window; `StatusLine` words the status bar.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QObject, Qt, Slot
+from PySide6.QtWidgets import (
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSplitter,
+    QStatusBar,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop.views.banner import Banner
+from desktop.views.conversation_list import ConversationList
+from desktop.views.conversation_view import ConversationView
+from desktop.views.input_box import InputBox
+from desktop.views.sampling_panel import SamplingPanel
+from desktop.views.topk_panel import TopKPanel
+from engine.events import GenerationResult, GenerationStarted, ModelInfo, Step
+
+NO_MODEL = "No model — Models → Choose or download a model…"
+
+
+def _button(text: str, tip: str = "") -> QPushButton:
+    button = QPushButton(text)
+    button.setToolTip(tip)
+    return button
+
+
+def _chat_column(w) -> QWidget:
+    """Banner, conversation, Regenerate, then the input with Send and Stop."""
+    w.chat = ConversationView()
+    w.banner = Banner()
+    w.input = InputBox()
+    w.send_button = _button("Send")
+    w.send_button.setObjectName("primary")
+    w.send_button.setDefault(True)
+    w.stop_button = _button("Stop", "Stop generating (Esc)")
+    w.regenerate_button = _button("Regenerate", "Answer the last message again")
+    buttons = QVBoxLayout()
+    buttons.setSpacing(6)
+    buttons.addWidget(w.send_button)
+    buttons.addWidget(w.stop_button)
+    buttons.addStretch(1)
+    input_row = QHBoxLayout()
+    input_row.setContentsMargins(18, 8, 18, 14)
+    input_row.setSpacing(8)
+    input_row.addWidget(w.input, 1)
+    input_row.addLayout(buttons)
+    actions_row = QHBoxLayout()
+    actions_row.setContentsMargins(18, 0, 18, 0)
+    actions_row.addStretch(1)
+    actions_row.addWidget(w.regenerate_button)
+    column = QWidget()
+    layout = QVBoxLayout(column)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.setSpacing(0)
+    layout.addWidget(w.banner)
+    layout.addWidget(w.chat, 1)
+    layout.addLayout(actions_row)
+    layout.addLayout(input_row)
+    return column
+
+
+def _side(w) -> QSplitter:
+    """The top-k panel above the generation settings."""
+    w.topk = TopKPanel()
+    w.sampling = SamplingPanel(w.settings)
+    w.topk.set_k(w.sampling.report_top.value())
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setWidget(w.sampling)
+    title = QLabel("Generation settings")
+    title.setObjectName("section")
+    bottom = QWidget()
+    bottom_layout = QVBoxLayout(bottom)
+    bottom_layout.setContentsMargins(0, 6, 0, 0)
+    bottom_layout.addWidget(title)
+    bottom_layout.addWidget(scroll, 1)
+    side = QSplitter(Qt.Orientation.Vertical)
+    side.setObjectName("side")
+    side.addWidget(w.topk)
+    side.addWidget(bottom)
+    side.setStretchFactor(0, 3)
+    side.setStretchFactor(1, 2)
+    return side
+
+
+def build_layout(w: QMainWindow) -> None:
+    """Conversation list | chat column | side panel, and the status bar."""
+    w.conversations = ConversationList()
+    column = _chat_column(w)
+    w.side = _side(w)
+    w.splitter = QSplitter(Qt.Orientation.Horizontal)
+    for i, (widget, stretch) in enumerate(((w.conversations, 0), (column, 3), (w.side, 1))):
+        w.splitter.addWidget(widget)
+        w.splitter.setStretchFactor(i, stretch)
+    w.splitter.setCollapsible(0, True)
+    w.splitter.setSizes([230, 640, 330])
+    w.setCentralWidget(w.splitter)
+    w.status_line = StatusLine(w.statusBar())
+    for name in ("model_label", "device_label", "speed_label", "context_label", "progress"):
+        setattr(w, name, getattr(w.status_line, name))
+    w.progress_label = w.status_line.progress_label
+
+
+def restore_layout(w) -> None:
+    """Window geometry and splitter positions as the user left them."""
+    geometry = w.settings.value("window/geometry")
+    if geometry is not None:
+        w.restoreGeometry(geometry)
+    for key, splitter in (("window/splitter", w.splitter), ("window/side", w.side)):
+        state = w.settings.value(key)
+        if state is not None:
+            splitter.restoreState(state)
+
+
+def save_layout(w) -> None:
+    w.settings.setValue("window/geometry", w.saveGeometry())
+    w.settings.setValue("window/splitter", w.splitter.saveState())
+    w.settings.setValue("window/side", w.side.saveState())
+    w.settings.sync()
+
+
+class StatusLine(QObject):
+    """Model, load progress, prompt size, time to first token, speed and context use.
+
+    A QObject living on the GUI thread, so worker signals connected to it arrive queued.
+    """
+
+    def __init__(self, bar: QStatusBar) -> None:
+        super().__init__(bar)
+        self.model_label = QLabel("No model — File → Open model folder…")
+        self.device_label, self.speed_label, self.context_label = QLabel(), QLabel(), QLabel()
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setMaximumWidth(220)
+        self.progress.setTextVisible(False)
+        self.progress.hide()
+        self.progress_label = QLabel("")
+        for widget in (self.model_label, self.progress_label, self.progress):
+            bar.addWidget(widget)
+        for widget in (self.speed_label, self.context_label, self.device_label):
+            bar.addPermanentWidget(widget)
+        self._prompt_tokens = 0
+        self._first_token_s = 0.0
+
+    @Slot(float, str)
+    def loading(self, fraction: float, message: str) -> None:
+        self.progress.setValue(int(1000 * fraction))
+        self.progress.show()
+        self.progress_label.setText(message)
+
+    def loaded(self, info: ModelInfo | None, done: bool = True) -> None:
+        if done:
+            self.progress.hide()
+            self.progress_label.setText("")
+        self.model_label.setText(info.name if info else NO_MODEL)
+        self.device_label.setText(f"{info.device} · {info.dtype}" if info else "")
+        if info is not None:
+            self.context_label.setText(f"context 0 / {info.max_context}")
+
+    def started(self, started: GenerationStarted) -> None:
+        self._prompt_tokens = started.prompt_tokens
+        self._first_token_s = 0.0
+        self.context_label.setText(f"context {started.prompt_tokens} / {started.max_context}")
+        self.speed_label.setText(f"prompt {started.prompt_tokens} tok · generating…")
+
+    def step(self, step: Step, max_context: int) -> None:
+        """Live numbers, every 8th token (the final ones replace them)."""
+        if step.index == 0:
+            self._first_token_s = step.elapsed_s
+        if step.index % 8:
+            return
+        first = self._first_token_s
+        self.context_label.setText(
+            f"context {self._prompt_tokens + step.index + 1} / {max_context}"
+        )
+        parts = [f"prompt {self._prompt_tokens} tok", f"first token {first:.2f} s"]
+        decoding = step.elapsed_s - first
+        if step.index > 0 and decoding > 0:
+            parts.append(f"{step.index / decoding:.1f} tok/s")
+        self.speed_label.setText(" · ".join(parts))
+
+    def finished(self, result: GenerationResult) -> None:
+        self.speed_label.setText(
+            f"prompt {result.prompt_tokens} tok · first token {result.ttft_s:.2f} s · "
+            f"{result.decode_tokens_per_s:.1f} tok/s"
+        )
+        used = result.prompt_tokens + result.generated_tokens
+        self.context_label.setText(f"context {used} / {result.max_context}")

@@ -1,0 +1,267 @@
+"""The records that cross from the engine to its users: frozen, plain, torch-free.
+
+The engine yields them, the CLI prints them, the desktop worker sends them through
+`Signal(object)` to the GUI thread and the store keeps them. They are frozen so no receiver can
+change what another one sees, and torch-free so the window can import them before torch loads.
+
+Each record also reads like the dict that earlier versions sent (`step["text"]`,
+`result["token_ids"]`, `"text" in result`): tests outside this repository index them that way.
+Sequences read that way come out as plain lists of plain values.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from engine.errors import EngineError
+
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
+"""Every dtype a user may ask for (CLI, settings, `--dtype`); "auto" lets the device choose."""
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready copy: records become dicts, tuples lists."""
+    if isinstance(value, _Record):
+        return value.to_dict()
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+class _Record:
+    """Read-only mapping access for dataclass records (see the module docstring)."""
+
+    _optional: tuple[str, ...] = ()
+    """Fields that count as absent (for `in` and `keys()`) while empty."""
+
+    def keys(self) -> list[str]:
+        return [
+            f.name
+            for f in fields(self)  # type: ignore[arg-type]
+            if f.name not in self._optional or getattr(self, f.name)
+        ]
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.keys():
+            raise KeyError(key)
+        return _plain(getattr(self, key))
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+    def to_dict(self) -> dict:
+        """All fields as plain data (lists and dicts)."""
+        return {key: self[key] for key in self.keys()}
+
+
+GREEDY_BELOW = 1e-5
+"""Temperatures at or below this are greedy: dividing logits by less overflows float32 to inf."""
+MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1
+"""torch's generator takes a 64-bit seed (signed or unsigned)."""
+
+
+@dataclass(frozen=True)
+class SamplingParams(_Record):
+    """How adventurous the sampler is. Temperature 0 is greedy; each filter has an 'off' value.
+
+    These defaults are the only ones: the CLI, the desktop panel and the tests read them here.
+    """
+
+    temperature: float = 0.7
+    top_k: int = 40
+    """Keep the k most likely tokens; 0 = off."""
+    top_p: float = 0.95
+    """Keep the smallest set whose probability reaches p; 1 = off."""
+    min_p: float = 0.05
+    """Drop tokens less likely than min_p × the top token's probability; 0 = off."""
+    repetition_penalty: float = 1.1
+    """Penalise tokens already in the context (CTRL-style); 1 = off."""
+    seed: int | None = None
+
+    def validate(self) -> None:
+        """EngineError for any setting the sampler cannot use (NaN and infinity included)."""
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise EngineError(
+                f"temperature must be a finite number, 0 or more (0 = greedy), got "
+                f"{self.temperature}"
+            )
+        if self.top_k < 0:
+            raise EngineError(f"top-k must be 0 (off) or more, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise EngineError(f"top-p must be in (0, 1] (1 = off), got {self.top_p}")
+        if not 0 <= self.min_p < 1:
+            raise EngineError(f"min-p must be in [0, 1) (0 = off), got {self.min_p}")
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
+            raise EngineError(
+                f"repetition penalty must be a finite number above 0 (1 = off), got "
+                f"{self.repetition_penalty}"
+            )
+        if self.seed is not None and not (
+            isinstance(self.seed, int) and MIN_SEED <= self.seed <= MAX_SEED
+        ):
+            raise EngineError(f"seed must be a 64-bit integer (0 to 2**64-1), got {self.seed}")
+
+    @property
+    def greedy(self) -> bool:
+        """Temperature 0, or so close to it that sampling would divide by (almost) zero."""
+        return self.temperature <= GREEDY_BELOW
+
+
+GREEDY = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
+"""Always the most likely token, every filter off (self-test, golden tests)."""
+
+CLI_SAMPLING = SamplingParams(min_p=0.0, repetition_penalty=1.0)
+"""The CLI's defaults: the filters that reshape the model's own distribution are off, so that
+`--temperature 0` is exactly greedy (the contract other tools check against)."""
+
+DEFAULT_MAX_NEW_TOKENS = 512
+"""The desktop's reply length."""
+CLI_MAX_NEW_TOKENS = 256
+DEFAULT_REPORT_TOP = 10
+"""How many candidates a step reports (top-k panel, CLI `--report-top`)."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What to answer and how (GUI to engine thread); `request_id` is stamped when queued."""
+
+    messages: tuple[dict, ...] = ()
+    """The conversation as {"role", "content"} dicts, system prompt first if any."""
+    params: SamplingParams = field(default_factory=SamplingParams)
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    report_top: int = DEFAULT_REPORT_TOP
+    prompt: str | None = None
+    """Plain text (BOS added, no chat template) instead of `messages`: the self-test's prompt."""
+    stop: tuple[str, ...] = ()
+    request_id: int = 0
+
+
+@dataclass(frozen=True)
+class TopToken(_Record):
+    """One candidate next token with the model's probability for it."""
+
+    token_id: int
+    text: str
+    prob: float
+
+
+@dataclass(frozen=True)
+class Step(_Record):
+    """One sampled token: what the chat view appends and what the top-k panel shows."""
+
+    index: int
+    token_id: int
+    text: str
+    """Text this token adds to the reply as streamed (may be "" while a character is incomplete)."""
+    piece: str
+    """The token on its own, readable (for the inspector)."""
+    prob: float
+    top: list[TopToken]
+    elapsed_s: float
+    """Seconds since generate() was called."""
+    request_id: int = 0
+    """Which desktop request this step answers (0 outside the desktop worker)."""
+
+    def to_json(self) -> dict:
+        """The CLI's per-token JSON line."""
+        return {
+            "token_id": self.token_id,
+            "text": self.text,
+            "prob": self.prob,
+            "top": [{"token_id": t.token_id, "text": t.text, "prob": t.prob} for t in self.top],
+        }
+
+
+@dataclass(frozen=True)
+class GenerationStarted(_Record):
+    """The prompt is built: its size, and how many of the oldest turns did not fit."""
+
+    request_id: int
+    prompt_tokens: int
+    max_context: int
+    dropped_turns: int = 0
+
+
+@dataclass(frozen=True)
+class GenerationResult(_Record):
+    """How a generation ended and how fast it ran (or, with `error`, why it failed)."""
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    generated_tokens: int
+    prefill_s: float
+    ttft_s: float
+    decode_tokens_per_s: float
+    stop_reason: str
+    reused_tokens: int = 0
+    request_id: int = 0
+    max_context: int = 0
+    dropped_turns: int = 0
+    error: str = ""
+    """Set when the reply failed: a message fit for the window."""
+
+    _optional = ("error",)
+
+    @classmethod
+    def failed(cls, request_id: int, message: str, text: str = "") -> GenerationResult:
+        """A reply that could not be made (or broke off): `stop_reason` "error"."""
+        return cls(text, [], 0, 0, 0.0, 0.0, 0.0, "error", request_id=request_id, error=message)
+
+    def timings(self) -> dict:
+        """What the store keeps with a reply to show its stats line again later."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "generated_tokens": self.generated_tokens,
+            "prefill_s": self.prefill_s,
+            "ttft_s": self.ttft_s,
+            "decode_tokens_per_s": self.decode_tokens_per_s,
+            "reused_tokens": self.reused_tokens,
+            "dropped_turns": self.dropped_turns,
+        }
+
+    def to_json(self) -> dict:
+        """The CLI's last JSON line (`done`), keys in the documented order."""
+        return {
+            "done": True,
+            "text": self.text,
+            "token_ids": list(self.token_ids),
+            "prompt_tokens": self.prompt_tokens,
+            "generated_tokens": self.generated_tokens,
+            "prefill_s": round(self.prefill_s, 6),
+            "decode_tokens_per_s": round(self.decode_tokens_per_s, 3),
+            "stop_reason": self.stop_reason,
+        }
+
+
+@dataclass(frozen=True)
+class ModelInfo(_Record):
+    """A loaded model as the window shows it (status bar, title, context limit)."""
+
+    name: str
+    path: str
+    device: str
+    dtype: str
+    max_context: int
+    n_params: int = 0
+    weights_bytes: int = 0
+    vocab_size: int = 0
+    n_layers: int = 0
+    has_chat_template: bool = False
+    extra: dict = field(default_factory=dict, compare=False)
+    """Anything else the loader reports (kept, not interpreted)."""
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelInfo:
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(
+            **{k: v for k, v in data.items() if k in known},
+            extra={k: v for k, v in data.items() if k not in known},
+        )
