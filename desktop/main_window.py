@@ -81,7 +81,12 @@ class MainWindow(QMainWindow):
         self._reopen_last()
         self.refresh_conversations()
         if self.store.recovery_notice:
-            self.show_error(self.store.recovery_notice, kind="notice")
+            self.banner.show_message(
+                self.store.recovery_notice,
+                "notice",
+                on_dismiss=self._dismiss_store_notice,
+            )
+            self.error_shown.emit(self.store.recovery_notice)
         self._update_buttons()
 
     def _connect(self) -> None:
@@ -355,6 +360,9 @@ class MainWindow(QMainWindow):
         # A Hub snapshot is remembered by repo id: its folder changes with each new revision.
         menus.remember_model(self, info.name if "/snapshots/" in path.replace("\\", "/") else path)
         self.input.setFocus()
+        note = info.extra.get("context_note")
+        if note:  # the context was capped to fit memory: say so once, where it is seen
+            self.show_error(str(note)[0].upper() + str(note)[1:], kind="notice")
         self.model_ready.emit(info)
 
     def _on_model_unloaded(self) -> None:
@@ -445,6 +453,13 @@ class MainWindow(QMainWindow):
             self.show_error(str(exc))
             return False
         return True
+
+    def _dismiss_store_notice(self) -> None:
+        """The user closed the moved-aside notice: stop repeating it at every start."""
+        try:
+            self.store.dismiss_moved_aside_notice()
+        except StoreError as exc:
+            log.warning("could not record the dismissed notice: %s", exc)
 
     def show_error(self, message: str, kind: str = "error") -> None:
         """Non-blocking: a banner above the chat (tests and users never get stuck in a dialog)."""

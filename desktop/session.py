@@ -37,15 +37,7 @@ DAMAGED_TEXT = getattr(_store, "DAMAGED_TEXT", "[This message could not be read.
 
 def message_count(store: ConversationStore, conversation_id: int) -> int:
     """How many messages a conversation has, without reading them (to choose how to open it)."""
-    count = getattr(store, "count_messages", None)
-    if count is not None:
-        return int(count(conversation_id))
-    # Until the store has count_messages: one indexed COUNT in the store's own transaction.
-    return store._read(
-        lambda db: db.execute(
-            "SELECT COUNT(*) FROM messages WHERE conversation_id = ?", (conversation_id,)
-        ).fetchone()[0]
-    )
+    return store.count_messages(conversation_id)
 
 
 class Engine(Protocol):

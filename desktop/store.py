@@ -545,6 +545,14 @@ class ConversationStore:
             )
         return f"Your saved conversations could not be opened: {problem.reason}. {kept}"
 
+    def count_messages(self, conversation_id: int) -> int:
+        """How many messages a conversation has, without reading them (to choose how to open it)."""
+        return self._read(
+            lambda db: db.execute(
+                "SELECT COUNT(*) FROM messages WHERE conversation_id = ?", (conversation_id,)
+            ).fetchone()[0]
+        )
+
     def moved_aside_notice(self) -> str | None:
         """What happened when an earlier file was moved aside (where it went, why), or None.
 

@@ -24,11 +24,12 @@ class Banner(QFrame):
         self.action.hide()
         self.action.clicked.connect(self._run_action)
         self._callback: Callable[[], None] | None = None
+        self._on_dismiss: Callable[[], None] | None = None
         layout.addWidget(self.action)
         close = QToolButton()
         close.setText("✕")
         close.setToolTip("Dismiss")
-        close.clicked.connect(self.hide)
+        close.clicked.connect(self._dismiss)
         layout.addWidget(close)
         self.kind = ""
         self.hide()
@@ -39,8 +40,11 @@ class Banner(QFrame):
         kind: str = "error",
         action: str = "",
         callback: Callable[[], None] | None = None,
+        on_dismiss: Callable[[], None] | None = None,
     ) -> None:
+        """Show `text`; `on_dismiss` runs only if the user closes this message with ✕."""
         self.kind = kind
+        self._on_dismiss = on_dismiss
         self.setProperty("kind", "error" if kind == "error" else "notice")
         self.style().unpolish(self)
         self.style().polish(self)
@@ -49,6 +53,12 @@ class Banner(QFrame):
         self.action.setText(action)
         self.action.setVisible(bool(action and callback))
         self.show()
+
+    def _dismiss(self) -> None:
+        on_dismiss, self._on_dismiss = self._on_dismiss, None
+        self.hide()
+        if on_dismiss is not None:
+            on_dismiss()
 
     def _run_action(self) -> None:
         callback, self._callback = self._callback, None
