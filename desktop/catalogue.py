@@ -63,3 +63,37 @@ def load_catalogue() -> list[CatalogueEntry]:
             "reinstall Loopchat"
         ) from exc
     return entries
+
+
+def builtin_entry() -> dict | None:
+    """The shipped model as a chooser row (already on this computer: opens at once, offline)."""
+    from engine.builtin import BUILTIN_NAME, DISPLAY_NAME, builtin_dir
+
+    folder = builtin_dir()
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        return None
+    return {
+        "kind": "builtin",
+        "repo_id": BUILTIN_NAME,
+        "name": DISPLAY_NAME,
+        "path": BUILTIN_NAME,
+        "gated": False,
+        "description": (
+            "A small model trained by the Loopchat project on WordNet: it explains what English "
+            "words mean. Ships with the app and works offline; for general chat, download a "
+            "bigger model."
+        ),
+        "licence": "MIT (model), WordNet 3.0 licence (training data)",
+        "size_bytes": sum(p.stat().st_size for p in folder.iterdir() if p.is_file()),
+    }
+
+
+def first_run_model() -> str | None:
+    """What to open when the user has never chosen a model: the built-in model if no other model
+    is on this computer, else None (the chooser lists what is there)."""
+    from engine.model_folder import list_cached_models
+
+    if builtin_entry() is None:
+        return None
+    return None if list_cached_models() else builtin_entry()["path"]

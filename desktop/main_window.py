@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop import menus
+from desktop.catalogue import first_run_model
 from desktop.controller import EngineController
 from desktop.opener import ConversationOpener
 from desktop.session import ChatSession, SessionListener
@@ -25,6 +26,7 @@ from desktop.store import ConversationStore, StoreError, read_export
 from desktop.views.chat_view import MessageWidget
 from desktop.views.topk_panel import visible_token
 from desktop.views.window_layout import build_layout, restore_layout, save_layout
+from engine.builtin import BUILTIN_NAME
 from engine.events import GenerationResult, GenerationStarted, ModelInfo, Step
 
 log = logging.getLogger(__name__)
@@ -311,9 +313,12 @@ class MainWindow(QMainWindow):
     # -- model -------------------------------------------------------------------------------
 
     def start(self, model: str | None) -> None:
-        """Open the given (or last) model; on first run, the chooser instead of an empty chat."""
+        """Open the given (or last) model. On a first run: the built-in model when no model is
+        on this computer (so a fresh install chats at once, offline), else the chooser."""
         if model:
             self.load_model(str(model))
+        elif first_run_model() == BUILTIN_NAME:
+            self.load_model(BUILTIN_NAME)
         else:
             self.show_model_chooser()
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from engine.loader import LoadedModel
 
 BUILTIN_NAME = "builtin"
-DISPLAY_NAME = "Built-in: Loopchat dictionary (6.5M)"
+DISPLAY_NAME = "Built-in: Loopchat dictionary"
 
 
 def builtin_dir() -> Path:

@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="generate text from a prompt")
     gen.add_argument(
-        "--model", required=True, help="model folder (HF or Meta layout) or cached Hub repo id"
+        "--model",
+        required=True,
+        help="model folder (HF or Meta layout), cached Hub repo id, or builtin",
     )
     source = gen.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="prompt text (BOS is added)")

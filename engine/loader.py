@@ -213,6 +213,10 @@ def load_model(
 
 def model_display_name(folder: Path) -> str:
     """A readable name: the repo id for Hub cache snapshots, else the folder's name."""
+    from engine.builtin import DISPLAY_NAME, builtin_dir
+
+    if folder.resolve() == builtin_dir().resolve():
+        return DISPLAY_NAME
     parts = folder.resolve().parts
     # HF cache: .../models--owner--name/snapshots/<commit>
     if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):

@@ -165,6 +165,19 @@ def test_built_executable_self_test(tiny_model_dir: Path, tmp_path: Path) -> Non
         assert done[key] == expected[key], key
     assert done["generated_tokens"] == 16 or done["stop_reason"] == "eos"
 
+    # The built-in model ships inside the bundle and answers with no model folder at all.
+    builtin = subprocess.run(
+        [str(exe), "--self-test", "builtin", "--dtype", "float32"],
+        capture_output=True,
+        text=True,
+        env=dict(env, HF_HOME=str(tmp_path / "empty-hf"), HF_HUB_OFFLINE="1"),
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert builtin.returncode == 0, builtin.stderr[-3000:]
+    done = json.loads(builtin.stdout.strip().splitlines()[-1])
+    assert done["token_ids"] == engine_greedy(Path("builtin"))["token_ids"]
+
     bad = subprocess.run(
         [str(exe), "--self-test", str(tmp_path / "missing")],
         capture_output=True,

@@ -113,11 +113,18 @@ class ModelChooser(QDialog):
     # -- listing -----------------------------------------------------------------------------
 
     def refresh(self) -> None:
-        from desktop.catalogue import load_catalogue
+        from desktop.catalogue import builtin_entry, load_catalogue
         from engine.model_folder import list_cached_models
 
         self.items.clear()
         cached = {m["repo_id"]: m for m in list_cached_models()}
+        builtin = builtin_entry()
+        if builtin is not None:  # first: one click away, and it needs no download
+            item = QListWidgetItem(
+                f"{builtin['name']}   ·   {format_bytes(builtin['size_bytes'])}   ·   included"
+            )
+            item.setData(Qt.ItemDataRole.UserRole, builtin)
+            self.items.addItem(item)
         default_row = 0
         for entry in load_catalogue():
             have = entry["repo_id"] in cached
