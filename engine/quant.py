@@ -30,6 +30,10 @@ QUANT_MODES = ("none", "int8", "int4")
 
 DEFAULT_GROUP_SIZE = 64
 GROUP_SIZES = (32, 64, 128)
+INT8_COL_MULTIPLE = 16
+"""torch 2.13's `_weight_int8pack_mm` crashes the process (SIGSEGV) for an input size that is not
+a multiple of 16 (checked: 8, 24, 40, 56, 72 crash; 16, 32, 48, 64, 80 run), so such layers are
+never given to it."""
 INT4_ROW_MULTIPLE = 16
 """torch's int4 packing needs the output size divisible by 16."""
 INT4_PACK_ROWS = 64
@@ -44,10 +48,17 @@ def check_quant(quant: str) -> str:
     return quant
 
 
+def int8_fits(shape: tuple[int, ...]) -> bool:
+    """Whether torch's int8 kernel can take a [out, in] weight of this shape."""
+    return shape[1] % INT8_COL_MULTIPLE == 0
+
+
 def int4_fits(shape: tuple[int, ...], group_size: int) -> bool:
     """Whether torch's int4 kernel can take a [out, in] weight of this shape and group size."""
     out_features, in_features = shape
-    return out_features % INT4_ROW_MULTIPLE == 0 and in_features % group_size == 0
+    return (
+        out_features % INT4_ROW_MULTIPLE == 0 and in_features % group_size == 0 and int8_fits(shape)
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -115,6 +126,11 @@ class Int8Linear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, dtype: torch.dtype) -> None:
         super().__init__()
+        if not int8_fits((out_features, in_features)):
+            raise ValueError(
+                f"int8 layers need an input size that is a multiple of {INT8_COL_MULTIPLE}, "
+                f"got {in_features}"
+            )
         self.in_features = in_features
         self.out_features = out_features
         self.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.int8))

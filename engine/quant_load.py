@@ -41,6 +41,7 @@ from engine.quant import (
     Int8Embedding,
     Int8Linear,
     int4_fits,
+    int8_fits,
     pack_int4,
     quantize_int4,
     quantize_int8,
@@ -107,18 +108,18 @@ def make_plan(
     stored: dict[str, list[Stored]] = {}
     for name, shape in shapes.items():
         prefix = name.removesuffix("weight")
-        if name == _EMBEDDING or (
-            _LINEAR_WEIGHT.search(name) and (quant == "int8" or name == _HEAD)
-        ):
+        if name == _EMBEDDING:
+            kind = "int8"  # rows dequantized on lookup: no kernel, any shape
+        elif not _LINEAR_WEIGHT.search(name):
+            kind = "plain"
+        elif quant == "int4" and name != _HEAD and int4_fits(shape, group_size):
+            kind = "int4"
+        elif int8_fits(shape):
             kind = "int8"
-        elif _LINEAR_WEIGHT.search(name):
-            kind = "int4" if int4_fits(shape, group_size) else "int8"
-            if kind == "int8":
-                log.info(
-                    "%s %s does not fit int4 group %d: stored as int8", name, shape, group_size
-                )
         else:
             kind = "plain"
+        if _LINEAR_WEIGHT.search(name) and kind != quant and name != _HEAD:
+            log.info("%s %s does not fit %s kernels: stored as %s", name, shape, quant, kind)
         kinds[name] = kind
         if kind == "int8":
             stored[name] = [
