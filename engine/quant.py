@@ -30,6 +30,8 @@ QUANT_MODES = ("none", "int8", "int4")
 
 DEFAULT_GROUP_SIZE = 64
 GROUP_SIZES = (32, 64, 128)
+PREFILL_ROWS = 16
+"""From this many rows on, an int8 layer casts its weight and runs a GEMM (see Int8Linear)."""
 INT8_COL_MULTIPLE = 16
 """torch 2.13's `_weight_int8pack_mm` crashes the process (SIGSEGV) for an input size that is not
 a multiple of 16 (checked: 8, 24, 40, 56, 72 crash; 16, 32, 48, 64, 80 run), so such layers are
@@ -138,7 +140,10 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)  # [T, in]
-        if flat.is_cuda:  # pragma: no cover - no int8 pack kernel on CUDA: dequantize per call
+        if flat.is_cuda or flat.shape[0] >= PREFILL_ROWS:
+            # Many rows (a prefill chunk; or CUDA, which has no int8 pack kernel): torch's int8
+            # kernel is ~4x slower than a GEMM on the weight cast to x's dtype (exact: |q| <= 127),
+            # with the per-row scale applied to the product's columns instead.
             out = F.linear(flat, self.weight.to(flat.dtype)) * self.scales
         else:
             out = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scales)

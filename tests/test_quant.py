@@ -47,11 +47,12 @@ def test_int8_linear_equals_dequantized_weights(shape: tuple[int, int], dtype) -
     layer = Int8Linear(shape[1], shape[0], dtype)
     layer.weight.copy_(q)
     layer.scales.copy_(scale.to(dtype))
-    x = torch.randn(3, shape[1]).to(dtype)
-    want = F.linear(x.float(), dequantize_int8(q, scale.to(dtype)))
-    got = layer(x).float()
-    tol = 2e-2 * want.abs().max().item() if dtype == torch.bfloat16 else 1e-4
-    assert torch.allclose(got, want, atol=tol, rtol=0)
+    for rows in (1, 3, 40):  # 40: a prefill chunk, which takes the cast-and-GEMM path
+        x = torch.randn(rows, shape[1]).to(dtype)
+        want = F.linear(x.float(), dequantize_int8(q, scale.to(dtype)))
+        got = layer(x).float()
+        tol = 2e-2 * want.abs().max().item() if dtype == torch.bfloat16 else 1e-4
+        assert torch.allclose(got, want, atol=tol, rtol=0)
     # and the quantization itself is faithful: per-row error at most half a step
     error = (dequantize_int8(q, scale) - weight).abs()
     assert (error <= scale[:, None] / 2 + 1e-7).all()
