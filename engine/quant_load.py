@@ -493,8 +493,8 @@ def _repack_for_cuda(
             continue
         layer = model.get_submodule(name.removesuffix(".weight"))
         cpu_packed = layer.weight.cpu()
-        # Recover q with the CPU kernel itself: multiplying by the identity gives (q - 8) * s + z
-        # per group; we need q, so unpack via a dequantization of known scales instead.
+        # Recover q with the CPU kernel itself: with scale 1 and zero 8 per group the weight it
+        # multiplies by is (q - 8) * 1 + 8 = q, so the identity's product is qᵀ.
         eye = torch.eye(layer.in_features, dtype=torch.float32)
         unit = torch.zeros(layer.in_features // layer.group_size, layer.out_features, 2)
         unit[..., 0] = 1.0
