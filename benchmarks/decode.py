@@ -2,9 +2,20 @@
 
 A random model shaped like TinyLlama-1.1B (hidden 2048, 22 layers, 32 heads, 4 kv heads,
 intermediate 5632, vocab 32000) is written once as a bf16 safetensors checkpoint. Each measurement
-runs in a fresh process so peak RSS belongs to that load alone. Prints a markdown table with ratios.
+runs in a fresh process so peak RSS belongs to that load alone. Prints markdown tables with ratios:
+every system, dtype and weight format (--quants), then (--busy) decode with one busy background
+process beside it, governed threads against a fixed two.
 
-    python benchmarks/decode.py [--dtypes float32 bfloat16] [--tokens 32] [--keep DIR]
+`--shape 7b` writes a Llama-2-7B-shaped checkpoint (13.5 GB, streamed tensor by tensor) and reports
+the engine's first and second (cached) load time and peak RSS per weight format.
+
+Children share one fresh LOOPCHAT_HOME, so the first engine load of each format measures the
+kernel choice and builds the quantized cache, as a user's first load does; that load is reported
+separately ("first load"), and the timed runs after it load from the cache.
+
+    python benchmarks/decode.py [--dtypes float32 bfloat16] [--quants none int8 int4] [--busy]
+        [--tokens 32] [--repeat 3] [--keep DIR]
+    python benchmarks/decode.py --shape 7b --quants int4 int8 --keep /tmp/llama7b-shaped
 """
 
 from __future__ import annotations
@@ -22,8 +33,101 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = dict(dim=2048, layers=22, heads=32, kv_heads=4, hidden=5632, vocab=32000)
+SHAPE_7B = dict(dim=4096, layers=32, heads=32, kv_heads=32, hidden=11008, vocab=32000)
 PROMPT_SHORT = 16
 PROMPT_LONG = 512
+
+
+def _config(shape: dict) -> dict:
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": shape["dim"],
+        "intermediate_size": shape["hidden"],
+        "num_hidden_layers": shape["layers"],
+        "num_attention_heads": shape["heads"],
+        "num_key_value_heads": shape["kv_heads"],
+        "vocab_size": shape["vocab"],
+        "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
+
+
+def write_streamed_checkpoint(folder: Path, shape: dict) -> None:
+    """A bf16 safetensors checkpoint written tensor by tensor: never more than one in memory.
+
+    Values come from one 64 M-element random pool read at shifting offsets (quantization and
+    matmul cost do not depend on them; generating 7 billion fresh ones would take minutes).
+    """
+    import struct
+
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from tests.fixtures.tokenizer import train_tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    d, h, kv, f = shape["dim"], shape["heads"], shape["kv_heads"], shape["hidden"]
+    hd = d // h
+    shapes: dict[str, tuple[int, ...]] = {
+        "model.embed_tokens.weight": (shape["vocab"], d),
+        "model.norm.weight": (d,),
+        "lm_head.weight": (shape["vocab"], d),
+    }
+    for i in range(shape["layers"]):
+        p = f"model.layers.{i}."
+        shapes |= {
+            p + "self_attn.q_proj.weight": (h * hd, d),
+            p + "self_attn.k_proj.weight": (kv * hd, d),
+            p + "self_attn.v_proj.weight": (kv * hd, d),
+            p + "self_attn.o_proj.weight": (d, h * hd),
+            p + "mlp.gate_proj.weight": (f, d),
+            p + "mlp.up_proj.weight": (f, d),
+            p + "mlp.down_proj.weight": (d, f),
+            p + "input_layernorm.weight": (d,),
+            p + "post_attention_layernorm.weight": (d,),
+        }
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shp in shapes.items():
+        n = 2 * int(torch.tensor(shp).prod()) if shp else 2
+        header[name] = {"dtype": "BF16", "shape": list(shp), "data_offsets": [offset, offset + n]}
+        offset += n
+    text = json.dumps(header).encode()
+    text += b" " * ((-len(text)) % 8)
+    pool = (torch.randn(64 * 2**20, generator=torch.Generator().manual_seed(0)) * 0.02).to(
+        torch.bfloat16
+    )
+    tmp = folder / "model.safetensors.part"
+    with tmp.open("wb") as out:
+        out.write(struct.pack("<Q", len(text)) + text)
+        for k, (name, shp) in enumerate(shapes.items()):
+            numel = int(torch.tensor(shp).prod())
+            if name.endswith("norm.weight"):
+                t = torch.ones(numel, dtype=torch.bfloat16)
+            else:
+                t = torch.empty(numel, dtype=torch.bfloat16)
+                at, step = 0, (k * 7919) % (len(pool) // 2)
+                while at < numel:
+                    piece = pool[step : step + min(numel - at, len(pool) - step)]
+                    t[at : at + len(piece)] = piece
+                    at += len(piece)
+                    step = 0
+                if name == "lm_head.weight":
+                    t.view(shp)[512:] = 0  # greedy stays inside the 512-piece tokenizer
+                    t.view(shp)[2] = 0  # and never ends early on EOS
+            out.write(t.view(torch.uint8).numpy())
+            del t
+    tmp.rename(folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps(_config(shape)))
+    tok = train_tokenizer(folder / "tok")
+    shutil.move(tok, folder / "tokenizer.model")
+    shutil.rmtree(folder / "tok")
 
 
 def write_checkpoint(folder: Path) -> None:
@@ -91,10 +195,18 @@ def prompt(n: int) -> list[int]:
 
 
 def peak_rss_bytes() -> int:
+    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork and
+    exec, so a child would report its parent's peak (e.g. from writing the checkpoint)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def measure_engine(folder: str, dtype: str, tokens: int) -> dict:
+def measure_engine(folder: str, dtype: str, quant: str, tokens: int, contexts: list[int]) -> dict:
     import torch
 
     sys.path.insert(0, str(ROOT))
@@ -103,18 +215,22 @@ def measure_engine(folder: str, dtype: str, tokens: int) -> dict:
     from engine.sampling import SamplingParams
 
     t0 = time.perf_counter()
-    loaded = load_model(folder, dtype=dtype, device="cpu", max_context=PROMPT_LONG + tokens + 8)
+    loaded = load_model(
+        folder, dtype=dtype, device="cpu", max_context=max(contexts) + tokens + 8, quant=quant
+    )
     load_s = time.perf_counter() - t0
-    rss_after_load = peak_rss_bytes()
-    greedy = SamplingParams(temperature=0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
-    gen = Generator(loaded)  # the app's own prefill chunking
+    info = loaded.describe()
     out = {
         "load_s": load_s,
         "weights": loaded.weights_bytes,
         "threads": torch.get_num_threads(),
-        "load_rss": rss_after_load,
+        "load_rss": peak_rss_bytes(),
+        "kernel": f"{info['kernel']}@{info['threads']} ({info['kernel_source']})",
+        "cache_hit": info.get("quant_cache_hit"),
     }
-    for n in (PROMPT_SHORT, PROMPT_LONG):
+    greedy = SamplingParams(temperature=0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
+    gen = Generator(loaded)  # the app's own prefill chunking
+    for n in contexts:
         generation = gen.generate(prompt(n), greedy, max_new_tokens=tokens, reuse_cache=False)
         steps = list(generation)
         result = generation.result
@@ -125,7 +241,7 @@ def measure_engine(folder: str, dtype: str, tokens: int) -> dict:
     return out
 
 
-def measure_transformers(folder: str, dtype: str, tokens: int) -> dict:
+def measure_transformers(folder: str, dtype: str, tokens: int, contexts: list[int]) -> dict:
     import torch
     from transformers import LlamaForCausalLM
 
@@ -141,6 +257,8 @@ def measure_transformers(folder: str, dtype: str, tokens: int) -> dict:
         "weights": weights,
         "threads": torch.get_num_threads(),
         "load_rss": None,
+        "kernel": f"HF@{torch.get_num_threads()}",
+        "cache_hit": None,
     }
 
     def run(n: int, new: int) -> float:
@@ -152,7 +270,7 @@ def measure_transformers(folder: str, dtype: str, tokens: int) -> dict:
             )
         return time.perf_counter() - t
 
-    for n in (PROMPT_SHORT, PROMPT_LONG):
+    for n in contexts:
         first = run(n, 1)  # prefill + the first token
         total = run(n, tokens)
         out[f"decode_{n}"] = (tokens - 1) / (total - first)
@@ -162,32 +280,31 @@ def measure_transformers(folder: str, dtype: str, tokens: int) -> dict:
 
 
 def child(args: argparse.Namespace) -> None:
-    fn = measure_engine if args.system == "engine" else measure_transformers
-    print(json.dumps(fn(args.folder, args.dtype, args.tokens)))
+    contexts = [int(c) for c in args.contexts.split(",")]
+    if args.child == "engine":
+        result = measure_engine(args.folder, args.dtype, args.quant, args.tokens, contexts)
+    else:
+        result = measure_transformers(args.folder, args.dtype, args.tokens, contexts)
+    print(json.dumps(result))
 
 
-def run_child(system: str, folder: Path, dtype: str, tokens: int) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "--child",
-            system,
-            "--folder",
-            str(folder),
-            "--dtype",
-            dtype,
-            "--tokens",
-            str(tokens),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+def run_child(
+    system: str,
+    folder: Path,
+    dtype: str,
+    tokens: int,
+    home: Path,
+    quant: str = "none",
+    contexts: tuple[int, ...] = (PROMPT_SHORT, PROMPT_LONG),
+    env_extra: dict | None = None,
+) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), LOOPCHAT_HOME=str(home), **(env_extra or {}))
+    command = [sys.executable, __file__, "--child", system, "--folder", str(folder)]
+    command += ["--dtype", dtype, "--tokens", str(tokens), "--quant", quant]
+    command += ["--contexts", ",".join(str(c) for c in contexts)]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if proc.returncode:
-        raise SystemExit(f"{system} {dtype} failed:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"{system} {dtype} {quant} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -197,14 +314,169 @@ def median_of(runs: list[dict]) -> dict:
 
     out = dict(runs[0])
     for key, value in runs[0].items():
-        if isinstance(value, (int, float)) and value is not None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             out[key] = statistics.median(r[key] for r in runs)
     return out
+
+
+class Busy:
+    """One busy background process (a Python spin loop), like a build or a browser tab."""
+
+    def __enter__(self) -> Busy:
+        self.proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        time.sleep(0.2)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f}"
+
+
+def tinyllama(args: argparse.Namespace, folder: Path, home: Path) -> None:
+    # transformers in fp16 on a CPU is no reference anyone uses (and very slow); quantized
+    # weights run with bf16 activations (fp32 ones make torch's int8 kernel ~10x slower).
+    configs = [("transformers", d, "none") for d in args.dtypes if d != "float16"] + [
+        ("engine", d, q) for d in args.dtypes for q in args.quants if q == "none" or d == "bfloat16"
+    ]
+    first: dict[tuple[str, str], dict] = {}
+    for system, dtype, quant in configs:
+        if system == "engine":
+            print(f"first load engine {dtype} {quant} ...", file=sys.stderr)
+            first[(dtype, quant)] = run_child(
+                "engine", folder, dtype, 4, home, quant, contexts=(PROMPT_SHORT,)
+            )
+    runs: dict[tuple[str, str, str], list[dict]] = {c: [] for c in configs}
+    for attempt in range(args.repeat):
+        for config in configs:  # interleaved: a burst of background load hits all alike
+            print(
+                f"measuring {' '.join(config)} ({attempt + 1}/{args.repeat}) ...", file=sys.stderr
+            )
+            runs[config].append(
+                run_child(config[0], folder, config[1], args.tokens, home, config[2])
+            )
+    rows = {c: median_of(r) for c, r in runs.items()}
+    base_rss = rows.get(("engine", "bfloat16", "none"), {}).get("peak_rss")
+
+    print(
+        "| system | dtype | weights | kernel@threads | first load s | load s | weights GB "
+        "| peak RSS GB | peak RSS / engine bf16 | prefill 512 s | decode tok/s @16 "
+        "| decode tok/s @512 |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for (system, dtype, quant), r in rows.items():
+        f = first.get((dtype, quant)) if system == "engine" else None
+        rel = f"{r['peak_rss'] / base_rss:.2f}" if base_rss else "—"
+        weights = quant if system == "engine" else "—"
+        first_s = f"{f['load_s']:.1f}" if f else "—"
+        print(
+            f"| {system} | {dtype} | {weights} | {r['kernel']} | {first_s} | {r['load_s']:.1f} | ",
+            end="",
+        )
+        print(
+            f"{_gb(r['weights'])} | {_gb(r['peak_rss'])} | {rel} | {r['prefill_512']:.2f} "
+            f"| {r['decode_16']:.2f} | {r['decode_512']:.2f} |"
+        )
+    print()
+    print("| ratio | decode @16 | decode @512 | prefill 512 (time ratio, >1 = faster) |")
+    print("|---|---|---|---|")
+    for dtype in args.dtypes:
+        e, t = rows.get(("engine", dtype, "none")), rows.get(("transformers", dtype, "none"))
+        if e and t:
+            print(
+                f"| engine / transformers, {dtype} | {e['decode_16'] / t['decode_16']:.2f}x "
+                f"| {e['decode_512'] / t['decode_512']:.2f}x "
+                f"| {t['prefill_512'] / e['prefill_512']:.2f}x |"
+            )
+    sixteen = [
+        r for (s, d, q), r in rows.items() if s == "engine" and q == "none" and d != "float32"
+    ]
+    if sixteen:
+        best = max(sixteen, key=lambda r: r["decode_16"])
+        for quant in ("int8", "int4"):
+            for dtype in args.dtypes:
+                r = rows.get(("engine", dtype, quant))
+                if r:
+                    print(
+                        f"| engine {quant} ({dtype}) / best engine 16-bit | "
+                        f"{r['decode_16'] / best['decode_16']:.2f}x "
+                        f"| {r['decode_512'] / best['decode_512']:.2f}x "
+                        f"| {best['prefill_512'] / r['prefill_512']:.2f}x |"
+                    )
+    print(
+        f"\n{args.tokens} decode tokens per measurement, median of {args.repeat} interleaved "
+        f"run(s); CPU: {cpu_name()}"
+    )
+    if args.busy:
+        busy_table(args, folder, home)
+
+
+def busy_table(args: argparse.Namespace, folder: Path, home: Path) -> None:
+    """Decode @16 quiet and beside one busy process: the governor against a fixed 2 threads."""
+    tokens = max(args.tokens, 96)  # long enough for the governor's probes
+    modes = {"governed (default)": {}, "fixed 2 threads": {"LOOPCHAT_THREADS": "2"}}
+    results: dict[tuple[str, str, bool], list[float]] = {}
+    for attempt in range(args.repeat):
+        for quant in args.quants:
+            for name, env in modes.items():
+                for busy in (False, True):
+                    print(f"busy={busy} {quant} {name} ({attempt + 1}) ...", file=sys.stderr)
+                    if busy:
+                        with Busy():
+                            r = run_child(
+                                "engine", folder, "bfloat16", tokens, home, quant,
+                                contexts=(PROMPT_SHORT,), env_extra=env,
+                            )  # fmt: skip
+                    else:
+                        r = run_child(
+                            "engine", folder, "bfloat16", tokens, home, quant,
+                            contexts=(PROMPT_SHORT,), env_extra=env,
+                        )  # fmt: skip
+                    results.setdefault((quant, name, busy), []).append(r["decode_16"])
+    import statistics
+
+    print("\n| bf16 weights | threads | decode quiet tok/s | with 1 busy process | kept |")
+    print("|---|---|---|---|---|")
+    for quant in args.quants:
+        for name in modes:
+            quiet = statistics.median(results[(quant, name, False)])
+            loaded = statistics.median(results[(quant, name, True)])
+            print(f"| {quant} | {name} | {quiet:.2f} | {loaded:.2f} | {loaded / quiet:.0%} |")
+    print(f"\n{tokens} decode tokens at context 16, median of {args.repeat} run(s)")
+
+
+def seven_b(args: argparse.Namespace, folder: Path, home: Path) -> None:
+    """First and cached load time and peak RSS of the engine on a 7B-shaped model per format."""
+    context = 64
+    print("| weights | load | load s | peak RSS GB (load + generation) | decode tok/s @64 |")
+    print("|---|---|---|---|---|")
+    for quant in args.quants:
+        for label in ("first (quantize + cache)", "second (cached)"):
+            print(f"7b {quant} {label} ...", file=sys.stderr)
+            r = run_child("engine", folder, "bfloat16", 8, home, quant, contexts=(context,))
+            print(
+                f"| {quant} | {label} | {r['load_s']:.1f} | {_gb(r['peak_rss'])} "
+                f"| {r[f'decode_{context}']:.2f} |"
+            )
+    print(f"\nbf16 activations, KV cache for {context + 16} positions; CPU: {cpu_name()}")
+
+
+def cpu_name() -> str:
+    sys.path.insert(0, str(ROOT))
+    from engine.tuning import cpu_model
+
+    return cpu_model()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--quants", nargs="+", default=["none"], choices=["none", "int8", "int4"])
+    parser.add_argument("--shape", choices=["tinyllama", "7b"], default="tinyllama")
+    parser.add_argument("--busy", action="store_true", help="also decode beside a busy process")
     parser.add_argument("--tokens", type=int, default=32, help="decode tokens per measurement")
     parser.add_argument("--keep", type=Path, default=None, help="reuse/keep the checkpoint here")
     parser.add_argument(
@@ -216,67 +488,31 @@ def main() -> None:
     parser.add_argument("--child", choices=["engine", "transformers"])
     parser.add_argument("--folder")
     parser.add_argument("--dtype")
+    parser.add_argument("--quant", default="none")
+    parser.add_argument("--contexts", default=f"{PROMPT_SHORT},{PROMPT_LONG}")
     args = parser.parse_args()
     if args.child:
-        args.system = args.child
         child(args)
         return
 
-    tmp = None
-    folder = args.keep
-    if folder is None:
-        tmp = tempfile.mkdtemp(prefix="loopchat-bench-")
-        folder = Path(tmp) / "tinyllama-shaped"
-    if not (folder / "model.safetensors").is_file():
-        print(f"writing a random TinyLlama-shaped checkpoint to {folder} ...", file=sys.stderr)
-        write_checkpoint(folder)
-    rows = []
+    tmp = tempfile.mkdtemp(prefix="loopchat-bench-")
+    home = Path(tmp) / "home"  # fresh kernel choices and quantized caches for this run
+    folder = args.keep or Path(tmp) / f"{args.shape}-shaped"
     try:
-        for dtype in args.dtypes:
-            runs: dict[str, list[dict]] = {"transformers": [], "engine": []}
-            for attempt in range(args.repeat):
-                for system in ("transformers", "engine"):
-                    print(
-                        f"measuring {system} {dtype} ({attempt + 1}/{args.repeat}) ...",
-                        file=sys.stderr,
-                    )
-                    runs[system].append(run_child(system, folder, dtype, args.tokens))
-            for system in ("transformers", "engine"):
-                rows.append((system, dtype, median_of(runs[system])))
+        if not (folder / "model.safetensors").is_file():
+            print(
+                f"writing a random {args.shape}-shaped checkpoint to {folder} ...", file=sys.stderr
+            )
+            if args.shape == "7b":
+                write_streamed_checkpoint(folder, SHAPE_7B)
+            else:
+                write_checkpoint(folder)
+        if args.shape == "7b":
+            seven_b(args, folder, home)
+        else:
+            tinyllama(args, folder, home)
     finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-    print(
-        "| system | dtype | load s | RSS after load / weights | peak RSS / weights "
-        "| prefill 512 s | decode tok/s @16 | decode tok/s @512 |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
-    by_key = {(s, d): r for s, d, r in rows}
-    for system, dtype, r in rows:
-        after = "—" if r["load_rss"] is None else f"{r['load_rss'] / r['weights']:.2f}"
-        print(
-            f"| {system} | {dtype} | {r['load_s']:.1f} | {after} | "
-            f"{r['peak_rss'] / r['weights']:.2f} | "
-            f"{r['prefill_512']:.2f} | {r['decode_16']:.2f} | {r['decode_512']:.2f} |"
-        )
-    print()
-    print(
-        "| dtype | decode @16 engine/transformers | decode @512 engine/transformers "
-        "| prefill 512 transformers/engine |"
-    )
-    print("|---|---|---|---|")
-    for dtype in args.dtypes:
-        e, t = by_key[("engine", dtype)], by_key[("transformers", dtype)]
-        print(
-            f"| {dtype} | {e['decode_16'] / t['decode_16']:.2f}x | "
-            f"{e['decode_512'] / t['decode_512']:.2f}x | "
-            f"{t['prefill_512'] / e['prefill_512']:.2f}x |"
-        )
-    print(
-        f"\n{rows[0][2]['threads']} threads, {args.tokens} decode tokens per measurement, "
-        f"median of {args.repeat} run(s) each"
-    )
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

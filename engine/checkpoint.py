@@ -486,8 +486,14 @@ def load_transformer(
     dtype: torch.dtype,
     device: torch.device,
     progress: Progress | None = None,
+    quant: str = "none",
+    pack: bool = True,
 ) -> tuple[ModelArgs, Transformer]:
-    """Build the model for `folder` with every weight checked by name and shape."""
+    """Build the model for `folder` with every weight checked by name and shape.
+
+    `quant` "int8"/"int4" quantizes the linear weights through engine.quant_load's disk cache;
+    `pack=False` keeps 16-bit CPU weights plain (the measured kernel choice, engine/tuning.py).
+    """
     report = progress or (lambda fraction, message: None)
     layout = detect_layout(folder)
 
@@ -541,13 +547,31 @@ def load_transformer(
                 f"{origin.name} implies {list(param.shape)}"
             )
 
+    if quant != "none":
+        from engine.quant_load import load_quantized
+
+        model.quant_info = load_quantized(  # type: ignore[assignment]
+            model,
+            folder,
+            {name: tuple(param.shape) for name, param in expected.items()},
+            lambda name: sources[name].read(),
+            quant,
+            dtype,
+            device,
+            _release_pages if release_pages else (lambda tensor: None),
+            report,
+        )
+        model.requires_grad_(False)
+        model.eval()
+        return args, model
+
     state: dict[str, torch.Tensor] = {}
     total = len(expected)
     arena = scratch = None
     packed = set()
     order = list(expected)
     if device.type == "cpu":
-        if can_pack(dtype):
+        if pack and can_pack(dtype):
             packed = {name for name in expected if _LINEAR_WEIGHT.search(name)}
             # The output head (vocab x dim) is the largest matrix: pack it first, while little
             # else is resident, so its transient second copy never adds to the final peak.

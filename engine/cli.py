@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     gen.add_argument("--max-context", type=int, default=None, help="cap the KV cache length")
     gen.add_argument(
+        "--quant",
+        choices=["none", "int8", "int4"],
+        default="none",
+        help="weight-only quantization on load (activations stay in --dtype)",
+    )
+    gen.add_argument(
         "--json", action="store_true", help="one JSON object per token, then a done line"
     )
 
@@ -226,7 +232,9 @@ def run_generate(ns: argparse.Namespace) -> int:
 
     check_generate_args(ns)
     params = sampling_params(ns)
-    loaded = load_model(ns.model, dtype=ns.dtype, device=ns.device, max_context=ns.max_context)
+    loaded = load_model(
+        ns.model, dtype=ns.dtype, device=ns.device, max_context=ns.max_context, quant=ns.quant
+    )
     if loaded.context_note:
         sys.stderr.write(f"note: {loaded.context_note}\n")
     prompt = prompt_from_args(ns, loaded)

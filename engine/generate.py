@@ -20,6 +20,7 @@ from engine.events import GenerationResult, Step, TopToken
 from engine.loader import LoadedModel
 from engine.sampling import Sampler, SamplingParams
 from engine.tokenizer import StreamDecoder
+from engine.tuning import ThreadGovernor
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,8 @@ class Generator:
         self.prefill_chunk = prefill_chunk
         self._cached_ids: list[int] = []
         self._display: dict[int, str] = {}
+        self._governor = ThreadGovernor.for_runtime(getattr(loaded, "runtime", {}))
+        """Moves decode between thread counts when another process takes a core."""
 
     def forget_cache(self) -> None:
         """Make the next call prefill from scratch (e.g. after the model was used elsewhere)."""
@@ -277,7 +280,10 @@ class Generator:
                 reason = STOP_CANCELLED
                 break
             tokens = torch.tensor([token], dtype=torch.long, device=device)
+            step_started = time.perf_counter()
             logits = model(tokens, pos, last_only=True)[-1]
+            if self._governor is not None:
+                self._governor.observe(time.perf_counter() - step_started)
             pos += 1
             self._cached_ids.append(token)
 

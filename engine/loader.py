@@ -10,13 +10,13 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from engine.chat import load_chat_template
-from engine.checkpoint import detect_layout, load_transformer
+from engine.checkpoint import detect_layout, load_transformer, read_args
 from engine.config import ModelArgs
 from engine.errors import EngineError
 from engine.files import require_regular_file
@@ -24,6 +24,7 @@ from engine.memory import choose_context
 from engine.model import Transformer
 from engine.model_folder import resolve_model
 from engine.prefix_rule import prefix_rule
+from engine.quant import check_quant
 from engine.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,11 @@ class LoadedModel:
     """Positions the KV cache holds: the most tokens a prompt plus its reply can use."""
     context_note: str | None = None
     """Set when the context was capped below the model's own to fit memory (shown to the user)."""
+    quant: str = "none"
+    """Weight format: "none" (the dtype), "int8" or "int4" (engine/quant.py)."""
+    runtime: dict = field(default_factory=dict)
+    """How it runs: kernel, threads and whether they were measured or cached (engine/tuning.py),
+    and the quantized cache's facts."""
 
     def describe(self) -> dict:
         """Plain data about the model for status bars and logs (safe to send across threads)."""
@@ -64,13 +70,45 @@ class LoadedModel:
             "device": str(self.device),
             "dtype": dtype_name(self.dtype),
             "max_context": self.max_context,
-            "n_params": sum(p.numel() for p in self.model.parameters()),
+            "n_params": _count_weights(self.model),
             "weights_bytes": self.weights_bytes,
             "vocab_size": self.args.vocab_size,
             "n_layers": self.args.n_layers,
             "has_chat_template": self.chat_template is not None,
             "context_note": self.context_note,
+            "quant": self.quant,
+            **self.runtime,
         }
+
+
+def _count_weights(model: torch.nn.Module) -> int:
+    """Weights in the model, counting a quantized layer's integer weights once (not scales)."""
+    total = sum(p.numel() for p in model.parameters())
+    for name, buffer in model.named_buffers():
+        if name.endswith(".weight"):
+            total += buffer.numel() * (2 if buffer.dtype == torch.uint8 else 1)
+    return total
+
+
+def _weights_bytes(model: torch.nn.Module) -> int:
+    """Bytes of parameters and weight buffers (quantized weights, scales), not the KV cache."""
+    tensors = list(model.parameters()) + [
+        b for name, b in model.named_buffers() if name.rsplit(".", 1)[-1] in _WEIGHT_BUFFERS
+    ]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+_WEIGHT_BUFFERS = {"weight", "scales", "scales_zeros"}
+
+
+def read_model_args(folder: Path) -> ModelArgs:
+    """The model's shape before loading it, for timing kernels on its real matrix sizes.
+
+    Meta's params.json has no vocabulary size; a Llama 2 one stands in (only the head's timing
+    would use it).
+    """
+    layout = detect_layout(folder)
+    return read_args(folder, layout, vocab_hint=32000 if layout == "meta" else None)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -141,17 +179,24 @@ def load_model(
     device: str | None = None,
     progress: Progress | None = None,
     max_context: int | None = None,
+    quant: str | None = "none",
 ) -> LoadedModel:
     """Load weights, tokenizer and chat template, and allocate the KV cache.
 
     `max_context` caps the cache (and so the memory it takes) below the model's own maximum.
+    `quant` "int8" or "int4" stores the linear weights quantized (activations stay in `dtype`);
+    the quantized weights are cached on disk, so later loads are as quick as a 16-bit one.
     """
+    from engine.tuning import choose_runtime
+
     report = progress or (lambda fraction, message: None)
+    try:
+        quant = check_quant(quant or "none")
+    except ValueError as exc:
+        raise EngineError(str(exc)) from None
     folder = resolve_model(str(path))
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
-    if dev.type == "cpu":
-        configure_threads()
 
     detect_layout(folder)  # a clear message for a folder that holds no model at all
     report(0.0, f"Reading {folder.name}")
@@ -169,7 +214,17 @@ def load_model(
     def weights_progress(fraction: float, message: str) -> None:
         report(0.02 + 0.93 * fraction, message)
 
-    args, model = load_transformer(folder, torch_dtype, dev, progress=weights_progress)
+    shape_args = read_model_args(folder)
+    runtime = choose_runtime(shape_args, torch_dtype, dev, quant)
+    args, model = load_transformer(
+        folder,
+        torch_dtype,
+        dev,
+        progress=weights_progress,
+        quant=quant,
+        pack=runtime.get("kernel") != "plain",
+    )
+    runtime.update(getattr(model, "quant_info", {}))
     if tokenizer.vocab_size > args.vocab_size:
         raise EngineError(
             f"{tokenizer_file} has {tokenizer.vocab_size} tokens but the weights in {folder} only "
@@ -187,12 +242,15 @@ def load_model(
             f"({str(exc).splitlines()[0][:120]}); use a smaller --max-context or dtype"
         ) from None
 
-    weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    weights_bytes = _weights_bytes(model)
     log.info(
-        "loaded %s (%s, %s) in %.2f s",
+        "loaded %s (%s, %s, quant %s, kernel %s, %s threads) in %.2f s",
         folder,
         dev,
         dtype_name(torch_dtype),
+        quant,
+        runtime.get("kernel"),
+        runtime.get("threads"),
         time.perf_counter() - started,
     )
     report(1.0, "Ready")
@@ -208,6 +266,8 @@ def load_model(
         weights_bytes=weights_bytes,
         max_context=context.length,
         context_note=context.note,
+        quant=quant,
+        runtime=runtime,
     )
 
 

@@ -195,7 +195,7 @@ class Transformer(nn.Module):
     def setup_cache(self, max_seq_len: int | None = None) -> None:
         """(Re)allocate every layer's KV cache and the rotary tables for max_seq_len positions."""
         length = max_seq_len or self.args.max_seq_len
-        dtype = self.output.weight.dtype
+        dtype = self.norm.weight.dtype  # the activation dtype (a quantized head's is int8)
         for layer in self.layers:
             layer.attention.cache = None  # free the old cache before allocating the new one
         for layer in self.layers:

@@ -1,0 +1,193 @@
+"""Weight-only int8 and int4 quantization on torch's own packed kernels.
+
+Batch-1 decoding streams every weight once per token, so fewer bytes per weight is the main lever
+on a CPU (see ../shared/PERF.md): int8 halves and int4 quarters what a 16-bit model reads. Only the
+weights are quantized; activations, norms, the KV cache and the logits stay in the model's dtype.
+
+* int8: symmetric, one scale per output channel (row); `aten._weight_int8pack_mm`.
+* int4: asymmetric, one scale and one offset per group of `group_size` input columns;
+  `aten._weight_int4pack_mm_for_cpu` on CPU (`_weight_int4pack_mm` on CUDA). Group 64 by default:
+  a 7B model then fits in ~4 GB (group 32 adds 0.06 bytes per weight, ~0.4 GB at 7B) and the
+  measured quality difference on our models was small (README, Performance).
+* The output head is int8 in both modes: it turns the last hidden state into the logits directly,
+  so its error is the one the sampler sees, and it is a small share of a 7B model's bytes.
+* The embedding is int8 per row (token) in both modes, dequantized on lookup: a lookup reads a
+  handful of rows, so the cost is nil, and it halves the largest tensor's memory.
+
+The formulas are written here from the kernels' documented contracts (int4: w = (q - 8) * scale +
+zero with q in 0..15; int8: w = q * scale), and `dequantize_*` give the exact float weights each
+layer computes with, which the tests compare against `F.linear`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+QUANT_MODES = ("none", "int8", "int4")
+"""What `--quant` and `load_model(quant=...)` accept."""
+
+DEFAULT_GROUP_SIZE = 64
+GROUP_SIZES = (32, 64, 128)
+PREFILL_ROWS = 16
+"""From this many rows on, an int8 layer casts its weight and runs a GEMM (see Int8Linear)."""
+INT8_COL_MULTIPLE = 16
+"""torch 2.13's `_weight_int8pack_mm` crashes the process (SIGSEGV) for an input size that is not
+a multiple of 16 (checked: 8, 24, 40, 56, 72 crash; 16, 32, 48, 64, 80 run), so such layers are
+never given to it."""
+INT4_ROW_MULTIPLE = 16
+"""torch's int4 packing needs the output size divisible by 16."""
+INT4_PACK_ROWS = 64
+"""Rows packed together by torch's CPU int4 layout: packing in blocks of 64 rows equals packing
+the whole matrix, so big weights can be quantized in slices without a whole float copy."""
+
+
+def check_quant(quant: str) -> str:
+    """The quant mode, or ValueError with a one-line message naming the choices."""
+    if quant not in QUANT_MODES:
+        raise ValueError(f"unknown quantization '{quant}'; use one of {', '.join(QUANT_MODES)}")
+    return quant
+
+
+def int8_fits(shape: tuple[int, ...]) -> bool:
+    """Whether torch's int8 kernel can take a [out, in] weight of this shape."""
+    return shape[1] % INT8_COL_MULTIPLE == 0
+
+
+def int4_fits(shape: tuple[int, ...], group_size: int) -> bool:
+    """Whether torch's int4 kernel can take a [out, in] weight of this shape and group size."""
+    out_features, in_features = shape
+    return (
+        out_features % INT4_ROW_MULTIPLE == 0 and in_features % group_size == 0 and int8_fits(shape)
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Quantize / dequantize (pure functions on float tensors)
+
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8: (q [out, in] int8, scale [out] float32) with w ≈ q * scale."""
+    w = weight.float()
+    scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # [out]
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)  # [out, in]
+    return q, scale
+
+
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The float32 weight an int8 layer computes with."""
+    return q.float() * scale.float()[:, None]
+
+
+def quantize_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Asymmetric group-wise 4-bit: (q [out, in] int32 in 0..15, scales_zeros [in/g, out, 2]).
+
+    w ≈ (q - 8) * scale + zero per group (torch's convention), with the group's minimum and
+    maximum mapped to 0 and 15.
+    """
+    out_features, in_features = weight.shape
+    if in_features % group_size:
+        raise ValueError(
+            f"int4 needs the input size ({in_features}) to be a multiple of the group size "
+            f"({group_size})"
+        )
+    w = weight.float().view(out_features, in_features // group_size, group_size)  # [out, G, g]
+    low = w.amin(dim=-1, keepdim=True)
+    high = w.amax(dim=-1, keepdim=True)
+    scale = ((high - low) / 15.0).clamp(min=1e-8)  # [out, G, 1]
+    q = torch.round((w - low) / scale).clamp_(0, 15).to(torch.int32)  # [out, G, g]
+    zero = low + 8.0 * scale  # so that (q - 8) * scale + zero == low + q * scale
+    scales_zeros = torch.stack((scale[..., 0], zero[..., 0]), dim=-1)  # [out, G, 2]
+    return q.view(out_features, in_features), scales_zeros.transpose(0, 1).contiguous()
+
+
+def dequantize_int4(q: torch.Tensor, scales_zeros: torch.Tensor, group_size: int) -> torch.Tensor:
+    """The float32 weight an int4 layer computes with, from unpacked q and scales_zeros."""
+    out_features, in_features = q.shape
+    sz = scales_zeros.float().transpose(0, 1)  # [out, G, 2]
+    groups = q.float().view(out_features, in_features // group_size, group_size)
+    w = (groups - 8.0) * sz[..., :1] + sz[..., 1:]
+    return w.view(out_features, in_features)
+
+
+def pack_int4(q: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """torch's kernel layout for int4 values q [out, in] (int32, 0..15) on `device`."""
+    if device.type == "cuda":  # pragma: no cover - needs a GPU
+        packed = (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8)
+        return torch.ops.aten._convert_weight_to_int4pack(packed.to(device), 8)
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Layers
+
+
+class Int8Linear(nn.Module):
+    """y = x Wᵀ with W = weight (int8) * scales (per output row), in x's dtype."""
+
+    def __init__(self, in_features: int, out_features: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        if not int8_fits((out_features, in_features)):
+            raise ValueError(
+                f"int8 layers need an input size that is a multiple of {INT8_COL_MULTIPLE}, "
+                f"got {in_features}"
+            )
+        self.in_features = in_features
+        self.out_features = out_features
+        self.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("scales", torch.empty(out_features, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)  # [T, in]
+        if flat.is_cuda or flat.shape[0] >= PREFILL_ROWS:
+            # Many rows (a prefill chunk; or CUDA, which has no int8 pack kernel): torch's int8
+            # kernel is ~4x slower than a GEMM on the weight cast to x's dtype (exact: |q| <= 127),
+            # with the per-row scale applied to the product's columns instead.
+            out = F.linear(flat, self.weight.to(flat.dtype)) * self.scales
+        else:
+            out = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scales)
+        return out.view(*x.shape[:-1], self.out_features)
+
+
+class Int4Linear(nn.Module):
+    """y = x Wᵀ with W group-wise 4-bit in torch's packed layout, in x's dtype."""
+
+    def __init__(
+        self, in_features: int, out_features: int, dtype: torch.dtype, group_size: int
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.group_size = group_size
+        self.register_buffer(
+            "weight", torch.empty(out_features, in_features // 2, dtype=torch.uint8)
+        )
+        self.register_buffer(
+            "scales_zeros", torch.empty(in_features // group_size, out_features, 2, dtype=dtype)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)  # [T, in]
+        if flat.is_cuda:  # pragma: no cover - needs a GPU
+            out = torch.ops.aten._weight_int4pack_mm(
+                flat, self.weight, self.group_size, self.scales_zeros
+            )
+        else:
+            out = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                flat, self.weight, self.group_size, self.scales_zeros
+            )
+        return out.view(*x.shape[:-1], self.out_features)
+
+
+class Int8Embedding(nn.Module):
+    """Token embedding stored as int8 rows with one scale per row, dequantized on lookup."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.register_buffer("weight", torch.empty(num_embeddings, embedding_dim, dtype=torch.int8))
+        self.register_buffer("scales", torch.empty(num_embeddings, dtype=dtype))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        rows = F.embedding(tokens, self.weight)  # [T, dim] int8
+        return rows.to(self.scales.dtype) * self.scales[tokens].unsqueeze(-1)
