@@ -48,6 +48,9 @@ KERNELS: dict[str, tuple[str, ...]] = {
 BUDGET_S = 0.25
 """Wall time the timing loop may take (setup aside)."""
 WORKING_SET_BYTES = 48 * 2**20
+MAX_MEASURED_BYTES = 512 * 2**20
+"""Largest weight timed (one copy): a 70B model's MLP is 470 MB in 16-bit."""
+MAX_MEASURED_COLS = 65536
 """Weights cycled through per timed sample: past a 32 MB L3 cache, as a real decode step is, yet
 only ~2 ms of streaming, so a busy machine cannot stretch the whole measurement far."""
 THREAD_MARGIN = 0.08
@@ -182,14 +185,19 @@ def measure(
     """Seconds per MLP-shaped matvec pass for each (kernel, threads), interleaved, medians."""
     bytes_per = {"int8pack": 1.0, "int4pack": 0.5}
     runs: dict[tuple[str, int], Callable[[], None]] = {}
+    # The config is not yet checked against the weights here: a bogus size must not allocate
+    # gigabytes. Real MLPs (70B: 28672 x 8192) fit; larger ones are timed on fewer rows.
+    if not 0 < args.dim <= MAX_MEASURED_COLS or args.hidden_dim <= 0:
+        return {}
+    rows = min(args.hidden_dim, max(64, MAX_MEASURED_BYTES // (args.dim * dtype.itemsize)))
     for kernel in kernels:
-        weight_bytes = args.hidden_dim * args.dim * bytes_per.get(kernel, dtype.itemsize)
+        weight_bytes = rows * args.dim * bytes_per.get(kernel, dtype.itemsize)
         # At least two copies (a product never finds its weight cached), at most 16 (tiny models
         # would otherwise time Python's call overhead a thousand times over).
         copies = min(16, max(2, int(WORKING_SET_BYTES // max(1.0, weight_bytes))))
         try:
             with torch.inference_mode():
-                run = _make_matvec(kernel, args.hidden_dim, args.dim, dtype, copies)
+                run = _make_matvec(kernel, rows, args.dim, dtype, copies)
                 if run is not None:
                     run()  # warm-up (and a check that the kernel runs here at all)
         except RuntimeError as exc:
