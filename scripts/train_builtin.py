@@ -22,6 +22,7 @@ import logging
 import math
 import random
 import re
+import shutil
 import sys
 import time
 from collections import Counter
@@ -156,6 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("resources/builtin"))
     parser.add_argument("--wordnet", type=Path, default=builtin_corpus.WORDNET_DIR)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        help="continue training this exported model (its tokenizer and weights) for --steps more, "
+        "with a fresh warm-up and cosine schedule; --data-seed picks other batches",
+    )
+    parser.add_argument("--data-seed", type=int, default=None, help="batch order (default: seed)")
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--dim", type=int, default=192)
     parser.add_argument("--layers", type=int, default=4)
@@ -182,7 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     log.info("corpus: %d training dialogues, %d held out", len(train_pairs), len(held_pairs))
     write_wordlist(train_pairs, ns.out / "words.txt.gz")
     texts = [f"[INST] {q} [/INST] {a}" for q, a in train_pairs]
-    tokenizer = Tokenizer(train_tokenizer(texts, ns.out, ns.vocab, ns.seed))
+    earlier: dict = {}
+    if ns.init_from:
+        earlier = json.loads((ns.init_from / "training.json").read_text())
+        if ns.init_from.resolve() != ns.out.resolve():
+            shutil.copyfile(ns.init_from / "tokenizer.model", ns.out / "tokenizer.model")
+        tokenizer = Tokenizer(ns.out / "tokenizer.model")
+    else:
+        tokenizer = Tokenizer(train_tokenizer(texts, ns.out, ns.vocab, ns.seed))
     train_ids = encode_dialogues(tokenizer, train_pairs)
     held_ids = encode_dialogues(tokenizer, held_pairs)
     stream = torch.tensor([t for ids in train_ids for t in ids], dtype=torch.long)
@@ -203,7 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         eos_token_id=2,
         attn_implementation="sdpa",
     )
-    model = LlamaForCausalLM(config)
+    if ns.init_from:
+        model = LlamaForCausalLM.from_pretrained(ns.init_from, torch_dtype=torch.float32)
+        config = model.config
+    else:
+        model = LlamaForCausalLM(config)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model: %.2f M parameters", n_params / 1e6)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -213,10 +232,11 @@ def main(argv: list[str] | None = None) -> int:
         lr=ns.lr,
         betas=(0.9, 0.95),
     )
-    gen = torch.Generator().manual_seed(ns.seed)
+    gen = torch.Generator().manual_seed(ns.seed if ns.data_seed is None else ns.data_seed)
     shipped = sorted(random.Random(ns.seed).sample(range(len(held_ids)), HELD_OUT_SHIPPED))
     eval_set = [held_ids[i] for i in shipped]
-    curve = []
+    curve = list(earlier.get("curve", []))
+    first_step = curve[-1]["step"] if curve else 0
     started = time.perf_counter()
     data = batches(stream, ns.seq_len, ns.batch, gen)
     for step in range(ns.steps):
@@ -232,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optim.step()
-        point = {"step": step + 1, "train_loss": round(loss.item(), 4)}
+        point = {"step": first_step + step + 1, "train_loss": round(loss.item(), 4)}
         if (step + 1) % ns.eval_every == 0 or step + 1 == ns.steps:
             total, count = held_out_nll(model, eval_set)
             point["held_out_loss"] = round(total / count, 4)
@@ -255,9 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "seed": ns.seed,
         "parameters": n_params,
-        "training_tokens_seen": ns.steps * ns.batch * ns.seq_len,
+        "training_tokens_seen": ns.steps * ns.batch * ns.seq_len
+        + earlier.get("report", {}).get("training_tokens_seen", 0),
         "training_tokens_in_corpus": stream.numel(),
-        "train_seconds": round(time.perf_counter() - started, 1),
+        "train_seconds": round(time.perf_counter() - started, 1)
+        + earlier.get("report", {}).get("train_seconds", 0),
         "threads": ns.threads,
         "held_out_dialogues": len(held_ids),
         "held_out_tokens": count,
@@ -292,7 +314,13 @@ def main(argv: list[str] | None = None) -> int:
     (ns.out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
     (ns.out / "training.json").write_text(
         json.dumps(
-            {"report": report, "args": vars(ns) | {"out": str(ns.out)}, "curve": curve},
+            {
+                "report": report,
+                "stages": earlier.get("stages", [earlier.get("args")] if earlier else [])
+                + [vars(ns) | {"out": str(ns.out)}],
+                "args": vars(ns) | {"out": str(ns.out)},
+                "curve": curve,
+            },
             indent=1,
             default=str,
         )
