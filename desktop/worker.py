@@ -80,6 +80,7 @@ class EngineWorker(QObject):
     token = Signal(object)  # Step
     generation_finished = Signal(object)  # GenerationResult
     generation_failed = Signal(object)  # GenerationResult with `error`
+    inspected = Signal(object)  # SurprisalResult / AttentionResult / InspectFailed
 
     def __init__(self, cancel: threading.Event, load_cancel: threading.Event | None = None) -> None:
         super().__init__()
@@ -209,6 +210,30 @@ class EngineWorker(QObject):
                 log.error("generation failed:\n%s", traceback.format_exc())
             message = str(exc) if isinstance(exc, EngineError) else _friendly(exc)
             self.generation_failed.emit(GenerationResult.failed(rid, message))
+
+    @Slot(object)
+    def inspect(self, job: Any) -> None:
+        """Run an inspection job (desktop.inspect_jobs) with the loaded model.
+
+        It prefills from position 0 and so overwrites the KV cache: the generator forgets its
+        cached prefix, and the next reply prefills its whole prompt once.
+        """
+        from desktop.inspect_jobs import InspectFailed
+        from engine.errors import EngineError
+
+        try:
+            if self._loaded is None:
+                raise EngineError("No model is loaded: open a model first")
+            result = job.run(self._loaded)
+        except Exception as exc:  # noqa: BLE001 - the window must survive anything
+            if not isinstance(exc, EngineError):
+                log.error("inspection failed:\n%s", traceback.format_exc())
+            message = str(exc) if isinstance(exc, EngineError) else _friendly(exc)
+            result = InspectFailed(job.job_id, message)
+        finally:
+            if self._generator is not None:
+                self._generator.forget_cache()
+        self.inspected.emit(result)
 
     def _fit(self, messages: list, max_new_tokens: int) -> tuple[list[int], int]:
         """Prompt ids for the conversation, leaving out the oldest turns if it would not fit.
