@@ -77,7 +77,9 @@ class HeadGrid(QWidget):
         self.selected: tuple[int, int | None] = (0, None)
         self.setMinimumHeight(40)
         self.setMouseTracking(True)
-        self.setToolTip("Each cell is one head; darker = more focused. Click to show it.")
+        self.setToolTip(
+            "Layers (rows) × heads (columns); darker = more focused. Click a head to show it."
+        )
 
     def set_weights(self, weights: Sequence[Sequence[Sequence[float]]]) -> None:
         self.focus = [[head_focus(row) for row in layer] for layer in weights]
@@ -95,10 +97,12 @@ class HeadGrid(QWidget):
         painter = QPainter(self)
         w, h = self._cell()
         base = self.palette().color(self.palette().ColorRole.Highlight)
+        # Relative to the most focused head, so the interesting ones stand out in any model.
+        top = max((f for row in self.focus for f in row), default=0.0) or 1.0
         for layer, row in enumerate(self.focus):
             for head, focus in enumerate(row):
                 color = QColor(base)
-                color.setAlphaF(0.08 + 0.92 * focus)
+                color.setAlphaF(0.08 + 0.92 * focus / top)
                 rect = QRectF(1 + head * w, 1 + layer * h, w - 1, h - 1)
                 painter.fillRect(rect, color)
                 if self.selected == (layer, head) or (
@@ -146,6 +150,7 @@ class AttentionView(QWidget):
         self.layer.currentIndexChanged.connect(self._repaint)
         self.head.currentIndexChanged.connect(self._repaint)
         self.grid.picked.connect(self.pick)
+        self.setMinimumWidth(380)
 
     def show_result(self, result: AttentionResult) -> None:
         self.result = result
