@@ -40,6 +40,8 @@ class SurprisalResult:
     job_id: int
     tokens: tuple[tuple[TokenInfo, ...] | None, ...]
     """Per message of the job (same order); None where the message's tokens were not found."""
+    context_ids: tuple[int, ...] = field(default=(), repr=False)
+    """The ids now in the KV cache (the worker lets the generator reuse them)."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ class SurprisalJob:
                     for i in range(start, end)
                 )
             )
-        return SurprisalResult(self.job_id, tuple(out))
+        return SurprisalResult(self.job_id, tuple(out), tuple(ids))
 
 
 def conversation_ids(loaded: Any, messages: list) -> list[int]:
@@ -121,6 +123,8 @@ class AttentionResult:
     prompt_tokens: int
     """Positions before the reply (the rest are the reply's own earlier tokens)."""
     token_text: str
+    context_ids: tuple[int, ...] = field(default=(), repr=False)
+    """The ids now in the KV cache (the worker lets the generator reuse them)."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,7 @@ class AttentionJob:
             weights=tuple(tuple(tuple(row) for row in layer) for layer in found.attention),
             prompt_tokens=len(prompt),
             token_text=names(self.reply_ids[self.index]),
+            context_ids=tuple(ids),
         )
 
 

@@ -215,8 +215,8 @@ class EngineWorker(QObject):
     def inspect(self, job: Any) -> None:
         """Run an inspection job (desktop.inspect_jobs) with the loaded model.
 
-        It prefills from position 0 and so overwrites the KV cache: the generator forgets its
-        cached prefix, and the next reply prefills its whole prompt once.
+        It prefills from position 0 and so overwrites the KV cache: the generator adopts what is
+        there now (the job's context ids), so the next chat turn still reuses its shared prefix.
         """
         from desktop.inspect_jobs import InspectFailed
         from engine.errors import EngineError
@@ -225,14 +225,15 @@ class EngineWorker(QObject):
             if self._loaded is None:
                 raise EngineError("No model is loaded: open a model first")
             result = job.run(self._loaded)
+            if self._generator is not None:
+                self._generator.adopt_cache(result.context_ids)
         except Exception as exc:  # noqa: BLE001 - the window must survive anything
             if not isinstance(exc, EngineError):
                 log.error("inspection failed:\n%s", traceback.format_exc())
             message = str(exc) if isinstance(exc, EngineError) else _friendly(exc)
             result = InspectFailed(job.job_id, message)
-        finally:
             if self._generator is not None:
-                self._generator.forget_cache()
+                self._generator.forget_cache()  # the cache may hold part of a failed prefill
         self.inspected.emit(result)
 
     def _fit(self, messages: list, max_new_tokens: int) -> tuple[list[int], int]:

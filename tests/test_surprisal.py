@@ -11,6 +11,8 @@ from PySide6.QtCore import QSettings
 from desktop.inspect_jobs import AttentionJob, SurprisalJob
 from desktop.views.surprisal import SURPRISAL_INDEX, EntropySparkline, tint, tooltip
 from engine.chat import Message, chat_prompt_ids
+from engine.events import GREEDY
+from engine.generate import Generator
 from engine.inspect import inspect_tokens
 from engine.loader import load_model
 from tests.window_helpers import ask, greedy, load
@@ -119,4 +121,15 @@ def test_toggling_surprisal_colours_tokens(qtbot, tmp_path: Path, monkeypatch, t
     for card in (user, reply):
         assert all(f.property(SURPRISAL_INDEX) is None for _, f in char_formats(card))
     assert not reply.findChildren(EntropySparkline)
+
+    # The inspection left its ids in the KV cache for the generator: the next turn reuses the
+    # shared prefix and still answers exactly as a fresh prefill would.
+    messages = [Message(m["role"], m["content"]) for m in window.history]
+    messages.append(Message("user", "Why?"))
+    result = ask(qtbot, window, "Why?")
+    assert result["reused_tokens"] > 0
+    fresh = load_model(tiny_model_dir, dtype="float32", device="cpu")
+    ids = chat_prompt_ids(fresh.tokenizer, messages, fresh.chat_template)
+    expected = Generator(fresh).generate(ids, GREEDY, max_new_tokens=10)
+    assert [step.token_id for step in expected] == result["token_ids"]
     window.close()
