@@ -133,3 +133,23 @@ def test_toggling_surprisal_colours_tokens(qtbot, tmp_path: Path, monkeypatch, t
     expected = Generator(fresh).generate(ids, GREEDY, max_new_tokens=10)
     assert [step.token_id for step in expected] == result["token_ids"]
     window.close()
+
+
+def test_message_spans_find_each_message_in_order(loaded) -> None:
+    from engine.token_spans import find_run, message_spans, token_texts
+
+    assert find_run([5, 1, 2, 1, 2], [1, 2], 2) == 3
+    assert find_run([5, 1, 2], [2, 1], 0) == -1
+    tok = loaded.tokenizer
+    turns = [
+        Message("user", "loop loop"),
+        Message("assistant", "loop"),
+        Message("user", "loop loop"),
+    ]
+    ids = chat_prompt_ids(tok, turns, loaded.chat_template)
+    spans = message_spans(tok, ids, ["loop loop", "loop", "loop loop", "never said"])
+    assert spans[3] is None
+    starts = [s[0] for s in spans[:3]]
+    assert starts == sorted(starts) and len(set(starts)) == 3  # in order, never reused
+    for (start, end), text in zip(spans[:3], ["loop loop", "loop", "loop loop"], strict=True):
+        assert "".join(token_texts(tok, ids[start:end])) == text
