@@ -1,14 +1,16 @@
 """Inspection requests the engine thread runs for the window: surprisal and attention.
 
 A job is a frozen record the GUI builds from plain data (messages, token ids) and sends to the
-worker; `run(loaded)` executes in the worker thread with `engine.inspect.inspect_tokens`, the same
-function as `python -m engine inspect`, and returns a frozen result of plain Python data. Nothing
-here touches Qt, so the jobs are tested without a window and never run on the GUI thread.
+worker; `run(loaded, cancel)` executes in the worker thread with `engine.inspect.inspect_tokens`,
+the same function as `python -m engine inspect`, and returns a frozen result of plain Python data.
+Nothing here touches Qt, so the jobs are tested without a window and never run on the GUI thread.
+`cancel` (set when the app closes) stops a long prompt between chunks.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,14 +55,14 @@ class SurprisalJob:
     top: int = 5
     job_id: int = 0
 
-    def run(self, loaded: Any) -> SurprisalResult:
+    def run(self, loaded: Any, cancel: threading.Event | None = None) -> SurprisalResult:
         from engine.chat import Message
         from engine.inspect import inspect_tokens
         from engine.token_spans import message_spans, token_texts
 
         messages = [Message(m["role"], m["content"]) for m in self.messages]
         ids = conversation_ids(loaded, messages)
-        found = inspect_tokens(loaded, ids, attention=False, top=self.top)
+        found = inspect_tokens(loaded, ids, attention=False, top=self.top, cancel=cancel)
         spans = message_spans(loaded.tokenizer, ids, [m.content for m in messages])
         names = _Names(loaded.tokenizer)
         out: list[tuple[TokenInfo, ...] | None] = []
@@ -141,7 +143,7 @@ class AttentionJob:
     index: int
     job_id: int = 0
 
-    def run(self, loaded: Any) -> AttentionResult:
+    def run(self, loaded: Any, cancel: threading.Event | None = None) -> AttentionResult:
         from engine.chat import Message
         from engine.errors import EngineError
         from engine.inspect import inspect_tokens
@@ -151,7 +153,7 @@ class AttentionJob:
         messages = [Message(m["role"], m["content"]) for m in self.messages]
         prompt = conversation_ids(loaded, messages)
         ids = prompt + list(self.reply_ids[: self.index])
-        found = inspect_tokens(loaded, ids, attention=True)
+        found = inspect_tokens(loaded, ids, attention=True, cancel=cancel)
         names = _Names(loaded.tokenizer)
         return AttentionResult(
             job_id=self.job_id,

@@ -224,7 +224,7 @@ class EngineWorker(QObject):
         try:
             if self._loaded is None:
                 raise EngineError("No model is loaded: open a model first")
-            result = job.run(self._loaded)
+            result = job.run(self._loaded, cancel=self._load_cancel)  # set when the app closes
             if self._generator is not None:
                 self._generator.adopt_cache(result.context_ids)
         except Exception as exc:  # noqa: BLE001 - the window must survive anything

@@ -182,3 +182,14 @@ def test_prompt_runs_in_chunks(tiny_hf_dir: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(loaded.model, "forward", counting)
     inspect_tokens(loaded, prompt(300, seed=2), chunk=32)
     assert max(widths) == 32 and sum(widths) == 300
+
+
+def test_cancel_stops_between_chunks(tiny_hf_dir: Path) -> None:
+    import threading
+
+    loaded = load_model(tiny_hf_dir, dtype="float32", device="cpu")
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(EngineError, match="cancelled"):
+        inspect_tokens(loaded, prompt(100, seed=3), chunk=16, cancel=cancel)
+    assert not loaded.model.capture_attention
