@@ -153,3 +153,20 @@ def test_message_spans_find_each_message_in_order(loaded) -> None:
     assert starts == sorted(starts) and len(set(starts)) == 3  # in order, never reused
     for (start, end), text in zip(spans[:3], ["loop loop", "loop", "loop loop"], strict=True):
         assert "".join(token_texts(tok, ids[start:end])) == text
+
+
+def test_a_failed_tint_turns_itself_off_with_a_notice(qtbot, tmp_path: Path, monkeypatch) -> None:
+    from desktop.inspect_jobs import InspectFailed
+    from desktop.main_window import MainWindow
+
+    monkeypatch.setenv("LOOPCHAT_HOME", str(tmp_path / "home"))
+    window = MainWindow(QSettings(str(tmp_path / "l.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(window)
+    tint_control = window.surprisal
+    tint_control.action.setChecked(True)  # no model: nothing is asked yet
+    tint_control._job = 41
+    with qtbot.waitSignal(window.error_shown, timeout=5000) as shown:
+        window.controller.worker.inspected.emit(InspectFailed(41, "the prompt is too long"))
+    assert "too long" in shown.args[0]
+    assert not tint_control.action.isChecked()
+    window.close()

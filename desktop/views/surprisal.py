@@ -217,7 +217,9 @@ class SurprisalTint(QObject):
             return
         self._job = None
         if isinstance(result, InspectFailed):
-            self.window.show_error(f"Could not compute surprisal: {result.message}")
+            # Said once: the tint goes off rather than failing again after every reply.
+            self.action.setChecked(False)
+            self.window.show_error(f"Surprisal tint turned off: {result.message}", kind="notice")
             return
         assert isinstance(result, SurprisalResult)
         painted = 0
