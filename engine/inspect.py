@@ -96,7 +96,9 @@ def inspect_tokens(
         raise EngineError("inspect chunk must be at least 1 token")
     model = loaded.model
     tokenizer = loaded.tokenizer
-    # Padded vocabulary rows are no token at all; the sampler ignores them, and so do we.
+    # The distribution is the model's own, over every row of its output (as transformers reports
+    # it); only the alternatives listed are limited to rows the tokenizer can name (checkpoints may
+    # pad the vocabulary past the tokenizer's).
     speakable = min(tokenizer.vocab_size, loaded.args.vocab_size)
     n = len(tokens)
     logprobs: list[float | None] = [None]
@@ -114,13 +116,14 @@ def inspect_tokens(
             last_chunk = start + len(piece) == n
             model.capture_attention = attention and last_chunk
             batch = torch.tensor(piece, dtype=torch.long, device=loaded.device)
-            logits = model(batch, start)[:, :speakable].float()  # [C, vocab]
+            logits = model(batch, start).float()  # [C, vocab]
             if not bool(torch.isfinite(logits).all()):
                 raise EngineError(
                     "the model produced invalid numbers (NaN/Inf) while reading the prompt; "
                     "try float32"
                 )
-            logp = torch.log_softmax(logits, dim=-1)  # [C, vocab]
+            # Reduced in float64: a float32 sum over 32000 entries drifts by ~1e-4 nats.
+            logp = torch.log_softmax(logits.double(), dim=-1)  # [C, vocab]
             entropy += (-(logp.exp() * logp).sum(dim=-1)).tolist()
             # Row j predicts token start + j + 1; the last row of the last chunk predicts nothing.
             following = tokens[start + 1 : start + len(piece) + 1]
@@ -131,7 +134,7 @@ def inspect_tokens(
                 logprobs += chosen[:, 0].tolist()
                 if top:
                     ranks += ((rows > chosen).sum(dim=-1) + 1).tolist()
-                    best, best_ids = rows.topk(min(top, speakable), dim=-1)  # [F, top]
+                    best, best_ids = rows[:, :speakable].topk(min(top, speakable), dim=-1)
                     top_ids += best_ids.tolist()
                     top_probs += best.exp().tolist()
             if attention and last_chunk:

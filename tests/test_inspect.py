@@ -193,3 +193,23 @@ def test_cancel_stops_between_chunks(tiny_hf_dir: Path) -> None:
     with pytest.raises(EngineError, match="cancelled"):
         inspect_tokens(loaded, prompt(100, seed=3), chunk=16, cancel=cancel)
     assert not loaded.model.capture_attention
+
+
+def test_llama_sized_padded_vocabulary_matches_transformers(
+    tmp_path: Path, tokenizer_path: Path
+) -> None:
+    """32000 output rows (Llama 2's vocabulary) over a 512-piece tokenizer: the distribution is
+    the model's whole one, as transformers reports it, and its sums stay within tolerance."""
+    from tests.fixtures.models import random_llama, write_hf
+
+    folder = write_hf(
+        random_llama(kv_heads=2, seed=7, vocab=32000), tmp_path / "hf", tokenizer_path, False
+    )
+    ids = prompt(90, seed=8)
+    want_lp, want_entropy, want_attention = transformers_view(folder, ids)
+    got = inspect_tokens(load_model(folder, dtype="float32", device="cpu"), ids, top=3, chunk=32)
+    assert (torch.tensor(got.logprobs[1:]) - want_lp).abs().max().item() < 1e-4
+    assert (torch.tensor(got.entropy) - want_entropy).abs().max().item() < 1e-4
+    for layer, want in zip(got.attention, want_attention, strict=True):
+        assert (torch.tensor(layer) - want).abs().max().item() < 1e-5
+    assert all(t < 512 for row in got.top_ids for t in row)  # only nameable alternatives
