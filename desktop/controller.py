@@ -24,6 +24,7 @@ class EngineController(QObject):
     _load_requested = Signal(str, str, str)
     _generate_requested = Signal(object)
     _unload_requested = Signal()
+    _inspect_requested = Signal(object)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -37,6 +38,7 @@ class EngineController(QObject):
         self._load_requested.connect(self.worker.load_model)
         self._generate_requested.connect(self.worker.generate)
         self._unload_requested.connect(self.worker.unload)
+        self._inspect_requested.connect(self.worker.inspect)
         self._thread.finished.connect(self.worker.deleteLater)
         self._thread.start()
         self._running = True
@@ -62,6 +64,13 @@ class EngineController(QObject):
         self._pending = request_id
         self._generate_requested.emit(dataclasses.replace(request, request_id=request_id))
         return request_id
+
+    def inspect(self, job: object) -> int:
+        """Queue an inspection job (desktop.inspect_jobs); the answer comes as `inspected`
+        carrying the returned id. It runs after any reply in progress."""
+        job_id = next(self._ids)
+        self._inspect_requested.emit(dataclasses.replace(job, job_id=job_id))
+        return job_id
 
     def stop(self) -> None:
         """Stop the running generation after its current token (thread-safe, immediate)."""

@@ -23,6 +23,7 @@ from desktop.controller import EngineController
 from desktop.opener import ConversationOpener
 from desktop.session import ChatSession, SessionListener
 from desktop.store import ConversationStore, StoreError, read_export
+from desktop.views import attention_view, surprisal
 from desktop.views.chat_view import MessageWidget
 from desktop.views.topk_panel import visible_token
 from desktop.views.window_layout import build_layout, restore_layout, save_layout
@@ -79,6 +80,8 @@ class MainWindow(QMainWindow):
         menus.build_menus(self)
         self.session = self._new_session()
         self._connect()
+        self.surprisal = surprisal.install(self)
+        self.attention = attention_view.install(self)
         restore_layout(self)
         self._reopen_last()
         self.refresh_conversations()

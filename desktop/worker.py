@@ -80,6 +80,7 @@ class EngineWorker(QObject):
     token = Signal(object)  # Step
     generation_finished = Signal(object)  # GenerationResult
     generation_failed = Signal(object)  # GenerationResult with `error`
+    inspected = Signal(object)  # SurprisalResult / AttentionResult / InspectFailed
 
     def __init__(self, cancel: threading.Event, load_cancel: threading.Event | None = None) -> None:
         super().__init__()
@@ -209,6 +210,31 @@ class EngineWorker(QObject):
                 log.error("generation failed:\n%s", traceback.format_exc())
             message = str(exc) if isinstance(exc, EngineError) else _friendly(exc)
             self.generation_failed.emit(GenerationResult.failed(rid, message))
+
+    @Slot(object)
+    def inspect(self, job: Any) -> None:
+        """Run an inspection job (desktop.inspect_jobs) with the loaded model.
+
+        It prefills from position 0 and so overwrites the KV cache: the generator adopts what is
+        there now (the job's context ids), so the next chat turn still reuses its shared prefix.
+        """
+        from desktop.inspect_jobs import InspectFailed
+        from engine.errors import EngineError
+
+        try:
+            if self._loaded is None:
+                raise EngineError("No model is loaded: open a model first")
+            result = job.run(self._loaded, cancel=self._load_cancel)  # set when the app closes
+            if self._generator is not None:
+                self._generator.adopt_cache(result.context_ids)
+        except Exception as exc:  # noqa: BLE001 - the window must survive anything
+            if not isinstance(exc, EngineError):
+                log.error("inspection failed:\n%s", traceback.format_exc())
+            message = str(exc) if isinstance(exc, EngineError) else _friendly(exc)
+            result = InspectFailed(job.job_id, message)
+            if self._generator is not None:
+                self._generator.forget_cache()  # the cache may hold part of a failed prefill
+        self.inspected.emit(result)
 
     def _fit(self, messages: list, max_new_tokens: int) -> tuple[list[int], int]:
         """Prompt ids for the conversation, leaving out the oldest turns if it would not fit.

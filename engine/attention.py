@@ -77,7 +77,8 @@ def attend_to(
             future = key_pos[None, :] > query_pos[:, None]  # [n_rep*T, B]
             scores = scores.masked_fill(future, -math.inf)
         if capture:
-            captured.append(scores)
+            # Only the last query of each head is kept: rows r*T + (T-1) of the group.
+            captured.append(scores.unflatten(1, (n_rep, n_queries))[:, :, -1])  # [n_kv, n_rep, B]
 
         # Online softmax: rescale what we have so far to the new maximum, then add this block.
         # Position 0 is visible to every query, so the first block always yields a finite max.
@@ -99,10 +100,10 @@ def attend_to(
 
     attention = None
     if capture:
-        # Normalise the last query's raw scores with the final max and total.
-        raw = torch.cat(captured, dim=-1)  # [n_kv, n_rep*T, end]
-        weights = torch.exp(raw - running_max) / total_score
-        # Rows r*T + (T-1) hold the last query of each head in the group.
-        last = weights.reshape(n_kv_heads, n_rep, n_queries, end)[:, :, -1]  # [n_kv, n_rep, end]
-        attention = last.reshape(n_heads, end)
+        # Normalise the last query's raw scores with the loop's own final max and total, so the
+        # weights shown are exactly the ones that produced `out`.
+        raw = torch.cat(captured, dim=-1)  # [n_kv, n_rep, end]
+        last_max = running_max.unflatten(1, (n_rep, n_queries))[:, :, -1]  # [n_kv, n_rep, 1]
+        last_total = total_score.unflatten(1, (n_rep, n_queries))[:, :, -1]  # [n_kv, n_rep, 1]
+        attention = (torch.exp(raw - last_max) / last_total).reshape(n_heads, end)
     return out, attention

@@ -1,4 +1,4 @@
-"""`python -m engine`: generate text (streamed or as JSON lines) and download models.
+"""`python -m engine`: generate text (streamed or as JSON lines), inspect a prompt, download models.
 
 Exit codes: 0 success, 2 bad input (one line on stderr naming the problem), 130 interrupted.
 """
@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--json", action="store_true", help="one JSON object per token, then a done line"
     )
+
+    add_inspect_arguments(sub.add_parser("inspect", help="logprobs, entropy and attention"))
 
     down = sub.add_parser("download", help="download a model from the Hugging Face Hub")
     add_download_arguments(down)
@@ -287,6 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if ns.command == "generate":
             return run_generate(ns)
+        if ns.command == "inspect":
+            return run_inspect(ns)
         return run_download(ns)
     except EngineError as exc:
         message = " ".join(str(exc).split())
@@ -297,6 +301,65 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI: python -m engine inspect --model PATH (--prompt T | --prompt-ids | --prompt-file) --json
+
+
+def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `inspect` subcommand's arguments (DESIGN.md's inspect contract)."""
+    parser.add_argument("--model", required=True, help="model folder, cached Hub repo id, builtin")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="prompt text (BOS is added)")
+    source.add_argument(
+        "--prompt-file", help="read the prompt text (UTF-8) from a file; '-' reads stdin"
+    )
+    source.add_argument(
+        "--prompt-ids", type=_prompt_ids, help="exact token ids, e.g. 1,2,3 (no BOS added)"
+    )
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default="auto")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    parser.add_argument(
+        "--quant",
+        choices=["none", "int8", "int4"],
+        default="none",
+        help="weight-only quantization on load (activations stay in --dtype)",
+    )
+    parser.add_argument("--max-context", type=int, default=None, help="cap the KV cache length")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run_inspect(ns: argparse.Namespace) -> int:
+    """Load, prefill the prompt once with attention capture, print the inspection."""
+    from engine.inspect import inspect_tokens
+    from engine.loader import load_model
+
+    if ns.prompt_file is not None:
+        ns.prompt = read_prompt_file(ns.prompt_file)
+    check_text(ns.prompt, "--prompt")
+    if ns.max_context is not None and ns.max_context < 2:
+        raise EngineError(f"--max-context {ns.max_context} is too small; use at least 2 tokens")
+    loaded = load_model(
+        ns.model, dtype=ns.dtype, device=ns.device, max_context=ns.max_context, quant=ns.quant
+    )
+    if loaded.context_note:
+        sys.stderr.write(f"note: {loaded.context_note}\n")
+    if ns.prompt_ids is not None:
+        ids = list(ns.prompt_ids)
+    else:
+        ids = loaded.tokenizer.encode(ns.prompt, bos=True)
+    result = inspect_tokens(loaded, ids)
+    out = sys.stdout
+    if ns.json:
+        out.write(json.dumps(result.to_json(), ensure_ascii=False, allow_nan=False) + "\n")
+    else:
+        for i, piece in enumerate(result.pieces):
+            lp = result.logprobs[i]
+            shown = "      -" if lp is None else f"{lp:7.3f}"
+            out.write(f"{i:5d} {result.token_ids[i]:6d} {shown} {result.entropy[i]:6.3f} {piece}\n")
+    out.flush()
+    return EXIT_OK
 
 
 # ----------------------------------------------------------------------------------------------

@@ -118,6 +118,12 @@ class Generator:
         """Make the next call prefill from scratch (e.g. after the model was used elsewhere)."""
         self._cached_ids = []
 
+    def adopt_cache(self, ids: Sequence[int]) -> None:
+        """The model's KV cache now holds exactly `ids` from position 0, written by someone else
+        with the same model (e.g. `engine.inspect.inspect_tokens`): reuse it as if prefilled here,
+        so an inspection between two chat turns does not cost the next turn its prefix."""
+        self._cached_ids = [int(t) for t in ids]
+
     @property
     def cached_tokens(self) -> int:
         """How many prompt positions hold valid keys and values right now."""

@@ -39,8 +39,8 @@ def window(qtbot, tmp_path: Path, hub):
 
 
 def test_first_run_downloads_the_default_and_chats(qtbot, window, hub) -> None:
-    window.start(None)
-    chooser = window.chooser
+    # A fresh start opens the built-in model (tests/test_builtin.py); the chooser is one click away.
+    chooser = window.show_model_chooser()
     assert chooser.isVisible()
     assert chooser.entry()["repo_id"] == DEFAULT
     assert chooser.go_button.text() == "Download and open"

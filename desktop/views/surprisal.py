@@ -1,0 +1,244 @@
+"""Surprisal tint: every token of the conversation coloured by how surprised the model was.
+
+Surprisal is −log₂ p(token | what came before): 0 bits for a token the model was sure of, 10 bits
+for a 1-in-1000 token. The numbers come from the engine thread (`SurprisalJob`, which calls
+`engine.inspect.inspect_tokens`); this module only paints them. Hovering a token shows p, its rank
+and the alternatives the model expected. Each reply gets a thin sparkline of the entropy at every
+step: where the model was unsure, whatever it picked.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from PySide6.QtCore import QEvent, QObject, QPointF, Signal
+from PySide6.QtGui import (
+    QAction,
+    QColor,
+    QPainter,
+    QPainterPath,
+    QPen,
+    QTextCharFormat,
+    QTextCursor,
+    QTextFormat,
+)
+from PySide6.QtWidgets import QToolTip, QWidget
+
+from desktop.inspect_jobs import InspectFailed, SurprisalJob, SurprisalResult, TokenInfo
+from desktop.session import ASSISTANT, USER, ChatSession, Turn
+from desktop.views.chat_view import MessageWidget
+from desktop.views.topk_panel import visible_token
+
+log = logging.getLogger(__name__)
+
+SURPRISAL_INDEX = QTextFormat.Property.UserProperty + 7
+"""Char-format property: index of the token in the card's TokenInfo list."""
+FULL_BITS = 12.0
+"""Surprisal shown at full strength (1 in 4096); beyond it every token looks equally startling."""
+TOP_SHOWN = 5
+
+
+def tint(bits: float | None) -> QColor:
+    """Background for a token: clear when expected, warm orange to red as surprise grows."""
+    if bits is None:
+        return QColor(0, 0, 0, 0)
+    strength = max(0.0, min(1.0, bits / FULL_BITS))
+    color = QColor.fromHsvF(0.11 * (1.0 - strength), 0.85, 1.0)  # orange -> red
+    color.setAlphaF(0.08 + 0.62 * strength)
+    return color
+
+
+def tooltip(token: TokenInfo) -> str:
+    """What hovering a token tells: p, surprisal, rank, and what the model expected instead."""
+    if token.prob is None:
+        return f"“{visible_token(token.text)}”: the first token (nothing before it to predict it)"
+    lines = [
+        f"“{visible_token(token.text)}”  p = {token.prob:.4g}  ({token.surprisal_bits:.1f} bits)",
+        f"rank {token.rank}; entropy here {token.entropy:.2f} nats",
+        "expected:",
+    ]
+    lines += [f"  {visible_token(text)}  {p:.3f}" for text, p in token.top[:TOP_SHOWN]]
+    return "\n".join(lines)
+
+
+def model_turns(session: ChatSession) -> list[Turn]:
+    """The turns the model reads, in order: the same choice `ChatSession.prompt_messages` makes
+    (an unanswered user message is left out unless it is last; the reply in progress too)."""
+    turns = [t for t in session.turns if not t.damaged and t is not session.reply]
+    out: list[Turn] = []
+    for i, turn in enumerate(turns):
+        later = turns[i + 1] if i + 1 < len(turns) else None
+        if turn.role == USER and (later is None or later.role == ASSISTANT):
+            out.append(turn)
+        elif turn.role == ASSISTANT and out and out[-1].role == USER:
+            out.append(turn)
+    return out
+
+
+class EntropySparkline(QWidget):
+    """A thin line of the entropy at each step of a reply (high = the model was unsure)."""
+
+    def __init__(self, values: Sequence[float], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.values = list(values)
+        self.setFixedHeight(18)
+        self.setObjectName("entropy_sparkline")
+        top = max(self.values, default=0.0)
+        self.setToolTip(f"Entropy per token (max {top:.2f} nats): where the model was unsure")
+
+    def paintEvent(self, _event) -> None:  # noqa: N802 - Qt API
+        if len(self.values) < 2:
+            return
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        top = max(max(self.values), 1e-6)
+        w, h = self.width() - 2, self.height() - 3
+        path = QPainterPath()
+        for i, v in enumerate(self.values):
+            point = QPointF(1 + w * i / (len(self.values) - 1), 1 + h * (1 - v / top))
+            if i == 0:
+                path.moveTo(point)
+            else:
+                path.lineTo(point)
+        painter.setPen(QPen(self.palette().color(self.foregroundRole()), 1.2))
+        painter.drawPath(path)
+
+
+class _Tips(QObject):
+    """Tooltips for one tinted card: the token under the mouse, from its char format."""
+
+    def __init__(self, card: MessageWidget, tokens: Sequence[TokenInfo]) -> None:
+        super().__init__(card)
+        self.card = card
+        self.tokens = list(tokens)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt API
+        if event.type() == QEvent.Type.ToolTip:
+            cursor = self.card.body.cursorForPosition(event.pos())
+            cursor.movePosition(QTextCursor.MoveOperation.Right)
+            index = cursor.charFormat().property(SURPRISAL_INDEX)
+            if index is not None and 0 <= int(index) < len(self.tokens):
+                QToolTip.showText(event.globalPos(), tooltip(self.tokens[int(index)]), watched)
+            else:
+                QToolTip.hideText()
+            return True
+        return False
+
+
+def paint_card(card: MessageWidget, tokens: Sequence[TokenInfo]) -> None:
+    """Rewrite the card's text as tinted tokens, with hover tips and (replies) a sparkline."""
+    clear_card(card, rerender=False)
+    doc = card.body.document()
+    doc.clear()
+    cursor = QTextCursor(doc)
+    for i, token in enumerate(tokens):
+        fmt = QTextCharFormat()
+        fmt.setBackground(tint(token.surprisal_bits))
+        fmt.setProperty(SURPRISAL_INDEX, i)
+        cursor.insertText(token.text, fmt)
+    tips = _Tips(card, tokens)
+    tips.setObjectName("surprisal_tips")
+    card.body.viewport().installEventFilter(tips)
+    if card.role == ASSISTANT:
+        line = EntropySparkline([t.entropy for t in tokens], card)
+        card.layout().addWidget(line)
+    card.setProperty("surprisal_tinted", True)
+
+
+def clear_card(card: MessageWidget, rerender: bool = True) -> None:
+    """Take the tint off a card and show its text as usual."""
+    for tips in card.findChildren(_Tips):
+        card.body.viewport().removeEventFilter(tips)
+        tips.deleteLater()
+    for line in card.findChildren(EntropySparkline):
+        line.setParent(None)
+        line.deleteLater()
+    if card.property("surprisal_tinted"):
+        card.setProperty("surprisal_tinted", False)
+        card.body.document().clear()
+        card.body.setCurrentCharFormat(QTextCharFormat())  # plain text must not inherit a tint
+        if rerender:
+            card.set_text(card.text)
+
+
+class SurprisalTint(QObject):
+    """The window's surprisal toggle: asks the engine thread for numbers, paints the cards."""
+
+    applied = Signal(int)
+    """Emitted after a result was painted, with the number of cards tinted."""
+
+    def __init__(self, window) -> None:
+        super().__init__(window)
+        self.window = window
+        self.action = QAction("Tint tokens by &surprisal", window)
+        self.action.setCheckable(True)
+        self.action.setShortcut("Ctrl+Shift+S")
+        self.action.setToolTip("Colour every token by −log₂ p; hover for p, rank, alternatives")
+        self.action.toggled.connect(self._toggled)
+        self._job: int | None = None
+        self._turns: list[Turn] = []
+        self._offset = 0
+        """1 when the job's first message is the system prompt (it has no card)."""
+        window.controller.worker.inspected.connect(self._on_result)
+        window.reply_finished.connect(lambda _result: self.refresh())
+        window.model_ready.connect(lambda _info: self.refresh())
+        window.opener.ready.connect(lambda _session: self.refresh())
+
+    @property
+    def enabled(self) -> bool:
+        return self.action.isChecked()
+
+    def _toggled(self, on: bool) -> None:
+        if on:
+            self.refresh()
+        else:
+            self._job = None
+            for card in self.window.chat.messages:
+                clear_card(card)
+
+    def refresh(self) -> None:
+        """Ask for the open conversation's numbers again (after a reply, on opening one)."""
+        if not self.enabled or self.window.model_info is None:
+            return
+        session = self.window.session
+        self._turns = model_turns(session)
+        if not self._turns:
+            return
+        system = session.system_prompt.strip()
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": t.role, "content": t.content} for t in self._turns
+        ]
+        self._offset = 1 if system else 0
+        self._job = self.window.controller.inspect(SurprisalJob(tuple(messages)))
+
+    def _on_result(self, result: object) -> None:
+        if getattr(result, "job_id", None) != self._job or not self.enabled:
+            return
+        self._job = None
+        if isinstance(result, InspectFailed):
+            # Said once: the tint goes off rather than failing again after every reply.
+            self.action.setChecked(False)
+            self.window.show_error(f"Surprisal tint turned off: {result.message}", kind="notice")
+            return
+        assert isinstance(result, SurprisalResult)
+        painted = 0
+        for turn, tokens in zip(self._turns, result.tokens[self._offset :], strict=True):
+            card = self.window.chat.card(turn)
+            if card is None or tokens is None:
+                continue
+            paint_card(card, tokens)
+            painted += 1
+        log.debug("surprisal tint on %d cards", painted)
+        self.applied.emit(painted)
+
+
+def install(window) -> SurprisalTint:
+    """Add the toggle to the window (View menu when there is one, and as a window action)."""
+    tint_control = SurprisalTint(window)
+    window.addAction(tint_control.action)
+    for action in window.menuBar().actions():
+        if action.text().replace("&", "") == "View" and action.menu() is not None:
+            action.menu().addSeparator()
+            action.menu().addAction(tint_control.action)
+    return tint_control
