@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.session import ReplyOptions
+from desktop.views.wheel_guard import guard_wheel
 from engine.events import DEFAULT_MAX_NEW_TOKENS, DEFAULT_REPORT_TOP, SamplingParams
 
 _P = SamplingParams()
@@ -86,6 +87,7 @@ class SamplingPanel(QWidget):
         self.report_top.setRange(1, 50)
         self.report_top.setToolTip("How many candidates the top-k panel shows")
         form.addRow("Top-k panel rows", self.report_top)
+        self._wheel_guard = guard_wheel(self)
         self.load()
         for box in (self.temperature, self.top_p, self.min_p, self.repetition_penalty):
             box.valueChanged.connect(self._save)
