@@ -155,6 +155,8 @@ class MainWindow(QMainWindow):
         session.listener = self.chat
         self.chat.show_session(session)
         self.topk.clear()
+        if session is not self._streaming:  # a reply still streaming keeps its live figures
+            self.status_line.clear_reply()
         self.sampling.show_system_prompt(session.system_prompt)
         if session.conversation_id is not None:
             self._try(lambda: self.store.set_last_open(session.conversation_id))
@@ -216,7 +218,7 @@ class MainWindow(QMainWindow):
 
     def regenerate(self) -> None:
         """Answer the last user message again (it replaces the last reply, if any)."""
-        if self.session.history and self._can_ask():
+        if self.session.can_regenerate and self._can_ask():
             self._ask(lambda: self.session.regenerate(self.sampling.options()))
 
     def edit_message(self, card: MessageWidget) -> None:
@@ -476,7 +478,7 @@ class MainWindow(QMainWindow):
         ready = self.model_info is not None and not self._loading
         self.send_button.setEnabled(ready and not busy)
         self.stop_button.setEnabled(busy)
-        can_regenerate = ready and not busy and bool(self.session.history)
+        can_regenerate = ready and not busy and self.session.can_regenerate
         self.regenerate_button.setEnabled(can_regenerate)
         self.regenerate_action.setEnabled(can_regenerate)
         self.open_action.setEnabled(not busy)

@@ -9,7 +9,7 @@ from PySide6.QtCore import QPoint, QPointF, Qt
 from PySide6.QtGui import QWheelEvent
 from PySide6.QtWidgets import QApplication
 
-from tests.window_helpers import greedy, load, make_window
+from tests.window_helpers import ask, greedy, load, make_window
 
 
 @pytest.fixture
@@ -50,4 +50,48 @@ def test_wheel_does_not_change_an_unfocused_number_box(qtbot, home: Path) -> Non
     qtbot.waitUntil(box.hasFocus, timeout=2000)
     _wheel(box)
     assert box.value() == 39
+    win.close()
+
+
+def test_regenerate_is_disabled_when_there_is_nothing_to_regenerate(
+    qtbot, home: Path, tiny_model_dir: Path
+) -> None:
+    win = make_window(qtbot, home)
+    load(qtbot, win, tiny_model_dir)
+    greedy(win, 3)
+    assert not win.regenerate_button.isEnabled() and not win.regenerate_action.isEnabled()
+    ask(qtbot, win, "Hello")
+    assert win.regenerate_button.isEnabled() and win.regenerate_action.isEnabled()
+    win.new_chat_action.trigger()
+    assert not win.regenerate_button.isEnabled() and not win.regenerate_action.isEnabled()
+    # A reply that answers no user message (an imported chat, say): nothing to ask again, and
+    # Ctrl+R must not delete it.
+    lone = win.store.create_conversation(title="Only a reply")
+    win.store.add_message(lone, "assistant", "I speak first.")
+    with qtbot.waitSignal(win.opener.ready, timeout=10_000):
+        win.open_conversation(lone)
+    assert win.conversation_id == lone
+    assert not win.regenerate_action.isEnabled()
+    win.regenerate_action.trigger()
+    assert win.history == [{"role": "assistant", "content": "I speak first."}]
+    win.close()
+
+
+def test_status_bar_is_cleared_on_new_chat_and_unload(
+    qtbot, home: Path, tiny_model_dir: Path
+) -> None:
+    win = make_window(qtbot, home)
+    load(qtbot, win, tiny_model_dir)
+    greedy(win, 4)
+    ask(qtbot, win, "Hello")
+    assert "tok/s" in win.speed_label.text() and "context" in win.context_label.text()
+    win.new_chat_action.trigger()
+    assert win.speed_label.text() == "" and win.context_label.text() == ""
+    ask(qtbot, win, "Hello again")
+    assert "tok/s" in win.speed_label.text()
+    with qtbot.waitSignal(win.controller.worker.model_unloaded, timeout=10_000):
+        win.unload_model()
+    qtbot.waitUntil(lambda: win.model_info is None, timeout=5000)
+    assert win.speed_label.text() == "" and win.context_label.text() == ""
+    assert win.device_label.text() == ""
     win.close()

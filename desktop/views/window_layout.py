@@ -170,8 +170,12 @@ class StatusLine(QObject):
             self.progress_label.setText("")
         self.model_label.setText(info.name if info else NO_MODEL)
         self.device_label.setText(f"{info.device} · {info.dtype}" if info else "")
-        if info is not None:
-            self.context_label.setText(f"context 0 / {info.max_context}")
+        self.clear_reply()
+
+    def clear_reply(self) -> None:
+        """Forget the last reply's figures: they belong to a chat (or a model) no longer shown."""
+        self.speed_label.setText("")
+        self.context_label.setText("")
 
     def started(self, started: GenerationStarted) -> None:
         self._prompt_tokens = started.prompt_tokens
@@ -196,9 +200,12 @@ class StatusLine(QObject):
         self.speed_label.setText(" · ".join(parts))
 
     def finished(self, result: GenerationResult) -> None:
-        self.speed_label.setText(
-            f"prompt {result.prompt_tokens} tok · first token {result.ttft_s:.2f} s · "
-            f"{result.decode_tokens_per_s:.1f} tok/s"
-        )
+        if result.generated_tokens == 0:  # stopped while reading the prompt: no speed to tell
+            self.speed_label.setText(f"prompt {result.prompt_tokens} tok · stopped")
+        else:
+            self.speed_label.setText(
+                f"prompt {result.prompt_tokens} tok · first token {result.ttft_s:.2f} s · "
+                f"{result.decode_tokens_per_s:.1f} tok/s"
+            )
         used = result.prompt_tokens + result.generated_tokens
         self.context_label.setText(f"context {used} / {result.max_context}")
