@@ -110,12 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     settings = create_settings()
 
-    from desktop.theme import apply_theme
+    from desktop.theme import apply_theme, saved_theme
 
-    apply_theme(
-        app, os.environ.get("LOOPCHAT_THEME") or str(settings.value("view/theme", "system"))
-    )
     apply_look(app)
+    apply_theme(app, os.environ.get("LOOPCHAT_THEME") or saved_theme(settings))
 
     from desktop.main_window import MainWindow
 

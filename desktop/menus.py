@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
 if TYPE_CHECKING:
@@ -79,9 +79,41 @@ def build_menus(w: MainWindow) -> None:
         toggle.setChecked(True)
         toggle.toggled.connect(target.setVisible)
 
+    theme_menu(w, view.addMenu("&Theme"))
+
     help_menu = bar.addMenu("&Help")
     _action(w, help_menu, "&About Loopchat", lambda: about(w))
     refresh_recent(w)
+
+
+def theme_menu(w: MainWindow, menu) -> None:
+    """System / Light / Dark, checked as saved; choosing one applies it at once and keeps it."""
+    from desktop.theme import THEMES, saved_theme
+
+    group = QActionGroup(w)
+    group.setExclusive(True)
+    current = saved_theme(w.settings)
+    w.theme_actions = {}
+    for name in THEMES:
+        action = QAction(name.capitalize(), w, checkable=True)
+        action.setChecked(name == current)
+        action.triggered.connect(lambda _=False, n=name: set_theme(w, n))
+        group.addAction(action)
+        menu.addAction(action)
+        w.theme_actions[name] = action
+
+
+def set_theme(w: MainWindow, name: str) -> None:
+    from PySide6.QtWidgets import QApplication
+
+    from desktop.theme import THEME_KEY, apply_theme
+
+    w.settings.setValue(THEME_KEY, name)
+    w.settings.sync()
+    w.theme_actions[name].setChecked(True)
+    app = QApplication.instance()
+    if app is not None:
+        apply_theme(app, name)
 
 
 def recent_models(settings) -> list[str]:

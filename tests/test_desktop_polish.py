@@ -95,3 +95,30 @@ def test_status_bar_is_cleared_on_new_chat_and_unload(
     assert win.speed_label.text() == "" and win.context_label.text() == ""
     assert win.device_label.text() == ""
     win.close()
+
+
+def test_theme_is_chosen_in_the_view_menu_applied_and_kept(qtbot, home: Path) -> None:
+    from PySide6.QtGui import QPalette
+
+    app = QApplication.instance()
+    style, palette, sheet = app.style().name(), app.palette(), app.styleSheet()
+    try:
+        win = make_window(qtbot, home)
+        assert win.theme_actions["system"].isChecked()
+        win.theme_actions["dark"].trigger()
+        assert app.palette().color(QPalette.ColorRole.Window).lightness() < 80
+        assert win.settings.value("view/theme") == "dark"
+        win.close()
+        again = make_window(qtbot, home)  # the same settings file: the next start
+        assert again.theme_actions["dark"].isChecked()
+        again.theme_actions["light"].trigger()
+        assert app.palette().color(QPalette.ColorRole.Window).lightness() > 200
+        again.close()
+        from PySide6.QtCore import QSettings
+
+        kept = QSettings(str(home / "loopchat.ini"), QSettings.Format.IniFormat)
+        assert kept.value("view/theme") == "light"
+    finally:
+        app.setStyle(style)
+        app.setPalette(palette)
+        app.setStyleSheet(sheet)
