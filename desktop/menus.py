@@ -7,6 +7,7 @@ set as attributes of the window under those names.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -154,14 +155,36 @@ def choose_model_folder(w: MainWindow) -> None:
         w.load_model(folder)
 
 
+EXPORT_FILTERS = {"md": "Markdown (*.md)", "json": "JSON (*.json)"}
+_UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]+')
+
+
+def export_file_name(title: str, fmt: str) -> str:
+    """A file name for exporting a conversation: its title, made safe on every platform."""
+    name = _UNSAFE.sub(" ", title)
+    name = " ".join(name.split()).strip(" .")[:80].rstrip(" .")
+    return f"{name or 'Conversation'}.{fmt}"
+
+
+def with_extension(path: Path, fmt: str) -> Path:
+    """`path` with the chosen format's extension (dialogs on Linux do not add it)."""
+    return path if path.suffix.lower() == f".{fmt}" else path.with_name(f"{path.name}.{fmt}")
+
+
 def choose_export(w: MainWindow, conversation_id: int | None, fmt: str) -> None:
     if conversation_id is None:
         w.show_error("There is no saved conversation to export yet.", kind="notice")
         return
-    suffix = "Markdown (*.md)" if fmt == "md" else "JSON (*.json)"
-    path, _ = QFileDialog.getSaveFileName(w, "Export conversation", "", suffix)
+    title = next(
+        (c.title for c in w.store.list_conversations() if c.id == conversation_id), ""
+    )
+    folder = str(w.settings.value("export/folder", "") or Path.home())
+    suggested = str(Path(folder) / export_file_name(title, fmt))
+    path, _ = QFileDialog.getSaveFileName(w, "Export conversation", suggested, EXPORT_FILTERS[fmt])
     if path:
-        w.export_conversation(conversation_id, Path(path), fmt)
+        target = with_extension(Path(path), fmt)
+        w.settings.setValue("export/folder", str(target.parent))
+        w.export_conversation(conversation_id, target, fmt)
 
 
 def choose_import(w: MainWindow) -> None:

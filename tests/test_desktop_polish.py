@@ -122,3 +122,34 @@ def test_theme_is_chosen_in_the_view_menu_applied_and_kept(qtbot, home: Path) ->
         app.setStyle(style)
         app.setPalette(palette)
         app.setStyleSheet(sheet)
+
+
+@pytest.mark.parametrize("fmt", ["md", "json"])
+def test_export_suggests_a_name_and_adds_the_extension(
+    qtbot, home: Path, monkeypatch, fmt: str
+) -> None:
+    from PySide6.QtWidgets import QFileDialog
+
+    win = make_window(qtbot, home)
+    cid = win.store.create_conversation(title='Plans: "Q3" / budget?')
+    win.store.add_message(cid, "user", "What next?")
+    asked = {}
+
+    def save_dialog(_parent, _caption, suggested, filters, *_args, **_kw):
+        asked["suggested"], asked["filters"] = suggested, filters
+        return str(home / "my export"), filters  # the user typed a name without extension
+
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", save_dialog)
+    (action,) = [
+        a
+        for a in win.menuBar().actions()[0].menu().actions()
+        if "Export" in a.text() and ("Markdown" if fmt == "md" else "JSON") in a.text()
+    ]
+    with qtbot.waitSignal(win.opener.ready, timeout=10_000):
+        win.open_conversation(cid)
+    action.trigger()
+    assert Path(asked["suggested"]).name == f"Plans Q3 budget.{fmt}"
+    written = home / f"my export.{fmt}"
+    assert written.is_file() and "What next?" in written.read_text(encoding="utf-8")
+    assert not (home / "my export").exists()
+    win.close()
