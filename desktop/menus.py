@@ -175,9 +175,7 @@ def choose_export(w: MainWindow, conversation_id: int | None, fmt: str) -> None:
     if conversation_id is None:
         w.show_error("There is no saved conversation to export yet.", kind="notice")
         return
-    title = next(
-        (c.title for c in w.store.list_conversations() if c.id == conversation_id), ""
-    )
+    title = next((c.title for c in w.store.list_conversations() if c.id == conversation_id), "")
     folder = str(w.settings.value("export/folder", "") or Path.home())
     suggested = str(Path(folder) / export_file_name(title, fmt))
     path, _ = QFileDialog.getSaveFileName(w, "Export conversation", suggested, EXPORT_FILTERS[fmt])
