@@ -68,6 +68,7 @@ class MainWindow(QMainWindow):
         self.model_info: ModelInfo | None = None
         self._loading = False
         self._pending_model_path = ""
+        self._downloads = None
         self._streaming: ChatSession | None = None
         """The session whose request the engine is answering (maybe not the one shown)."""
         self.opener = ConversationOpener(self.store, self.controller, self)
@@ -324,10 +325,19 @@ class MainWindow(QMainWindow):
         else:
             self.show_model_chooser()
 
+    @property
+    def downloads(self):
+        """The window's model downloads (started on first use): they outlive the chooser."""
+        if self._downloads is None:
+            from desktop.background_download import BackgroundDownloads
+
+            self._downloads = BackgroundDownloads(self)
+        return self._downloads
+
     def show_model_chooser(self):
         from desktop.views.model_chooser import ModelChooser
 
-        chooser = ModelChooser(self)
+        chooser = ModelChooser(self, downloads=self.downloads)
         chooser.model_chosen.connect(self.load_model)
         chooser.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         self.chooser = chooser
@@ -492,6 +502,8 @@ class MainWindow(QMainWindow):
                 chooser.close()
             except RuntimeError:  # already deleted
                 pass
+        if self._downloads is not None:
+            self._downloads.shutdown()
         if not self.controller.shutdown(CLOSE_WAIT_MS):
             log.warning("engine thread still busy at close; not waiting for it")
         for session in {id(s): s for s in (self._streaming, self.session) if s}.values():

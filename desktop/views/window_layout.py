@@ -155,6 +155,14 @@ class StatusLine(QObject):
             bar.addWidget(widget)
         for widget in (self.speed_label, self.context_label, self.device_label):
             bar.addPermanentWidget(widget)
+        self.download_label = QLabel("")
+        self.download_bar = QProgressBar()
+        self.download_bar.setRange(0, 1000)
+        self.download_bar.setMaximumWidth(160)
+        self.download_bar.setTextVisible(False)
+        for widget in (self.download_label, self.download_bar):
+            bar.addWidget(widget)
+            widget.hide()
         self._prompt_tokens = 0
         self._first_token_s = 0.0
 
@@ -163,6 +171,23 @@ class StatusLine(QObject):
         self.progress.setValue(int(1000 * fraction))
         self.progress.show()
         self.progress_label.setText(message)
+
+    def download(self, repo_id: str, progress: dict | None) -> None:
+        """A model download going on in the background (the chooser may be closed)."""
+        if progress is None:
+            self.download_label.setText(f"Downloading {repo_id}…")
+            self.download_bar.setValue(0)
+        else:
+            fraction = float(progress.get("fraction", 0.0))
+            self.download_bar.setValue(int(1000 * fraction))
+            self.download_label.setText(f"Downloading {repo_id}: {100 * fraction:.0f}%")
+            self.download_label.setToolTip(str(progress.get("line", "")))
+        self.download_label.show()
+        self.download_bar.show()
+
+    def download_ended(self) -> None:
+        self.download_label.hide()
+        self.download_bar.hide()
 
     def loaded(self, info: ModelInfo | None, done: bool = True) -> None:
         if done:
