@@ -247,6 +247,7 @@ class MainWindow(QMainWindow):
             if self.session.busy:
                 self._streaming = self.session
                 self.topk.clear()
+                self.topk.set_params(self.sampling.options().params)
             self.refresh_conversations()
             self._update_buttons()
         return True

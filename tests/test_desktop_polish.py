@@ -153,3 +153,30 @@ def test_export_suggests_a_name_and_adds_the_extension(
     assert written.is_file() and "What next?" in written.read_text(encoding="utf-8")
     assert not (home / "my export").exists()
     win.close()
+
+
+def test_topk_panel_shows_every_row_and_says_why_the_choice_is_not_the_top(
+    qtbot, home: Path, tiny_model_dir: Path
+) -> None:
+    from desktop.views.topk_panel import percent
+    from engine.events import SamplingParams
+
+    assert SamplingParams().repetition_penalty == 1.0  # off by default: greedy looks greedy
+    assert percent(0.0004) == "<0.1%" and percent(0.5) == "50.0%" and percent(0.0) == "0.0%"
+    win = make_window(qtbot, home)
+    load(qtbot, win, tiny_model_dir)
+    greedy(win, 12)
+    win.sampling.report_top.setValue(20)
+    win.sampling.repetition_penalty.setValue(2.0)  # strong enough to overrule the top row
+    win.resize(900, 600)
+    steps = []
+    win.token_shown.connect(steps.append)
+    ask(qtbot, win, "Hello Hello Hello")
+    assert win.topk.minimumHeight() > win.topk.parentWidget().height()  # it scrolls
+    overruled = [s for s in steps if s.top and s.top[0].token_id != s.token_id]
+    assert overruled, "the penalty never changed a greedy choice on this model"
+    win.topk.show_step(overruled[-1])
+    win.topk.flush_now()
+    assert len(win.topk.shown_rows()) == 20
+    assert "repetition penalty" in win.topk._subtitle
+    win.close()
