@@ -27,7 +27,7 @@ from desktop.views.chat_view import MessageWidget
 from desktop.views.topk_panel import visible_token
 from desktop.views.window_layout import build_layout, restore_layout, save_layout
 from engine.builtin import BUILTIN_NAME
-from engine.events import GenerationResult, GenerationStarted, ModelInfo, Step
+from engine.events import GenerationResult, GenerationStarted, ModelInfo, PrefillProgress, Step
 
 log = logging.getLogger(__name__)
 UNDO_WINDOW_S = 60
@@ -52,6 +52,7 @@ class MainWindow(QMainWindow):
 
     model_ready = Signal(object)  # ModelInfo
     token_shown = Signal(object)  # Step, after the window has shown it
+    prefill_shown = Signal(object)  # PrefillProgress, after the reply card has shown it
     reply_finished = Signal(object)  # GenerationResult (with `error` when the reply failed)
     error_shown = Signal(str)
 
@@ -99,6 +100,7 @@ class MainWindow(QMainWindow):
         worker.load_failed.connect(self._on_load_failed)
         worker.model_unloaded.connect(self._on_model_unloaded)
         worker.generation_started.connect(self._on_generation_started)
+        worker.prefill_progress.connect(self._on_prefill)
         worker.token.connect(self._on_token)
         worker.generation_finished.connect(self._on_finished)
         worker.generation_failed.connect(self._on_failed)
@@ -399,6 +401,16 @@ class MainWindow(QMainWindow):
         if session is None or not session.on_started(started) or session is not self.session:
             return
         self.status_line.started(started)
+        self.chat.show_prefill(session.reply, 0, started.prompt_tokens)
+
+    def _on_prefill(self, progress: PrefillProgress) -> None:
+        session = self._streaming
+        if session is None or session is not self.session or session.reply is None:
+            return
+        if progress.request_id != session.request_id:
+            return
+        self.chat.show_prefill(session.reply, progress.done, progress.total)
+        self.prefill_shown.emit(progress)
 
     def _on_token(self, step: Step) -> None:
         session = self._streaming

@@ -191,6 +191,18 @@ class GenerationStarted(_Record):
 
 
 @dataclass(frozen=True)
+class PrefillProgress(_Record):
+    """How much of the prompt the model has read: `done` of `total` positions (reused ones count).
+
+    Reading a long prompt takes seconds before the first token; this lets a window say so.
+    """
+
+    request_id: int
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
 class GenerationResult(_Record):
     """How a generation ended and how fast it ran (or, with `error`, why it failed)."""
 

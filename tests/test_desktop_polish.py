@@ -180,3 +180,28 @@ def test_topk_panel_shows_every_row_and_says_why_the_choice_is_not_the_top(
     assert len(win.topk.shown_rows()) == 20
     assert "repetition penalty" in win.topk._subtitle
     win.close()
+
+
+def test_reading_a_long_message_is_shown_before_the_tokens(
+    qtbot, home: Path, tiny_model_dir: Path
+) -> None:
+    win = make_window(qtbot, home)
+    load(qtbot, win, tiny_model_dir)
+    greedy(win, 3)
+    win.controller.worker._generator.prefill_chunk = 16  # several chunks from a short prompt
+    seen: list[tuple[int, int, str]] = []
+
+    def record(progress) -> None:
+        card = win.chat.card(win.session.reply)
+        seen.append((progress.done, progress.total, card.meta_label.text()))
+
+    win.prefill_shown.connect(record)
+    ask(qtbot, win, "one two three four five six seven eight nine ten eleven twelve")
+    assert len(seen) >= 2, seen
+    dones = [done for done, _total, _text in seen]
+    assert dones == sorted(dones) and dones[-1] == seen[-1][1]
+    done, total, text = seen[0]
+    assert text == f"Reading your message… {done} / {total} tokens"
+    last = win.chat.messages[-1]
+    assert "Reading" not in last.meta_label.text()
+    win.close()

@@ -237,9 +237,17 @@ class ConversationView(ChatView):
         self._notes[id(turn)] = note
         self._insert(self.messages.index(card), note)  # above the reply it explains
 
+    def show_prefill(self, turn: Turn, done: int, total: int) -> None:
+        """Before the first token: how much of the prompt the model has read."""
+        card = self.card(turn)
+        if card is not None and not card.steps:
+            card.meta_label.setText(f"Reading your message… {done} / {total} tokens")
+
     def reply_step(self, _session: ChatSession, turn: Turn, step: Step) -> None:
         card = self.card(turn)
         if card is not None:
+            if not card.steps:
+                card.meta_label.setText("")  # reading done: the tokens speak for themselves
             card.append_step(step)
 
     def reply_ended(self, _session: ChatSession, turn: Turn) -> None:
