@@ -430,8 +430,9 @@ class MainWindow(QMainWindow):
             self.status_line.finished(result)
             if result.stop_reason == "context_full":
                 self.show_error(
-                    "The model's context is full, so the reply was cut. Start a new chat "
-                    "(Ctrl+N) to continue.",
+                    f"The reply filled the model's context ({result.max_context} tokens) and was "
+                    "cut. You can keep chatting: the oldest turns are left out of what the model "
+                    "reads. New chat (Ctrl+N) starts afresh.",
                     kind="notice",
                 )
         self._after_reply(result)

@@ -205,3 +205,10 @@ def test_reading_a_long_message_is_shown_before_the_tokens(
     last = win.chat.messages[-1]
     assert "Reading" not in last.meta_label.text()
     win.close()
+
+
+def test_context_counter_never_passes_the_maximum() -> None:
+    from desktop.views.window_layout import context_text
+
+    assert context_text(257, 256) == "context 256 / 256"
+    assert context_text(100, 256, dropped=2) == "context 100 / 256 · 2 earlier turns left out"

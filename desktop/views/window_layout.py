@@ -140,6 +140,15 @@ def save_layout(w) -> None:
     w.settings.sync()
 
 
+def context_text(used: int, max_context: int, dropped: int = 0) -> str:
+    """Context use as the status bar says it: never past the maximum (the last sampled token
+    is never written to the cache), and naming the turns left out to make room."""
+    text = f"context {min(used, max_context)} / {max_context}"
+    if dropped:
+        text += f" · {dropped} earlier turn{'s' if dropped != 1 else ''} left out"
+    return text
+
+
 class StatusLine(QObject):
     """Model, load progress, prompt size, time to first token, speed and context use.
 
@@ -169,6 +178,7 @@ class StatusLine(QObject):
             bar.addWidget(widget)
             widget.hide()
         self._prompt_tokens = 0
+        self._dropped = 0
         self._first_token_s = 0.0
 
     @Slot(float, str)
@@ -209,8 +219,11 @@ class StatusLine(QObject):
 
     def started(self, started: GenerationStarted) -> None:
         self._prompt_tokens = started.prompt_tokens
+        self._dropped = started.dropped_turns
         self._first_token_s = 0.0
-        self.context_label.setText(f"context {started.prompt_tokens} / {started.max_context}")
+        self.context_label.setText(
+            context_text(started.prompt_tokens, started.max_context, self._dropped)
+        )
         self.speed_label.setText(f"prompt {started.prompt_tokens} tok · generating…")
 
     def step(self, step: Step, max_context: int) -> None:
@@ -221,7 +234,7 @@ class StatusLine(QObject):
             return
         first = self._first_token_s
         self.context_label.setText(
-            f"context {self._prompt_tokens + step.index + 1} / {max_context}"
+            context_text(self._prompt_tokens + step.index + 1, max_context, self._dropped)
         )
         parts = [f"prompt {self._prompt_tokens} tok", f"first token {first:.2f} s"]
         decoding = step.elapsed_s - first
@@ -238,4 +251,4 @@ class StatusLine(QObject):
                 f"{result.decode_tokens_per_s:.1f} tok/s"
             )
         used = result.prompt_tokens + result.generated_tokens
-        self.context_label.setText(f"context {used} / {result.max_context}")
+        self.context_label.setText(context_text(used, result.max_context, result.dropped_turns))
