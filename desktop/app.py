@@ -41,6 +41,18 @@ def setup_logging() -> None:
     root.setLevel(logging.INFO)
 
 
+def log_unhandled_exceptions() -> None:
+    """Exceptions raised in Qt event handlers reach sys.excepthook, not a caller: log them to
+    loopchat.log as well as stderr, so a user's report has the traceback."""
+    previous = sys.excepthook
+
+    def hook(kind, value, tb) -> None:
+        logging.getLogger("loopchat").error("unhandled exception", exc_info=(kind, value, tb))
+        previous(kind, value, tb)
+
+    sys.excepthook = hook
+
+
 def run_self_test(model: str, dtype: str | None, device: str | None) -> int:
     """Load and generate through the window's own worker thread, headless; print `done`."""
     from PySide6.QtCore import QCoreApplication, QTimer
@@ -108,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     app.setOrganizationName("Loopchat")
     app.setDesktopFileName("loopchat")
     setup_logging()
+    log_unhandled_exceptions()
     settings = create_settings()
 
     from desktop.theme import apply_theme, saved_theme

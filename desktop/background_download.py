@@ -90,7 +90,7 @@ class BackgroundDownloads(QObject):
         self.window.status_line.download_ended()
         if not self._chooser_open():
             self.window.show_error(
-                f"Could not download {self.repo_id}. {message} Open the model chooser "
+                f"Could not download {self.repo_id}. {message.rstrip('.')}. Open the model chooser "
                 "(Models → Choose or download a model…) to try again."
             )
 

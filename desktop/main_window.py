@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop import menus
+from desktop.app_text import for_the_app
 from desktop.catalogue import first_run_model
 from desktop.controller import EngineController
 from desktop.opener import ConversationOpener
@@ -493,7 +494,11 @@ class MainWindow(QMainWindow):
             log.warning("could not record the dismissed notice: %s", exc)
 
     def show_error(self, message: str, kind: str = "error") -> None:
-        """Non-blocking: a banner above the chat (tests and users never get stuck in a dialog)."""
+        """Non-blocking: a banner above the chat (tests and users never get stuck in a dialog).
+
+        Engine wording meant for the CLI is reworded for the window (desktop.app_text).
+        """
+        message = for_the_app(message)
         self.banner.show_message(message, kind)
         self.error_shown.emit(message)
 

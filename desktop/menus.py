@@ -82,7 +82,10 @@ def build_menus(w: MainWindow) -> None:
 
     theme_menu(w, view.addMenu("&Theme"))
 
+    conversations_menu(w, chat)
+
     help_menu = bar.addMenu("&Help")
+    _action(w, help_menu, "&Keyboard shortcuts", lambda: show_shortcuts(w), "F1")
     _action(w, help_menu, "&About Loopchat", lambda: about(w))
     refresh_recent(w)
 
@@ -140,12 +143,58 @@ def refresh_recent(w: MainWindow) -> None:
     w.recent_menu.setEnabled(bool(recent))
 
 
+def conversations_menu(w: MainWindow, chat) -> None:
+    """Search (Ctrl+F), rename (F2) and delete (Delete, in the list) the open conversation."""
+    chat.addSeparator()
+    lst = w.conversations
+    w.search_action = _action(w, chat, "&Search conversations", lst.focus_search, "Ctrl+F")
+    w.rename_action = _action(
+        w, chat, "Re&name conversation…", lambda: lst.rename(w.conversation_id), "F2"
+    )
+    w.delete_action = QAction("&Delete conversation", w)
+    w.delete_action.setShortcut(QKeySequence(Qt.Key.Key_Delete))
+    # Only in the list: Delete in the message box deletes text, not a conversation.
+    w.delete_action.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+    w.delete_action.triggered.connect(lambda: lst.delete_current())
+    lst.addAction(w.delete_action)
+    chat.addAction(w.delete_action)
+
+
+SHORTCUTS = (
+    ("Enter", "Send the message"),
+    ("Shift+Enter", "New line in the message"),
+    ("Esc", "Stop generating"),
+    ("Ctrl+N", "New chat"),
+    ("Ctrl+R", "Regenerate the last reply"),
+    ("Ctrl+F", "Search conversations"),
+    ("F2", "Rename the open conversation"),
+    ("Delete", "Delete the selected conversation (with Undo)"),
+    ("Ctrl+M", "Choose or download a model"),
+    ("Ctrl+O", "Open a model folder"),
+    ("Ctrl+Shift+L", "Show or hide the conversations"),
+    ("Ctrl+B", "Show or hide the side panel"),
+    ("F1", "This list"),
+)
+
+
+def show_shortcuts(w: MainWindow) -> QMessageBox:
+    rows = "".join(f"<tr><td><b>{k}</b>&nbsp;&nbsp;</td><td>{v}</td></tr>" for k, v in SHORTCUTS)
+    box = QMessageBox(QMessageBox.Icon.NoIcon, "Keyboard shortcuts", f"<table>{rows}</table>")
+    box.setParent(w, box.windowFlags())
+    box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+    box.open()  # not modal-blocking: tests and users are never stuck in it
+    w.shortcuts_box = box
+    return box
+
+
 def about(w: MainWindow) -> None:
+    from desktop.version import app_version
+
     QMessageBox.about(
         w,
         "About Loopchat",
-        "<b>Loopchat</b><p>Llama 2 on your own computer, with loop attention you can watch "
-        "at work.</p>",
+        f"<b>Loopchat {app_version()}</b><p>Llama 2 on your own computer, with loop attention "
+        "you can watch at work.</p>",
     )
 
 

@@ -212,3 +212,72 @@ def test_context_counter_never_passes_the_maximum() -> None:
 
     assert context_text(257, 256) == "context 256 / 256"
     assert context_text(100, 256, dropped=2) == "context 100 / 256 · 2 earlier turns left out"
+
+
+def test_keyboard_search_rename_delete_with_undo(qtbot, home: Path, monkeypatch) -> None:
+    from PySide6.QtWidgets import QInputDialog
+
+    win = make_window(qtbot, home)
+    cid = win.store.create_conversation(title="Old name")
+    win.store.add_message(cid, "user", "hi")
+    with qtbot.waitSignal(win.opener.ready, timeout=10_000):
+        win.open_conversation(cid)
+    win.search_action.trigger()
+    qtbot.waitUntil(win.conversations.search.hasFocus, timeout=2000)
+    monkeypatch.setattr(QInputDialog, "getText", lambda *a, **k: ("New name", True))
+    win.rename_action.trigger()
+    assert win.conversations.titles() == ["New name"]
+    win.conversations.items.setFocus()
+    qtbot.waitUntil(win.conversations.items.hasFocus, timeout=2000)
+    qtbot.keyClick(win.conversations.items, Qt.Key.Key_Delete)
+    assert win.conversations.ids() == []
+    assert win.banner.action.text() == "Undo"
+    win.banner.action.click()
+    assert win.conversations.ids() == [cid]
+    win.close()
+
+
+def test_messages_are_written_for_the_app() -> None:
+    from desktop.app_text import for_the_app
+
+    text = for_the_app(
+        "no folder or cached Hub model named a/b; download it with "
+        "`python -m engine download a/b` or pick a folder"
+    )
+    assert "python -m" not in text and "Models → Choose or download a model…" in text
+    assert text.startswith("No folder")
+    gated = for_the_app(
+        "x is gated: accept its licence at u while logged in, then give an access token with "
+        "--token or log in with `hf auth login` (`huggingface-cli login`)"
+    )
+    assert "--token" not in gated and "Token field" in gated
+    assert "--max-context" not in for_the_app(
+        "context capped to 4096 tokens; use --max-context for more"
+    )
+    assert for_the_app("Could not open the model. the file is bad") == (
+        "Could not open the model. The file is bad"
+    )
+
+
+def test_about_shows_the_version_and_exceptions_reach_the_log(home: Path, monkeypatch) -> None:
+    import logging
+    import sys
+
+    from desktop.app import log_unhandled_exceptions
+    from desktop.version import app_version
+
+    assert app_version() == "0.1.0" or app_version()[0].isdigit()
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger().addHandler(handler)
+    monkeypatch.setattr(sys, "excepthook", lambda *a: None)
+    try:
+        log_unhandled_exceptions()
+        try:
+            raise ValueError("boom in a slot")
+        except ValueError:
+            sys.excepthook(*sys.exc_info())
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert any(r.exc_info and "boom in a slot" in str(r.exc_info[1]) for r in records)

@@ -79,6 +79,28 @@ class ConversationList(QWidget):
                 item.setSelected(True)
                 self.items.setCurrentItem(item)
 
+    def focus_search(self) -> None:
+        self.show()
+        self.search.setFocus()
+        self.search.selectAll()
+
+    def current_id(self) -> int | None:
+        item = self.items.currentItem()
+        return None if item is None else item.data(Qt.ItemDataRole.UserRole)
+
+    def rename(self, conv_id: int | None) -> None:
+        """Ask for a new title of `conv_id` (the open conversation, for F2)."""
+        for i in range(self.items.count()):
+            item = self.items.item(i)
+            if item.data(Qt.ItemDataRole.UserRole) == conv_id:
+                self._rename(conv_id, item.text())
+                return
+
+    def delete_current(self) -> None:
+        conv_id = self.current_id()
+        if conv_id is not None:
+            self.delete_requested.emit(conv_id)
+
     def ids(self) -> list[int]:
         return [
             self.items.item(i).data(Qt.ItemDataRole.UserRole) for i in range(self.items.count())

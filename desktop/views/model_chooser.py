@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from desktop.app_text import for_the_app
 from desktop.download import DownloadController
 from engine.progress_text import format_bytes
 
@@ -268,7 +269,7 @@ class ModelChooser(QDialog):
 
     def _on_failed(self, message: str) -> None:
         self._end_download()
-        self.error.setText(message)
+        self.error.setText(for_the_app(message))
         self.error.show()
 
     def _on_cancelled(self) -> None:
