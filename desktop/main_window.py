@@ -411,6 +411,7 @@ class MainWindow(QMainWindow):
         if progress.request_id != session.request_id:
             return
         self.chat.show_prefill(session.reply, progress.done, progress.total)
+        self.status_line.prefill(progress.done, progress.total)
         self.prefill_shown.emit(progress)
 
     def _on_token(self, step: Step) -> None:

@@ -84,7 +84,9 @@ class ModelChooser(QDialog):
         self.error.setObjectName("chooser_error")
         self.error.setStyleSheet("color: #c62828;")
         self.error.hide()
-        layout.addWidget(self.progress)
+        progress_row = QHBoxLayout()  # Cancel beside the bar: the button row keeps its room
+        progress_row.addWidget(self.progress, 1)
+        layout.addLayout(progress_row)
         layout.addWidget(self.progress_label)
         layout.addWidget(self.error)
 
@@ -103,17 +105,12 @@ class ModelChooser(QDialog):
         buttons.addWidget(self.folder_button)
         buttons.addWidget(self.repo_button)
         buttons.addStretch(1)
-        buttons.addWidget(self.cancel_button)
+        progress_row.addWidget(self.cancel_button)
         buttons.addWidget(self.go_button)
         layout.addLayout(buttons)
         for button in (self.folder_button, self.repo_button, self.cancel_button):
             button.setMinimumWidth(button.sizeHint().width())  # never clip a label
-        self.go_button.setMinimumWidth(
-            max(
-                self.go_button.sizeHint().width(),
-                self.fontMetrics().horizontalAdvance("Download and open") + 48,
-            )
-        )
+        self.go_button.setMinimumWidth(self.go_button.sizeHint().width())
 
         worker = self.downloads.worker
         worker.progress.connect(self._on_progress)

@@ -47,6 +47,8 @@ class SamplingPanel(QWidget):
         form = QFormLayout(self)
         form.setContentsMargins(12, 8, 12, 8)
         form.setVerticalSpacing(6)
+        # In a narrow side panel a label goes above its field instead of squeezing it.
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
 
         self.system_prompt = QPlainTextEdit()
         self.system_prompt.setPlaceholderText("Optional instructions for the model")

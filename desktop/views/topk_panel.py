@@ -53,7 +53,7 @@ class TopKPanel(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        self.setMinimumWidth(220)
+        self.setMinimumWidth(180)
         self._pending: dict | None = None
         self._step: dict | None = None
         self._title = "Next-token probabilities"

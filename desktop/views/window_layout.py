@@ -82,6 +82,7 @@ def _side(w) -> QSplitter:
     scroll = QScrollArea()
     scroll.setWidgetResizable(True)
     scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # one scrollbar
     scroll.setWidget(w.sampling)
     title = QLabel("Generation settings")
     title.setObjectName("section")
@@ -99,9 +100,21 @@ def _side(w) -> QSplitter:
     side.setObjectName("side")
     side.addWidget(rows)
     side.addWidget(bottom)
-    side.setStretchFactor(0, 3)
-    side.setStretchFactor(1, 2)
+    side.setStretchFactor(0, 1)  # settings get as much room as the panel
+    side.setStretchFactor(1, 1)
+    side.setCollapsible(0, False)
     return side
+
+
+MIN_WINDOW = (760, 520)
+"""Below this the chat column, the list and the side panel no longer fit side by side."""
+
+
+def split_sizes(width: int) -> list[int]:
+    """List | chat | side widths for a window `width` wide: the chat gets what is left."""
+    listing = max(160, min(260, width // 5))
+    side = max(240, min(360, width // 4))
+    return [listing, max(320, width - listing - side), side]
 
 
 def build_layout(w: QMainWindow) -> None:
@@ -114,8 +127,9 @@ def build_layout(w: QMainWindow) -> None:
         w.splitter.addWidget(widget)
         w.splitter.setStretchFactor(i, stretch)
     w.splitter.setCollapsible(0, True)
-    w.splitter.setSizes([230, 640, 330])
+    w.splitter.setSizes(split_sizes(w.width()))
     w.setCentralWidget(w.splitter)
+    w.setMinimumSize(*MIN_WINDOW)
     w.status_line = StatusLine(w.statusBar())
     for name in ("model_label", "device_label", "speed_label", "context_label", "progress"):
         setattr(w, name, getattr(w.status_line, name))
@@ -225,6 +239,10 @@ class StatusLine(QObject):
             context_text(started.prompt_tokens, started.max_context, self._dropped)
         )
         self.speed_label.setText(f"prompt {started.prompt_tokens} tok · generating…")
+
+    def prefill(self, done: int, total: int) -> None:
+        """Before the first token: how much of the prompt has been read."""
+        self.speed_label.setText(f"Reading your message… {done} / {total} tokens")
 
     def step(self, step: Step, max_context: int) -> None:
         """Live numbers, every 8th token (the final ones replace them)."""
