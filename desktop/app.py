@@ -104,7 +104,8 @@ def apply_look(app) -> None:
         app.setWindowIcon(QIcon(str(icon)))
     style = resource_path("styles/app.qss")
     if style.is_file():
-        app.setStyleSheet(style.read_text(encoding="utf-8"))
+        icons = resource_path("icons").as_posix()
+        app.setStyleSheet(style.read_text(encoding="utf-8").replace("@ICONS@", icons))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -68,6 +68,7 @@ def new_window(home: Path, size: tuple[int, int]):
 
 
 def shoot(theme: str, size: tuple[int, int], model: Path, out: Path) -> None:
+    from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
     from desktop.app import apply_look
@@ -92,8 +93,8 @@ def shoot(theme: str, size: tuple[int, int], model: Path, out: Path) -> None:
 
     def grab_prefill(progress) -> None:
         shown["n"] += 1
-        if shown["n"] == 3:
-            window.grab().save(str(out / f"ux-prefill-{tag}.png"))
+        if shown["n"] == 3:  # after the labels' relayout (a queued event)
+            QTimer.singleShot(0, lambda: window.grab().save(str(out / f"ux-prefill-{tag}.png")))
 
     window.prefill_shown.connect(grab_prefill)
     window.input.setPlainText(PROMPT)

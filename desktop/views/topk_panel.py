@@ -87,9 +87,12 @@ class TopKPanel(QWidget):
         return max(QFontMetrics(mono).height(), self.fontMetrics().height()) + 10
 
     def _fit_height(self) -> None:
-        """Tall enough for every requested row: the scroll area around it scrolls the rest."""
+        """Tall enough for every requested row: the scroll area around it scrolls the rest.
+
+        Empty, it asks only for its title: no scrollbar around an empty panel."""
         header = 3 * self.fontMetrics().height() + 40
-        self.setMinimumHeight(header + self._k * self._row_height())
+        rows = self._k if self._step else 0
+        self.setMinimumHeight(header + rows * self._row_height())
 
     def show_step(self, step: dict, title: str | None = None) -> None:
         """Queue a step for display (the newest one wins at the next repaint)."""
@@ -100,6 +103,7 @@ class TopKPanel(QWidget):
         self._step = None
         self._title = "Next-token probabilities"
         self._subtitle = "Generate a reply to see what the model considers at each step."
+        self._fit_height()
         self.update()
 
     def shown_rows(self) -> list[tuple[int, str, float, bool]]:
@@ -120,6 +124,7 @@ class TopKPanel(QWidget):
             return
         step, self._pending = self._pending, None
         self._step = step
+        self._fit_height()
         title = step.get("_title")
         index = step.get("index", 0)
         self._title = title or f"Step {index + 1}"

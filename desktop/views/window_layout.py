@@ -171,7 +171,7 @@ class StatusLine(QObject):
 
     def __init__(self, bar: QStatusBar) -> None:
         super().__init__(bar)
-        self.model_label = QLabel("No model — File → Open model folder…")
+        self.model_label = QLabel(NO_MODEL)
         self.device_label, self.speed_label, self.context_label = QLabel(), QLabel(), QLabel()
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)
