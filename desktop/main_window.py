@@ -25,6 +25,7 @@ from desktop.opener import ConversationOpener
 from desktop.session import ChatSession, SessionListener
 from desktop.store import ConversationStore, StoreError, read_export
 from desktop.views.chat_view import MessageWidget
+from desktop.views.input_hint import hint_text, max_tokens_warning
 from desktop.views.topk_panel import visible_token
 from desktop.views.window_layout import build_layout, restore_layout, save_layout
 from engine.builtin import BUILTIN_NAME
@@ -71,6 +72,8 @@ class MainWindow(QMainWindow):
         self._loading = False
         self._pending_model_path = ""
         self._downloads = None
+        self._context_used = 0
+        """Prompt plus reply tokens of the last reply in this window (for the input hint)."""
         self._streaming: ChatSession | None = None
         """The session whose request the engine is answering (maybe not the one shown)."""
         self.opener = ConversationOpener(self.store, self.controller, self)
@@ -121,6 +124,8 @@ class MainWindow(QMainWindow):
         lst.export_requested.connect(lambda cid, fmt: menus.choose_export(self, cid, fmt))
         lst.search_changed.connect(lambda _text: self.refresh_conversations())
         self.sampling.report_top.valueChanged.connect(self.topk.set_k)
+        self.sampling.max_new_tokens.valueChanged.connect(self._update_hints)
+        self.input.textChanged.connect(self._update_hints)
         self.opener.ready.connect(self._opened)
         self.opener.failed.connect(
             lambda m: self.show_error(f"Could not open this conversation: {m}")
@@ -161,6 +166,7 @@ class MainWindow(QMainWindow):
         self.topk.clear()
         if session is not self._streaming:  # a reply still streaming keeps its live figures
             self.status_line.clear_reply()
+            self._context_used = 0
         self.sampling.show_system_prompt(session.system_prompt)
         if session.conversation_id is not None:
             self._try(lambda: self.store.set_last_open(session.conversation_id))
@@ -371,6 +377,7 @@ class MainWindow(QMainWindow):
         info = self.model_info
         self.status_line.loaded(info, loading_done)
         self.setWindowTitle(f"Loopchat — {info.name}" if info else "Loopchat")
+        self._update_hints()
         self.session.model = info.name if info else self.session.model
         self._update_buttons()
 
@@ -429,6 +436,7 @@ class MainWindow(QMainWindow):
             return
         self._streaming = None
         if session is self.session:
+            self._context_used = result.prompt_tokens + result.generated_tokens
             self.status_line.finished(result)
             if result.stop_reason == "context_full":
                 self.show_error(
@@ -502,6 +510,15 @@ class MainWindow(QMainWindow):
         message = for_the_app(message)
         self.banner.show_message(message, kind)
         self.error_shown.emit(message)
+
+    def _update_hints(self) -> None:
+        """The typed message's estimated cost, and a too-long max new tokens, as you type."""
+        max_context = self.model_info.max_context if self.model_info else None
+        used = self._context_used if self.session.turns else 0
+        self.input_hint.setText(hint_text(self.input.toPlainText(), max_context, used))
+        warning = max_tokens_warning(self.sampling.max_new_tokens.value(), max_context)
+        self.sampling.warning.setText(warning)
+        self.sampling.warning.setVisible(bool(warning))
 
     def _update_buttons(self) -> None:
         busy = self.controller.busy

@@ -281,3 +281,22 @@ def test_about_shows_the_version_and_exceptions_reach_the_log(home: Path, monkey
     finally:
         logging.getLogger().removeHandler(handler)
     assert any(r.exc_info and "boom in a slot" in str(r.exc_info[1]) for r in records)
+
+
+def test_typing_shows_the_cost_and_a_too_long_reply_is_warned(
+    qtbot, home: Path, tiny_model_dir: Path
+) -> None:
+    win = make_window(qtbot, home)
+    info = load(qtbot, win, tiny_model_dir)
+    win.input.setPlainText("How long is this message in tokens, roughly?")
+    hint = win.input_hint.text()
+    assert hint.startswith("≈ ") and f"of {info.max_context} left" in hint
+    win.input.clear()
+    assert win.input_hint.text() == ""
+    win.sampling.max_new_tokens.setValue(info.max_context + 10)
+    assert win.sampling.warning.isVisible()
+    assert str(info.max_context) in win.sampling.warning.text()
+    win.sampling.max_new_tokens.setValue(16)
+    assert not win.sampling.warning.isVisible()
+    assert win.minimumWidth() <= 800 and win.minimumHeight() <= 600
+    win.close()

@@ -11,6 +11,7 @@ from PySide6.QtCore import QSettings, Signal
 from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
+    QLabel,
     QLineEdit,
     QPlainTextEdit,
     QSpinBox,
@@ -89,6 +90,11 @@ class SamplingPanel(QWidget):
         self.report_top.setRange(1, 50)
         self.report_top.setToolTip("How many candidates the top-k panel shows")
         form.addRow("Top-k panel rows", self.report_top)
+        self.warning = QLabel("")
+        self.warning.setWordWrap(True)
+        self.warning.setObjectName("meta")
+        self.warning.hide()
+        form.addRow(self.warning)
         self._wheel_guard = guard_wheel(self)
         self.load()
         for box in (self.temperature, self.top_p, self.min_p, self.repetition_penalty):

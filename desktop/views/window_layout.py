@@ -63,6 +63,9 @@ def _chat_column(w) -> QWidget:
     actions_row.setContentsMargins(18, 0, 18, 0)
     actions_row.addStretch(1)
     actions_row.addWidget(w.regenerate_button)
+    w.input_hint = QLabel("")
+    w.input_hint.setObjectName("meta")
+    w.input_hint.setContentsMargins(20, 0, 18, 6)
     column = QWidget()
     layout = QVBoxLayout(column)
     layout.setContentsMargins(0, 0, 0, 0)
@@ -71,6 +74,7 @@ def _chat_column(w) -> QWidget:
     layout.addWidget(w.chat, 1)
     layout.addLayout(actions_row)
     layout.addLayout(input_row)
+    layout.addWidget(w.input_hint)
     return column
 
 
