@@ -300,3 +300,23 @@ def test_typing_shows_the_cost_and_a_too_long_reply_is_warned(
     assert not win.sampling.warning.isVisible()
     assert win.minimumWidth() <= 800 and win.minimumHeight() <= 600
     win.close()
+
+
+def test_conversation_list_groups_by_day(qtbot, home: Path) -> None:
+    import time
+
+    from desktop.views.conversation_list import group_of
+
+    now = time.time()
+    assert group_of(now, now) == "Today"
+    assert group_of(now - 86400, now) == "Yesterday"
+    assert group_of(now - 9 * 86400, now) == "Earlier"
+    win = make_window(qtbot, home)
+    cid = win.store.create_conversation(title="Fresh")
+    win.store.add_message(cid, "user", "hi")
+    win.refresh_conversations()
+    assert win.conversations.headings() == ["Today"]
+    assert win.conversations.ids() == [cid] and win.conversations.titles() == ["Fresh"]
+    heading = win.conversations.items.item(0)
+    assert not heading.flags() & Qt.ItemFlag.ItemIsSelectable
+    win.close()
