@@ -41,6 +41,18 @@ def setup_logging() -> None:
     root.setLevel(logging.INFO)
 
 
+def log_unhandled_exceptions() -> None:
+    """Exceptions raised in Qt event handlers reach sys.excepthook, not a caller: log them to
+    loopchat.log as well as stderr, so a user's report has the traceback."""
+    previous = sys.excepthook
+
+    def hook(kind, value, tb) -> None:
+        logging.getLogger("loopchat").error("unhandled exception", exc_info=(kind, value, tb))
+        previous(kind, value, tb)
+
+    sys.excepthook = hook
+
+
 def run_self_test(model: str, dtype: str | None, device: str | None) -> int:
     """Load and generate through the window's own worker thread, headless; print `done`."""
     from PySide6.QtCore import QCoreApplication, QTimer
@@ -92,7 +104,8 @@ def apply_look(app) -> None:
         app.setWindowIcon(QIcon(str(icon)))
     style = resource_path("styles/app.qss")
     if style.is_file():
-        app.setStyleSheet(style.read_text(encoding="utf-8"))
+        icons = resource_path("icons").as_posix()
+        app.setStyleSheet(style.read_text(encoding="utf-8").replace("@ICONS@", icons))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -108,14 +121,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     app.setOrganizationName("Loopchat")
     app.setDesktopFileName("loopchat")
     setup_logging()
+    log_unhandled_exceptions()
     settings = create_settings()
 
-    from desktop.theme import apply_theme
+    from desktop.theme import apply_theme, saved_theme
 
-    apply_theme(
-        app, os.environ.get("LOOPCHAT_THEME") or str(settings.value("view/theme", "system"))
-    )
     apply_look(app)
+    apply_theme(app, os.environ.get("LOOPCHAT_THEME") or saved_theme(settings))
 
     from desktop.main_window import MainWindow
 

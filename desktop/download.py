@@ -33,6 +33,7 @@ class DownloadWorker(QObject):
                     "repo_id": p.repo_id,
                     "filename": p.filename,
                     "done": p.done_bytes,
+                    "fraction": p.fraction,
                     "total": p.total_bytes,
                     "speed": p.speed_bps,
                     "eta": p.eta_s,

@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop import menus
+from desktop.app_text import for_the_app
 from desktop.catalogue import first_run_model
 from desktop.controller import EngineController
 from desktop.opener import ConversationOpener
@@ -25,10 +26,11 @@ from desktop.session import ChatSession, SessionListener
 from desktop.store import ConversationStore, StoreError, read_export
 from desktop.views import attention_view, surprisal
 from desktop.views.chat_view import MessageWidget
+from desktop.views.input_hint import hint_text, max_tokens_warning
 from desktop.views.topk_panel import visible_token
 from desktop.views.window_layout import build_layout, restore_layout, save_layout
 from engine.builtin import BUILTIN_NAME
-from engine.events import GenerationResult, GenerationStarted, ModelInfo, Step
+from engine.events import GenerationResult, GenerationStarted, ModelInfo, PrefillProgress, Step
 
 log = logging.getLogger(__name__)
 UNDO_WINDOW_S = 60
@@ -53,6 +55,7 @@ class MainWindow(QMainWindow):
 
     model_ready = Signal(object)  # ModelInfo
     token_shown = Signal(object)  # Step, after the window has shown it
+    prefill_shown = Signal(object)  # PrefillProgress, after the reply card has shown it
     reply_finished = Signal(object)  # GenerationResult (with `error` when the reply failed)
     error_shown = Signal(str)
 
@@ -69,6 +72,9 @@ class MainWindow(QMainWindow):
         self.model_info: ModelInfo | None = None
         self._loading = False
         self._pending_model_path = ""
+        self._downloads = None
+        self._context_used = 0
+        """Prompt plus reply tokens of the last reply in this window (for the input hint)."""
         self._streaming: ChatSession | None = None
         """The session whose request the engine is answering (maybe not the one shown)."""
         self.opener = ConversationOpener(self.store, self.controller, self)
@@ -101,6 +107,7 @@ class MainWindow(QMainWindow):
         worker.load_failed.connect(self._on_load_failed)
         worker.model_unloaded.connect(self._on_model_unloaded)
         worker.generation_started.connect(self._on_generation_started)
+        worker.prefill_progress.connect(self._on_prefill)
         worker.token.connect(self._on_token)
         worker.generation_finished.connect(self._on_finished)
         worker.generation_failed.connect(self._on_failed)
@@ -120,6 +127,8 @@ class MainWindow(QMainWindow):
         lst.export_requested.connect(lambda cid, fmt: menus.choose_export(self, cid, fmt))
         lst.search_changed.connect(lambda _text: self.refresh_conversations())
         self.sampling.report_top.valueChanged.connect(self.topk.set_k)
+        self.sampling.max_new_tokens.valueChanged.connect(self._update_hints)
+        self.input.textChanged.connect(self._update_hints)
         self.opener.ready.connect(self._opened)
         self.opener.failed.connect(
             lambda m: self.show_error(f"Could not open this conversation: {m}")
@@ -158,6 +167,9 @@ class MainWindow(QMainWindow):
         session.listener = self.chat
         self.chat.show_session(session)
         self.topk.clear()
+        if session is not self._streaming:  # a reply still streaming keeps its live figures
+            self.status_line.clear_reply()
+            self._context_used = 0
         self.sampling.show_system_prompt(session.system_prompt)
         if session.conversation_id is not None:
             self._try(lambda: self.store.set_last_open(session.conversation_id))
@@ -219,7 +231,7 @@ class MainWindow(QMainWindow):
 
     def regenerate(self) -> None:
         """Answer the last user message again (it replaces the last reply, if any)."""
-        if self.session.history and self._can_ask():
+        if self.session.can_regenerate and self._can_ask():
             self._ask(lambda: self.session.regenerate(self.sampling.options()))
 
     def edit_message(self, card: MessageWidget) -> None:
@@ -247,6 +259,7 @@ class MainWindow(QMainWindow):
             if self.session.busy:
                 self._streaming = self.session
                 self.topk.clear()
+                self.topk.set_params(self.sampling.options().params)
             self.refresh_conversations()
             self._update_buttons()
         return True
@@ -325,10 +338,19 @@ class MainWindow(QMainWindow):
         else:
             self.show_model_chooser()
 
+    @property
+    def downloads(self):
+        """The window's model downloads (started on first use): they outlive the chooser."""
+        if self._downloads is None:
+            from desktop.background_download import BackgroundDownloads
+
+            self._downloads = BackgroundDownloads(self)
+        return self._downloads
+
     def show_model_chooser(self):
         from desktop.views.model_chooser import ModelChooser
 
-        chooser = ModelChooser(self)
+        chooser = ModelChooser(self, downloads=self.downloads)
         chooser.model_chosen.connect(self.load_model)
         chooser.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         self.chooser = chooser
@@ -358,6 +380,7 @@ class MainWindow(QMainWindow):
         info = self.model_info
         self.status_line.loaded(info, loading_done)
         self.setWindowTitle(f"Loopchat — {info.name}" if info else "Loopchat")
+        self._update_hints()
         self.session.model = info.name if info else self.session.model
         self._update_buttons()
 
@@ -389,6 +412,17 @@ class MainWindow(QMainWindow):
         if session is None or not session.on_started(started) or session is not self.session:
             return
         self.status_line.started(started)
+        self.chat.show_prefill(session.reply, 0, started.prompt_tokens)
+
+    def _on_prefill(self, progress: PrefillProgress) -> None:
+        session = self._streaming
+        if session is None or session is not self.session or session.reply is None:
+            return
+        if progress.request_id != session.request_id:
+            return
+        self.chat.show_prefill(session.reply, progress.done, progress.total)
+        self.status_line.prefill(progress.done, progress.total)
+        self.prefill_shown.emit(progress)
 
     def _on_token(self, step: Step) -> None:
         session = self._streaming
@@ -405,11 +439,13 @@ class MainWindow(QMainWindow):
             return
         self._streaming = None
         if session is self.session:
+            self._context_used = result.prompt_tokens + result.generated_tokens
             self.status_line.finished(result)
             if result.stop_reason == "context_full":
                 self.show_error(
-                    "The model's context is full, so the reply was cut. Start a new chat "
-                    "(Ctrl+N) to continue.",
+                    f"The reply filled the model's context ({result.max_context} tokens) and was "
+                    "cut. You can keep chatting: the oldest turns are left out of what the model "
+                    "reads. New chat (Ctrl+N) starts afresh.",
                     kind="notice",
                 )
         self._after_reply(result)
@@ -470,16 +506,29 @@ class MainWindow(QMainWindow):
             log.warning("could not record the dismissed notice: %s", exc)
 
     def show_error(self, message: str, kind: str = "error") -> None:
-        """Non-blocking: a banner above the chat (tests and users never get stuck in a dialog)."""
+        """Non-blocking: a banner above the chat (tests and users never get stuck in a dialog).
+
+        Engine wording meant for the CLI is reworded for the window (desktop.app_text).
+        """
+        message = for_the_app(message)
         self.banner.show_message(message, kind)
         self.error_shown.emit(message)
+
+    def _update_hints(self) -> None:
+        """The typed message's estimated cost, and a too-long max new tokens, as you type."""
+        max_context = self.model_info.max_context if self.model_info else None
+        used = self._context_used if self.session.turns else 0
+        self.input_hint.setText(hint_text(self.input.toPlainText(), max_context, used))
+        warning = max_tokens_warning(self.sampling.max_new_tokens.value(), max_context)
+        self.sampling.warning.setText(warning)
+        self.sampling.warning.setVisible(bool(warning))
 
     def _update_buttons(self) -> None:
         busy = self.controller.busy
         ready = self.model_info is not None and not self._loading
         self.send_button.setEnabled(ready and not busy)
         self.stop_button.setEnabled(busy)
-        can_regenerate = ready and not busy and bool(self.session.history)
+        can_regenerate = ready and not busy and self.session.can_regenerate
         self.regenerate_button.setEnabled(can_regenerate)
         self.regenerate_action.setEnabled(can_regenerate)
         self.open_action.setEnabled(not busy)
@@ -493,6 +542,8 @@ class MainWindow(QMainWindow):
                 chooser.close()
             except RuntimeError:  # already deleted
                 pass
+        if self._downloads is not None:
+            self._downloads.shutdown()
         if not self.controller.shutdown(CLOSE_WAIT_MS):
             log.warning("engine thread still busy at close; not waiting for it")
         for session in {id(s): s for s in (self._streaming, self.session) if s}.values():

@@ -7,11 +7,12 @@ set as attributes of the window under those names.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
 if TYPE_CHECKING:
@@ -79,9 +80,44 @@ def build_menus(w: MainWindow) -> None:
         toggle.setChecked(True)
         toggle.toggled.connect(target.setVisible)
 
+    theme_menu(w, view.addMenu("&Theme"))
+
+    conversations_menu(w, chat)
+
     help_menu = bar.addMenu("&Help")
+    _action(w, help_menu, "&Keyboard shortcuts", lambda: show_shortcuts(w), "F1")
     _action(w, help_menu, "&About Loopchat", lambda: about(w))
     refresh_recent(w)
+
+
+def theme_menu(w: MainWindow, menu) -> None:
+    """System / Light / Dark, checked as saved; choosing one applies it at once and keeps it."""
+    from desktop.theme import THEMES, saved_theme
+
+    group = QActionGroup(w)
+    group.setExclusive(True)
+    current = saved_theme(w.settings)
+    w.theme_actions = {}
+    for name in THEMES:
+        action = QAction(name.capitalize(), w, checkable=True)
+        action.setChecked(name == current)
+        action.triggered.connect(lambda _=False, n=name: set_theme(w, n))
+        group.addAction(action)
+        menu.addAction(action)
+        w.theme_actions[name] = action
+
+
+def set_theme(w: MainWindow, name: str) -> None:
+    from PySide6.QtWidgets import QApplication
+
+    from desktop.theme import THEME_KEY, apply_theme
+
+    w.settings.setValue(THEME_KEY, name)
+    w.settings.sync()
+    w.theme_actions[name].setChecked(True)
+    app = QApplication.instance()
+    if app is not None:
+        apply_theme(app, name)
 
 
 def recent_models(settings) -> list[str]:
@@ -107,12 +143,58 @@ def refresh_recent(w: MainWindow) -> None:
     w.recent_menu.setEnabled(bool(recent))
 
 
+def conversations_menu(w: MainWindow, chat) -> None:
+    """Search (Ctrl+F), rename (F2) and delete (Delete, in the list) the open conversation."""
+    chat.addSeparator()
+    lst = w.conversations
+    w.search_action = _action(w, chat, "&Search conversations", lst.focus_search, "Ctrl+F")
+    w.rename_action = _action(
+        w, chat, "Re&name conversation…", lambda: lst.rename(w.conversation_id), "F2"
+    )
+    w.delete_action = QAction("&Delete conversation", w)
+    w.delete_action.setShortcut(QKeySequence(Qt.Key.Key_Delete))
+    # Only in the list: Delete in the message box deletes text, not a conversation.
+    w.delete_action.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+    w.delete_action.triggered.connect(lambda: lst.delete_current())
+    lst.addAction(w.delete_action)
+    chat.addAction(w.delete_action)
+
+
+SHORTCUTS = (
+    ("Enter", "Send the message"),
+    ("Shift+Enter", "New line in the message"),
+    ("Esc", "Stop generating"),
+    ("Ctrl+N", "New chat"),
+    ("Ctrl+R", "Regenerate the last reply"),
+    ("Ctrl+F", "Search conversations"),
+    ("F2", "Rename the open conversation"),
+    ("Delete", "Delete the selected conversation (with Undo)"),
+    ("Ctrl+M", "Choose or download a model"),
+    ("Ctrl+O", "Open a model folder"),
+    ("Ctrl+Shift+L", "Show or hide the conversations"),
+    ("Ctrl+B", "Show or hide the side panel"),
+    ("F1", "This list"),
+)
+
+
+def show_shortcuts(w: MainWindow) -> QMessageBox:
+    rows = "".join(f"<tr><td><b>{k}</b>&nbsp;&nbsp;</td><td>{v}</td></tr>" for k, v in SHORTCUTS)
+    box = QMessageBox(QMessageBox.Icon.NoIcon, "Keyboard shortcuts", f"<table>{rows}</table>")
+    box.setParent(w, box.windowFlags())
+    box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+    box.open()  # not modal-blocking: tests and users are never stuck in it
+    w.shortcuts_box = box
+    return box
+
+
 def about(w: MainWindow) -> None:
+    from desktop.version import app_version
+
     QMessageBox.about(
         w,
         "About Loopchat",
-        "<b>Loopchat</b><p>Llama 2 on your own computer, with loop attention you can watch "
-        "at work.</p>",
+        f"<b>Loopchat {app_version()}</b><p>Llama 2 on your own computer, with loop attention "
+        "you can watch at work.</p>",
     )
 
 
@@ -122,14 +204,34 @@ def choose_model_folder(w: MainWindow) -> None:
         w.load_model(folder)
 
 
+EXPORT_FILTERS = {"md": "Markdown (*.md)", "json": "JSON (*.json)"}
+_UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]+')
+
+
+def export_file_name(title: str, fmt: str) -> str:
+    """A file name for exporting a conversation: its title, made safe on every platform."""
+    name = _UNSAFE.sub(" ", title)
+    name = " ".join(name.split()).strip(" .")[:80].rstrip(" .")
+    return f"{name or 'Conversation'}.{fmt}"
+
+
+def with_extension(path: Path, fmt: str) -> Path:
+    """`path` with the chosen format's extension (dialogs on Linux do not add it)."""
+    return path if path.suffix.lower() == f".{fmt}" else path.with_name(f"{path.name}.{fmt}")
+
+
 def choose_export(w: MainWindow, conversation_id: int | None, fmt: str) -> None:
     if conversation_id is None:
         w.show_error("There is no saved conversation to export yet.", kind="notice")
         return
-    suffix = "Markdown (*.md)" if fmt == "md" else "JSON (*.json)"
-    path, _ = QFileDialog.getSaveFileName(w, "Export conversation", "", suffix)
+    title = next((c.title for c in w.store.list_conversations() if c.id == conversation_id), "")
+    folder = str(w.settings.value("export/folder", "") or Path.home())
+    suggested = str(Path(folder) / export_file_name(title, fmt))
+    path, _ = QFileDialog.getSaveFileName(w, "Export conversation", suggested, EXPORT_FILTERS[fmt])
     if path:
-        w.export_conversation(conversation_id, Path(path), fmt)
+        target = with_extension(Path(path), fmt)
+        w.settings.setValue("export/folder", str(target.parent))
+        w.export_conversation(conversation_id, target, fmt)
 
 
 def choose_import(w: MainWindow) -> None:

@@ -216,6 +216,22 @@ class ChatSession:
         turns = [t for t in self.turns if not t.damaged]
         return bool(turns) and turns[-1].role == USER and self.reply is None
 
+    @property
+    def can_regenerate(self) -> bool:
+        """There is a user message to answer again: the last turn, or the one before a reply.
+
+        False in an empty chat, and for a conversation (imported, say) whose last reply follows
+        no user message: regenerating there would delete the reply and ask for nothing.
+        """
+        if self.busy:
+            return False
+        turns = [t for t in self.turns if not t.damaged]
+        if not turns:
+            return False
+        if turns[-1].role == USER:
+            return True
+        return turns[-1].role == ASSISTANT and len(turns) > 1 and turns[-2].role == USER
+
     def prompt_messages(self) -> list[dict]:
         """What the model is asked to continue: roles alternate, whatever the history holds.
 
@@ -252,9 +268,9 @@ class ChatSession:
         """Answer the last user message again (replacing its reply, if it has one)."""
         if self.busy or self.conversation_id is None:
             return False
-        last = next((t for t in reversed(self.turns) if not t.damaged), None)
-        if last is None:
+        if not self.can_regenerate:
             return False
+        last = next(t for t in reversed(self.turns) if not t.damaged)
         if last.role == ASSISTANT:
             self._truncate(self.turns.index(last))
         if not self.unanswered:

@@ -58,6 +58,16 @@ def _palette(dark: bool) -> QPalette:
     return p
 
 
+THEME_KEY = "view/theme"
+"""Where the View → Theme choice is kept in the settings."""
+
+
+def saved_theme(settings) -> str:
+    """The theme chosen in View → Theme ("system" unless one of THEMES was saved)."""
+    value = str(settings.value(THEME_KEY, "system") or "system")
+    return value if value in THEMES else "system"
+
+
 def apply_theme(app: QApplication, theme: str) -> None:
     """Fusion with our palette for "light"/"dark"; for "system", the palette the platform gives,
     made consistent by deciding light or dark from the system colour scheme."""
@@ -68,3 +78,5 @@ def apply_theme(app: QApplication, theme: str) -> None:
         scheme = app.styleHints().colorScheme()
         theme = "dark" if scheme == Qt.ColorScheme.Dark else "light"
     app.setPalette(_palette(theme == "dark"))
+    if app.styleSheet():  # palette(...) colours in the style sheet are read when it is set
+        app.setStyleSheet(app.styleSheet())

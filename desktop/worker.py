@@ -17,7 +17,13 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal, Slot
 
-from engine.events import GenerationRequest, GenerationResult, GenerationStarted, ModelInfo
+from engine.events import (
+    GenerationRequest,
+    GenerationResult,
+    GenerationStarted,
+    ModelInfo,
+    PrefillProgress,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +83,7 @@ class EngineWorker(QObject):
     model_unloaded = Signal()
     """No model is loaded any more (unload, or a failed switch that had to free the old one)."""
     generation_started = Signal(object)  # GenerationStarted
+    prefill_progress = Signal(object)  # PrefillProgress, after each prefill chunk
     token = Signal(object)  # Step
     generation_finished = Signal(object)  # GenerationResult
     generation_failed = Signal(object)  # GenerationResult with `error`
@@ -192,6 +199,9 @@ class EngineWorker(QObject):
                 stop=request.stop,
                 cancel=self._cancel,
                 report_top=request.report_top,
+                on_prefill=lambda done, total: self.prefill_progress.emit(
+                    PrefillProgress(rid, done, total)
+                ),
             )
             for step in generation:
                 self.token.emit(dataclasses.replace(step, request_id=rid))

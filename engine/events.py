@@ -81,8 +81,9 @@ class SamplingParams(_Record):
     """Keep the smallest set whose probability reaches p; 1 = off."""
     min_p: float = 0.05
     """Drop tokens less likely than min_p × the top token's probability; 0 = off."""
-    repetition_penalty: float = 1.1
-    """Penalise tokens already in the context (CTRL-style); 1 = off."""
+    repetition_penalty: float = 1.0
+    """Penalise tokens already in the context (CTRL-style); 1 = off, the default (as llama.cpp
+    and transformers): with it on, temperature 0 no longer always picks the top token."""
     seed: int | None = None
 
     def validate(self) -> None:
@@ -187,6 +188,18 @@ class GenerationStarted(_Record):
     prompt_tokens: int
     max_context: int
     dropped_turns: int = 0
+
+
+@dataclass(frozen=True)
+class PrefillProgress(_Record):
+    """How much of the prompt the model has read: `done` of `total` positions (reused ones count).
+
+    Reading a long prompt takes seconds before the first token; this lets a window say so.
+    """
+
+    request_id: int
+    done: int
+    total: int
 
 
 @dataclass(frozen=True)

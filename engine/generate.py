@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -145,8 +145,12 @@ class Generator:
         cancel: threading.Event | None = None,
         report_top: int = 10,
         reuse_cache: bool = True,
+        on_prefill: Callable[[int, int], None] | None = None,
     ) -> Generation:
-        """Validate the request now (so errors surface before iteration) and return the stream."""
+        """Validate the request now (so errors surface before iteration) and return the stream.
+
+        `on_prefill(done, total)` is called after each prefill chunk (from the iterating thread).
+        """
         prompt = [int(t) for t in prompt_ids]
         vocab = self.loaded.args.vocab_size
         if not prompt:
@@ -169,7 +173,9 @@ class Generator:
         sampler = Sampler(params or SamplingParams())
         stops = [s for s in stop if s]
         return Generation(
-            self._run(prompt, sampler, max_new_tokens, stops, cancel, report_top, reuse_cache)
+            self._run(
+                prompt, sampler, max_new_tokens, stops, cancel, report_top, reuse_cache, on_prefill
+            )
         )
 
     @torch.inference_mode()
@@ -182,6 +188,7 @@ class Generator:
         cancel: threading.Event | None,
         report_top: int,
         reuse_cache: bool,
+        on_prefill: Callable[[int, int], None] | None = None,
     ) -> Iterator[Step]:
         started = time.perf_counter()
         model = self.loaded.model
@@ -225,6 +232,8 @@ class Generator:
             logits = model(tokens, pos, last_only=True)[-1]
             pos += len(chunk)
             self._cached_ids = prompt[:pos]
+            if on_prefill is not None:
+                on_prefill(pos, len(prompt))
         prefill_s = time.perf_counter() - started
         log.debug(
             "prefill %d tokens (%d reused) in %.3f s", len(prompt) - reused, reused, prefill_s

@@ -101,6 +101,8 @@ class FakeHub:
         """file path -> bytes to send before closing the connection (None: half), first GET only."""
         self.reset_once: set[str] = set()
         """file paths whose first GET sends half the bytes, then resets the connection (RST)."""
+        self.hold: dict[str, threading.Event] = {}
+        """file-name suffix -> event: a GET of a matching file waits until the event is set."""
         self._lock = threading.Lock()
         hub = self
 
@@ -293,6 +295,9 @@ class FakeHub:
             headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(repo.files[name])}"
             status = 206
         body = data[start:]
+        for suffix, release in list(self.hold.items()):
+            if name.endswith(suffix):
+                release.wait(60)
 
         with self._lock:
             cut = name in self.cut_once

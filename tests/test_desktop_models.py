@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import QObject, QSettings, Qt, Slot
 
 from engine.errors import EngineError
 from engine.model_folder import list_cached_models, resolve_model
@@ -98,3 +99,47 @@ def test_gated_entry_asks_for_a_token(qtbot, window, hub, tiny_model_dir: Path) 
     with qtbot.waitSignal(window.model_ready, timeout=120_000):
         qtbot.mouseClick(chooser.go_button, Qt.MouseButton.LeftButton)
     assert "hf_ok" not in Path(window.settings.fileName()).read_text()
+
+
+def test_download_survives_closing_the_chooser(qtbot, window, hub) -> None:
+    release = threading.Event()
+    hub.hold[".safetensors"] = release  # the weights wait until the chooser is closed
+    chooser = window.show_model_chooser()
+    assert chooser.entry()["repo_id"] == DEFAULT
+    qtbot.mouseClick(chooser.go_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(
+        lambda: any(r.path.endswith(".safetensors") for r in hub.gets()), timeout=60_000
+    )
+    assert window.status_line.download_label.text().startswith(f"Downloading {DEFAULT}")
+    chooser.close()
+    assert window.downloads.active
+    with qtbot.waitSignal(window.model_ready, timeout=120_000) as ready:
+        release.set()
+    assert ready.args[0]["name"] == DEFAULT
+    assert not window.status_line.download_label.isVisible()
+    assert [m["repo_id"] for m in list_cached_models()] == [DEFAULT]
+    # Opening the chooser again shows it as downloaded.
+    assert window.show_model_chooser().go_button.text() == "Open"
+
+
+class _Recorder(QObject):
+    """Lives on the GUI thread, so the worker's progress reaches it queued, after the chooser's."""
+
+    def __init__(self, chooser) -> None:
+        super().__init__()
+        self.chooser, self.shown = chooser, []
+
+    @Slot(dict)
+    def record(self, _p: dict) -> None:
+        self.shown.append((self.chooser.progress.text(), self.chooser.progress_label.text()))
+
+
+def test_progress_bar_and_line_agree(qtbot, window, hub) -> None:
+    chooser = window.show_model_chooser()
+    recorder = _Recorder(chooser)
+    chooser.downloads.worker.progress.connect(recorder.record)
+    with qtbot.waitSignal(window.model_ready, timeout=120_000):
+        qtbot.mouseClick(chooser.go_button, Qt.MouseButton.LeftButton)
+    assert recorder.shown
+    for bar, line in recorder.shown:
+        assert f"({bar})" in line

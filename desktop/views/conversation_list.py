@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import time
 
 from PySide6.QtCore import QPoint, Qt, QTimer, Signal
@@ -26,6 +27,17 @@ def _when(timestamp: float) -> str:
     return time.strftime("%d %b", time.localtime(timestamp))
 
 
+def group_of(timestamp: float, now: float | None = None) -> str:
+    """ "Today", "Yesterday" or "Earlier", by local calendar day."""
+    today = datetime.date.fromtimestamp(time.time() if now is None else now)
+    day = datetime.date.fromtimestamp(timestamp)
+    if day >= today:
+        return "Today"
+    if day == today - datetime.timedelta(days=1):
+        return "Yesterday"
+    return "Earlier"
+
+
 class ConversationList(QWidget):
     """Shows conversations; asks the window to open, rename, delete or export them."""
 
@@ -42,7 +54,7 @@ class ConversationList(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(10, 10, 6, 10)
         layout.setSpacing(8)
-        self.new_button = QPushButton("＋  New chat")
+        self.new_button = QPushButton("+  New chat")
         self.new_button.setToolTip("Start a new conversation (Ctrl+N)")
         self.new_button.clicked.connect(self.new_requested)
         layout.addWidget(self.new_button)
@@ -57,9 +69,7 @@ class ConversationList(QWidget):
         self.items.setWordWrap(False)
         self.items.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.items.customContextMenuRequested.connect(self._menu)
-        self.items.itemClicked.connect(
-            lambda item: self.open_requested.emit(item.data(Qt.ItemDataRole.UserRole))
-        )
+        self.items.itemClicked.connect(self._clicked)
         layout.addWidget(self.items, 1)
         # Search as you type, without querying on every keystroke.
         self._debounce = QTimer(self)
@@ -68,9 +78,28 @@ class ConversationList(QWidget):
         self._debounce.timeout.connect(lambda: self.search_changed.emit(self.search.text()))
         self.search.textChanged.connect(lambda _t: self._debounce.start())
 
+    def _clicked(self, item: QListWidgetItem) -> None:
+        conv_id = item.data(Qt.ItemDataRole.UserRole)
+        if conv_id is not None:  # not a group heading
+            self.open_requested.emit(conv_id)
+
+    def _heading(self, text: str) -> None:
+        item = QListWidgetItem(text)
+        item.setFlags(Qt.ItemFlag.NoItemFlags)  # not selectable, not clickable
+        font = item.font()
+        font.setBold(True)
+        font.setPointSizeF(max(7.0, font.pointSizeF() * 0.9))
+        item.setFont(font)
+        self.items.addItem(item)
+
     def show_conversations(self, conversations: list, current: int | None) -> None:
+        """Newest first, under Today / Yesterday / Earlier headings."""
         self.items.clear()
+        group = None
         for conv in conversations:
+            if group_of(conv.updated_at) != group:
+                group = group_of(conv.updated_at)
+                self._heading(group)
             item = QListWidgetItem(f"{conv.title or 'New conversation'}")
             item.setToolTip(f"{conv.title}\n{_when(conv.updated_at)}")
             item.setData(Qt.ItemDataRole.UserRole, conv.id)
@@ -79,17 +108,46 @@ class ConversationList(QWidget):
                 item.setSelected(True)
                 self.items.setCurrentItem(item)
 
+    def focus_search(self) -> None:
+        self.show()
+        self.search.setFocus()
+        self.search.selectAll()
+
+    def current_id(self) -> int | None:
+        item = self.items.currentItem()
+        return None if item is None else item.data(Qt.ItemDataRole.UserRole)
+
+    def rename(self, conv_id: int | None) -> None:
+        """Ask for a new title of `conv_id` (the open conversation, for F2)."""
+        for i in range(self.items.count()):
+            item = self.items.item(i)
+            if item.data(Qt.ItemDataRole.UserRole) == conv_id:
+                self._rename(conv_id, item.text())
+                return
+
+    def delete_current(self) -> None:
+        conv_id = self.current_id()
+        if conv_id is not None:
+            self.delete_requested.emit(conv_id)
+
+    def _rows(self) -> list[QListWidgetItem]:
+        """The conversations' rows (not the group headings)."""
+        rows = (self.items.item(i) for i in range(self.items.count()))
+        return [r for r in rows if r.data(Qt.ItemDataRole.UserRole) is not None]
+
     def ids(self) -> list[int]:
-        return [
-            self.items.item(i).data(Qt.ItemDataRole.UserRole) for i in range(self.items.count())
-        ]
+        return [r.data(Qt.ItemDataRole.UserRole) for r in self._rows()]
 
     def titles(self) -> list[str]:
-        return [self.items.item(i).text() for i in range(self.items.count())]
+        return [r.text() for r in self._rows()]
+
+    def headings(self) -> list[str]:
+        rows = (self.items.item(i) for i in range(self.items.count()))
+        return [r.text() for r in rows if r.data(Qt.ItemDataRole.UserRole) is None]
 
     def _menu(self, pos: QPoint) -> None:
         item = self.items.itemAt(pos)
-        if item is None:
+        if item is None or item.data(Qt.ItemDataRole.UserRole) is None:
             return
         conv_id = item.data(Qt.ItemDataRole.UserRole)
         menu = QMenu(self)

@@ -13,7 +13,14 @@ from __future__ import annotations
 
 from PySide6.QtCore import QEvent, Qt, QTimer, Signal
 from PySide6.QtGui import QKeyEvent
-from PySide6.QtWidgets import QFrame, QHBoxLayout, QPlainTextEdit, QPushButton, QVBoxLayout
+from PySide6.QtWidgets import (
+    QFrame,
+    QHBoxLayout,
+    QPlainTextEdit,
+    QPushButton,
+    QSizePolicy,
+    QVBoxLayout,
+)
 
 from desktop.session import ASSISTANT, ChatSession, Turn
 from desktop.views.chat_view import ChatView, MessageWidget
@@ -202,6 +209,10 @@ class ConversationView(ChatView):
     def _insert(self, index: int, widget: MessageWidget) -> None:
         widget.token_clicked.connect(self.token_clicked)
         widget.edit_requested.connect(self.edit_requested)
+        # The stats line never widens the column: a long one ("Reading your message… n / N
+        # tokens") would push every card past the right edge of a narrow window.
+        widget.meta_label.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
+        widget.meta_label.setMinimumWidth(1)
         offset = self._layout.indexOf(self._placeholder) + 1
         self._layout.insertWidget(offset + index, widget)
         self.messages.insert(index, widget)
@@ -237,9 +248,17 @@ class ConversationView(ChatView):
         self._notes[id(turn)] = note
         self._insert(self.messages.index(card), note)  # above the reply it explains
 
+    def show_prefill(self, turn: Turn, done: int, total: int) -> None:
+        """Before the first token: how much of the prompt the model has read."""
+        card = self.card(turn)
+        if card is not None and not card.steps:
+            card.meta_label.setText(f"Reading your message… {done} / {total} tokens")
+
     def reply_step(self, _session: ChatSession, turn: Turn, step: Step) -> None:
         card = self.card(turn)
         if card is not None:
+            if not card.steps:
+                card.meta_label.setText("")  # reading done: the tokens speak for themselves
             card.append_step(step)
 
     def reply_ended(self, _session: ChatSession, turn: Turn) -> None:

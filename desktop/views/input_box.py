@@ -18,7 +18,8 @@ class InputBox(QPlainTextEdit):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("input")
-        self.setPlaceholderText("Message the model…  (Enter to send, Shift+Enter for a new line)")
+        self.setPlaceholderText("Message the model…")
+        self.setToolTip("Enter sends; Shift+Enter starts a new line")
         self.setTabChangesFocus(True)
         self.document().contentsChanged.connect(self._fit)
         self._fit()
@@ -33,6 +34,7 @@ class InputBox(QPlainTextEdit):
         super().keyPressEvent(event)
 
     def _fit(self) -> None:
+        self.ensurePolished()  # the style sheet's font and padding decide the height
         # A QPlainTextEdit's document height is counted in lines, wrapped lines included.
         wanted = int(self.document().size().height())
         lines = max(1, min(MAX_LINES, wanted))
@@ -48,4 +50,5 @@ class InputBox(QPlainTextEdit):
             + self.contentsMargins().top()
             + self.contentsMargins().bottom()
         )
+        # Room for the style sheet's padding and the frame, so descenders are never cut.
         self.setFixedHeight(lines * line_height + margins + 8)

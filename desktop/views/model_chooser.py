@@ -2,6 +2,8 @@
 
 Downloads run in their own thread with progress (bytes, speed, time left) and Cancel. A cancelled
 or failed download is never offered as a model: only complete snapshots are listed and opened.
+The window owns the downloads (`desktop.background_download`): closing the chooser leaves a
+download running, with its progress in the status bar.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from desktop.app_text import for_the_app
 from desktop.download import DownloadController
 from engine.progress_text import format_bytes
 
@@ -32,11 +35,12 @@ class ModelChooser(QDialog):
 
     model_chosen = Signal(str)
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, parent: QWidget | None = None, downloads=None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Choose a model")
         self.setMinimumSize(620, 520)
-        self.downloads = DownloadController(self)
+        self._owns_downloads = downloads is None
+        self.downloads = downloads if downloads is not None else DownloadController(self)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(18, 16, 18, 16)
         layout.setSpacing(10)
@@ -80,7 +84,9 @@ class ModelChooser(QDialog):
         self.error.setObjectName("chooser_error")
         self.error.setStyleSheet("color: #c62828;")
         self.error.hide()
-        layout.addWidget(self.progress)
+        progress_row = QHBoxLayout()  # Cancel beside the bar: the button row keeps its room
+        progress_row.addWidget(self.progress, 1)
+        layout.addLayout(progress_row)
         layout.addWidget(self.progress_label)
         layout.addWidget(self.error)
 
@@ -99,9 +105,12 @@ class ModelChooser(QDialog):
         buttons.addWidget(self.folder_button)
         buttons.addWidget(self.repo_button)
         buttons.addStretch(1)
-        buttons.addWidget(self.cancel_button)
+        progress_row.addWidget(self.cancel_button)
         buttons.addWidget(self.go_button)
         layout.addLayout(buttons)
+        for button in (self.folder_button, self.repo_button, self.cancel_button):
+            button.setMinimumWidth(button.sizeHint().width())  # never clip a label
+        self.go_button.setMinimumWidth(self.go_button.sizeHint().width())
 
         worker = self.downloads.worker
         worker.progress.connect(self._on_progress)
@@ -109,6 +118,11 @@ class ModelChooser(QDialog):
         worker.failed.connect(self._on_failed)
         worker.cancelled.connect(self._on_cancelled)
         self.refresh()
+        if self.downloads.active:  # reopened while a download goes on in the background
+            self._show_running(getattr(self.downloads, "repo_id", ""))
+            last = getattr(self.downloads, "last", None)
+            if last:
+                self._on_progress(last)
 
     # -- listing -----------------------------------------------------------------------------
 
@@ -196,14 +210,22 @@ class ModelChooser(QDialog):
             self.start_download(entry["repo_id"])
 
     def start_download(self, repo_id: str) -> None:
+        self._show_running(repo_id)
+        self.progress_label.setText(
+            f"Starting the download of {repo_id}… You can close this window: the download "
+            "goes on, with its progress in the status bar."
+        )
+        self.downloads.start(repo_id, self.token.text().strip(), self.remember.isChecked())
+
+    def _show_running(self, repo_id: str) -> None:
         self.error.hide()
         self.progress.setValue(0)
+        self.progress.setFormat("0%")
         self.progress.show()
-        self.progress_label.setText(f"Starting the download of {repo_id}…")
+        self.progress_label.setText(f"Downloading {repo_id}…")
         self.progress_label.show()
         self.cancel_button.show()
         self.go_button.setEnabled(False)
-        self.downloads.start(repo_id, self.token.text().strip(), self.remember.isChecked())
 
     def _choose_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Open a model folder (HF or Meta layout)")
@@ -224,7 +246,9 @@ class ModelChooser(QDialog):
         self.accept()
 
     def _on_progress(self, p: dict) -> None:
-        self.progress.setValue(int(1000 * p["done"] / p["total"]) if p["total"] else 0)
+        fraction = float(p.get("fraction", p["done"] / p["total"] if p["total"] else 0.0))
+        self.progress.setValue(int(1000 * fraction))
+        self.progress.setFormat(f"{100 * fraction:.0f}%")  # the same number as the line below
         self.progress_label.setText(p["line"])
 
     def _end_download(self) -> None:
@@ -234,13 +258,15 @@ class ModelChooser(QDialog):
         self.go_button.setEnabled(True)
 
     def _on_finished(self, path: str) -> None:
+        if not self.isVisible():
+            return  # closed meanwhile: the window opens it (desktop.background_download)
         self._end_download()
         self.refresh()
         self._choose(path)
 
     def _on_failed(self, message: str) -> None:
         self._end_download()
-        self.error.setText(message)
+        self.error.setText(for_the_app(message))
         self.error.show()
 
     def _on_cancelled(self) -> None:
@@ -252,6 +278,8 @@ class ModelChooser(QDialog):
         self.error.show()
         self.refresh()
 
-    def done(self, result: int) -> None:  # noqa: D401 - Qt API: closing cancels a download
-        self.downloads.shutdown()
+    def done(self, result: int) -> None:  # noqa: D401 - Qt API
+        """Closing leaves the window's download running; only a chooser's own one stops."""
+        if self._owns_downloads:
+            self.downloads.shutdown()
         super().done(result)

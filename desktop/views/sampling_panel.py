@@ -11,6 +11,7 @@ from PySide6.QtCore import QSettings, Signal
 from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
+    QLabel,
     QLineEdit,
     QPlainTextEdit,
     QSpinBox,
@@ -18,6 +19,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.session import ReplyOptions
+from desktop.views.wheel_guard import guard_wheel
 from engine.events import DEFAULT_MAX_NEW_TOKENS, DEFAULT_REPORT_TOP, SamplingParams
 
 _P = SamplingParams()
@@ -46,6 +48,8 @@ class SamplingPanel(QWidget):
         form = QFormLayout(self)
         form.setContentsMargins(12, 8, 12, 8)
         form.setVerticalSpacing(6)
+        # In a narrow side panel a label goes above its field instead of squeezing it.
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
 
         self.system_prompt = QPlainTextEdit()
         self.system_prompt.setPlaceholderText("Optional instructions for the model")
@@ -86,6 +90,12 @@ class SamplingPanel(QWidget):
         self.report_top.setRange(1, 50)
         self.report_top.setToolTip("How many candidates the top-k panel shows")
         form.addRow("Top-k panel rows", self.report_top)
+        self.warning = QLabel("")
+        self.warning.setWordWrap(True)
+        self.warning.setObjectName("meta")
+        self.warning.hide()
+        form.addRow(self.warning)
+        self._wheel_guard = guard_wheel(self)
         self.load()
         for box in (self.temperature, self.top_p, self.min_p, self.repetition_penalty):
             box.valueChanged.connect(self._save)

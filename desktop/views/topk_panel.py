@@ -14,6 +14,27 @@ from PySide6.QtWidgets import QSizePolicy, QWidget
 REPAINT_MS = 33
 
 
+def percent(prob: float) -> str:
+    """A probability as the panel shows it: "<0.1%" rather than a misleading "0.0%"."""
+    if 0 < prob < 0.001:
+        return "<0.1%"
+    return f"{100 * prob:.1f}%"
+
+
+def choice_note(step: dict, params) -> str:
+    """Why the chosen token is not the top row, or "" when it is (or nothing was reported)."""
+    top = step.get("top") or []
+    if not top or top[0]["token_id"] == step.get("token_id"):
+        return ""
+    if params is None:
+        return "not the most likely token"
+    if params.greedy:
+        if params.repetition_penalty != 1.0:
+            return "not the top row: the repetition penalty changed the choice"
+        return "not the top row"
+    return f"not the top row: sampled at temperature {params.temperature:g}"
+
+
 def visible_token(text: str) -> str:
     """Make whitespace, control characters and raw bytes readable in a one-line label."""
     if text.startswith("<0x") and text.endswith(">") and len(text) == 6:
@@ -32,17 +53,20 @@ class TopKPanel(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        self.setMinimumWidth(220)
+        self.setMinimumWidth(180)
         self._pending: dict | None = None
         self._step: dict | None = None
         self._title = "Next-token probabilities"
         self._subtitle = "Generate a reply to see what the model considers at each step."
         self._k = 10
+        self._params = None
+        """The SamplingParams of the reply shown (to say why a choice is not the top row)."""
         self._timer = QTimer(self)
         self._timer.setInterval(REPAINT_MS)
         self._timer.timeout.connect(self._flush)
         self._timer.start()
         self.setAccessibleName("Top-k next tokens")
+        self._fit_height()
 
     @property
     def k(self) -> int:
@@ -50,7 +74,25 @@ class TopKPanel(QWidget):
 
     def set_k(self, k: int) -> None:
         self._k = max(1, int(k))
+        self._fit_height()
         self.update()
+
+    def set_params(self, params) -> None:
+        """The sampling settings of the reply about to stream."""
+        self._params = params
+
+    def _row_height(self) -> int:
+        mono = QFont("monospace")
+        mono.setPointSizeF(self.font().pointSizeF())
+        return max(QFontMetrics(mono).height(), self.fontMetrics().height()) + 10
+
+    def _fit_height(self) -> None:
+        """Tall enough for every requested row: the scroll area around it scrolls the rest.
+
+        Empty, it asks only for its title: no scrollbar around an empty panel."""
+        header = 3 * self.fontMetrics().height() + 40
+        rows = self._k if self._step else 0
+        self.setMinimumHeight(header + rows * self._row_height())
 
     def show_step(self, step: dict, title: str | None = None) -> None:
         """Queue a step for display (the newest one wins at the next repaint)."""
@@ -61,6 +103,7 @@ class TopKPanel(QWidget):
         self._step = None
         self._title = "Next-token probabilities"
         self._subtitle = "Generate a reply to see what the model considers at each step."
+        self._fit_height()
         self.update()
 
     def shown_rows(self) -> list[tuple[int, str, float, bool]]:
@@ -81,11 +124,15 @@ class TopKPanel(QWidget):
             return
         step, self._pending = self._pending, None
         self._step = step
+        self._fit_height()
         title = step.get("_title")
         index = step.get("index", 0)
         self._title = title or f"Step {index + 1}"
         chosen = visible_token(step.get("piece", ""))
-        self._subtitle = f"sampled “{chosen}” with p = {100 * step.get('prob', 0.0):.1f}%"
+        self._subtitle = f"Sampled “{chosen}” with p = {percent(step.get('prob', 0.0))}"
+        note = choice_note(step, self._params if not title else None)
+        if note:
+            self._subtitle += f" ({note})"
         self.update()
         self.rows_changed.emit(self.shown_rows())
 
@@ -127,12 +174,10 @@ class TopKPanel(QWidget):
         painter.setFont(self.font())
         fm = QFontMetrics(self.font())
         painter.setPen(muted)
-        painter.drawText(
-            QRectF(margin, y, width, fm.height()),
-            Qt.AlignmentFlag.AlignLeft,
-            fm.elidedText(self._subtitle, Qt.TextElideMode.ElideRight, width),
-        )
-        y += fm.height() + 10
+        flags = Qt.AlignmentFlag.AlignLeft | Qt.TextFlag.TextWordWrap
+        sub = fm.boundingRect(0, 0, width, 10 * fm.height(), flags, self._subtitle)
+        painter.drawText(QRectF(margin, y, width, sub.height()), flags, self._subtitle)
+        y += sub.height() + 10
 
         rows = self.shown_rows()
         if not rows:
@@ -143,11 +188,10 @@ class TopKPanel(QWidget):
         mfm = QFontMetrics(mono)
         row_h = max(mfm.height(), fm.height()) + 10
         label_w = min(int(width * 0.45), mfm.horizontalAdvance("M" * 14))
-        pct_w = fm.horizontalAdvance("100.0%") + 6
+        pct_w = fm.horizontalAdvance("100.0%") + 6  # also fits "<0.1%"
         bar_x = margin + label_w + 8
         bar_w = max(20, width - label_w - 8 - pct_w)
-        available = (self.height() - y - margin) // row_h
-        for _token_id, text, prob, is_chosen in rows[: max(0, available)]:
+        for _token_id, text, prob, is_chosen in rows:
             rect = QRectF(margin - 4, y - 3, width + 8, row_h - 2)
             if is_chosen:
                 highlight = QColor(accent)
@@ -174,6 +218,6 @@ class TopKPanel(QWidget):
             painter.drawText(
                 QRectF(bar_x + bar_w, y, pct_w, row_h - 8),
                 Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter,
-                f"{100 * prob:.1f}%",
+                percent(prob),
             )
             y += row_h

@@ -63,6 +63,9 @@ def _chat_column(w) -> QWidget:
     actions_row.setContentsMargins(18, 0, 18, 0)
     actions_row.addStretch(1)
     actions_row.addWidget(w.regenerate_button)
+    w.input_hint = QLabel("")
+    w.input_hint.setObjectName("meta")
+    w.input_hint.setContentsMargins(20, 0, 18, 6)
     column = QWidget()
     layout = QVBoxLayout(column)
     layout.setContentsMargins(0, 0, 0, 0)
@@ -71,6 +74,7 @@ def _chat_column(w) -> QWidget:
     layout.addWidget(w.chat, 1)
     layout.addLayout(actions_row)
     layout.addLayout(input_row)
+    layout.addWidget(w.input_hint)
     return column
 
 
@@ -82,6 +86,7 @@ def _side(w) -> QSplitter:
     scroll = QScrollArea()
     scroll.setWidgetResizable(True)
     scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # one scrollbar
     scroll.setWidget(w.sampling)
     title = QLabel("Generation settings")
     title.setObjectName("section")
@@ -90,13 +95,30 @@ def _side(w) -> QSplitter:
     bottom_layout.setContentsMargins(0, 6, 0, 0)
     bottom_layout.addWidget(title)
     bottom_layout.addWidget(scroll, 1)
+    rows = QScrollArea()  # every requested row, scrolled when the panel is short
+    rows.setWidgetResizable(True)
+    rows.setFrameShape(QFrame.Shape.NoFrame)
+    rows.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    rows.setWidget(w.topk)
     side = QSplitter(Qt.Orientation.Vertical)
     side.setObjectName("side")
-    side.addWidget(w.topk)
+    side.addWidget(rows)
     side.addWidget(bottom)
-    side.setStretchFactor(0, 3)
-    side.setStretchFactor(1, 2)
+    side.setStretchFactor(0, 1)  # settings get as much room as the panel
+    side.setStretchFactor(1, 1)
+    side.setCollapsible(0, False)
     return side
+
+
+MIN_WINDOW = (760, 520)
+"""Below this the chat column, the list and the side panel no longer fit side by side."""
+
+
+def split_sizes(width: int) -> list[int]:
+    """List | chat | side widths for a window `width` wide: the chat gets what is left."""
+    listing = max(160, min(260, width // 5))
+    side = max(240, min(360, width // 4))
+    return [listing, max(320, width - listing - side), side]
 
 
 def build_layout(w: QMainWindow) -> None:
@@ -109,8 +131,9 @@ def build_layout(w: QMainWindow) -> None:
         w.splitter.addWidget(widget)
         w.splitter.setStretchFactor(i, stretch)
     w.splitter.setCollapsible(0, True)
-    w.splitter.setSizes([230, 640, 330])
+    w.splitter.setSizes(split_sizes(w.width()))
     w.setCentralWidget(w.splitter)
+    w.setMinimumSize(*MIN_WINDOW)
     w.status_line = StatusLine(w.statusBar())
     for name in ("model_label", "device_label", "speed_label", "context_label", "progress"):
         setattr(w, name, getattr(w.status_line, name))
@@ -135,6 +158,15 @@ def save_layout(w) -> None:
     w.settings.sync()
 
 
+def context_text(used: int, max_context: int, dropped: int = 0) -> str:
+    """Context use as the status bar says it: never past the maximum (the last sampled token
+    is never written to the cache), and naming the turns left out to make room."""
+    text = f"context {min(used, max_context)} / {max_context}"
+    if dropped:
+        text += f" · {dropped} earlier turn{'s' if dropped != 1 else ''} left out"
+    return text
+
+
 class StatusLine(QObject):
     """Model, load progress, prompt size, time to first token, speed and context use.
 
@@ -143,7 +175,7 @@ class StatusLine(QObject):
 
     def __init__(self, bar: QStatusBar) -> None:
         super().__init__(bar)
-        self.model_label = QLabel("No model — File → Open model folder…")
+        self.model_label = QLabel(NO_MODEL)
         self.device_label, self.speed_label, self.context_label = QLabel(), QLabel(), QLabel()
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)
@@ -155,7 +187,16 @@ class StatusLine(QObject):
             bar.addWidget(widget)
         for widget in (self.speed_label, self.context_label, self.device_label):
             bar.addPermanentWidget(widget)
+        self.download_label = QLabel("")
+        self.download_bar = QProgressBar()
+        self.download_bar.setRange(0, 1000)
+        self.download_bar.setMaximumWidth(160)
+        self.download_bar.setTextVisible(False)
+        for widget in (self.download_label, self.download_bar):
+            bar.addWidget(widget)
+            widget.hide()
         self._prompt_tokens = 0
+        self._dropped = 0
         self._first_token_s = 0.0
 
     @Slot(float, str)
@@ -164,20 +205,48 @@ class StatusLine(QObject):
         self.progress.show()
         self.progress_label.setText(message)
 
+    def download(self, repo_id: str, progress: dict | None) -> None:
+        """A model download going on in the background (the chooser may be closed)."""
+        if progress is None:
+            self.download_label.setText(f"Downloading {repo_id}…")
+            self.download_bar.setValue(0)
+        else:
+            fraction = float(progress.get("fraction", 0.0))
+            self.download_bar.setValue(int(1000 * fraction))
+            self.download_label.setText(f"Downloading {repo_id}: {100 * fraction:.0f}%")
+            self.download_label.setToolTip(str(progress.get("line", "")))
+        self.download_label.show()
+        self.download_bar.show()
+
+    def download_ended(self) -> None:
+        self.download_label.hide()
+        self.download_bar.hide()
+
     def loaded(self, info: ModelInfo | None, done: bool = True) -> None:
         if done:
             self.progress.hide()
             self.progress_label.setText("")
         self.model_label.setText(info.name if info else NO_MODEL)
         self.device_label.setText(f"{info.device} · {info.dtype}" if info else "")
-        if info is not None:
-            self.context_label.setText(f"context 0 / {info.max_context}")
+        self.clear_reply()
+
+    def clear_reply(self) -> None:
+        """Forget the last reply's figures: they belong to a chat (or a model) no longer shown."""
+        self.speed_label.setText("")
+        self.context_label.setText("")
 
     def started(self, started: GenerationStarted) -> None:
         self._prompt_tokens = started.prompt_tokens
+        self._dropped = started.dropped_turns
         self._first_token_s = 0.0
-        self.context_label.setText(f"context {started.prompt_tokens} / {started.max_context}")
+        self.context_label.setText(
+            context_text(started.prompt_tokens, started.max_context, self._dropped)
+        )
         self.speed_label.setText(f"prompt {started.prompt_tokens} tok · generating…")
+
+    def prefill(self, done: int, total: int) -> None:
+        """Before the first token: how much of the prompt has been read."""
+        self.speed_label.setText(f"Reading your message… {done} / {total} tokens")
 
     def step(self, step: Step, max_context: int) -> None:
         """Live numbers, every 8th token (the final ones replace them)."""
@@ -187,7 +256,7 @@ class StatusLine(QObject):
             return
         first = self._first_token_s
         self.context_label.setText(
-            f"context {self._prompt_tokens + step.index + 1} / {max_context}"
+            context_text(self._prompt_tokens + step.index + 1, max_context, self._dropped)
         )
         parts = [f"prompt {self._prompt_tokens} tok", f"first token {first:.2f} s"]
         decoding = step.elapsed_s - first
@@ -196,9 +265,12 @@ class StatusLine(QObject):
         self.speed_label.setText(" · ".join(parts))
 
     def finished(self, result: GenerationResult) -> None:
-        self.speed_label.setText(
-            f"prompt {result.prompt_tokens} tok · first token {result.ttft_s:.2f} s · "
-            f"{result.decode_tokens_per_s:.1f} tok/s"
-        )
+        if result.generated_tokens == 0:  # stopped while reading the prompt: no speed to tell
+            self.speed_label.setText(f"prompt {result.prompt_tokens} tok · stopped")
+        else:
+            self.speed_label.setText(
+                f"prompt {result.prompt_tokens} tok · first token {result.ttft_s:.2f} s · "
+                f"{result.decode_tokens_per_s:.1f} tok/s"
+            )
         used = result.prompt_tokens + result.generated_tokens
-        self.context_label.setText(f"context {used} / {result.max_context}")
+        self.context_label.setText(context_text(used, result.max_context, result.dropped_turns))

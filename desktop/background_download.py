@@ -1,0 +1,98 @@
+"""Model downloads that outlive the chooser: progress in the status bar, the model opened when done.
+
+Closing the chooser used to cancel a 600 MB download without a word. The window now owns the one
+`DownloadController`; the chooser is only a view of it while open. When a download ends with the
+chooser closed, the model is opened at once, unless a reply is streaming: then a notice offers to
+open it, so the reply is not cut.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from PySide6.QtCore import QObject
+
+from desktop.download import DownloadController
+
+if TYPE_CHECKING:
+    from desktop.main_window import MainWindow
+
+log = logging.getLogger(__name__)
+
+
+def percent_text(progress: dict) -> str:
+    """The percentage as both the bar and the text line show it ("42%")."""
+    return f"{100 * progress.get('fraction', 0.0):.0f}%"
+
+
+class BackgroundDownloads(QObject):
+    """The window's side of downloads (a GUI-thread QObject: worker signals arrive queued)."""
+
+    def __init__(self, window: MainWindow) -> None:
+        super().__init__(window)
+        self.window = window
+        self.controller = DownloadController(self)
+        self.repo_id = ""
+        self.last: dict | None = None
+        """The newest progress report, so a chooser opened mid-download shows it at once."""
+        worker = self.controller.worker
+        worker.progress.connect(self._progress)
+        worker.finished.connect(self._finished)
+        worker.failed.connect(self._failed)
+        worker.cancelled.connect(self._cancelled)
+
+    @property
+    def worker(self):
+        """The download worker (its signals: progress, finished, failed, cancelled)."""
+        return self.controller.worker
+
+    @property
+    def active(self) -> bool:
+        return self.controller.active
+
+    def start(self, repo_id: str, token: str = "", remember: bool = False) -> None:
+        self.repo_id, self.last = repo_id, None
+        self.window.status_line.download(repo_id, None)
+        self.controller.start(repo_id, token, remember)
+
+    def cancel(self) -> None:
+        self.controller.cancel()
+
+    def shutdown(self) -> None:
+        self.controller.shutdown()
+
+    def _chooser_open(self) -> bool:
+        chooser = getattr(self.window, "chooser", None)
+        try:
+            return chooser is not None and chooser.isVisible()
+        except RuntimeError:  # closed, and deleted with it
+            return False
+
+    def _progress(self, progress: dict) -> None:
+        self.last = progress
+        self.window.status_line.download(self.repo_id, progress)
+
+    def _finished(self, path: str) -> None:
+        self.window.status_line.download_ended()
+        if self._chooser_open():
+            return  # the chooser opens it (and closes)
+        name = self.repo_id or path
+        if self.window.controller.busy:
+            self.window.banner.show_message(
+                f"{name} is downloaded.", "notice", "Open it", lambda: self.window.load_model(path)
+            )
+            return
+        log.info("download of %s finished in the background; opening it", name)
+        self.window.load_model(path)
+
+    def _failed(self, message: str) -> None:
+        self.window.status_line.download_ended()
+        if not self._chooser_open():
+            self.window.show_error(
+                f"Could not download {self.repo_id}. {message.rstrip('.')}. Open the model chooser "
+                "(Models → Choose or download a model…) to try again."
+            )
+
+    def _cancelled(self) -> None:
+        self.window.status_line.download_ended()

@@ -1,0 +1,322 @@
+"""Rough edges a new user hits in the first hour (issue 16), driven through the real window."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import QPoint, QPointF, Qt
+from PySide6.QtGui import QWheelEvent
+from PySide6.QtWidgets import QApplication
+
+from tests.window_helpers import ask, greedy, load, make_window
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch) -> Path:
+    monkeypatch.setenv("LOOPCHAT_HOME", str(tmp_path / "home"))
+    return tmp_path
+
+
+def _wheel(widget, steps: int = 1) -> None:
+    """One real wheel notch (or `steps`) over the middle of `widget`."""
+    centre = QPointF(widget.rect().center())
+    event = QWheelEvent(
+        centre,
+        QPointF(widget.mapToGlobal(QPoint(int(centre.x()), int(centre.y())))),
+        QPoint(0, 0),
+        QPoint(0, -120 * steps),
+        Qt.MouseButton.NoButton,
+        Qt.KeyboardModifier.NoModifier,
+        Qt.ScrollPhase.NoScrollPhase,
+        False,
+    )
+    QApplication.sendEvent(widget, event)
+
+
+def test_wheel_does_not_change_an_unfocused_number_box(qtbot, home: Path) -> None:
+    win = make_window(qtbot, home)
+    box = win.sampling.top_k
+    box.setValue(40)
+    win.input.setFocus()
+    assert not box.hasFocus()
+    _wheel(box)
+    assert box.value() == 40
+    for other in (win.sampling.temperature, win.sampling.max_new_tokens):
+        before = other.value()
+        _wheel(other)
+        assert other.value() == before
+    box.setFocus()  # clicked or tabbed into: the wheel is the user's intent
+    qtbot.waitUntil(box.hasFocus, timeout=2000)
+    _wheel(box)
+    assert box.value() == 39
+    win.close()
+
+
+def test_regenerate_is_disabled_when_there_is_nothing_to_regenerate(
+    qtbot, home: Path, tiny_model_dir: Path
+) -> None:
+    win = make_window(qtbot, home)
+    load(qtbot, win, tiny_model_dir)
+    greedy(win, 3)
+    assert not win.regenerate_button.isEnabled() and not win.regenerate_action.isEnabled()
+    ask(qtbot, win, "Hello")
+    assert win.regenerate_button.isEnabled() and win.regenerate_action.isEnabled()
+    win.new_chat_action.trigger()
+    assert not win.regenerate_button.isEnabled() and not win.regenerate_action.isEnabled()
+    # A reply that answers no user message (an imported chat, say): nothing to ask again, and
+    # Ctrl+R must not delete it.
+    lone = win.store.create_conversation(title="Only a reply")
+    win.store.add_message(lone, "assistant", "I speak first.")
+    with qtbot.waitSignal(win.opener.ready, timeout=10_000):
+        win.open_conversation(lone)
+    assert win.conversation_id == lone
+    assert not win.regenerate_action.isEnabled()
+    win.regenerate_action.trigger()
+    assert win.history == [{"role": "assistant", "content": "I speak first."}]
+    win.close()
+
+
+def test_status_bar_is_cleared_on_new_chat_and_unload(
+    qtbot, home: Path, tiny_model_dir: Path
+) -> None:
+    win = make_window(qtbot, home)
+    load(qtbot, win, tiny_model_dir)
+    greedy(win, 4)
+    ask(qtbot, win, "Hello")
+    assert "tok/s" in win.speed_label.text() and "context" in win.context_label.text()
+    win.new_chat_action.trigger()
+    assert win.speed_label.text() == "" and win.context_label.text() == ""
+    ask(qtbot, win, "Hello again")
+    assert "tok/s" in win.speed_label.text()
+    with qtbot.waitSignal(win.controller.worker.model_unloaded, timeout=10_000):
+        win.unload_model()
+    qtbot.waitUntil(lambda: win.model_info is None, timeout=5000)
+    assert win.speed_label.text() == "" and win.context_label.text() == ""
+    assert win.device_label.text() == ""
+    win.close()
+
+
+def test_theme_is_chosen_in_the_view_menu_applied_and_kept(qtbot, home: Path) -> None:
+    from PySide6.QtGui import QPalette
+
+    app = QApplication.instance()
+    style, palette, sheet = app.style().name(), app.palette(), app.styleSheet()
+    try:
+        win = make_window(qtbot, home)
+        assert win.theme_actions["system"].isChecked()
+        win.theme_actions["dark"].trigger()
+        assert app.palette().color(QPalette.ColorRole.Window).lightness() < 80
+        assert win.settings.value("view/theme") == "dark"
+        win.close()
+        again = make_window(qtbot, home)  # the same settings file: the next start
+        assert again.theme_actions["dark"].isChecked()
+        again.theme_actions["light"].trigger()
+        assert app.palette().color(QPalette.ColorRole.Window).lightness() > 200
+        again.close()
+        from PySide6.QtCore import QSettings
+
+        kept = QSettings(str(home / "loopchat.ini"), QSettings.Format.IniFormat)
+        assert kept.value("view/theme") == "light"
+    finally:
+        app.setStyle(style)
+        app.setPalette(palette)
+        app.setStyleSheet(sheet)
+
+
+@pytest.mark.parametrize("fmt", ["md", "json"])
+def test_export_suggests_a_name_and_adds_the_extension(
+    qtbot, home: Path, monkeypatch, fmt: str
+) -> None:
+    from PySide6.QtWidgets import QFileDialog
+
+    win = make_window(qtbot, home)
+    cid = win.store.create_conversation(title='Plans: "Q3" / budget?')
+    win.store.add_message(cid, "user", "What next?")
+    asked = {}
+
+    def save_dialog(_parent, _caption, suggested, filters, *_args, **_kw):
+        asked["suggested"], asked["filters"] = suggested, filters
+        return str(home / "my export"), filters  # the user typed a name without extension
+
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", save_dialog)
+    (action,) = [
+        a
+        for a in win.menuBar().actions()[0].menu().actions()
+        if "Export" in a.text() and ("Markdown" if fmt == "md" else "JSON") in a.text()
+    ]
+    with qtbot.waitSignal(win.opener.ready, timeout=10_000):
+        win.open_conversation(cid)
+    action.trigger()
+    assert Path(asked["suggested"]).name == f"Plans Q3 budget.{fmt}"
+    written = home / f"my export.{fmt}"
+    assert written.is_file() and "What next?" in written.read_text(encoding="utf-8")
+    assert not (home / "my export").exists()
+    win.close()
+
+
+def test_topk_panel_shows_every_row_and_says_why_the_choice_is_not_the_top(
+    qtbot, home: Path, tiny_model_dir: Path
+) -> None:
+    from desktop.views.topk_panel import percent
+    from engine.events import SamplingParams
+
+    assert SamplingParams().repetition_penalty == 1.0  # off by default: greedy looks greedy
+    assert percent(0.0004) == "<0.1%" and percent(0.5) == "50.0%" and percent(0.0) == "0.0%"
+    win = make_window(qtbot, home)
+    load(qtbot, win, tiny_model_dir)
+    greedy(win, 12)
+    win.sampling.report_top.setValue(20)
+    win.sampling.repetition_penalty.setValue(2.0)  # strong enough to overrule the top row
+    win.resize(900, 600)
+    steps = []
+    win.token_shown.connect(steps.append)
+    ask(qtbot, win, "Hello Hello Hello")
+    overruled = [s for s in steps if s.top and s.top[0].token_id != s.token_id]
+    assert overruled, "the penalty never changed a greedy choice on this model"
+    win.topk.show_step(overruled[-1])
+    win.topk.flush_now()
+    assert len(win.topk.shown_rows()) == 20
+    assert win.topk.minimumHeight() > win.topk.parentWidget().height()  # all rows: it scrolls
+    assert "repetition penalty" in win.topk._subtitle
+    win.close()
+
+
+def test_reading_a_long_message_is_shown_before_the_tokens(
+    qtbot, home: Path, tiny_model_dir: Path
+) -> None:
+    win = make_window(qtbot, home)
+    load(qtbot, win, tiny_model_dir)
+    greedy(win, 3)
+    win.controller.worker._generator.prefill_chunk = 16  # several chunks from a short prompt
+    seen: list[tuple[int, int, str]] = []
+
+    def record(progress) -> None:
+        card = win.chat.card(win.session.reply)
+        seen.append((progress.done, progress.total, card.meta_label.text()))
+
+    win.prefill_shown.connect(record)
+    ask(qtbot, win, "one two three four five six seven eight nine ten eleven twelve")
+    assert len(seen) >= 2, seen
+    dones = [done for done, _total, _text in seen]
+    assert dones == sorted(dones) and dones[-1] == seen[-1][1]
+    done, total, text = seen[0]
+    assert text == f"Reading your message… {done} / {total} tokens"
+    last = win.chat.messages[-1]
+    assert "Reading" not in last.meta_label.text()
+    win.close()
+
+
+def test_context_counter_never_passes_the_maximum() -> None:
+    from desktop.views.window_layout import context_text
+
+    assert context_text(257, 256) == "context 256 / 256"
+    assert context_text(100, 256, dropped=2) == "context 100 / 256 · 2 earlier turns left out"
+
+
+def test_keyboard_search_rename_delete_with_undo(qtbot, home: Path, monkeypatch) -> None:
+    from PySide6.QtWidgets import QInputDialog
+
+    win = make_window(qtbot, home)
+    cid = win.store.create_conversation(title="Old name")
+    win.store.add_message(cid, "user", "hi")
+    with qtbot.waitSignal(win.opener.ready, timeout=10_000):
+        win.open_conversation(cid)
+    win.search_action.trigger()
+    qtbot.waitUntil(win.conversations.search.hasFocus, timeout=2000)
+    monkeypatch.setattr(QInputDialog, "getText", lambda *a, **k: ("New name", True))
+    win.rename_action.trigger()
+    assert win.conversations.titles() == ["New name"]
+    win.conversations.items.setFocus()
+    qtbot.waitUntil(win.conversations.items.hasFocus, timeout=2000)
+    qtbot.keyClick(win.conversations.items, Qt.Key.Key_Delete)
+    assert win.conversations.ids() == []
+    assert win.banner.action.text() == "Undo"
+    win.banner.action.click()
+    assert win.conversations.ids() == [cid]
+    win.close()
+
+
+def test_messages_are_written_for_the_app() -> None:
+    from desktop.app_text import for_the_app
+
+    text = for_the_app(
+        "no folder or cached Hub model named a/b; download it with "
+        "`python -m engine download a/b` or pick a folder"
+    )
+    assert "python -m" not in text and "Models → Choose or download a model…" in text
+    assert text.startswith("No folder")
+    gated = for_the_app(
+        "x is gated: accept its licence at u while logged in, then give an access token with "
+        "--token or log in with `hf auth login` (`huggingface-cli login`)"
+    )
+    assert "--token" not in gated and "Token field" in gated
+    assert "--max-context" not in for_the_app(
+        "context capped to 4096 tokens; use --max-context for more"
+    )
+    assert for_the_app("Could not open the model. the file is bad") == (
+        "Could not open the model. The file is bad"
+    )
+
+
+def test_about_shows_the_version_and_exceptions_reach_the_log(home: Path, monkeypatch) -> None:
+    import logging
+    import sys
+
+    from desktop.app import log_unhandled_exceptions
+    from desktop.version import app_version
+
+    assert app_version() == "0.1.0" or app_version()[0].isdigit()
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger().addHandler(handler)
+    monkeypatch.setattr(sys, "excepthook", lambda *a: None)
+    try:
+        log_unhandled_exceptions()
+        try:
+            raise ValueError("boom in a slot")
+        except ValueError:
+            sys.excepthook(*sys.exc_info())
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert any(r.exc_info and "boom in a slot" in str(r.exc_info[1]) for r in records)
+
+
+def test_typing_shows_the_cost_and_a_too_long_reply_is_warned(
+    qtbot, home: Path, tiny_model_dir: Path
+) -> None:
+    win = make_window(qtbot, home)
+    info = load(qtbot, win, tiny_model_dir)
+    win.input.setPlainText("How long is this message in tokens, roughly?")
+    hint = win.input_hint.text()
+    assert hint.startswith("≈ ") and f"of {info.max_context} left" in hint
+    win.input.clear()
+    assert win.input_hint.text() == ""
+    win.sampling.max_new_tokens.setValue(info.max_context + 10)
+    assert win.sampling.warning.isVisible()
+    assert str(info.max_context) in win.sampling.warning.text()
+    win.sampling.max_new_tokens.setValue(16)
+    assert not win.sampling.warning.isVisible()
+    assert win.minimumWidth() <= 800 and win.minimumHeight() <= 600
+    win.close()
+
+
+def test_conversation_list_groups_by_day(qtbot, home: Path) -> None:
+    import time
+
+    from desktop.views.conversation_list import group_of
+
+    now = time.time()
+    assert group_of(now, now) == "Today"
+    assert group_of(now - 86400, now) == "Yesterday"
+    assert group_of(now - 9 * 86400, now) == "Earlier"
+    win = make_window(qtbot, home)
+    cid = win.store.create_conversation(title="Fresh")
+    win.store.add_message(cid, "user", "hi")
+    win.refresh_conversations()
+    assert win.conversations.headings() == ["Today"]
+    assert win.conversations.ids() == [cid] and win.conversations.titles() == ["Fresh"]
+    heading = win.conversations.items.item(0)
+    assert not heading.flags() & Qt.ItemFlag.ItemIsSelectable
+    win.close()
