@@ -42,6 +42,17 @@ def greedy_reply(loaded, question: str, max_new_tokens: int = 160) -> str:
     return "".join(step.text for step in generation).strip()
 
 
+def _command(stage: dict) -> str:
+    """The command line that ran one training stage (defaults left out)."""
+    parts = ["python scripts/train_builtin.py", "--out resources/builtin"]
+    if stage.get("init_from"):
+        parts.append("--init-from resources/builtin")
+    for flag in ("steps", "lr", "data_seed"):
+        if stage.get(flag) is not None:
+            parts.append(f"--{flag.replace('_', '-')} {stage[flag]}")
+    return " ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folder", type=Path)
@@ -61,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     minutes = training["train_seconds"] / 60
     threads = training["threads"]
     shipped = training["shipped_held_out_dialogues"]
+    stages = json.loads((ns.folder / "training.json").read_text()).get("stages") or []
+    commands = "\n".join(_command(stage) for stage in stages)
     text = f"""# Loopchat built-in model: a small dictionary assistant
 
 A Llama 2 model trained from scratch by the Loopchat project with `scripts/train_builtin.py`
@@ -80,8 +93,13 @@ WordNet 3.0 licence (permission to use, copy, modify and distribute, with the co
 see `LICENSE-WordNet`), taken from Debian's `wordnet-base` package (1:3.0). Each lemma becomes one
 or more dialogues (meaning with its first {3} senses and an example; an example sentence;
 similar and opposite words), built by `scripts/builtin_corpus.py`:
-{corpus_tokens:,} training tokens, of which {seen:,} were seen once in training ({minutes:.0f}
-minutes on {threads} CPU threads). About 1% of the lemmas (chosen by a hash of the word) are
+{corpus_tokens:,} training tokens; training drew {seen:,} token positions from them at random
+({minutes:.0f} minutes on {threads} busy CPU threads, bf16 autocast), in {len(stages)} stage(s):
+
+```sh
+{commands}
+```
+ About 1% of the lemmas (chosen by a hash of the word) are
 held out; {shipped} of their dialogues ship in `held_out.jsonl`.
 
 ## Quality
