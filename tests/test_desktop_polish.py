@@ -320,3 +320,38 @@ def test_conversation_list_groups_by_day(qtbot, home: Path) -> None:
     heading = win.conversations.items.item(0)
     assert not heading.flags() & Qt.ItemFlag.ItemIsSelectable
     win.close()
+
+
+def test_copy_says_copied_then_returns(qtbot) -> None:
+    from PySide6.QtGui import QGuiApplication
+
+    from desktop.views.chat_view import COPIED_FEEDBACK_MS, MessageWidget
+
+    card = MessageWidget("assistant", "some reply text")
+    qtbot.addWidget(card)
+    qtbot.mouseClick(card.copy_button, Qt.MouseButton.LeftButton)
+    assert QGuiApplication.clipboard().text() == "some reply text"
+    assert card.copy_button.text() == "Copied"
+    qtbot.waitUntil(lambda: card.copy_button.text() == "Copy", timeout=COPIED_FEEDBACK_MS + 2000)
+
+
+def test_right_click_keeps_the_highlight_on_the_open_chat(qtbot) -> None:
+    import time
+    from types import SimpleNamespace
+
+    from PySide6.QtCore import QTimer
+
+    from desktop.views.conversation_list import ConversationList
+
+    now = time.time()
+    convs = [SimpleNamespace(id=i, title=f"chat {i}", updated_at=now - i) for i in (1, 2, 3)]
+    view = ConversationList()
+    qtbot.addWidget(view)
+    view.show()
+    view.show_conversations(convs, current=2)
+    assert view.current_id() == 2
+    other = next(r for r in view._rows() if r.data(Qt.ItemDataRole.UserRole) == 3)
+    view.items.setCurrentItem(other)  # what a right-click press does to the current row
+    QTimer.singleShot(50, lambda: QApplication.activePopupWidget().close())
+    view._menu(view.items.visualItemRect(other).center())
+    assert view.current_id() == 2

@@ -31,6 +31,8 @@ from PySide6.QtWidgets import (
 from desktop.views.markdown import render_markdown, secure_browser
 
 TOKEN_INDEX = QTextFormat.Property.UserProperty + 1
+COPIED_FEEDBACK_MS = 1500
+"""How long the Copy button says "Copied"."""
 
 
 class _AutoHeightBrowser(QTextBrowser):
@@ -156,7 +158,16 @@ class MessageWidget(QFrame):
         return self._token_view or not self.finished
 
     def copy(self) -> None:
+        """Copy the message, and say so on the button for a moment (a silent copy looks broken)."""
         QGuiApplication.clipboard().setText(self.text)
+        self.copy_button.setText("Copied")
+        QTimer.singleShot(COPIED_FEEDBACK_MS, self._reset_copy_label)
+
+    def _reset_copy_label(self) -> None:
+        try:
+            self.copy_button.setText("Copy")
+        except RuntimeError:  # the card was closed within the feedback time
+            pass
 
     def _token_format(self, index: int) -> QTextCharFormat:
         fmt = QTextCharFormat()

@@ -51,6 +51,7 @@ class ConversationList(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("conversations")
+        self._open_id: int | None = None
         layout = QVBoxLayout(self)
         layout.setContentsMargins(10, 10, 6, 10)
         layout.setSpacing(8)
@@ -94,6 +95,7 @@ class ConversationList(QWidget):
 
     def show_conversations(self, conversations: list, current: int | None) -> None:
         """Newest first, under Today / Yesterday / Earlier headings."""
+        self._open_id = current
         self.items.clear()
         group = None
         for conv in conversations:
@@ -157,6 +159,17 @@ class ConversationList(QWidget):
         menu.addSeparator()
         menu.addAction("Delete", lambda: self.delete_requested.emit(conv_id))
         menu.exec(self.items.mapToGlobal(pos))
+        self.mark_open(self._open_id)  # a right-click must not move the highlight off the open chat
+
+    def mark_open(self, conv_id: int | None) -> None:
+        """Highlight the open conversation's row (none when it is a new, unsaved chat)."""
+        self._open_id = conv_id
+        for row in self._rows():
+            if row.data(Qt.ItemDataRole.UserRole) == conv_id:
+                self.items.setCurrentItem(row)
+                return
+        self.items.clearSelection()
+        self.items.setCurrentItem(None)
 
     def _rename(self, conv_id: int, current: str) -> None:
         title, ok = QInputDialog.getText(self, "Rename conversation", "Title:", text=current)
