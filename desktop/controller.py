@@ -21,7 +21,7 @@ class EngineController(QObject):
     """
 
     # Requests, delivered to the worker's thread by queued connections.
-    _load_requested = Signal(str, str, str)
+    _load_requested = Signal(str, str, str, str)
     _generate_requested = Signal(object)
     _unload_requested = Signal()
     _inspect_requested = Signal(object)
@@ -48,9 +48,11 @@ class EngineController(QObject):
         self.worker.generation_finished.connect(self._idle)
         self.worker.generation_failed.connect(self._idle)
 
-    def load(self, path: str, dtype: str = "auto", device: str = "auto") -> None:
+    def load(
+        self, path: str, dtype: str = "auto", device: str = "auto", quant: str = "none"
+    ) -> None:
         self._cancel.set()  # a running generation stops before the model is swapped
-        self._load_requested.emit(path, dtype, device)
+        self._load_requested.emit(path, dtype, device, quant)
 
     def unload(self) -> None:
         self._cancel.set()

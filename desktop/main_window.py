@@ -72,6 +72,7 @@ class MainWindow(QMainWindow):
         self.model_info: ModelInfo | None = None
         self._loading = False
         self._pending_model_path = ""
+        self._model_path = ""
         self._downloads = None
         self._context_used = 0
         """Prompt plus reply tokens of the last reply in this window (for the input hint)."""
@@ -292,7 +293,7 @@ class MainWindow(QMainWindow):
         if conversation_id == self.conversation_id:
             self.new_chat()
         self.refresh_conversations()
-        QTimer.singleShot(1000 * UNDO_WINDOW_S + 500, self.purge_deleted)
+        QTimer.singleShot(1000 * UNDO_WINDOW_S + 500, self, self.purge_deleted)
 
         def undo() -> None:
             self._try(lambda: self.store.restore_conversation(conversation_id))
@@ -366,7 +367,7 @@ class MainWindow(QMainWindow):
         self._pending_model_path = path
         dtype = str(self.settings.value("engine/dtype", "auto"))
         device = str(self.settings.value("engine/device", "auto"))
-        self.controller.load(path, dtype, device)
+        self.controller.load(path, dtype, device, menus.weights_for(self.settings, path))
         self._update_buttons()
 
     def unload_model(self) -> None:
@@ -389,12 +390,18 @@ class MainWindow(QMainWindow):
         self._loaded_state()
         path = self._pending_model_path or info.path
         # A Hub snapshot is remembered by repo id: its folder changes with each new revision.
-        menus.remember_model(self, info.name if "/snapshots/" in path.replace("\\", "/") else path)
+        self._model_path = info.name if "/snapshots/" in path.replace("\\", "/") else path
+        menus.remember_model(self, self._model_path)
+        menus.show_weights(self, self._model_path)
         self.input.setFocus()
         note = info.extra.get("context_note")
         if note:  # the context was capped to fit memory: say so once, where it is seen
             self.show_error(str(note)[0].upper() + str(note)[1:], kind="notice")
         self.model_ready.emit(info)
+
+    def current_model_path(self) -> str:
+        """What the loaded model was opened as (folder, repo id or "builtin"); "" if none."""
+        return self._model_path if self.model_info is not None else ""
 
     def _on_model_unloaded(self) -> None:
         self.model_info = None

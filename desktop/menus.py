@@ -62,6 +62,16 @@ def build_menus(w: MainWindow) -> None:
     _action(w, models, "&Choose or download a model…", w.show_model_chooser, "Ctrl+M")
     w.recent_menu = models.addMenu("&Recent models")
     _action(w, models, "&Unload model", w.unload_model)
+    weights = models.addMenu("&Weights")
+    w.weights_group = QActionGroup(w)
+    w.weights_actions = {}
+    for quant, text in WEIGHTS:
+        action = QAction(text, w, checkable=True)
+        action.triggered.connect(lambda _checked=False, q=quant: choose_weights(w, q))
+        w.weights_group.addAction(action)
+        weights.addAction(action)
+        w.weights_actions[quant] = action
+    w.weights_actions["none"].setChecked(True)
 
     chat = bar.addMenu("&Chat")
     w.stop_action = _action(w, chat, "&Stop generating", w.stop, Qt.Key.Key_Escape)
@@ -125,6 +135,42 @@ def recent_models(settings) -> list[str]:
     if isinstance(value, str):
         value = [value]
     return [str(v) for v in (value or [])]
+
+
+WEIGHTS = (
+    ("none", "&16-bit (as the model ships)"),
+    ("int8", "&8-bit (half the memory)"),
+    ("int4", "&4-bit (a third of the memory, less exact)"),
+)
+"""The weight formats a model can be loaded in (engine/quant.py), remembered per model."""
+
+
+def weights_for(settings, path: str) -> str:
+    """The weight format chosen for the model at `path` ("none" until the user picks one)."""
+    value = str(settings.value(f"weights/{_weights_key(path)}", "none"))
+    return value if value in dict(WEIGHTS) else "none"
+
+
+def _weights_key(path: str) -> str:
+    # QSettings treats "/" as a group separator; keep each model one flat key.
+    return re.sub(r"[^A-Za-z0-9._-]", "_", path.strip())
+
+
+def choose_weights(w: MainWindow, quant: str) -> None:
+    """Remember `quant` for the open model and reload it that way (the chat stays as it is)."""
+    path = w.current_model_path()
+    if not path:
+        w.weights_actions[weights_for(w.settings, "")].setChecked(True)
+        w.show_error("Open a model first, then choose how its weights are stored.", "notice")
+        return
+    w.settings.setValue(f"weights/{_weights_key(path)}", quant)
+    if quant != (w.model_info.extra.get("quant", "none") if w.model_info else "none"):
+        w.load_model(path)
+
+
+def show_weights(w: MainWindow, path: str) -> None:
+    """Tick the format the model at `path` is loaded in."""
+    w.weights_actions[weights_for(w.settings, path)].setChecked(True)
 
 
 def remember_model(w: MainWindow, path: str) -> None:

@@ -98,8 +98,8 @@ class EngineWorker(QObject):
 
     # -- models ----------------------------------------------------------------------------
 
-    @Slot(str, str, str)
-    def load_model(self, path: str, dtype: str, device: str) -> None:
+    @Slot(str, str, str, str)
+    def load_model(self, path: str, dtype: str, device: str, quant: str = "none") -> None:
         """Load a model, then replace the current one; emits model_loaded or load_failed.
 
         The old model keeps working until the new one is ready, so a failed switch changes
@@ -114,14 +114,14 @@ class EngineWorker(QObject):
                 self._release()
                 self.model_unloaded.emit()
             try:
-                loaded = self._load(path, dtype, device)
+                loaded = self._load(path, dtype, device, quant)
             except Exception as exc:
                 if self._loaded is None or not _out_of_memory(exc):
                     raise
                 log.warning("not enough memory for two models; freeing the old one first")
                 self._release()
                 self.model_unloaded.emit()
-                loaded = self._load(path, dtype, device)
+                loaded = self._load(path, dtype, device, quant)
             from engine.generate import Generator
 
             generator = Generator(loaded)
@@ -138,7 +138,7 @@ class EngineWorker(QObject):
                 log.error("model load failed:\n%s", traceback.format_exc())
             self.load_failed.emit(str(exc) if isinstance(exc, EngineError) else _friendly(exc))
 
-    def _load(self, path: str, dtype: str, device: str) -> Any:
+    def _load(self, path: str, dtype: str, device: str, quant: str = "none") -> Any:
         from desktop.native_preload import preload_torch_libraries
 
         preload_torch_libraries()  # so that importing torch below hardly holds the GIL
@@ -151,7 +151,13 @@ class EngineWorker(QObject):
                 raise LoadCancelled
             self.load_progress.emit(float(fraction), str(message))
 
-        return load_model(path, dtype=dtype or "auto", device=device or None, progress=progress)
+        return load_model(
+            path,
+            dtype=dtype or "auto",
+            device=device or None,
+            progress=progress,
+            quant=quant or "none",
+        )
 
     @Slot()
     def unload(self) -> None:

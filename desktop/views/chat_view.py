@@ -161,7 +161,7 @@ class MessageWidget(QFrame):
         """Copy the message, and say so on the button for a moment (a silent copy looks broken)."""
         QGuiApplication.clipboard().setText(self.text)
         self.copy_button.setText("Copied")
-        QTimer.singleShot(COPIED_FEEDBACK_MS, self._reset_copy_label)
+        QTimer.singleShot(COPIED_FEEDBACK_MS, self, self._reset_copy_label)
 
     def _reset_copy_label(self) -> None:
         try:
@@ -260,7 +260,7 @@ class ChatView(QScrollArea):
         self._layout.insertWidget(self._layout.count() - 1, widget)
         self.messages.append(widget)
         self._stick_to_bottom = True
-        QTimer.singleShot(0, self._scroll_to_end)
+        QTimer.singleShot(0, self, self._scroll_to_end)
         return widget
 
     def remove_message(self, widget: MessageWidget) -> None:

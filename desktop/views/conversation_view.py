@@ -136,7 +136,7 @@ class ConversationView(ChatView):
         # A conversation of one page is complete when this returns; a longer one starts with
         # its last few turns and the rest of the page follows, a chunk per event-loop turn.
         self._build_chunk(PAGE if self._first <= PAGE else CHUNK)
-        QTimer.singleShot(0, self._scroll_to_end)
+        QTimer.singleShot(0, self, self._scroll_to_end)
 
     def clear(self) -> None:
         self.cancel_edit()
@@ -156,7 +156,7 @@ class ConversationView(ChatView):
 
     def _maybe_load_earlier(self, value: int) -> None:
         if value == 0 and self._first > 0 and self.verticalScrollBar().maximum() > 0:
-            QTimer.singleShot(0, self.load_earlier)
+            QTimer.singleShot(0, self, self.load_earlier)
 
     def _build_chunk(self, size: int = CHUNK) -> None:
         """Cards for the next CHUNK turns above those built, newest first; then yield to the
@@ -177,9 +177,9 @@ class ConversationView(ChatView):
         self.earlier_button.setText(f"Show earlier messages ({start} more)")
         self._placeholder.setVisible(not self.messages)
         if not self._stick_to_bottom:  # keep what the reader looks at in place
-            QTimer.singleShot(0, lambda: bar.setValue(bar.maximum() - from_bottom))
+            QTimer.singleShot(0, self, lambda: bar.setValue(bar.maximum() - from_bottom))
         if start > self._target:
-            QTimer.singleShot(0, self._build_chunk)
+            QTimer.singleShot(0, self, self._build_chunk)
 
     def _cards_for(self, turn: Turn) -> list[MessageWidget]:
         cards = []
@@ -227,7 +227,7 @@ class ConversationView(ChatView):
         for widget in self._cards_for(turn):
             self._insert(len(self.messages), widget)
         self._stick_to_bottom = True
-        QTimer.singleShot(0, self._scroll_to_end)
+        QTimer.singleShot(0, self, self._scroll_to_end)
 
     def turns_removed(self, _session: ChatSession, turns: list[Turn]) -> None:
         for turn in turns:

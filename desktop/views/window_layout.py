@@ -227,7 +227,8 @@ class StatusLine(QObject):
             self.progress.hide()
             self.progress_label.setText("")
         self.model_label.setText(info.name if info else NO_MODEL)
-        self.device_label.setText(f"{info.device} · {info.dtype}" if info else "")
+        self.device_label.setText(device_text(info) if info else "")
+        self.device_label.setToolTip(runtime_tooltip(info) if info else "")
         self.clear_reply()
 
     def clear_reply(self) -> None:
@@ -274,3 +275,29 @@ class StatusLine(QObject):
             )
         used = result.prompt_tokens + result.generated_tokens
         self.context_label.setText(context_text(used, result.max_context, result.dropped_turns))
+
+
+def device_text(info: ModelInfo) -> str:
+    """Where and how the model runs: "cpu · bfloat16", plus the weight format when quantized."""
+    quant = info.extra.get("quant", "none")
+    weights = {"int8": " · 8-bit weights", "int4": " · 4-bit weights"}.get(quant, "")
+    return f"{info.device} · {info.dtype}{weights}"
+
+
+def runtime_tooltip(info: ModelInfo) -> str:
+    """The kernel and thread choice (engine/tuning.py) and why it was made, for the curious."""
+    extra = info.extra
+    lines = []
+    if extra.get("kernel"):
+        source = {"measured": "measured on this machine", "cached": "measured earlier, cached"}
+        how = source.get(str(extra.get("kernel_source")), str(extra.get("kernel_source", "")))
+        lines.append(f"Kernel: {extra['kernel']} ({how})")
+    if extra.get("threads"):
+        governed = ", adjusted while decoding" if extra.get("thread_governor") else ""
+        lines.append(f"Threads: {extra['threads']}{governed}")
+    if extra.get("cpu"):
+        lines.append(f"CPU: {extra['cpu']}")
+    if extra.get("quant", "none") != "none":
+        cached = " (from the cache)" if extra.get("quant_cache_hit") else ""
+        lines.append(f"Weights: {extra['quant']}{cached}")
+    return "\n".join(lines)

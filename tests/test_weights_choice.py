@@ -1,0 +1,38 @@
+"""Models → Weights: 16-bit / 8-bit / 4-bit, per model, remembered; the status bar says which and
+how the engine runs it (kernel and threads in the tooltip)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.window_helpers import load, make_window
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch) -> Path:
+    monkeypatch.setenv("LOOPCHAT_HOME", str(tmp_path / "home"))
+    return tmp_path
+
+
+def test_weights_choice_reloads_and_is_remembered_per_model(
+    qtbot, home: Path, tiny_model_dir: Path, tiny_hf_dir: Path
+) -> None:
+    win = make_window(qtbot, home, **{"engine/dtype": "bfloat16"})
+    info = load(qtbot, win, tiny_model_dir)
+    assert info.extra["quant"] == "none" and win.weights_actions["none"].isChecked()
+    assert "Kernel:" in win.status_line.device_label.toolTip()
+    with qtbot.waitSignal(win.model_ready, timeout=120_000) as ready:
+        win.weights_actions["int8"].trigger()
+    assert ready.args[0].extra["quant"] == "int8"
+    assert "8-bit" in win.status_line.device_label.text()
+    assert "Weights: int8" in win.status_line.device_label.toolTip()
+    other = load(qtbot, win, tiny_hf_dir)  # another model keeps its own (default) choice
+    assert other.extra["quant"] == "none" and win.weights_actions["none"].isChecked()
+    win.close()
+
+    again = make_window(qtbot, home, **{"engine/dtype": "bfloat16"})
+    info = load(qtbot, again, tiny_model_dir)
+    assert info.extra["quant"] == "int8" and again.weights_actions["int8"].isChecked()
+    again.close()
