@@ -5,7 +5,10 @@ Everything is built here, in the test session; nothing is downloaded.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,13 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# Nothing a test writes may land in the developer's real folders (kernel choices, quantized
+# weights, settings): tests that need their own home set LOOPCHAT_HOME themselves; the rest share
+# this session's scratch home.
+if "LOOPCHAT_HOME" not in os.environ:
+    _scratch_home = tempfile.mkdtemp(prefix="loopchat-tests-")
+    os.environ["LOOPCHAT_HOME"] = _scratch_home
+    atexit.register(shutil.rmtree, _scratch_home, True)
 
 
 @pytest.fixture(scope="session")
