@@ -73,8 +73,8 @@ def conversation_to_json(conv: Conversation) -> dict:
     """Everything about a conversation except database ids (they are local to one store).
 
     `conv.messages` may hold every version (`get_conversation(all_versions=True)`), parents
-    before children; each message's `parent` becomes an index into the exported list. Listed
-    in order, the shown path first, so a reader that ignores `parent` still reads it first.
+    before children; each message's `parent` becomes an index into the exported list, and
+    `shown` says which version of each turn is on screen.
     """
     index = {m.id: i for i, m in enumerate(conv.messages)}
 

@@ -709,8 +709,8 @@ class ConversationStore:
         `steps=False`, their steps.
 
         Each message says which version it is (`version` of `versions`). With `all_versions`,
-        `messages` holds every message of every branch instead: the shown path first, then the
-        others oldest first (a parent always before its children), for export.
+        `messages` holds every message of every branch instead, oldest first (so a parent comes
+        before its children, and an import numbers the versions as they were), for export.
         """
 
         def read(db: sqlite3.Connection) -> Conversation:
@@ -729,10 +729,7 @@ class ConversationStore:
                     (conversation_id,),
                 )
             }
-            order = path
-            if all_versions:
-                on_path = set(path)
-                order = path + [i for i in rows if i not in on_path]
+            order = list(rows) if all_versions else path
             conv.messages = [_message(rows[i]) for i in order]
             if steps:
                 by_id = {m.id: m for m in conv.messages}
