@@ -250,6 +250,39 @@ def test_truncate_after_for_edit_and_regenerate(store: ConversationStore) -> Non
     assert store.truncate_from(conv, 0) == 1  # old name: delete from a position on
 
 
+def test_versions_branch_show_and_truncate(store: ConversationStore) -> None:
+    """Replies with versions: the shown path, switching, deleting one, truncating after a turn."""
+    conv = chat(store, "question", "first answer")
+    user, first = store.get_conversation(conv).messages
+    second = store.start_reply(conv, "tiny", parent_id=user.id)
+    store.finish_reply(second, "second answer", "eos")
+    follow_up = store.add_message(conv, "user", "and?")  # after the shown (second) version
+    shown = store.get_conversation(conv).messages
+    assert [m.id for m in shown] == [user.id, second, follow_up]
+    assert [(m.version, m.versions) for m in shown] == [(1, 1), (2, 2), (1, 1)]
+    assert store.versions_of(first.id) == [first.id, second]
+
+    store.show_version(first.id)  # the follow-up belongs to the other version
+    assert [m.content for m in store.get_conversation(conv).messages] == [
+        "question",
+        "first answer",
+    ]
+    store.show_version(second)  # back, with what followed it
+    assert [m.id for m in store.get_conversation(conv).messages] == [user.id, second, follow_up]
+    with ConversationStore(store.path) as reopened:  # the choice is saved
+        assert [m.id for m in reopened.get_conversation(conv).messages][-1] == follow_up
+
+    assert store.delete_message(second) == 2  # a version and what followed it
+    assert [m.id for m in store.get_conversation(conv).messages] == [user.id, first.id]
+    third = store.start_reply(conv, parent_id=user.id)
+    assert store.truncate_after(conv, 0) == 2  # every version of the reply goes
+    assert count(store, "messages") == 1 and count(store, "steps") == 0
+    with pytest.raises(StoreError, match="no longer exists"):
+        store.show_version(third)
+    with pytest.raises(StoreError, match="follows no longer exists"):
+        store.add_message(conv, "user", "x", parent_id=third)
+
+
 def test_last_open(store: ConversationStore) -> None:
     assert store.get_last_open() is None
     a, b = store.create_conversation(), store.create_conversation()
@@ -407,6 +440,19 @@ def export_with(message: dict | None = None, **top) -> dict:
         ),
         (export_with({"role": "user", "content": "x", "sampling": None}), "sampling should be"),
         (export_with(created_at=float("nan")), "created_at should be a time"),
+        (
+            export_with({"role": "user", "content": "x", "parent": 0}),
+            "messages[0].parent should be the index of an earlier message",
+        ),
+        (
+            export_with(
+                messages=[
+                    {"role": "user", "content": "x"},
+                    {"role": "user", "content": "y", "parent": "0"},
+                ]
+            ),
+            "messages[1].parent should be an integer or null",
+        ),
     ],
 )
 def test_bad_import_raises_a_clear_store_error(store: ConversationStore, bad, says: str) -> None:

@@ -178,6 +178,7 @@ class MessageWidget(QFrame):
         self.text = text
         self.finished = True
         self.meta_label.setText(meta)
+        self.meta_label.setToolTip(meta)  # a narrow card cuts the line short
         self._render()
 
     def set_text(self, text: str) -> None:
