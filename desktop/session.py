@@ -87,6 +87,7 @@ class Turn:
     version: int = 1
     """Which of its turn's versions this is, 1-based (`‹ 2/3 ›`)."""
     versions: int = 1
+    """How many versions its turn has (1: no `‹ ›` to show)."""
 
     @property
     def steps(self) -> list:
@@ -296,9 +297,15 @@ class ChatSession:
         last = next(t for t in reversed(self.turns) if not t.damaged)
         if last.role == ASSISTANT:
             self._set_aside(self.turns.index(last))
-        if not self.unanswered:
+        try:
+            if not self.unanswered:
+                raise ValueError("nothing to answer")
+            self._request_reply(options)
+        except (StoreError, ValueError) as exc:
+            self._restore_replaced()  # nothing changed on disk: show what was there
+            if isinstance(exc, StoreError):
+                raise
             return False
-        self._request_reply(options)
         return True
 
     def branch(self, turn: Turn, step: int, token_id: int, options: ReplyOptions) -> None:
