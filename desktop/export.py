@@ -17,7 +17,10 @@ from typing import Any
 from desktop.store_schema import ROLES, Conversation, Message, StepRecord, StoreError
 
 EXPORT_FORMAT = "loopchat-conversation"
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2
+"""2 added branches: each message names its `parent` (the index of the message before it on its
+branch, null for a first message) and whether it is the `shown` version among its siblings.
+A version 1 file (no `parent`) is one branch: each message follows the one before it."""
 NOT_AN_EXPORT = "This file is not a Loopchat conversation export"
 LATEST_TIME = 253402300799.0
 """9999-12-31 23:59:59 UTC: later (or negative) times break date formatting, so never stored."""
@@ -67,7 +70,19 @@ def clean_sampling(sampling: Any) -> tuple[dict, bool]:
 
 
 def conversation_to_json(conv: Conversation) -> dict:
-    """Everything about a conversation except database ids (they are local to one store)."""
+    """Everything about a conversation except database ids (they are local to one store).
+
+    `conv.messages` may hold every version (`get_conversation(all_versions=True)`), parents
+    before children; each message's `parent` becomes an index into the exported list, and
+    `shown` says which version of each turn is on screen.
+    """
+    index = {m.id: i for i, m in enumerate(conv.messages)}
+
+    def parent_of(i: int, m: Message) -> int | None:
+        if m.parent_id is None:
+            return None
+        return index.get(m.parent_id, i - 1 if i else None)
+
     return {
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
@@ -81,6 +96,8 @@ def conversation_to_json(conv: Conversation) -> dict:
         "updated_at": conv.updated_at,
         "messages": [
             {
+                "parent": parent_of(i, m),
+                "shown": m.shown,
                 "role": m.role,
                 "content": m.content,
                 "created_at": m.created_at,
@@ -100,7 +117,7 @@ def conversation_to_json(conv: Conversation) -> dict:
                     for s in m.steps
                 ],
             }
-            for m in conv.messages
+            for i, m in enumerate(conv.messages)
         ],
     }
 
@@ -151,6 +168,9 @@ class _Checker:
             "text or null": lambda v: v is None or isinstance(v, str),
             "true or false": lambda v: isinstance(v, bool),
             "an integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+            "an integer or null": lambda v: (
+                v is None or (isinstance(v, int) and not isinstance(v, bool))
+            ),
             "a token id": lambda v: (
                 isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**31
             ),
@@ -190,10 +210,16 @@ def conversation_from_json(data: Any) -> Conversation:
         model_path=check.field(data, "model_path", "", "text", ""),
         title_is_custom=check.field(data, "title_is_custom", "", "true or false", False),
     )
-    for position, m in enumerate(check.field(data, "messages", "", "a list")):
-        where = f"messages[{position}]"
+    positions: list[int] = []
+    for i, m in enumerate(check.field(data, "messages", "", "a list")):
+        where = f"messages[{i}]"
         if not isinstance(m, dict):
             check.fail(where, "an object", m)
+        parent = check.field(m, "parent", f"{where}.", "an integer or null", i - 1 if i else None)
+        if parent is not None and not 0 <= parent < i:
+            check.fail(f"{where}.parent", f"the index of an earlier message (0 to {i - 1})", parent)
+        position = 0 if parent is None else positions[parent] + 1
+        positions.append(position)
         role = check.field(m, "role", f"{where}.", "text")
         if role not in ROLES:
             check.fail(f"{where}.role", "'user', 'assistant' or 'system'", role)
@@ -209,6 +235,8 @@ def conversation_from_json(data: Any) -> Conversation:
             model=check.field(m, "model", f"{where}.", "text", ""),
             sampling=_settings(check, m, "sampling", f"{where}.", clean_sampling),
             timings=_settings(check, m, "timings", f"{where}.", clean_timings),
+            parent_id=parent,
+            shown=check.field(m, "shown", f"{where}.", "true or false", True),
         )
         for i, s in enumerate(check.field(m, "steps", f"{where}.", "a list", [])):
             message.steps.append(_step_from_json(check, s, f"{where}.steps[{i}]", i))
@@ -285,7 +313,8 @@ def _settings_line(m: Message) -> str:
 
 
 def conversation_to_markdown(conv: Conversation) -> str:
-    """Title, model, system prompt, then every turn with how each reply was generated."""
+    """Title, model, system prompt, then every turn of the shown path (`conv.messages` as
+    `get_conversation` gives them) with how each reply was generated."""
     lines = [f"# {conv.title or 'Untitled conversation'}", ""]
     if conv.model:
         model = f"{conv.model} (`{conv.model_path}`)" if conv.model_path else conv.model
@@ -299,6 +328,8 @@ def conversation_to_markdown(conv: Conversation) -> str:
         speaker = _SPEAKERS.get(m.role, str(m.role).title())
         if m.role == "assistant" and m.model and m.model != conv.model:
             speaker += f" ({m.model})"
+        if m.versions > 1:  # the shown path only; say that other versions exist
+            speaker += f" · version {m.version} of {m.versions}"
         lines += [f"## {speaker} · {_when(m.created_at)}", "", m.content, ""]
         if m.role == "assistant":
             settings = _settings_line(m)

@@ -78,6 +78,11 @@ class MainWindow(QMainWindow):
         """Prompt plus reply tokens of the last reply in this window (for the input hint)."""
         self._streaming: ChatSession | None = None
         """The session whose request the engine is answering (maybe not the one shown)."""
+        self._panel_turn = None
+        """The reply whose step the top-k panel shows (a click there branches from it)."""
+        self._pending_branch: tuple | None = None
+        """(session, turn, step, token id): a branch asked for while a reply streamed; it starts
+        once that reply has stopped."""
         self.opener = ConversationOpener(self.store, self.controller, self)
         self.setWindowTitle("Loopchat")
         self.resize(1180, 760)
@@ -120,6 +125,8 @@ class MainWindow(QMainWindow):
         self.chat.edit_requested.connect(self.edit_message)
         self.chat.edit_submitted.connect(self._send_edit)
         self.chat.save_problem.connect(self._on_save_problem)
+        self.chat.version_requested.connect(self.show_version)
+        self.topk.alternative_chosen.connect(self._branch_from_panel)
         lst = self.conversations
         lst.open_requested.connect(self.open_conversation)
         lst.new_requested.connect(self.new_chat)
@@ -167,7 +174,7 @@ class MainWindow(QMainWindow):
         self.session = session
         session.listener = self.chat
         self.chat.show_session(session)
-        self.topk.clear()
+        self._clear_panel()
         if session is not self._streaming:  # a reply still streaming keeps its live figures
             self.status_line.clear_reply()
             self._context_used = 0
@@ -259,7 +266,8 @@ class MainWindow(QMainWindow):
                 self._try(lambda: self.store.set_last_open(self.conversation_id))
             if self.session.busy:
                 self._streaming = self.session
-                self.topk.clear()
+                self._clear_panel()
+                self._panel_turn = self.session.reply
                 self.topk.set_params(self.sampling.options().params)
             self.refresh_conversations()
             self._update_buttons()
@@ -268,6 +276,61 @@ class MainWindow(QMainWindow):
     def stop(self) -> None:
         if self._streaming is not None:
             self._streaming.stop()
+
+    # -- versions and branches ---------------------------------------------------------------
+
+    def branch_from(self, turn, step: int, token_id: int) -> None:
+        """Continue reply `turn` from its step `step` with `token_id` instead (a new version).
+
+        While a reply streams, it is stopped first and the branch starts once it has ended: the
+        user picked another token of what they were watching, so that is what they want next.
+        """
+        if self.model_info is None:
+            self._can_ask()  # says to load a model
+            return
+        if self.controller.busy:
+            self._pending_branch = (self.session, turn, step, token_id)
+            self.stop()
+            return
+        if not self._can_ask():
+            return
+        self.banner.hide()
+        try:
+            self._ask(lambda: self.session.branch(turn, step, token_id, self.sampling.options()))
+        except ValueError as exc:
+            self.show_error(f"Cannot branch from there: {exc}.", kind="notice")
+
+    def _branch_from_panel(self, step: dict, token_id: int) -> None:
+        turn = self._panel_turn
+        if turn is None or turn not in self.session.turns:
+            self.show_error(
+                "That token belongs to a reply no longer shown; click Tokens on a reply, then a "
+                "token, to branch from it.",
+                kind="notice",
+            )
+            return
+        self.branch_from(turn, int(step.get("index", 0)), token_id)
+
+    def _start_pending_branch(self) -> None:
+        pending, self._pending_branch = self._pending_branch, None
+        if pending is None:
+            return
+        session, turn, step, token_id = pending
+        if session is self.session and turn in session.turns and not self.controller.busy:
+            self.branch_from(turn, step, token_id)
+
+    def show_version(self, turn, version: int) -> None:
+        """Show another version of a turn (`‹ ›`); the conversation continues from it."""
+        if self.session.busy:
+            self.show_error("Stop the reply (Esc) before switching versions.", kind="notice")
+            return
+        if self._try(lambda: self.session.show_version(turn, version)):
+            self._clear_panel()
+            self._update_buttons()
+
+    def _clear_panel(self) -> None:
+        self.topk.clear()
+        self._panel_turn = None
 
     # -- conversations -----------------------------------------------------------------------
 
@@ -435,6 +498,7 @@ class MainWindow(QMainWindow):
         session = self._streaming
         if session is None or not session.on_step(step) or session is not self.session:
             return
+        self._panel_turn = session.reply
         self.topk.show_step(step)
         if self.model_info is not None:
             self.status_line.step(step, self.model_info.max_context)
@@ -469,11 +533,13 @@ class MainWindow(QMainWindow):
         self.refresh_conversations()
         self._update_buttons()
         self.reply_finished.emit(result)
+        self._start_pending_branch()
 
     def _inspect_token(self, widget: MessageWidget, index: int) -> None:
         step = widget.steps[index]
         title = f"Token {index + 1} of {len(widget.steps)}: “{visible_token(step['piece'])}”"
-        self.topk.show_step(step, title=title)
+        self._panel_turn = getattr(widget, "turn", None)
+        self.topk.show_step({**dict(step), "index": index}, title=title)
         self.topk.flush_now()
 
     # -- saving problems ---------------------------------------------------------------------
@@ -538,6 +604,7 @@ class MainWindow(QMainWindow):
         can_regenerate = ready and not busy and self.session.can_regenerate
         self.regenerate_button.setEnabled(can_regenerate)
         self.regenerate_action.setEnabled(can_regenerate)
+        self.chat.enable_versions(not self.session.busy)
         self.open_action.setEnabled(not busy)
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt API

@@ -8,6 +8,11 @@ Pure Python (no Qt): the window routes the worker's records to `on_started` / `o
 `on_finished` / `on_failed`, and the session tells its `listener` what changed. A session whose
 reply is still streaming when the user switches away keeps receiving that reply (the window
 routes by request id) and saves it, finished, in its own conversation.
+
+Replies have versions: Regenerate, or a branch from another token of a reply ("continue from
+this alternative instead"), adds a version next to the old one rather than replacing it. `turns`
+is always the conversation's shown path, the one the store's `get_conversation` returns; the
+model is asked to continue exactly that.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from desktop import store as _store
-from desktop.store import Autosaver, ConversationStore, StoreError
+from desktop.store import Autosaver, ConversationStore, StepRecord, StoreError
 from engine.events import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_REPORT_TOP,
@@ -77,6 +82,12 @@ class Turn:
     damaged: bool = False
     loader: Callable[[], list] | None = field(default=None, repr=False)
     _steps: list | None = field(default=None, repr=False)
+    parent_id: int | None = None
+    """The message this one follows on its branch (None for the first message)."""
+    version: int = 1
+    """Which of its turn's versions this is, 1-based (`‹ 2/3 ›`)."""
+    versions: int = 1
+    """How many versions its turn has (1: no `‹ ›` to show)."""
 
     @property
     def steps(self) -> list:
@@ -114,7 +125,35 @@ def stats_line(turn: Turn) -> str:
     extra = {"cancelled": "stopped", "context_full": "context full", "error": "failed"}
     if turn.stop_reason in extra:
         parts.append(extra[turn.stop_reason])
+    branched = t.get("branched_at")
+    if isinstance(branched, int) and not isinstance(branched, bool):
+        parts.append(f"branched at token {branched + 1}")
     return " · ".join(parts)
+
+
+def turn_from_message(store: ConversationStore, m: Any) -> Turn:
+    """A stored message as a Turn; its steps are read from the store when first needed."""
+    # A row whose text could not be read is shown as damaged and left out of prompts;
+    # other damage (timings, times) was already replaced by safe defaults.
+    content = m.content if isinstance(m.content, str) else DAMAGED_TEXT
+    damaged = m.role not in (USER, ASSISTANT) or (
+        bool(getattr(m, "damaged", False)) and content == DAMAGED_TEXT
+    )
+    return Turn(
+        m.role,
+        content,
+        m.position,
+        m.id,
+        finished=bool(m.finished),
+        stop_reason=m.stop_reason,
+        model=m.model or "",
+        timings=m.timings if isinstance(m.timings, dict) else {},
+        damaged=damaged,
+        loader=(lambda mid=m.id: store.get_steps(mid)) if m.role == ASSISTANT else None,
+        parent_id=m.parent_id,
+        version=m.version,
+        versions=m.versions,
+    )
 
 
 class SessionListener:
@@ -164,6 +203,9 @@ class ChatSession:
         self._retry: list[Callable[[], Any]] = []
         """Saves that failed, oldest first; `retry_saves` runs them again."""
         self.save_error: str | None = None
+        self._replaced: list[Turn] = []
+        """The turns the reply in progress took the place of on screen (its other version and
+        what followed it): shown again if the new version comes to nothing."""
 
     @classmethod
     def open(cls, store: ConversationStore, engine: Engine, conversation_id: int) -> ChatSession:
@@ -171,27 +213,7 @@ class ChatSession:
         conv = store.get_conversation(conversation_id, steps=False)
         session = cls(store, engine, system_prompt=conv.system_prompt or "", model=conv.model)
         session.conversation_id = conversation_id
-        for m in conv.messages:
-            # A row whose text could not be read is shown as damaged and left out of prompts;
-            # other damage (timings, times) was already replaced by safe defaults.
-            content = m.content if isinstance(m.content, str) else DAMAGED_TEXT
-            damaged = m.role not in (USER, ASSISTANT) or (
-                bool(getattr(m, "damaged", False)) and content == DAMAGED_TEXT
-            )
-            session.turns.append(
-                Turn(
-                    m.role,
-                    content,
-                    m.position,
-                    m.id,
-                    finished=bool(m.finished),
-                    stop_reason=m.stop_reason,
-                    model=m.model or "",
-                    timings=m.timings if isinstance(m.timings, dict) else {},
-                    damaged=damaged,
-                    loader=(lambda mid=m.id: store.get_steps(mid)) if m.role == ASSISTANT else None,
-                )
-            )
+        session.turns.extend(turn_from_message(store, m) for m in conv.messages)
         return session
 
     # -- what the views read ---------------------------------------------------------------
@@ -258,24 +280,73 @@ class ChatSession:
             raise RuntimeError("a reply is still being written")
         if self.conversation_id is None:
             self.conversation_id = self.store.create_conversation(self.system_prompt, self.model)
-        message_id = self.store.add_message(self.conversation_id, USER, text)
-        turn = Turn(USER, text, self._next_position(), message_id)
+        parent = self.turns[-1].message_id if self.turns else None
+        message_id = self.store.add_message(self.conversation_id, USER, text, parent_id=parent)
+        turn = Turn(USER, text, self._next_position(), message_id, parent_id=parent)
         self.turns.append(turn)
         self.listener.turn_added(self, turn)
         self._request_reply(options)
 
     def regenerate(self, options: ReplyOptions) -> bool:
-        """Answer the last user message again (replacing its reply, if it has one)."""
+        """Answer the last user message again: a new version of its reply, if it has one (the
+        old one stays, a click away in `‹ ›`)."""
         if self.busy or self.conversation_id is None:
             return False
         if not self.can_regenerate:
             return False
         last = next(t for t in reversed(self.turns) if not t.damaged)
         if last.role == ASSISTANT:
-            self._truncate(self.turns.index(last))
-        if not self.unanswered:
+            self._set_aside(self.turns.index(last))
+        try:
+            if not self.unanswered:
+                raise ValueError("nothing to answer")
+            self._request_reply(options)
+        except (StoreError, ValueError) as exc:
+            self._restore_replaced()  # nothing changed on disk: show what was there
+            if isinstance(exc, StoreError):
+                raise
             return False
-        self._request_reply(options)
+        return True
+
+    def branch(self, turn: Turn, step: int, token_id: int, options: ReplyOptions) -> None:
+        """Continue reply `turn` from its step `step` with `token_id` instead: a new version of
+        the reply, whose first `step` tokens are the old one's, then `token_id`, then whatever
+        the model writes after it (streamed as usual).
+
+        ValueError if `turn` is not a finished reply of this conversation or `step` is not one
+        of its steps; StoreError if it cannot be saved (then nothing changed).
+        """
+        if self.busy:
+            raise RuntimeError("a reply is still being written")
+        if turn not in self.turns or turn.role != ASSISTANT or turn.damaged:
+            raise ValueError("only a reply of this conversation can be branched")
+        steps = turn.steps
+        if not 0 <= step < len(steps):
+            raise ValueError(f"this reply has {len(steps)} tokens; there is no token {step + 1}")
+        index = self.turns.index(turn)
+        before = [t for t in self.turns[:index] if not t.damaged]
+        if not before or before[-1].role != USER:
+            raise ValueError("only a reply to a message of yours can be branched")
+        prefix = [StepRecord.coerce(s) for s in steps[:step]]
+        self._set_aside(index)
+        try:
+            self._request_reply(options, prefix=prefix, forced=(int(token_id),))
+        except StoreError:
+            self._restore_replaced()
+            raise
+
+    def show_version(self, turn: Turn, version: int) -> bool:
+        """Show version `version` (1-based) of `turn` instead, with the turns that followed it;
+        the conversation continues from what is shown. False if there is no such version."""
+        if self.busy:
+            raise RuntimeError("a reply is still being written")
+        if turn not in self.turns or turn.message_id is None or not 1 <= version:
+            return False
+        siblings = self.store.versions_of(turn.message_id)
+        if version > len(siblings) or siblings[version - 1] == turn.message_id:
+            return False
+        self.store.show_version(siblings[version - 1])
+        self._reload_from(self.turns.index(turn))
         return True
 
     def edit(self, turn: Turn, text: str, options: ReplyOptions) -> None:
@@ -361,9 +432,15 @@ class ChatSession:
         """
         reply, saver = self.reply, self._saver
         self.reply, self.request_id, self._saver = None, None, None
+        branched = reply.timings.get("branched_at")
+        if timings is not None and isinstance(branched, int):
+            # The engine counts what it wrote; the reply also holds the tokens before the branch.
+            tokens = timings.get("generated_tokens", 0) + branched
+            timings = {**timings, "generated_tokens": tokens, "branched_at": branched}
         if not reply.steps and not text:
             self._drop_reply(reply)
             return
+        self._replaced = []  # the new version stays; the old one is a click away
         reply.content = reply.content if text is None else text
         reply.finished, reply.stop_reason = True, stop_reason
         if timings is not None:
@@ -415,37 +492,101 @@ class ChatSession:
     def _next_position(self) -> int:
         return self.turns[-1].position + 1 if self.turns else 0
 
-    def _request_reply(self, options: ReplyOptions) -> None:
+    def _request_reply(
+        self,
+        options: ReplyOptions,
+        prefix: list[StepRecord] | None = None,
+        forced: tuple[int, ...] = (),
+    ) -> None:
+        """Start a reply to the shown path's last turn (a new version if it has replies).
+
+        A branch gives the `prefix` steps the reply starts with (copied from the version it
+        branches from, saved with it) and the `forced` token that follows them.
+        """
         messages = self.prompt_messages()
+        prefix = prefix or []
         sampling = {**options.params.to_dict(), "max_new_tokens": options.max_new_tokens}
-        reply_id = self.store.start_reply(self.conversation_id, self.model, sampling)
+        parent = self.turns[-1].message_id if self.turns else None
+        reply_id = self.store.start_reply(
+            self.conversation_id, self.model, sampling, parent_id=parent
+        )
+        versions = self.store.versions_of(reply_id)
         self.reply = Turn(
             ASSISTANT,
-            "",
+            "".join(s.text for s in prefix),
             self._next_position(),
             reply_id,
             finished=False,
             model=self.model,
-            _steps=[],
+            _steps=list(prefix),
+            parent_id=parent,
+            version=len(versions),
+            versions=len(versions),
+            timings={"branched_at": len(prefix)} if forced else {},
         )
         self.turns.append(self.reply)
         self._saver = Autosaver(self.store, reply_id)
+        for record in prefix:
+            try:
+                self._saver.add(record)  # mostly saved with the first batch of new tokens
+            except StoreError as exc:  # kept pending, like a streamed step
+                self._failed_save(exc)
         self.listener.turn_added(self, self.reply)
         self.request_id = self.engine.generate(
             GenerationRequest(
                 messages=tuple(messages),
                 params=options.params,
-                max_new_tokens=options.max_new_tokens,
+                # The branch keeps the reply within the length asked for.
+                max_new_tokens=max(1, options.max_new_tokens - len(prefix)),
                 report_top=options.report_top,
+                reply_prefix=tuple(s.token_id for s in prefix),
+                forced=forced,
             )
         )
 
     def _drop_reply(self, reply: Turn) -> None:
-        """Nothing was generated: the reply goes; its user message stays, unanswered."""
+        """Nothing was generated: the reply goes; its user message stays, unanswered, or the
+        version it was to replace comes back."""
         self.turns.remove(reply)
-        conv = self.conversation_id
-        self._save(lambda: self.store.truncate_from(conv, reply.position))
+        self._save(lambda: self.store.delete_message(reply.message_id))
         self.listener.turns_removed(self, [reply])
+        self._restore_replaced()
+
+    def _set_aside(self, index: int) -> None:
+        """Take the turns from `index` off the screen (not off the disk): a new version of
+        turn `index` is about to be shown in their place."""
+        gone = self.turns[index:]
+        del self.turns[index:]
+        self._replaced = gone
+        if gone:
+            self.listener.turns_removed(self, gone)
+
+    def _restore_replaced(self) -> None:
+        """Show again the version set aside for a reply that came to nothing."""
+        back, self._replaced = self._replaced, []
+        if not back:
+            return
+        if back[0].message_id is not None:
+            first = back[0].message_id
+            self._save(lambda: self.store.show_version(first))
+        for turn in back:
+            self.turns.append(turn)
+            self.listener.turn_added(self, turn)
+
+    def _reload_from(self, index: int) -> None:
+        """Read the shown path again from turn `index` on (after another version was chosen)."""
+        conv = self.store.get_conversation(self.conversation_id, steps=False)
+        known = [t.message_id for t in self.turns[:index]]
+        if [m.id for m in conv.messages[:index]] != known:
+            index = 0  # out of step with the disk: read it all again
+        gone = self.turns[index:]
+        del self.turns[index:]
+        if gone:
+            self.listener.turns_removed(self, gone)
+        for m in conv.messages[index:]:
+            turn = turn_from_message(self.store, m)
+            self.turns.append(turn)
+            self.listener.turn_added(self, turn)
 
     def _truncate(self, index: int) -> None:
         """Forget the turns from `index` on, on disk first (StoreError: nothing changed)."""

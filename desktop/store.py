@@ -166,12 +166,35 @@ class _Kept(Exception):
 
 _CONV_COLUMNS = (
     "id, title, created_at, updated_at, system_prompt, model, model_path, title_is_custom, "
-    "deleted_at"
+    "deleted_at, imported_at"
 )
 _MSG_COLUMNS = (
     "id, conversation_id, position, role, content, created_at, finished, stop_reason, model, "
-    "sampling, timings"
+    "sampling, timings, parent_id, shown"
 )
+_VERSION_COLUMNS = (
+    # Which version a message is among its siblings, and how many there are (`‹ 2/3 ›`).
+    "(SELECT COUNT(*) FROM messages s WHERE s.conversation_id = m.conversation_id "
+    "AND s.parent_id IS m.parent_id AND s.id <= m.id), "
+    "(SELECT COUNT(*) FROM messages s WHERE s.conversation_id = m.conversation_id "
+    "AND s.parent_id IS m.parent_id)"
+)
+_SHOWN_PATH = """
+    WITH RECURSIVE path (id, depth) AS (
+        SELECT (SELECT id FROM messages WHERE conversation_id = ?1 AND parent_id IS NULL
+                ORDER BY shown DESC, id DESC LIMIT 1), 0
+        UNION ALL
+        SELECT (SELECT c.id FROM messages c WHERE c.parent_id = path.id
+                ORDER BY c.shown DESC, c.id DESC LIMIT 1), path.depth + 1
+        FROM path WHERE path.id IS NOT NULL
+    )
+    SELECT id FROM path WHERE id IS NOT NULL ORDER BY depth
+"""
+"""Ids of a conversation's shown path, first message first: from the shown first message, down
+through each shown child. Where no sibling is marked shown (one was deleted), the newest is."""
+
+SHOWN_END = "end"
+"""`parent_id` default of `add_message`/`start_reply`: after the last message of the shown path."""
 
 
 DAMAGED_TEXT = "[This message could not be read from the database.]"
@@ -209,6 +232,7 @@ def _conversation(row: tuple) -> Conversation:
     model, bad_model = _text(row[5])
     model_path, bad_path = _text(row[6])
     deleted_at = row[8] if row[8] is None else _time(row[8])[0]
+    imported_at = row[9] if row[9] is None else _time(row[9])[0]
     return Conversation(
         row[0],
         title,
@@ -219,12 +243,14 @@ def _conversation(row: tuple) -> Conversation:
         model_path,
         title_is_custom=bool(row[7]),
         deleted_at=deleted_at,
+        imported_at=imported_at,
         damaged=bad_title or bad_created or bad_updated or bad_prompt or bad_model or bad_path,
     )
 
 
 def _message(row: tuple) -> Message:
-    """A message row as a record; damaged values become safe defaults (`damaged=True`)."""
+    """A message row (`_MSG_COLUMNS`, then optionally version and versions) as a record; damaged
+    values become safe defaults (`damaged=True`)."""
     content, bad_content = _text(row[4], DAMAGED_TEXT)
     created, bad_created = _time(row[5])
     stop_reason, bad_stop = (None, False) if row[7] is None else _text(row[7])
@@ -244,6 +270,10 @@ def _message(row: tuple) -> Message:
         sampling=sampling,
         timings=timings,
         damaged=bad_content or bad_created or bad_stop or bad_model or bad_sampling or bad_timings,
+        parent_id=row[11],
+        shown=bool(row[12]),
+        version=row[13] if len(row) > 13 else 1,
+        versions=row[14] if len(row) > 14 else 1,
     )
 
 
@@ -668,9 +698,20 @@ class ConversationStore:
         return [_conversation(r) for r in rows]
 
     def get_conversation(
-        self, conversation_id: int, *, steps: bool = True, include_deleted: bool = False
+        self,
+        conversation_id: int,
+        *,
+        steps: bool = True,
+        include_deleted: bool = False,
+        all_versions: bool = False,
     ) -> Conversation:
-        """A conversation with its messages in order and, unless `steps=False`, their steps."""
+        """A conversation with the messages of its shown path in order and, unless
+        `steps=False`, their steps.
+
+        Each message says which version it is (`version` of `versions`). With `all_versions`,
+        `messages` holds every message of every branch instead, oldest first (so a parent comes
+        before its children, and an import numbers the versions as they were), for export.
+        """
 
         def read(db: sqlite3.Connection) -> Conversation:
             row = db.execute(
@@ -679,14 +720,17 @@ class ConversationStore:
             if row is None or (row[8] is not None and not include_deleted):
                 raise StoreError("This conversation no longer exists.")
             conv = _conversation(row)
-            conv.messages = [
-                _message(r)
+            path = [r[0] for r in db.execute(_SHOWN_PATH, (conversation_id,))]
+            rows = {
+                r[0]: r
                 for r in db.execute(
-                    f"SELECT {_MSG_COLUMNS} FROM messages WHERE conversation_id = ? "
-                    "ORDER BY position",
+                    f"SELECT {_MSG_COLUMNS}, {_VERSION_COLUMNS} FROM messages m "
+                    "WHERE conversation_id = ? ORDER BY id",
                     (conversation_id,),
                 )
-            ]
+            }
+            order = list(rows) if all_versions else path
+            conv.messages = [_message(rows[i]) for i in order]
             if steps:
                 by_id = {m.id: m for m in conv.messages}
                 for r in db.execute(
@@ -695,7 +739,10 @@ class ConversationStore:
                     "WHERE m.conversation_id = ? ORDER BY s.message_id, s.idx",
                     (conversation_id,),
                 ):
-                    message, record = by_id[r[0]], _step(r[1:])
+                    message = by_id.get(r[0])
+                    if message is None:  # a version off the shown path
+                        continue
+                    record = _step(r[1:])
                     if record is None:
                         message.damaged = True
                     else:
@@ -821,9 +868,13 @@ class ConversationStore:
         timings: dict | None = None,
         finished: bool = True,
         stop_reason: str | None = None,
+        parent_id: int | None | str = SHOWN_END,
     ) -> int:
-        """Append a message (committed before returning); return its id.
+        """Add a message (committed before returning) and show it; return its id.
 
+        It follows `parent_id` (by default the last message of the shown path; None: it is a
+        new version of the first message). If that message already has children, the new one
+        is another version of them, and the one shown from now on.
         The conversation's first user message also becomes its title, unless the user chose one.
         """
         if role not in ROLES:
@@ -832,14 +883,31 @@ class ConversationStore:
 
         def write(db: sqlite3.Connection) -> int:
             self._require_conversation(db, conversation_id)
+            parent = parent_id
+            if parent == SHOWN_END:
+                path = db.execute(_SHOWN_PATH, (conversation_id,)).fetchall()
+                parent = path[-1][0] if path else None
+            position = 0
+            if parent is not None:
+                found = db.execute(
+                    "SELECT position FROM messages WHERE id = ? AND conversation_id = ?",
+                    (parent, conversation_id),
+                ).fetchone()
+                if found is None:
+                    raise StoreError("The message this one follows no longer exists.")
+                position = found[0] + 1
+            db.execute(
+                "UPDATE messages SET shown = 0 WHERE conversation_id = ? AND parent_id IS ?",
+                (conversation_id, parent),
+            )
             message_id = db.execute(
-                "INSERT INTO messages (conversation_id, position, role, content, created_at, "
-                "finished, stop_reason, model, sampling, timings) VALUES (?, (SELECT "
-                "COALESCE(MAX(position) + 1, 0) FROM messages WHERE conversation_id = ?), "
-                "?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO messages (conversation_id, parent_id, position, role, content, "
+                "created_at, finished, stop_reason, model, sampling, timings) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     conversation_id,
-                    conversation_id,
+                    parent,
+                    position,
                     role,
                     content,
                     now,
@@ -860,11 +928,26 @@ class ConversationStore:
         return self._write(write)
 
     def start_reply(
-        self, conversation_id: int, model: str = "", sampling: dict | None = None
+        self,
+        conversation_id: int,
+        model: str = "",
+        sampling: dict | None = None,
+        *,
+        parent_id: int | None | str = SHOWN_END,
     ) -> int:
-        """An empty, unfinished assistant message that `append_steps` fills as tokens stream."""
+        """An empty, unfinished assistant message that `append_steps` fills as tokens stream.
+
+        `parent_id` as in `add_message`: give the user message a reply answers to make a new
+        version of that reply (Regenerate, a branch from another token).
+        """
         return self.add_message(
-            conversation_id, "assistant", "", model=model, sampling=sampling, finished=False
+            conversation_id,
+            "assistant",
+            "",
+            model=model,
+            sampling=sampling,
+            finished=False,
+            parent_id=parent_id,
         )
 
     def append_steps(self, message_id: int, steps: Iterable[Any], content_so_far: str) -> None:
@@ -915,18 +998,25 @@ class ConversationStore:
         self._write(write)
 
     def truncate_after(self, conversation_id: int, position: int) -> int:
-        """Delete every message after `position` (with its steps); return how many went.
+        """Delete everything after the shown path's message at `position` (every version of
+        every later turn, with their steps); return how many messages went.
 
         Edit and resend message p: `truncate_after(conv, p - 1)` then `add_message`.
-        Regenerate reply p: `truncate_after(conv, p - 1)` then `start_reply`.
         """
 
         def write(db: sqlite3.Connection) -> int:
             self._require_conversation(db, conversation_id)
-            gone = db.execute(
-                "DELETE FROM messages WHERE conversation_id = ? AND position > ?",
-                (conversation_id, position),
-            ).rowcount
+            path = [r[0] for r in db.execute(_SHOWN_PATH, (conversation_id,))]
+            kept = db.execute(
+                f"SELECT id FROM messages WHERE id IN ({','.join('?' * len(path))}) "
+                "AND position <= ? ORDER BY position DESC LIMIT 1",
+                (*path, position),
+            ).fetchone()
+            gone = self._delete_where(
+                db,
+                "conversation_id = ? AND parent_id IS ?",
+                (conversation_id, kept[0] if kept else None),
+            )
             if gone:
                 db.execute(
                     "UPDATE conversations SET updated_at = ? WHERE id = ?",
@@ -940,6 +1030,59 @@ class ConversationStore:
     def truncate_from(self, conversation_id: int, position: int) -> int:
         """Delete the message at `position` and all after it (`truncate_after(position - 1)`)."""
         return self.truncate_after(conversation_id, position - 1)
+
+    @staticmethod
+    def _delete_where(db: sqlite3.Connection, where: str, args: tuple) -> int:
+        """Delete the messages matching `where` and, by cascade, everything below them; return
+        how many messages went in all (the cascade is not in `rowcount`)."""
+        before = db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+        db.execute(f"DELETE FROM messages WHERE {where}", args)
+        return before - db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+
+    def delete_message(self, message_id: int) -> int:
+        """Delete one message and every message after it on its branches; how many went.
+
+        For a version that came to nothing (a reply stopped before its first token): its other
+        versions stay, and the newest of them is shown until `show_version` says otherwise.
+        """
+        return self._write(lambda db: self._delete_where(db, "id = ?", (message_id,)))
+
+    def versions_of(self, message_id: int) -> list[int]:
+        """Ids of a message's versions (itself and its siblings), oldest first."""
+
+        def read(db: sqlite3.Connection) -> list[int]:
+            row = db.execute(
+                "SELECT conversation_id, parent_id FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
+            if row is None:
+                raise StoreError("This message no longer exists.")
+            return [
+                r[0]
+                for r in db.execute(
+                    "SELECT id FROM messages WHERE conversation_id = ? AND parent_id IS ? "
+                    "ORDER BY id",
+                    row,
+                )
+            ]
+
+        return self._read(read)
+
+    def show_version(self, message_id: int) -> None:
+        """Show this version of its turn: the shown path now goes through it (and on down
+        through the versions last shown below it)."""
+
+        def write(db: sqlite3.Connection) -> None:
+            row = db.execute(
+                "SELECT conversation_id, parent_id FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
+            if row is None:
+                raise StoreError("This version of the message no longer exists.")
+            db.execute(
+                "UPDATE messages SET shown = (id = ?) WHERE conversation_id = ? AND parent_id IS ?",
+                (message_id, *row),
+            )
+
+        self._write(write)
 
     # -- app state -----------------------------------------------------------------------------
 
@@ -1003,21 +1146,25 @@ class ConversationStore:
     # -- export / import -----------------------------------------------------------------------
 
     def export_json(self, conversation_id: int) -> dict:
-        """The whole conversation, steps included, in the versioned export format."""
-        return conversation_to_json(self.get_conversation(conversation_id))
+        """The whole conversation, every branch and step included, in the versioned export
+        format (so an import brings back every version)."""
+        return conversation_to_json(self.get_conversation(conversation_id, all_versions=True))
 
     def export_markdown(self, conversation_id: int) -> str:
-        """A readable copy: title, model, system prompt, turns, and how each reply was made."""
+        """A readable copy of the shown path: title, model, system prompt, turns, and how each
+        reply was made."""
         return conversation_to_markdown(self.get_conversation(conversation_id))
 
     def import_json(self, data: Any) -> int:
-        """Add an exported conversation as a new one; StoreError (nothing saved) if it is bad."""
+        """Add an exported conversation as a new one, marked imported now; StoreError (nothing
+        saved) if it is bad."""
         conv = conversation_from_json(data)
 
         def write(db: sqlite3.Connection) -> int:
             conv_id = db.execute(
                 "INSERT INTO conversations (title, title_is_custom, system_prompt, model, "
-                "model_path, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "model_path, created_at, updated_at, imported_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     conv.title,
                     int(conv.title_is_custom),
@@ -1026,15 +1173,20 @@ class ConversationStore:
                     conv.model_path,
                     conv.created_at,
                     conv.updated_at,
+                    time.time(),
                 ),
             ).lastrowid
+            ids: list[int] = []  # database id of each message in the file, by its index
             for m in conv.messages:
+                parent = None if m.parent_id is None else ids[m.parent_id]
                 message_id = db.execute(
-                    "INSERT INTO messages (conversation_id, position, role, content, created_at, "
-                    "finished, stop_reason, model, sampling, timings) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO messages (conversation_id, parent_id, shown, position, role, "
+                    "content, created_at, finished, stop_reason, model, sampling, timings) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         conv_id,
+                        parent,
+                        int(m.shown),
                         m.position,
                         m.role,
                         m.content,
@@ -1046,6 +1198,7 @@ class ConversationStore:
                         json.dumps(m.timings),
                     ),
                 ).lastrowid
+                ids.append(message_id)
                 db.executemany(
                     "INSERT INTO steps (message_id, idx, token_id, prob, text, piece, top_ids, "
                     "top_probs, top_texts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

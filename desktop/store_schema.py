@@ -112,6 +112,15 @@ class Message:
     damaged: bool = False
     """Part of the stored row could not be read (bad JSON, a time out of range, broken steps);
     what could be read is here, the rest replaced by safe defaults. Views may say so."""
+    parent_id: int | None = None
+    """The message before this one on its branch (None for a conversation's first message).
+    In an export read back, the index of that message in the file instead."""
+    shown: bool = True
+    """This version is the one shown among its siblings (the messages with the same parent)."""
+    version: int = 1
+    """1-based place among its siblings, oldest first (the `2` of `‹ 2/3 ›`)."""
+    versions: int = 1
+    """How many siblings (versions of this turn) there are, itself included."""
 
     @property
     def token_ids(self) -> list[int]:
@@ -132,6 +141,8 @@ class Conversation:
     title_is_custom: bool = False
     deleted_at: float | None = None
     messages: list[Message] = field(default_factory=list)
+    imported_at: float | None = None
+    """When File → Import added it (None: it was made in this app)."""
     damaged: bool = False
     """The stored row (not its messages) had values that could not be used as they were."""
 
@@ -303,7 +314,54 @@ def _v2(db: sqlite3.Connection) -> None:
         db.execute(statement)
 
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _v2)
+def _v3(db: sqlite3.Connection) -> None:
+    """Branches and imported conversations.
+
+    A message now has a parent (the message before it on its branch; NULL for the first), so a
+    reply can have several versions: siblings under one parent, of which the one with `shown`
+    set is on screen. A conversation's shown path goes from the shown first message down through
+    each shown child; `position` stays the depth in that tree (several messages may share it,
+    hence the rebuild: the UNIQUE (conversation_id, position) constraint goes). An existing
+    conversation becomes one branch: each message's parent is the one before it by position.
+
+    `imported_at` is when File → Import added the conversation (NULL: made here).
+    """
+    for statement in (
+        """CREATE TABLE new_messages (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            conversation_id INTEGER NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+            parent_id INTEGER REFERENCES messages (id) ON DELETE CASCADE,
+            shown INTEGER NOT NULL DEFAULT 1 CHECK (shown IN (0, 1)),
+            position INTEGER NOT NULL,
+            role TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
+            content TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL,
+            finished INTEGER NOT NULL DEFAULT 1 CHECK (finished IN (0, 1)),
+            stop_reason TEXT,
+            model TEXT NOT NULL DEFAULT '',
+            sampling TEXT NOT NULL DEFAULT '{}',
+            timings TEXT NOT NULL DEFAULT '{}'
+        )""",
+        # The old UNIQUE (conversation_id, position) index finds each parent in one lookup.
+        "INSERT INTO new_messages (id, conversation_id, parent_id, shown, position, role, "
+        "content, created_at, finished, stop_reason, model, sampling, timings) SELECT m.id, "
+        "m.conversation_id, (SELECT p.id FROM messages p WHERE p.conversation_id = "
+        "m.conversation_id AND p.position < m.position ORDER BY p.position DESC LIMIT 1), 1, "
+        "m.position, m.role, m.content, m.created_at, m.finished, m.stop_reason, m.model, "
+        "m.sampling, m.timings FROM messages m",
+        "DROP TABLE messages",
+        "ALTER TABLE new_messages RENAME TO messages",
+        "CREATE INDEX messages_conversation ON messages (conversation_id, position)",
+        # Children of a message (the path walk, and ON DELETE CASCADE of a branch).
+        "CREATE INDEX messages_parent ON messages (parent_id, shown, id)",
+        "CREATE INDEX messages_roots ON messages (conversation_id, shown, id) "
+        "WHERE parent_id IS NULL",
+        "ALTER TABLE conversations ADD COLUMN imported_at REAL",
+    ):
+        db.execute(statement)
+
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _v2, _v3)
 """Migration i brings schema version i to i + 1 (`PRAGMA user_version`). Only ever append."""
 
 

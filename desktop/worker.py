@@ -194,9 +194,11 @@ class EngineWorker(QObject):
                 ids = loaded.tokenizer.encode(request.prompt, bos=True)
             else:
                 messages = [Message(m["role"], m["content"]) for m in request.messages]
-                ids, dropped = self._fit(messages, request.max_new_tokens)
+                reserve = request.max_new_tokens + len(request.reply_prefix)
+                ids, dropped = self._fit(messages, reserve)
+            prompt_tokens = len(ids) + len(request.reply_prefix)
             self.generation_started.emit(
-                GenerationStarted(rid, len(ids), loaded.max_context, dropped)
+                GenerationStarted(rid, prompt_tokens, loaded.max_context, dropped)
             )
             generation = self._generator.generate(
                 ids,
@@ -208,6 +210,8 @@ class EngineWorker(QObject):
                 on_prefill=lambda done, total: self.prefill_progress.emit(
                     PrefillProgress(rid, done, total)
                 ),
+                reply_prefix=request.reply_prefix,
+                forced=request.forced,
             )
             for step in generation:
                 self.token.emit(dataclasses.replace(step, request_id=rid))

@@ -142,6 +142,11 @@ class GenerationRequest:
     """Plain text (BOS added, no chat template) instead of `messages`: the self-test's prompt."""
     stop: tuple[str, ...] = ()
     request_id: int = 0
+    reply_prefix: tuple[int, ...] = ()
+    """A branch: the ids the reply already has (read, not streamed again; see
+    `Generator.generate`)."""
+    forced: tuple[int, ...] = ()
+    """A branch: the id(s) the reply must go on with (the alternative the user picked)."""
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,10 @@
 The `Generator` keeps the KV cache of the last call. A follow-up chat turn whose prompt starts with
 what is already cached (the usual case: the same conversation plus one more message) prefills only
 the new tokens, which keeps the time to first token flat as a conversation grows.
+
+A reply can also be continued from the middle (a branch: "what if it had picked this token at step
+k?"): `reply_prefix` is the reply's first k tokens, `forced` the token(s) it must go on with. The
+prefix is still cached from the reply it came from, so only its last position is run again.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import torch
 from engine.errors import EngineError
 from engine.events import GenerationResult, Step, TopToken
 from engine.loader import LoadedModel
-from engine.sampling import Sampler, SamplingParams
+from engine.sampling import Sampler, SampleResult, SamplingParams
 from engine.tokenizer import StreamDecoder
 from engine.tuning import ThreadGovernor
 
@@ -98,6 +102,17 @@ def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+def _forced_sample(scores: torch.Tensor, token: int, report_top: int) -> SampleResult:
+    """A step whose token is given, reported with the model's own numbers (softmax of the logits
+    at temperature 1, as the sampler reports them): the top-k panel shows what the model thought
+    of the token it was made to take."""
+    probs = torch.softmax(scores.float().cpu(), dim=-1)
+    k = min(report_top, probs.shape[-1])
+    top_probs, top_ids = torch.topk(probs, k) if k else (probs[:0], probs[:0].long())
+    prob = float(probs[token]) if token < probs.shape[-1] else 0.0  # a padded row: no token
+    return SampleResult(token, prob, top_ids.tolist(), top_probs.tolist())
+
+
 class Generator:
     """Runs prompts through one loaded model, reusing its KV cache across calls.
 
@@ -146,20 +161,33 @@ class Generator:
         report_top: int = 10,
         reuse_cache: bool = True,
         on_prefill: Callable[[int, int], None] | None = None,
+        reply_prefix: Sequence[int] = (),
+        forced: Sequence[int] = (),
     ) -> Generation:
         """Validate the request now (so errors surface before iteration) and return the stream.
 
         `on_prefill(done, total)` is called after each prefill chunk (from the iterating thread).
+
+        To continue a reply from its middle: `reply_prefix` holds the ids the reply already has
+        (read as part of the prompt, not streamed again) and `forced` the ids it must continue
+        with whatever the sampler would pick; each forced id is streamed as a Step carrying the
+        model's own probabilities there. Steps are then numbered from `len(reply_prefix)`, their
+        text follows on from the prefix's, and the result's `text`/`token_ids` are the whole
+        reply's (prefix included) while `generated_tokens` counts this call's tokens.
         """
+        reply = [int(t) for t in reply_prefix]
+        force = [int(t) for t in forced]
         prompt = [int(t) for t in prompt_ids]
         vocab = self.loaded.args.vocab_size
         if not prompt:
             raise EngineError("the prompt is empty: give at least one token")
-        bad = [t for t in prompt if not 0 <= t < vocab]
-        if bad:
-            raise EngineError(
-                f"prompt token id {bad[0]} is outside the vocabulary (0..{vocab - 1})"
-            )
+        for name, ids in (("prompt", prompt), ("reply", reply), ("forced", force)):
+            bad = [t for t in ids if not 0 <= t < vocab]
+            if bad:
+                raise EngineError(
+                    f"{name} token id {bad[0]} is outside the vocabulary (0..{vocab - 1})"
+                )
+        prompt += reply
         if max_new_tokens < 1:
             raise EngineError("max new tokens must be at least 1")
         if report_top < 0:
@@ -174,7 +202,16 @@ class Generator:
         stops = [s for s in stop if s]
         return Generation(
             self._run(
-                prompt, sampler, max_new_tokens, stops, cancel, report_top, reuse_cache, on_prefill
+                prompt,
+                sampler,
+                max_new_tokens,
+                stops,
+                cancel,
+                report_top,
+                reuse_cache,
+                on_prefill,
+                reply,
+                force,
             )
         )
 
@@ -189,6 +226,8 @@ class Generator:
         report_top: int,
         reuse_cache: bool,
         on_prefill: Callable[[int, int], None] | None = None,
+        reply: Sequence[int] = (),
+        forced: Sequence[int] = (),
     ) -> Iterator[Step]:
         started = time.perf_counter()
         model = self.loaded.model
@@ -211,7 +250,7 @@ class Generator:
         ) -> GenerationResult:
             return GenerationResult(
                 text=text,
-                token_ids=generated,
+                token_ids=[*reply, *generated],
                 prompt_tokens=len(prompt),
                 generated_tokens=len(generated),
                 reused_tokens=reused,
@@ -240,6 +279,9 @@ class Generator:
         )
 
         decoder = StreamDecoder(tokenizer)
+        for token in reply:  # its text was streamed before: what follows must join onto it
+            decoder.push(token)
+        forced = list(forced)
         stop_filter = _StopStringFilter(stops)
         history = list(prompt)
         generated: list[int] = []
@@ -253,7 +295,10 @@ class Generator:
             scores = logits[:speakable]
             if not bool(torch.isfinite(scores).all()):
                 raise EngineError(invalid_numbers_message(len(generated), self.loaded.dtype))
-            sample = sampler.sample(scores, history, report_top=report_top)
+            if forced:
+                sample = _forced_sample(scores, forced.pop(0), report_top)
+            else:
+                sample = sampler.sample(scores, history, report_top=report_top)
             now = time.perf_counter()
             if not generated:
                 ttft = now - started
@@ -271,7 +316,7 @@ class Generator:
                 text += stop_filter.feed(decoder.flush())
                 text += stop_filter.flush()
             yield Step(
-                index=len(generated) - 1,
+                index=len(reply) + len(generated) - 1,
                 token_id=token,
                 text=text,
                 piece=self.display_text(token),
@@ -304,7 +349,7 @@ class Generator:
 
         decode_s = time.perf_counter() - first_token_at if generated else 0.0
         tps = (len(generated) - 1) / decode_s if len(generated) > 1 and decode_s > 0 else 0.0
-        text = tokenizer.decode(generated)
+        text = tokenizer.decode([*reply, *generated])
         if reason == STOP_STRING:
             cut = min((text.find(s) for s in stops if s in text), default=-1)
             if cut >= 0:

@@ -157,17 +157,72 @@ def test_a_failed_reply_is_dropped_and_the_next_send_works(engine, store, worker
     assert [r[0] for r in saved] == ["user", "user", "assistant"] and saved[-1][2]
 
 
-def test_regenerate_replaces_the_last_reply(engine, store) -> None:
+def test_regenerate_adds_a_version_of_the_last_reply(engine, store) -> None:
     session = ChatSession(store, engine)
     session.send("question", OPTIONS)
     engine.run(session)
-    first_id = session.turns[-1].message_id
+    first = session.turns[-1]
     assert session.regenerate(OPTIONS)
-    assert [r[0] for r in on_disk(store, session.conversation_id)] == ["user", "assistant"]
     engine.run(session)
-    assert session.turns[-1].message_id != first_id
+    second = session.turns[-1]
+    assert second.message_id != first.message_id and (second.version, second.versions) == (2, 2)
     saved = on_disk(store, session.conversation_id)
-    assert len(saved) == 2 and saved[-1][2] and saved[-1][4] == len(session.turns[-1].steps)
+    assert len(saved) == 2 and saved[-1][2] and saved[-1][4] == len(second.steps)
+    # The first version is kept, a click away; the conversation continues from the one shown.
+    assert session.show_version(second, 1)
+    assert session.turns[-1].message_id == first.message_id
+    assert on_disk(store, session.conversation_id)[-1] == as_saved(first)
+    assert (session.turns[-1].version, session.turns[-1].versions) == (1, 2)
+
+
+def test_a_new_version_that_comes_to_nothing_gives_the_old_one_back(engine, store) -> None:
+    session = ChatSession(store, engine)
+    session.send("question", OPTIONS)
+    engine.run(session)
+    first = session.turns[-1]
+    assert session.regenerate(OPTIONS)
+    session.stop()  # before the first token: the new version is empty and dropped
+    engine.run(session)
+    assert session.turns[-1] is first and not session.busy
+    assert session.history[-1] == {"role": "assistant", "content": first.content}
+    assert on_disk(store, session.conversation_id)[-1] == as_saved(first)
+    with ConversationStore(store.path) as fresh:
+        assert fresh.get_conversation(session.conversation_id).messages[-1].versions == 1
+
+
+def test_branching_a_middle_reply_keeps_what_followed_in_its_old_version(engine, store) -> None:
+    session = ChatSession(store, engine)
+    session.send("one", OPTIONS)
+    engine.run(session)
+    session.send("two", OPTIONS)
+    engine.run(session)
+    old = list(session.turns)
+    reply = session.turns[1]
+    assert len(reply.steps) >= 3, "the tiny model should write a few tokens"
+    alternative = reply.steps[2].top[1].token_id
+    session.branch(reply, 2, alternative, OPTIONS)
+    assert session.turns == old[:1] + [session.reply]  # later turns set aside with their version
+    assert session.reply.content == "".join(s.text for s in reply.steps[:2])
+    engine.run(session)
+    branch = session.turns[-1]
+    assert [s.token_id for s in branch.steps[:3]] == [
+        *(s.token_id for s in reply.steps[:2]),
+        alternative,
+    ]
+    assert (branch.version, branch.versions) == (2, 2) and branch.timings["branched_at"] == 2
+    assert branch.timings["generated_tokens"] == len(branch.steps)
+    assert on_disk(store, session.conversation_id) == [
+        ("user", "one", True, None, 0),
+        as_saved(branch),
+    ]
+    # Back to version 1: the turns that followed it come back with it.
+    assert session.show_version(branch, 1)
+    assert [t.message_id for t in session.turns] == [t.message_id for t in old]
+    assert session.history[-1]["content"] == old[-1].content
+    with pytest.raises(ValueError, match="no token 100"):
+        session.branch(session.turns[1], 99, alternative, OPTIONS)
+    with pytest.raises(ValueError, match="only a reply"):
+        session.branch(session.turns[0], 0, alternative, OPTIONS)
 
 
 def test_edit_replaces_the_turn_and_everything_after_it(engine, store) -> None:

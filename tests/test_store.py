@@ -25,7 +25,7 @@ from desktop.store import (
     make_title,
     read_export,
 )
-from desktop.store_schema import migrate
+from desktop.store_schema import migrate, pack_top
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -250,6 +250,39 @@ def test_truncate_after_for_edit_and_regenerate(store: ConversationStore) -> Non
     assert store.truncate_from(conv, 0) == 1  # old name: delete from a position on
 
 
+def test_versions_branch_show_and_truncate(store: ConversationStore) -> None:
+    """Replies with versions: the shown path, switching, deleting one, truncating after a turn."""
+    conv = chat(store, "question", "first answer")
+    user, first = store.get_conversation(conv).messages
+    second = store.start_reply(conv, "tiny", parent_id=user.id)
+    store.finish_reply(second, "second answer", "eos")
+    follow_up = store.add_message(conv, "user", "and?")  # after the shown (second) version
+    shown = store.get_conversation(conv).messages
+    assert [m.id for m in shown] == [user.id, second, follow_up]
+    assert [(m.version, m.versions) for m in shown] == [(1, 1), (2, 2), (1, 1)]
+    assert store.versions_of(first.id) == [first.id, second]
+
+    store.show_version(first.id)  # the follow-up belongs to the other version
+    assert [m.content for m in store.get_conversation(conv).messages] == [
+        "question",
+        "first answer",
+    ]
+    store.show_version(second)  # back, with what followed it
+    assert [m.id for m in store.get_conversation(conv).messages] == [user.id, second, follow_up]
+    with ConversationStore(store.path) as reopened:  # the choice is saved
+        assert [m.id for m in reopened.get_conversation(conv).messages][-1] == follow_up
+
+    assert store.delete_message(second) == 2  # a version and what followed it
+    assert [m.id for m in store.get_conversation(conv).messages] == [user.id, first.id]
+    third = store.start_reply(conv, parent_id=user.id)
+    assert store.truncate_after(conv, 0) == 2  # every version of the reply goes
+    assert count(store, "messages") == 1 and count(store, "steps") == 0
+    with pytest.raises(StoreError, match="no longer exists"):
+        store.show_version(third)
+    with pytest.raises(StoreError, match="follows no longer exists"):
+        store.add_message(conv, "user", "x", parent_id=third)
+
+
 def test_last_open(store: ConversationStore) -> None:
     assert store.get_last_open() is None
     a, b = store.create_conversation(), store.create_conversation()
@@ -320,7 +353,7 @@ def test_json_export_reimports_to_an_equal_conversation(store: ConversationStore
     store.add_message(conv, "user", "more?")
     store.start_reply(conv, "tiny", {"temperature": 1.0})  # an interrupted reply exports too
     exported = store.export_json(conv)
-    assert exported["format"] == "loopchat-conversation" and exported["version"] == 1
+    assert exported["format"] == "loopchat-conversation" and exported["version"] == 2
     assert exported["messages"][1]["steps"][1] == {
         "token_id": 101,
         "text": " 👍",
@@ -407,6 +440,19 @@ def export_with(message: dict | None = None, **top) -> dict:
         ),
         (export_with({"role": "user", "content": "x", "sampling": None}), "sampling should be"),
         (export_with(created_at=float("nan")), "created_at should be a time"),
+        (
+            export_with({"role": "user", "content": "x", "parent": 0}),
+            "messages[0].parent should be the index of an earlier message",
+        ),
+        (
+            export_with(
+                messages=[
+                    {"role": "user", "content": "x"},
+                    {"role": "user", "content": "y", "parent": "0"},
+                ]
+            ),
+            "messages[1].parent should be an integer or null",
+        ),
     ],
 )
 def test_bad_import_raises_a_clear_store_error(store: ConversationStore, bad, says: str) -> None:
@@ -670,7 +716,7 @@ def test_version_1_database_is_upgraded_with_its_data(tmp_path: Path) -> None:
 
     with ConversationStore(path) as s:
         assert s.recovery_notice is None
-        assert s._db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 2
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 3
         assert s._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert s._db.execute("PRAGMA foreign_key_check").fetchall() == []
         conv = s.get_conversation(7)
@@ -696,22 +742,82 @@ def test_version_1_database_is_upgraded_with_its_data(tmp_path: Path) -> None:
         assert s.purge_deleted() == 1 and count(s, "steps") == 0  # cascades survive the rebuild
 
 
+def test_version_2_database_is_upgraded_to_branches_with_every_message(tmp_path: Path) -> None:
+    """A file of Loopchat before branches (v2: one line of messages per conversation) opens with
+    every message, step and reply as it was: each conversation becomes a single branch."""
+    path = tmp_path / "c.sqlite3"
+    db = sqlite3.connect(path, isolation_level=None)
+    migrate(db, MIGRATIONS[:2])
+    db.execute("INSERT INTO conversations VALUES (5, 'Two', 0, '', 'tiny', '', 1.0, 9.0, NULL)")
+    db.execute(
+        "INSERT INTO conversations VALUES (6, 'One', 1, 'sys', 'tiny', '/m', 1.0, 8.0, NULL)"
+    )
+    rows = [  # (id, conversation, position, role, content); position 3 missing (an old import)
+        (10, 5, 0, "user", "first"),
+        (11, 5, 1, "assistant", "reply one"),
+        (12, 5, 2, "user", "second"),
+        (13, 5, 4, "assistant", "reply two"),
+        (20, 6, 0, "user", "only"),
+    ]
+    for r in rows:
+        db.execute(
+            "INSERT INTO messages (id, conversation_id, position, role, content, created_at) "
+            "VALUES (?, ?, ?, ?, ?, 2.0)",
+            r,
+        )
+    ids_blob, probs_blob, texts = pack_top([(9, "re", 0.75), (8, "ra", 0.25)])
+    db.execute(
+        "INSERT INTO steps VALUES (13, 0, 9, 0.75, 're', 're', ?, ?, ?)",
+        (ids_blob, probs_blob, texts),
+    )
+    db.close()
+
+    with ConversationStore(path) as s:
+        assert s.recovery_notice is None
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 3
+        assert s._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert s._db.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert count(s, "messages") == 5 and count(s, "steps") == 1
+        conv = s.get_conversation(5)
+        assert [(m.id, m.role, m.content, m.position) for m in conv.messages] == [
+            (10, "user", "first", 0),
+            (11, "assistant", "reply one", 1),
+            (12, "user", "second", 2),
+            (13, "assistant", "reply two", 4),
+        ]
+        assert [m.parent_id for m in conv.messages] == [None, 10, 11, 12]
+        assert all((m.version, m.versions, m.shown) == (1, 1, True) for m in conv.messages)
+        assert conv.messages[-1].steps == [
+            StepRecord(9, "re", 0.75, [(9, "re", 0.75), (8, "ra", 0.25)], "re", 0)
+        ]
+        assert conv.imported_at is None
+        assert [m.content for m in s.get_conversation(6).messages] == ["only"]
+        # The upgraded file takes branches: a new version of the last reply, shown at once.
+        again = s.start_reply(5, "tiny", parent_id=12)
+        assert [m.id for m in s.get_conversation(5).messages] == [10, 11, 12, again]
+        assert s.get_conversation(5).messages[-1].versions == 2
+        s.show_version(13)
+        assert s.get_conversation(5).messages[-1].content == "reply two"
+        s.delete_conversation(5)
+        assert s.purge_deleted() == 1 and count(s, "steps") == 0 and count(s, "messages") == 1
+
+
 def test_appending_a_migration_is_all_it_takes(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite3"
     with ConversationStore(path) as s:
         chat(s, "hello", "world")
     applied = []
 
-    def v3(db: sqlite3.Connection) -> None:
+    def pinned(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE conversations ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0")
-        applied.append(3)
+        applied.append(len(MIGRATIONS) + 1)
 
-    with ConversationStore(path, migrations=[*MIGRATIONS, v3]) as s:
-        assert applied == [3] and s.recovery_notice is None
-        assert s._db.execute("PRAGMA user_version").fetchone()[0] == 3
+    with ConversationStore(path, migrations=[*MIGRATIONS, pinned]) as s:
+        assert applied == [len(MIGRATIONS) + 1] and s.recovery_notice is None
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) + 1
         assert s._db.execute("SELECT title, pinned FROM conversations").fetchall() == [("hello", 0)]
-    with ConversationStore(path, migrations=[*MIGRATIONS, v3]):
-        assert applied == [3]  # never applied twice
+    with ConversationStore(path, migrations=[*MIGRATIONS, pinned]):
+        assert applied == [len(MIGRATIONS) + 1]  # never applied twice
 
 
 def test_migrations_apply_in_order_in_one_transaction(tmp_path: Path) -> None:

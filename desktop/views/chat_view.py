@@ -66,6 +66,7 @@ class MessageWidget(QFrame):
 
     token_clicked = Signal(object, int)  # (this widget, step index)
     edit_requested = Signal(object)
+    version_requested = Signal(object, int)  # (this widget, 1-based version to show)
 
     def __init__(self, role: str, text: str = "", author: str = "", parent=None) -> None:
         super().__init__(parent)
@@ -92,6 +93,21 @@ class MessageWidget(QFrame):
         self.meta_label.setObjectName("meta")
         header.addWidget(self.meta_label)
         header.addStretch(1)
+        # ‹ 2/3 ›: the versions of this turn (Regenerate, branches); hidden while there is one.
+        self.version = self.versions = 1
+        self.prev_version_button = QToolButton(self)
+        self.prev_version_button.setText("‹")
+        self.prev_version_button.setToolTip("Show the previous version of this reply")
+        self.prev_version_button.clicked.connect(lambda: self._ask_version(self.version - 1))
+        self.version_label = QLabel("", self)
+        self.version_label.setObjectName("meta")
+        self.next_version_button = QToolButton(self)
+        self.next_version_button.setText("›")
+        self.next_version_button.setToolTip("Show the next version of this reply")
+        self.next_version_button.clicked.connect(lambda: self._ask_version(self.version + 1))
+        for widget in (self.prev_version_button, self.version_label, self.next_version_button):
+            widget.setVisible(False)
+            header.addWidget(widget)
         # Parented at once: setVisible(True) on a parentless widget would open it as a window.
         self.tokens_button = QToolButton(self)
         self.tokens_button.setText("Tokens")
@@ -125,6 +141,27 @@ class MessageWidget(QFrame):
         else:
             self._render()
 
+    # -- versions ----------------------------------------------------------------------------
+
+    def set_versions(self, version: int, versions: int, enabled: bool = True) -> None:
+        """Show `‹ version/versions ›` (nothing while there is only one version)."""
+        self.version, self.versions = version, versions
+        many = versions > 1
+        self.version_label.setText(f"{version}/{versions}")
+        self.version_label.setToolTip(f"Version {version} of {versions} of this reply")
+        for widget in (self.prev_version_button, self.version_label, self.next_version_button):
+            widget.setVisible(many)
+        self.enable_versions(enabled)
+
+    def enable_versions(self, enabled: bool) -> None:
+        """Arrows work only where there is a version that way (and not while a reply streams)."""
+        self.prev_version_button.setEnabled(enabled and self.version > 1)
+        self.next_version_button.setEnabled(enabled and self.version < self.versions)
+
+    def _ask_version(self, version: int) -> None:
+        if 1 <= version <= self.versions:
+            self.version_requested.emit(self, version)
+
     # -- streaming ---------------------------------------------------------------------------
 
     def append_step(self, step: dict) -> None:
@@ -141,6 +178,7 @@ class MessageWidget(QFrame):
         self.text = text
         self.finished = True
         self.meta_label.setText(meta)
+        self.meta_label.setToolTip(meta)  # a narrow card cuts the line short
         self._render()
 
     def set_text(self, text: str) -> None:

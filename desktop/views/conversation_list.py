@@ -1,18 +1,27 @@
-"""The list of saved conversations: newest first, filtered by a search box."""
+"""The list of saved conversations: newest first, filtered by a search box.
+
+Conversations brought in with File → Import carry a small "Imported" tag (the tooltip says when),
+so a chat the user did not have here is not mistaken for one they had.
+"""
 
 from __future__ import annotations
 
 import datetime
 import time
 
-from PySide6.QtCore import QPoint, Qt, QTimer, Signal
+from PySide6.QtCore import QPoint, QRect, Qt, QTimer, Signal
+from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPalette
 from PySide6.QtWidgets import (
+    QApplication,
     QInputDialog,
     QLineEdit,
     QListWidget,
     QListWidgetItem,
     QMenu,
     QPushButton,
+    QStyle,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
     QVBoxLayout,
     QWidget,
 )
@@ -25,6 +34,50 @@ def _when(timestamp: float) -> str:
     if age < 7 * 86400:
         return time.strftime("%a", time.localtime(timestamp))
     return time.strftime("%d %b", time.localtime(timestamp))
+
+
+IMPORTED_ROLE = Qt.ItemDataRole.UserRole + 1
+"""Item data: when the conversation was imported (None: made here)."""
+IMPORTED_TAG = "Imported"
+
+
+def imported_tooltip(imported_at: float) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(imported_at))
+    return f"Imported from a file on {when}"
+
+
+class _ImportedTagDelegate(QStyledItemDelegate):
+    """Paints a row as usual, its title elided short of a small "Imported" tag on the right."""
+
+    def paint(self, painter: QPainter, option: QStyleOptionViewItem, index) -> None:
+        if index.data(IMPORTED_ROLE) is None:
+            super().paint(painter, option, index)
+            return
+        small = QFont(option.font)
+        small.setPointSizeF(max(6.5, option.font.pointSizeF() * 0.8))
+        tag_fm = QFontMetrics(small)
+        tag = QRect(0, 0, tag_fm.horizontalAdvance(IMPORTED_TAG) + 10, tag_fm.height() + 2)
+        tag.moveCenter(option.rect.center())
+        tag.moveRight(option.rect.right() - 4)
+        row = QStyleOptionViewItem(option)
+        self.initStyleOption(row, index)
+        room = option.rect.width() - tag.width() - 24
+        row.text = QFontMetrics(row.font).elidedText(row.text, Qt.TextElideMode.ElideRight, room)
+        widget = option.widget
+        style = widget.style() if widget is not None else QApplication.style()
+        style.drawControl(QStyle.ControlElement.CE_ItemViewItem, row, painter, widget)
+        color = QColor(option.palette.color(QPalette.ColorRole.Text))
+        painter.save()
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        painter.setPen(Qt.PenStyle.NoPen)
+        color.setAlphaF(0.10)
+        painter.setBrush(color)
+        painter.drawRoundedRect(tag, 4, 4)
+        color.setAlphaF(0.7)
+        painter.setPen(color)
+        painter.setFont(small)
+        painter.drawText(tag, Qt.AlignmentFlag.AlignCenter, IMPORTED_TAG)
+        painter.restore()
 
 
 def group_of(timestamp: float, now: float | None = None) -> str:
@@ -70,6 +123,7 @@ class ConversationList(QWidget):
         self.items.setWordWrap(False)
         self.items.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.items.customContextMenuRequested.connect(self._menu)
+        self.items.setItemDelegate(_ImportedTagDelegate(self.items))
         self.items.itemClicked.connect(self._clicked)
         layout.addWidget(self.items, 1)
         # Search as you type, without querying on every keystroke.
@@ -103,7 +157,13 @@ class ConversationList(QWidget):
                 group = group_of(conv.updated_at)
                 self._heading(group)
             item = QListWidgetItem(f"{conv.title or 'New conversation'}")
-            item.setToolTip(f"{conv.title}\n{_when(conv.updated_at)}")
+            tip = f"{conv.title}\n{_when(conv.updated_at)}"
+            imported_at = getattr(conv, "imported_at", None)
+            if imported_at is not None:
+                tip += f"\n{imported_tooltip(imported_at)}"
+                item.setData(IMPORTED_ROLE, float(imported_at))
+                item.setData(Qt.ItemDataRole.AccessibleDescriptionRole, IMPORTED_TAG)
+            item.setToolTip(tip)
             item.setData(Qt.ItemDataRole.UserRole, conv.id)
             self.items.addItem(item)
             if conv.id == current:
@@ -142,6 +202,10 @@ class ConversationList(QWidget):
 
     def titles(self) -> list[str]:
         return [r.text() for r in self._rows()]
+
+    def imported(self) -> list[int]:
+        """Ids of the listed conversations marked as imported."""
+        return [r.data(Qt.ItemDataRole.UserRole) for r in self._rows() if r.data(IMPORTED_ROLE)]
 
     def headings(self) -> list[str]:
         rows = (self.items.item(i) for i in range(self.items.count()))

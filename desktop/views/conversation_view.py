@@ -104,6 +104,7 @@ class ConversationView(ChatView):
 
     edit_submitted = Signal(object, str)  # (Turn, new text)
     save_problem = Signal(str)  # "" once saving works again
+    version_requested = Signal(object, int)  # (Turn, 1-based version to show)
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -119,6 +120,8 @@ class ConversationView(ChatView):
         """Index down to which cards are being built."""
         self._live: Turn | None = None
         """The shown session's reply in progress, if any."""
+        self._streaming_now = False
+        """A reply of the shown session streams: version arrows are off."""
         self._cards: dict[int, MessageWidget] = {}
         self._notes: dict[int, MessageWidget] = {}
         self.editing: MessageWidget | None = None
@@ -130,6 +133,7 @@ class ConversationView(ChatView):
         """Show a session from its latest page (the list is the session's own, not a copy)."""
         self.clear()
         self._live = session.reply
+        self._streaming_now = session.reply is not None
         self._turns = session.turns
         self._first = len(self._turns)
         self._target = max(0, self._first - PAGE)
@@ -202,6 +206,7 @@ class ConversationView(ChatView):
                 card.finish(turn.content, turn.stats)
         card.turn = turn
         card.position = turn.position
+        card.set_versions(turn.version, turn.versions, enabled=not self._streaming_now)
         self._cards[id(turn)] = card
         cards.append(card)
         return cards
@@ -209,6 +214,7 @@ class ConversationView(ChatView):
     def _insert(self, index: int, widget: MessageWidget) -> None:
         widget.token_clicked.connect(self.token_clicked)
         widget.edit_requested.connect(self.edit_requested)
+        widget.version_requested.connect(lambda card, v: self.version_requested.emit(card.turn, v))
         # The stats line never widens the column: a long one ("Reading your message… n / N
         # tokens") would push every card past the right edge of a narrow window.
         widget.meta_label.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
@@ -223,7 +229,10 @@ class ConversationView(ChatView):
 
     # -- SessionListener -------------------------------------------------------------------
 
-    def turn_added(self, _session: ChatSession, turn: Turn) -> None:
+    def turn_added(self, session: ChatSession, turn: Turn) -> None:
+        if turn is session.reply:  # a new reply (a branch may start with its old tokens)
+            self._live = turn
+            self.enable_versions(False)
         for widget in self._cards_for(turn):
             self._insert(len(self.messages), widget)
         self._stick_to_bottom = True
@@ -265,6 +274,13 @@ class ConversationView(ChatView):
         card = self.card(turn)
         if card is not None:
             card.finish(turn.content, turn.stats)
+        self.enable_versions(True)
+
+    def enable_versions(self, enabled: bool) -> None:
+        """Version arrows are off while a reply streams (the conversation must stay put)."""
+        self._streaming_now = not enabled
+        for card in self._cards.values():
+            card.enable_versions(enabled)
 
     def save_failed(self, _session: ChatSession, message: str) -> None:
         self.save_problem.emit(message)

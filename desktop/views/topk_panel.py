@@ -3,6 +3,9 @@
 Steps can arrive faster than the screen refreshes, so `show_step` only stores the newest one and a
 timer repaints at most ~30 times a second. Painting is a handful of rectangles and text runs, so
 each repaint is cheap whatever the generation speed.
+
+A click on a candidate other than the chosen one asks for a branch: the reply continued from that
+token instead (`alternative_chosen`); the window decides what that means for the reply shown.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ class TopKPanel(QWidget):
 
     rows_changed = Signal(list)
     """Emitted after each repaint with the rows shown: [(token_id, text, prob, chosen)]."""
+    alternative_chosen = Signal(object, int)
+    """(the step shown, token id): the user clicked a candidate that was not chosen."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -66,6 +71,9 @@ class TopKPanel(QWidget):
         self._timer.timeout.connect(self._flush)
         self._timer.start()
         self.setAccessibleName("Top-k next tokens")
+        self.setMouseTracking(True)
+        self.branchable = True
+        """Clicking an alternative asks for a branch (off where no reply can continue)."""
         self._fit_height()
 
     @property
@@ -90,7 +98,7 @@ class TopKPanel(QWidget):
         """Tall enough for every requested row: the scroll area around it scrolls the rest.
 
         Empty, it asks only for its title: no scrollbar around an empty panel."""
-        header = 3 * self.fontMetrics().height() + 40
+        header = max(3 * self.fontMetrics().height() + 40, self._rows_top() + 8)
         rows = self._k if self._step else 0
         self.setMinimumHeight(header + rows * self._row_height())
 
@@ -119,12 +127,70 @@ class TopKPanel(QWidget):
     def flush_now(self) -> None:
         self._flush()
 
+    # -- choosing an alternative -----------------------------------------------------------
+
+    def row_rect(self, row: int) -> QRectF:
+        """Where row `row` (0 = most likely) is painted (for clicks and tests)."""
+        margin, width = 12, self.width() - 24
+        return QRectF(
+            margin - 4,
+            self._rows_top() + row * self._row_height() - 3,
+            width + 8,
+            self._row_height() - 2,
+        )
+
+    def _rows_top(self) -> int:
+        """The y of the first row: below the title and the wrapped subtitle (as painted)."""
+        title_font = QFont(self.font())
+        title_font.setBold(True)
+        title_font.setPointSizeF(self.font().pointSizeF() * 1.05)
+        fm = QFontMetrics(self.font())
+        flags = Qt.AlignmentFlag.AlignLeft | Qt.TextFlag.TextWordWrap
+        sub = fm.boundingRect(0, 0, self.width() - 24, 10 * fm.height(), flags, self._subtitle)
+        return 12 + QFontMetrics(title_font).height() + 2 + sub.height() + 10
+
+    def row_at(self, y: float) -> int | None:
+        """The row under a y position, if any."""
+        rows = self.shown_rows()
+        if not rows or y < self._rows_top() - 3:
+            return None
+        row = int((y - self._rows_top() + 3) // self._row_height())
+        return row if row < len(rows) else None
+
+    def _alternative_at(self, y: float) -> int | None:
+        """The token id of a candidate not chosen under `y` (what a click would branch to)."""
+        row = self.row_at(y)
+        if row is None or not self.branchable:
+            return None
+        token_id, _text, _prob, chosen = self.shown_rows()[row]
+        return None if chosen else token_id
+
+    def choose(self, token_id: int) -> None:
+        """Branch to `token_id` at the step shown (what a click on its row does)."""
+        if self._step is not None and self.branchable:
+            self.alternative_chosen.emit(self._step, int(token_id))
+
+    def mouseReleaseEvent(self, event) -> None:  # noqa: N802 - Qt API
+        token_id = self._alternative_at(event.position().y())
+        if event.button() == Qt.MouseButton.LeftButton and token_id is not None:
+            self.choose(token_id)
+        super().mouseReleaseEvent(event)
+
+    def mouseMoveEvent(self, event) -> None:  # noqa: N802 - Qt API
+        token_id = self._alternative_at(event.position().y())
+        if token_id is None:
+            self.unsetCursor()
+            self.setToolTip("")
+        else:
+            self.setCursor(Qt.CursorShape.PointingHandCursor)
+            self.setToolTip("Continue the reply from this token instead (a new version)")
+        super().mouseMoveEvent(event)
+
     def _flush(self) -> None:
         if self._pending is None:
             return
         step, self._pending = self._pending, None
         self._step = step
-        self._fit_height()
         title = step.get("_title")
         index = step.get("index", 0)
         self._title = title or f"Step {index + 1}"
@@ -133,10 +199,17 @@ class TopKPanel(QWidget):
         note = choice_note(step, self._params if not title else None)
         if note:
             self._subtitle += f" ({note})"
+        if self.branchable:
+            self._subtitle += ". Click another token to branch from it."
+        self._fit_height()
         self.update()
         self.rows_changed.emit(self.shown_rows())
 
     # -- painting ---------------------------------------------------------------------------
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().resizeEvent(event)
+        self._fit_height()  # the subtitle wraps to the new width
 
     def sizeHint(self):  # noqa: N802 - Qt API
         from PySide6.QtCore import QSize
