@@ -55,6 +55,8 @@ class ReplyOptions:
     params: SamplingParams = field(default_factory=SamplingParams)
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     report_top: int = DEFAULT_REPORT_TOP
+    step: bool = False
+    """Step mode: the reply pauses after each token until the user asks for the next."""
 
 
 @dataclass(eq=False)
@@ -327,6 +329,18 @@ class ChatSession:
         self.listener.reply_step(self, reply, step)
         return True
 
+    def on_paused(self, request_id: int) -> bool:
+        """A step-mode reply waits for the next click: save what it has so far, now (the wait
+        may be long; the autosaver's own batching would keep the last tokens in memory)."""
+        if self.reply is None or request_id != self.request_id:
+            return False
+        if self._saver is not None:
+            try:
+                self._saver.flush()
+            except StoreError as exc:
+                self._failed_save(exc)
+        return True
+
     def on_finished(self, result: GenerationResult) -> bool:
         """The reply ended (EOS, max tokens, stop string, context full or Stop)."""
         if self.reply is None or result.request_id != self.request_id:
@@ -437,6 +451,7 @@ class ChatSession:
                 params=options.params,
                 max_new_tokens=options.max_new_tokens,
                 report_top=options.report_top,
+                step=options.step,
             )
         )
 

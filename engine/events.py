@@ -142,6 +142,8 @@ class GenerationRequest:
     """Plain text (BOS added, no chat template) instead of `messages`: the self-test's prompt."""
     stop: tuple[str, ...] = ()
     request_id: int = 0
+    step: bool = False
+    """Step mode: pause after the first token (and explain its pick); `resume` takes the next."""
 
 
 @dataclass(frozen=True)

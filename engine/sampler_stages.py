@@ -15,7 +15,7 @@ import torch
 from engine.events import SamplerStage, SamplerStages, SamplingParams, TopToken
 from engine.sampling import choose_token
 
-SHOWN = 8
+SHOWN = 6
 """Rows listed per stage; the rest of each stage's probability is one "others" figure."""
 
 TITLES = {
