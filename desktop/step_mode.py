@@ -91,6 +91,8 @@ class StepMode(QObject):
         self.continue_button.setVisible(on)
         if on:
             make_room(w)
+        elif w.controller.paused is not None:
+            self.continue_reply()  # leaving step mode lets a paused reply finish as usual
         self.update_buttons()
 
     # -- what the user does ----------------------------------------------------------------

@@ -320,13 +320,13 @@ class EngineWorker(QObject):
         from desktop.inspect_jobs import InspectFailed
         from engine.errors import EngineError
 
+        if self._held is not None:  # refused before touching the cache the paused reply uses
+            message = "a reply is paused in step mode: press Continue or Stop to finish it first"
+            self.inspected.emit(InspectFailed(job.job_id, message))
+            return
         try:
             if self._loaded is None:
                 raise EngineError("No model is loaded: open a model first")
-            if self._held is not None:  # its KV cache would be overwritten
-                raise EngineError(
-                    "a reply is paused in step mode: press Continue or Stop to finish it first"
-                )
             result = job.run(self._loaded, cancel=self._load_cancel)  # set when the app closes
             if self._generator is not None:
                 self._generator.adopt_cache(result.context_ids)

@@ -42,8 +42,10 @@ def _stage(
     shown: int,
     note: str = "",
 ) -> SamplerStage:
-    """A stage from a distribution sorted most likely first (`ids[i]` has `probs[i]`)."""
+    """A stage from a distribution sorted most likely first (`ids[i]` has `probs[i]`),
+    renormalised over its survivors (the filters only zero what they drop)."""
     probs = probs.double()
+    probs = probs / probs.sum()
     alive = int((probs > 0).sum())
     n = min(shown, alive)
     rows = [

@@ -72,36 +72,38 @@ def keep_top_k(scaled: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Te
     return ids, torch.softmax(values, dim=-1)
 
 
-def renormalise(probs: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Zero the dropped candidates and scale the rest to sum to 1 (the first is always kept)."""
-    kept = torch.where(keep, probs, torch.zeros_like(probs))
-    return kept / kept.sum()
+def drop(probs: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Zero the dropped candidates (the first is always kept). Not rescaled: `draw` scales by
+    what is left, and step mode's account renormalises what it shows."""
+    return torch.where(keep, probs, torch.zeros_like(probs))
 
 
 def keep_top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """Nucleus: keep a candidate while the mass before it is still below p (keeps the first).
 
-    `probs` is sorted descending; 1 = off.
+    `probs` is sorted descending and sums to 1 (top-k's softmax); 1 = off.
     """
     if top_p >= 1.0:
         return probs
     before = torch.cumsum(probs, dim=-1) - probs
-    return renormalise(probs, before < top_p)
+    return drop(probs, before < top_p)
 
 
 def keep_min_p(probs: torch.Tensor, min_p: float) -> torch.Tensor:
     """Drop candidates less likely than min_p × the most likely one (sorted descending); 0 = off.
 
-    The ratio to the first is the same before or after renormalising, so the order with top-p
-    does not change which tokens stay.
+    The ratio to the first is the same whether or not `probs` sums to 1, so min-p after top-p
+    keeps the tokens it would keep on its own.
     """
     if min_p <= 0.0:
         return probs
-    return renormalise(probs, probs >= min_p * probs[0])
+    return drop(probs, probs >= min_p * probs[0])
 
 
 def draw(probs: torch.Tensor, generator: torch.Generator | None) -> tuple[int, float]:
     """One uniform number u in [0, 1) placed on the cumulative distribution: (index, u).
+
+    `probs` need not sum to 1 (filters zero what they drop): u is scaled by their total.
 
     The index is the candidate whose span [cdf before, cdf) holds u, so a zero-probability
     candidate (a zero-width span) is never picked. Shown as is in step mode: where the draw landed.

@@ -239,3 +239,18 @@ def test_unloading_the_model_ends_a_paused_reply(qtbot, win) -> None:
     with qtbot.waitSignal(win.error_shown, timeout=5000) as shown:
         win.step_mode.next_action.trigger()
     assert "No model" in shown.args[0]
+
+
+def test_an_inspection_while_paused_is_refused_and_the_reply_continues_intact(qtbot, win) -> None:
+    greedy(win, 10)
+    step_reply(qtbot, win, PROMPT, 3)
+    notices: list[str] = []
+    win.error_shown.connect(notices.append)
+    win.surprisal.action.setChecked(True)  # would overwrite the paused reply's KV cache
+    qtbot.waitUntil(lambda: not win.surprisal.enabled, timeout=30_000)
+    assert any("paused in step mode" in n for n in notices)
+    with qtbot.waitSignal(win.reply_finished, timeout=60_000) as done:
+        win.step_mode.action.setChecked(False)  # leaving step mode finishes the reply as usual
+    resumed = done.args[0]["token_ids"]
+    assert len(resumed) == 10 or done.args[0]["stop_reason"] == "eos"
+    assert normal_reply(qtbot, win, PROMPT) == resumed
