@@ -41,18 +41,30 @@ def _stage(
     names: Callable[[int], str] | None,
     shown: int,
     note: str = "",
+    pick: int | None = None,
 ) -> SamplerStage:
     """A stage from a distribution sorted most likely first (`ids[i]` has `probs[i]`),
-    renormalised over its survivors (the filters only zero what they drop)."""
+    renormalised over its survivors (the filters only zero what they drop).
+
+    The rows are the `shown` most likely, plus the token `pick` (the one finally chosen) where it
+    is further down but still alive: its fate can be followed through every stage.
+    """
     probs = probs.double()
     probs = probs / probs.sum()
     alive = int((probs > 0).sum())
     n = min(shown, alive)
+    listed = list(range(n))
+    if pick is not None:
+        where = (ids == pick).nonzero()
+        at = int(where[0, 0]) if len(where) else -1
+        if at >= n and float(probs[at]) > 0:
+            listed.append(at)
+    chosen = torch.tensor(listed, dtype=torch.long)
     rows = [
         TopToken(int(t), _name(names, int(t)), float(p))
-        for t, p in zip(ids[:n].tolist(), probs[:n].tolist(), strict=True)
+        for t, p in zip(ids[chosen].tolist(), probs[chosen].tolist(), strict=True)
     ]
-    rest = float(probs[n:].sum())
+    rest = float(probs.sum() - probs[chosen].sum())
     return SamplerStage(key, TITLES[key], setting, active, alive, rows, rest, note)
 
 
@@ -83,7 +95,8 @@ def explain_choice(
 
     token = choose_token(logits, history, p, generator, observe)
 
-    stages = [_stage("model", "", True, *_sorted(torch.softmax(logits, -1)), names, shown)]
+    model = _sorted(torch.softmax(logits, -1))
+    stages = [_stage("model", "", True, *model, names, shown, pick=token)]
     penalised = seen["penalty"]["logits"]
     penalty_on = p.repetition_penalty != 1.0
     stages.append(
@@ -95,6 +108,7 @@ def explain_choice(
             names,
             shown,
             "" if penalty_on else "1 leaves the model's scores as they are",
+            pick=token,
         )
     )
     if p.greedy:
@@ -124,6 +138,7 @@ def explain_choice(
             names,
             shown,
             "below 1 sharpens, above 1 flattens" if p.temperature != 1.0 else "1 changes nothing",
+            pick=token,
         )
     )
     ids = seen["top_k"]["ids"]
@@ -131,7 +146,17 @@ def explain_choice(
     for key in ("top_k", "top_p", "min_p"):
         active = settings[key] != "off"
         stages.append(
-            _stage(key, settings[key], active, ids, seen[key]["probs"], names, shown, _note(key, p))
+            _stage(
+                key,
+                settings[key],
+                active,
+                ids,
+                seen[key]["probs"],
+                names,
+                shown,
+                _note(key, p),
+                token,
+            )
         )
     final = seen["draw"]["probs"].double()
     index, u = seen["draw"]["index"], seen["draw"]["u"]

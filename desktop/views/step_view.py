@@ -69,6 +69,8 @@ def stage_header(number: int, stage) -> str:
         return f"{number} {title} → {stage.survivors} tokens"
     if not stage.active:
         return f"{number} {title}: {stage.setting or 'off'}"
+    if stage.key in ("penalty", "temperature"):  # they reshape, they drop nothing
+        return f"{number} {title} {stage.setting}"
     return f"{number} {title} {stage.setting} → {stage.survivors} left"
 
 
@@ -89,41 +91,49 @@ def pick_text(stages, index: int | None) -> str:
 
 
 class DrawBar(QWidget):
-    """The last stage's distribution as one bar of segments, and a mark where the draw landed."""
+    """The last stage's distribution as one bar (widths = probabilities, most likely first), the
+    picked token's span in full colour and a mark where the uniform draw landed."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setFixedHeight(22)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self.segments: list[tuple[float, bool]] = []
+        self.segments: list[float] = []
+        self.span: tuple[float, float] | None = None
         self.draw: float | None = None
 
     def show_draw(self, stages) -> None:
-        last = stages.stages[-1]
-        self.segments = [(r.prob, r.token_id == stages.token_id) for r in last.rows]
-        if last.rest > 0:
-            self.segments.append((last.rest, False))
-        self.draw = stages.draw
+        rows = stages.stages[-1].rows
+        if rows and rows[-1].token_id == stages.token_id and stages.pick_rank >= len(rows):
+            rows = rows[:-1]  # listed out of turn: its span is drawn where it really lies
+        self.segments = [r.prob for r in rows]
+        self.span, self.draw = stages.span, stages.draw
+        start, end = self.span or (0.0, 0.0)
         self.setToolTip(
-            "The last stage's tokens laid end to end (widths = probabilities); the mark is "
-            "where the uniform random draw landed: the token under it is the pick."
+            f"The last stage's tokens laid end to end (widths = probabilities). The draw "
+            f"u = {self.draw:.3f} landed in [{start:.3f}, {end:.3f}): "
+            f"“{visible_token(stages.text)}”."
         )
         self.update()
 
     def paintEvent(self, _event) -> None:  # noqa: N802 - Qt API
-        if not self.segments or self.draw is None:
+        if self.draw is None or self.span is None:
             return
         painter = QPainter(self)
         highlight = self.palette().color(self.palette().ColorRole.Highlight)
         text = self.palette().color(self.palette().ColorRole.WindowText)
         w, h = self.width() - 2, self.height() - 8
+        faint = QColor(highlight)
+        faint.setAlphaF(0.12)
+        painter.fillRect(QRectF(1, 6, w, h), faint)
         x = 1.0
-        for i, (p, picked) in enumerate(self.segments):
+        for i, p in enumerate(self.segments):
             color = QColor(highlight)
-            color.setAlphaF(0.95 if picked else (0.35 if i % 2 else 0.2))
-            width = w * p
-            painter.fillRect(QRectF(x, 6, width, h), color)
-            x += width
+            color.setAlphaF(0.4 if i % 2 else 0.25)
+            painter.fillRect(QRectF(x, 6, w * p, h), color)
+            x += w * p
+        start, end = self.span
+        painter.fillRect(QRectF(1 + w * start, 6, max(2.0, w * (end - start)), h), highlight)
         mark = 1 + w * self.draw
         painter.setPen(QPen(text, 2))
         painter.drawLine(int(mark), 0, int(mark), self.height())
@@ -167,6 +177,16 @@ class StepView(QWidget):
         layout.addWidget(self.draw_bar)
         layout.addWidget(self.tree, 1)
         self.stages = None
+        self._expanded: dict[str, bool] = {}
+        """Stages the user opened or folded, kept from one step to the next."""
+        self._filling = False
+        self.tree.itemExpanded.connect(lambda item: self._remember(item, True))
+        self.tree.itemCollapsed.connect(lambda item: self._remember(item, False))
+
+    def _remember(self, item: QTreeWidgetItem, expanded: bool) -> None:
+        if not self._filling and self.stages is not None and item.parent() is None:
+            index = self.tree.indexOfTopLevelItem(item)
+            self._expanded[self.stages.stages[index].key] = expanded
 
     def clear(self, status: str = IDLE_TEXT) -> None:
         self.stages = None
@@ -187,7 +207,9 @@ class StepView(QWidget):
             self.draw_bar.show()
         else:
             self.draw_bar.hide()
+        self._filling = True
         self.tree.clear()
+        picked_item = None
         bold = QFont(self.font())
         bold.setBold(True)
         last_active = max(i for i, s in enumerate(stages.stages) if s.active)
@@ -202,10 +224,12 @@ class StepView(QWidget):
                 item.setTextAlignment(1, Qt.AlignmentFlag.AlignRight)
                 item.setData(1, PROB, float(row.prob))
                 item.setToolTip(0, f"id {row.token_id}: p = {row.prob:.6f}")
-                if number - 1 == last_active and row.token_id == stages.token_id:
-                    for column in range(2):
-                        item.setFont(column, bold)
+                if row.token_id == stages.token_id:  # the pick, followed through the stages
                     item.setText(0, f"▶ {visible_token(row.text)}")
+                    if number - 1 == last_active:
+                        for column in range(2):
+                            item.setFont(column, bold)
+                        picked_item = item
                 head.addChild(item)
             if stage.rest > 0:
                 others = stage.survivors - len(stage.rows)
@@ -214,8 +238,12 @@ class StepView(QWidget):
                 rest.setData(1, PROB, float(stage.rest))
                 rest.setToolTip(0, "the probability of every token not listed, together")
                 head.addChild(rest)
-            # Stages that change nothing fold away; the ones that act stay open.
-            head.setExpanded(stage.active or stage.key == "model")
+            # Stages that change nothing fold away, the ones that act stay open, unless the
+            # user chose otherwise for that stage.
+            head.setExpanded(self._expanded.get(stage.key, stage.active or stage.key == "model"))
+        self._filling = False
+        if picked_item is not None and picked_item.parent().isExpanded():
+            self.tree.scrollToItem(picked_item)  # the pick, where it was drawn from, in sight
 
     def shown_rows(self) -> dict[str, list[tuple[str, str]]]:
         """Per stage key: (token, p) as displayed, the "others" row included (for tests)."""
