@@ -254,3 +254,31 @@ def test_an_inspection_while_paused_is_refused_and_the_reply_continues_intact(qt
     resumed = done.args[0]["token_ids"]
     assert len(resumed) == 10 or done.args[0]["stop_reason"] == "eos"
     assert normal_reply(qtbot, win, PROMPT) == resumed
+
+
+def test_the_click_that_picks_end_of_sequence_ends_the_reply(qtbot, home) -> None:
+    """The shipped model ends its greedy replies: the last click shows the end-of-sequence pick,
+    adds no token, and the reply ends (saved, finished)."""
+    window = make_window(qtbot, home)
+    load(qtbot, window, "builtin")
+    greedy(window, 80)
+    window.sampling.system_prompt.setPlainText("")
+    window.step_mode.action.setChecked(True)
+    window.input.setPlainText("What does the word harbour mean?")
+    ended: list = []
+    window.reply_finished.connect(ended.append)
+    for _ in range(80):
+        shown = click_next(qtbot, window)
+        if ended:
+            break
+        assert len(shown) == 1
+    assert ended and ended[0]["stop_reason"] == "eos", "the built-in model did not end its reply"
+    assert shown == []  # the end-of-sequence pick adds no token
+    stages = window.step_mode.view.stages
+    assert stages.is_eos and "end of sequence" in window.step_mode.view.pick.text()
+    assert "ended" in window.step_mode.view.status.text()
+    reply = window.store.get_conversation(window.conversation_id).messages[-1]
+    assert reply.role == "assistant" and reply.finished and reply.stop_reason == "eos"
+    assert reply.content == ended[0]["text"]
+    assert window.controller.paused is None and not window.controller.busy
+    window.close()
