@@ -125,3 +125,48 @@ def test_stepping_a_paused_generation_equals_generating(loaded, params) -> None:
     assert got == expected
     assert len(prefills) == calls
     assert stepped.last_step_yielded == (len(got) == n)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=0.7, top_k=40, top_p=0.9, min_p=0.05, repetition_penalty=1.3),
+        SamplingParams(temperature=1.5, top_k=0, top_p=0.5, min_p=0.0, repetition_penalty=1.0),
+        SamplingParams(temperature=0.9, top_k=7, top_p=1.0, min_p=0.2, repetition_penalty=0.8),
+    ],
+)
+def test_each_stage_matches_transformers_logits_processors(params: SamplingParams) -> None:
+    """The distribution after each stage equals transformers' processor of the same name, applied
+    in the same order (penalty, temperature, top-k, top-p, min-p)."""
+    from transformers.generation.logits_process import (
+        MinPLogitsWarper,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    x = logits(11, vocab=400)
+    history = [3, 5, 8, 13, 21, 34]
+    found = explain_choice(x, history, params, torch.Generator().manual_seed(0), shown=400)
+    ids = torch.tensor([history])
+    scores = x[None].clone()
+    chain = [
+        ("penalty", RepetitionPenaltyLogitsProcessor(params.repetition_penalty)),
+        ("temperature", TemperatureLogitsWarper(params.temperature)),
+        ("top_k", TopKLogitsWarper(params.top_k) if params.top_k else None),
+        ("top_p", TopPLogitsWarper(params.top_p) if params.top_p < 1 else None),
+        ("min_p", MinPLogitsWarper(params.min_p) if params.min_p > 0 else None),
+    ]
+    ours = {stage.key: stage for stage in found.stages}
+    for key, processor in chain:
+        if processor is not None:
+            scores = processor(ids, scores)
+        reference = torch.softmax(scores[0].double(), -1)
+        stage = ours[key]
+        assert stage.survivors == int((reference > 0).sum()), key
+        assert stage.rest == pytest.approx(0.0, abs=1e-12)  # every survivor listed (shown=400)
+        got = {r.token_id: r.prob for r in stage.rows}
+        want = {i: float(p) for i, p in enumerate(reference.tolist()) if p > 0}
+        assert set(got) == set(want), key
+        assert [got[i] for i in want] == pytest.approx(list(want.values()), abs=1e-6), key
