@@ -111,7 +111,9 @@ def stats_line(turn: Turn) -> str:
     tokens, speed = t.get("generated_tokens"), t.get("decode_tokens_per_s")
     if isinstance(tokens, int):
         parts.append(f"{tokens} tokens")
-    if isinstance(speed, int | float) and not isinstance(speed, bool):
+    if t.get("stepped") == 1:
+        parts.append("step by step")
+    elif isinstance(speed, int | float) and not isinstance(speed, bool):
         parts.append(f"{float(speed):.1f} tok/s")
     extra = {"cancelled": "stopped", "context_full": "context full", "error": "failed"}
     if turn.stop_reason in extra:
@@ -334,6 +336,8 @@ class ChatSession:
         may be long; the autosaver's own batching would keep the last tokens in memory)."""
         if self.reply is None or request_id != self.request_id:
             return False
+        # A number, as every stored timing is: 1 = written (at least partly) in step mode.
+        self.reply.timings = {**self.reply.timings, "stepped": 1}
         if self._saver is not None:
             try:
                 self._saver.flush()
@@ -346,6 +350,8 @@ class ChatSession:
         if self.reply is None or result.request_id != self.request_id:
             return False
         timings = {**result.timings(), "dropped_turns": self.reply.dropped_turns}
+        if self.reply.timings.get("stepped"):
+            timings["stepped"] = 1  # its speed is the user's clicking, not the model's
         self._end_reply(result.stop_reason, result.text, timings)
         return True
 

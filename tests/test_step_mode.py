@@ -100,6 +100,10 @@ def test_stepping_picks_what_generation_picks(qtbot, win, seeded: bool) -> None:
         click_next(qtbot, win)  # the n-th click reaches max new tokens and ends the reply
     stepped = done.args[0]["token_ids"]
     assert len(stepped) == n and done.args[0]["stop_reason"] == "max_tokens"
+    reply = win.session.turns[-1]
+    assert reply.stats == f"{n} tokens · step by step"  # no tok/s: the speed was the clicking
+    saved = win.store.get_conversation(win.conversation_id).messages[-1]
+    assert saved.timings.get("stepped") == 1 and not saved.damaged
     assert normal_reply(qtbot, win, PROMPT) == stepped
 
 
