@@ -286,3 +286,15 @@ def test_the_click_that_picks_end_of_sequence_ends_the_reply(qtbot, home) -> Non
     assert reply.content == ended[0]["text"]
     assert window.controller.paused is None and not window.controller.busy
     window.close()
+
+
+def test_next_token_while_a_model_loads_waits_for_it(qtbot, win, tiny_model_dir) -> None:
+    win.input.setPlainText(PROMPT)
+    with qtbot.waitSignal(win.model_ready, timeout=120_000):
+        win.load_model(str(tiny_model_dir))
+        with qtbot.waitSignal(win.error_shown, timeout=5000) as shown:
+            win.step_mode.next_action.trigger()  # the load has only been queued
+        assert "still loading" in shown.args[0]
+        assert not win.controller.busy and win.history == []
+    win.step_mode.action.setChecked(True)
+    assert click_next(qtbot, win)  # once loaded, it steps
