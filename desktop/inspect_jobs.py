@@ -44,6 +44,12 @@ class SurprisalResult:
     """Per message of the job (same order); None where the message's tokens were not found."""
     context_ids: tuple[int, ...] = field(default=(), repr=False)
     """The ids now in the KV cache (the worker lets the generator reuse them)."""
+    windows: int = 1
+    """Passes over the conversation: more than 1 when it is longer than the model's context."""
+    window_starts: tuple[int, ...] = ()
+    """Per message: the index of the first message of the context it was scored in."""
+    too_long: tuple[int, ...] = ()
+    """Messages left untinted: with the message they answer, longer than the whole context."""
 
 
 @dataclass(frozen=True)
@@ -56,15 +62,47 @@ class SurprisalJob:
     job_id: int = 0
 
     def run(self, loaded: Any, cancel: threading.Event | None = None) -> SurprisalResult:
+        """Score every message; a conversation longer than the context is read in windows.
+
+        Each window is a run of whole turns that fits the context; every message is scored in
+        the first window that ends with it, which starts as early as fits while keeping about
+        half the context before where the previous window stopped (a strided sliding window, as
+        the chat itself leaves out the oldest turns once the conversation outgrows the context).
+        """
         from engine.chat import Message
+
+        messages = [Message(m["role"], m["content"]) for m in self.messages]
+        system = 1 if messages and messages[0].role == "system" else 0
+        plan = window_plan(loaded, messages, system)
+        names = _Names(loaded.tokenizer)
+        out: list[tuple[TokenInfo, ...] | None] = [None] * len(messages)
+        starts = [0] * len(messages)
+        ids: list[int] = []
+        for start, first, end in plan.windows:
+            window = messages[:system] + messages[start:end]
+            ids, scored = self._score(loaded, window, names, cancel)
+            for i in range(first, end):
+                out[i] = scored[system + i - start]
+                starts[i] = start
+        return SurprisalResult(
+            self.job_id,
+            tuple(out),
+            tuple(ids),
+            windows=len(plan.windows),
+            window_starts=tuple(starts),
+            too_long=tuple(plan.too_long),
+        )
+
+    def _score(
+        self, loaded: Any, messages: list, names: _Names, cancel: threading.Event | None
+    ) -> tuple[list[int], list[tuple[TokenInfo, ...] | None]]:
+        """One pass: the ids read, and each message's tokens with their numbers."""
         from engine.inspect import inspect_tokens
         from engine.token_spans import message_spans, token_texts
 
-        messages = [Message(m["role"], m["content"]) for m in self.messages]
         ids = conversation_ids(loaded, messages)
         found = inspect_tokens(loaded, ids, attention=False, top=self.top, cancel=cancel)
         spans = message_spans(loaded.tokenizer, ids, [m.content for m in messages])
-        names = _Names(loaded.tokenizer)
         out: list[tuple[TokenInfo, ...] | None] = []
         for message, span in zip(messages, spans, strict=True):
             if span is None or message.role == "system":
@@ -87,7 +125,59 @@ class SurprisalJob:
                     for i in range(start, end)
                 )
             )
-        return SurprisalResult(self.job_id, tuple(out), tuple(ids))
+        return ids, out
+
+
+@dataclass
+class WindowPlan:
+    """How to read a conversation in context-sized passes."""
+
+    windows: list[tuple[int, int, int]] = field(default_factory=list)
+    """(start, first, end): read messages [start, end) (after the system prompt, if any) and
+    score [first, end) from that pass."""
+    too_long: list[int] = field(default_factory=list)
+
+
+def window_plan(loaded: Any, messages: list, system: int) -> WindowPlan:
+    """Plan the passes over `messages` (system prompt first when `system` is 1; then turns that
+    alternate, a user turn first). A window always starts at a user turn, so the chat template
+    renders it; the system prompt goes with every window (the chat always keeps it too)."""
+    limit = loaded.max_context
+    head = messages[:system]
+
+    def size(start: int, end: int) -> int:
+        return len(conversation_ids(loaded, head + messages[start:end]))
+
+    n = len(messages)
+    plan = WindowPlan()
+    if n == system or size(system, n) <= limit:
+        plan.windows.append((system, system, n))
+        return plan
+    start = first = system
+    while first < n:
+        end = first
+        while end < n and size(start, end + 1) <= limit:
+            end += 1
+        if end > first:
+            plan.windows.append((start, first, end))
+            first = end
+            # Slide: the next pass keeps about half the context of what came before.
+            start = _user_turn_at_or_before(first, system)
+            while start - 2 >= system and size(start - 2, first) <= limit // 2:
+                start -= 2
+            continue
+        if start < _user_turn_at_or_before(first, system):
+            start = _user_turn_at_or_before(first, system)  # no room for older turns: drop them
+            continue
+        plan.too_long.append(first)  # too long even with only the turn it answers
+        first += 1
+        start = _user_turn_at_or_before(first, system)
+    return plan
+
+
+def _user_turn_at_or_before(index: int, system: int) -> int:
+    """The user turn that `index` is (even offset after the system prompt) or answers."""
+    return index - (index - system) % 2
 
 
 def conversation_ids(loaded: Any, messages: list) -> list[int]:

@@ -7,6 +7,7 @@ that was streaming when the user switched away still ends, saved, in its own con
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -17,7 +18,7 @@ from PySide6.QtWidgets import (
     QMainWindow,
 )
 
-from desktop import menus
+from desktop import menus, step_mode
 from desktop.app_text import for_the_app
 from desktop.catalogue import first_run_model
 from desktop.controller import EngineController
@@ -94,6 +95,7 @@ class MainWindow(QMainWindow):
         self._connect()
         self.surprisal = surprisal.install(self)
         self.attention = attention_view.install(self)
+        self.step_mode = step_mode.install(self)
         restore_layout(self)
         self._reopen_last()
         self.refresh_conversations()
@@ -229,18 +231,22 @@ class MainWindow(QMainWindow):
         self._save_system_prompt()
         return True
 
-    def send(self, text: str) -> None:
-        """Post the user's message (saved at once) and ask for a reply."""
+    def send(self, text: str, step: bool = False) -> None:
+        """Post the user's message (saved at once) and ask for a reply (`step`: in step mode)."""
+        if text and self.step_mode.defer_send(text):
+            return  # a paused step-mode reply ends first; the message goes once it has
         if not text or not self._can_ask():
             return
         self.banner.hide()
-        if self._ask(lambda: self.session.send(text, self.sampling.options())):
+        options = dataclasses.replace(self.sampling.options(), step=step)
+        if self._ask(lambda: self.session.send(text, options)):
             self.input.clear()
 
-    def regenerate(self) -> None:
+    def regenerate(self, step: bool = False) -> None:
         """Answer the last user message again (it replaces the last reply, if any)."""
         if self.session.can_regenerate and self._can_ask():
-            self._ask(lambda: self.session.regenerate(self.sampling.options()))
+            options = dataclasses.replace(self.sampling.options(), step=step)
+            self._ask(lambda: self.session.regenerate(options))
 
     def edit_message(self, card: MessageWidget) -> None:
         """Edit a sent message in its card; nothing changes until it is sent."""
@@ -600,12 +606,14 @@ class MainWindow(QMainWindow):
         busy = self.controller.busy
         ready = self.model_info is not None and not self._loading
         self.send_button.setEnabled(ready and not busy)
-        self.stop_button.setEnabled(busy)
+        self.stop_button.setEnabled(busy or self.controller.paused is not None)
         can_regenerate = ready and not busy and self.session.can_regenerate
         self.regenerate_button.setEnabled(can_regenerate)
         self.regenerate_action.setEnabled(can_regenerate)
         self.chat.enable_versions(not self.session.busy)
         self.open_action.setEnabled(not busy)
+        if hasattr(self, "step_mode"):
+            self.step_mode.update_buttons()
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt API
         save_layout(self)

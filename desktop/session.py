@@ -60,6 +60,8 @@ class ReplyOptions:
     params: SamplingParams = field(default_factory=SamplingParams)
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     report_top: int = DEFAULT_REPORT_TOP
+    step: bool = False
+    """Step mode: the reply pauses after each token until the user asks for the next."""
 
 
 @dataclass(eq=False)
@@ -120,7 +122,9 @@ def stats_line(turn: Turn) -> str:
     tokens, speed = t.get("generated_tokens"), t.get("decode_tokens_per_s")
     if isinstance(tokens, int):
         parts.append(f"{tokens} tokens")
-    if isinstance(speed, int | float) and not isinstance(speed, bool):
+    if t.get("stepped") == 1:
+        parts.append("step by step")
+    elif isinstance(speed, int | float) and not isinstance(speed, bool):
         parts.append(f"{float(speed):.1f} tok/s")
     extra = {"cancelled": "stopped", "context_full": "context full", "error": "failed"}
     if turn.stop_reason in extra:
@@ -398,11 +402,27 @@ class ChatSession:
         self.listener.reply_step(self, reply, step)
         return True
 
+    def on_paused(self, request_id: int) -> bool:
+        """A step-mode reply waits for the next click: save what it has so far, now (the wait
+        may be long; the autosaver's own batching would keep the last tokens in memory)."""
+        if self.reply is None or request_id != self.request_id:
+            return False
+        # A number, as every stored timing is: 1 = written (at least partly) in step mode.
+        self.reply.timings = {**self.reply.timings, "stepped": 1}
+        if self._saver is not None:
+            try:
+                self._saver.flush()
+            except StoreError as exc:
+                self._failed_save(exc)
+        return True
+
     def on_finished(self, result: GenerationResult) -> bool:
         """The reply ended (EOS, max tokens, stop string, context full or Stop)."""
         if self.reply is None or result.request_id != self.request_id:
             return False
         timings = {**result.timings(), "dropped_turns": self.reply.dropped_turns}
+        if self.reply.timings.get("stepped"):
+            timings["stepped"] = 1  # its speed is the user's clicking, not the model's
         self._end_reply(result.stop_reason, result.text, timings)
         return True
 
@@ -541,6 +561,7 @@ class ChatSession:
                 report_top=options.report_top,
                 reply_prefix=tuple(s.token_id for s in prefix),
                 forced=forced,
+                step=options.step,
             )
         )
 

@@ -74,6 +74,30 @@ def room_for_another(path: str) -> bool:
     return size * 1.2 + 512 * 2**20 < available_memory()
 
 
+class _EitherSet:
+    """A cancel flag that is set when any of its events is: the app's cancel, or this reply's own
+    end (a paused step-mode reply is ended without touching the flag other requests share)."""
+
+    def __init__(self, *events: threading.Event) -> None:
+        self.events = events
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self.events)
+
+
+@dataclasses.dataclass
+class _Held:
+    """The reply in progress: its suspended token stream (KV cache position, sampler state and
+    text decoder live inside it), so a paused step-mode reply continues where it stopped."""
+
+    request_id: int
+    generation: Any
+    stream: Any
+    max_context: int
+    dropped: int
+    ended: threading.Event
+
+
 class EngineWorker(QObject):
     """Loads a model and generates replies; runs entirely in the controller's QThread."""
 
@@ -88,13 +112,23 @@ class EngineWorker(QObject):
     generation_finished = Signal(object)  # GenerationResult
     generation_failed = Signal(object)  # GenerationResult with `error`
     inspected = Signal(object)  # SurprisalResult / AttentionResult / InspectFailed
+    stages = Signal(object)  # SamplerStages: how a step-mode token was picked
+    generation_paused = Signal(int)  # request id: a step-mode reply waits for `resume`
 
-    def __init__(self, cancel: threading.Event, load_cancel: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        cancel: threading.Event,
+        load_cancel: threading.Event | None = None,
+        pause: threading.Event | None = None,
+    ) -> None:
         super().__init__()
         self._cancel = cancel
         self._load_cancel = load_cancel or threading.Event()
+        self._pause = pause or threading.Event()
+        """Set from the GUI thread: a running reply pauses (step mode) after its next token."""
         self._loaded: Any = None
         self._generator: Any = None
+        self._held: _Held | None = None
 
     # -- models ----------------------------------------------------------------------------
 
@@ -169,6 +203,7 @@ class EngineWorker(QObject):
         """Drop the model; collect only if there was one (a full collection holds the GIL for
         hundreds of ms once torch is imported, and the GUI thread would wait for it)."""
         had_model = self._loaded is not None
+        self._end_held()  # a paused reply belongs to the model going away
         self._generator = None
         self._loaded = None
         if had_model:
@@ -178,8 +213,10 @@ class EngineWorker(QObject):
 
     @Slot(object)
     def generate(self, request: GenerationRequest) -> None:
-        """Run one request to the end (or cancel) and stream every step as a signal."""
+        """Run one request to the end (or cancel), streaming every step as a signal; a step-mode
+        request (`request.step`) pauses after its first token instead (see `resume`)."""
         rid = request.request_id
+        self._end_held()
         try:
             from engine.chat import Message
             from engine.errors import EngineError
@@ -200,12 +237,13 @@ class EngineWorker(QObject):
             self.generation_started.emit(
                 GenerationStarted(rid, prompt_tokens, loaded.max_context, dropped)
             )
+            ended = threading.Event()
             generation = self._generator.generate(
                 ids,
                 request.params,
                 max_new_tokens=request.max_new_tokens,
                 stop=request.stop,
-                cancel=self._cancel,
+                cancel=_EitherSet(self._cancel, ended),
                 report_top=request.report_top,
                 on_prefill=lambda done, total: self.prefill_progress.emit(
                     PrefillProgress(rid, done, total)
@@ -213,23 +251,68 @@ class EngineWorker(QObject):
                 reply_prefix=request.reply_prefix,
                 forced=request.forced,
             )
-            for step in generation:
+        except Exception as exc:  # noqa: BLE001 - the window must survive anything
+            self._failed(rid, exc)
+            return
+        stream = iter(generation)
+        self._held = _Held(rid, generation, stream, loaded.max_context, dropped, ended)
+        self._advance(one=request.step)
+
+    @Slot(int, bool)
+    def resume(self, request_id: int, one: bool) -> None:
+        """Continue the paused step-mode reply `request_id`: one more token (`one`), or to the end.
+
+        With the cancel flag set this ends the reply at once (how Stop ends a paused reply). A
+        request that is no longer held (it already ended) is ignored: its answer was sent.
+        """
+        if self._held is not None and self._held.request_id == request_id:
+            self._advance(one)
+
+    def _advance(self, one: bool) -> None:
+        """Stream the held reply's steps until it ends, or pause after one (`one`, step mode) or
+        when the GUI asked for a pause. Step mode explains each pick (`stages`)."""
+        held = self._held
+        assert held is not None
+        rid, generation = held.request_id, held.generation
+        generation.sampler.explain = one
+        try:
+            for step in held.stream:
                 self.token.emit(dataclasses.replace(step, request_id=rid))
+                if one and generation.last_stages is not None:
+                    self.stages.emit(dataclasses.replace(generation.last_stages, request_id=rid))
+                if generation.last_step_yielded:
+                    continue  # the stream ends on the next pull, without another forward pass
+                if one or self._pause.is_set():
+                    self._pause.clear()
+                    self.generation_paused.emit(rid)
+                    return
+            self._held = None
+            result = generation.result
+            stages = generation.last_stages
+            if one and result.stop_reason == "eos" and stages is not None and stages.is_eos:
+                self.stages.emit(dataclasses.replace(stages, request_id=rid))
             self.generation_finished.emit(
                 dataclasses.replace(
-                    generation.result,
-                    request_id=rid,
-                    max_context=loaded.max_context,
-                    dropped_turns=dropped,
+                    result, request_id=rid, max_context=held.max_context, dropped_turns=held.dropped
                 )
             )
         except Exception as exc:  # noqa: BLE001 - the window must survive anything
-            from engine.errors import EngineError
+            self._held = None
+            self._failed(rid, exc)
 
-            if not isinstance(exc, EngineError):
-                log.error("generation failed:\n%s", traceback.format_exc())
-            message = str(exc) if isinstance(exc, EngineError) else _friendly(exc)
-            self.generation_failed.emit(GenerationResult.failed(rid, message))
+    def _end_held(self) -> None:
+        """End a paused reply (stopped), e.g. before another request or an unload."""
+        if self._held is not None:
+            self._held.ended.set()
+            self._advance(one=False)
+
+    def _failed(self, rid: int, exc: Exception) -> None:
+        from engine.errors import EngineError
+
+        if not isinstance(exc, EngineError):
+            log.error("generation failed:\n%s", traceback.format_exc())
+        message = str(exc) if isinstance(exc, EngineError) else _friendly(exc)
+        self.generation_failed.emit(GenerationResult.failed(rid, message))
 
     @Slot(object)
     def inspect(self, job: Any) -> None:
@@ -241,6 +324,10 @@ class EngineWorker(QObject):
         from desktop.inspect_jobs import InspectFailed
         from engine.errors import EngineError
 
+        if self._held is not None:  # refused before touching the cache the paused reply uses
+            message = "a reply is paused in step mode: press Continue or Stop to finish it first"
+            self.inspected.emit(InspectFailed(job.job_id, message))
+            return
         try:
             if self._loaded is None:
                 raise EngineError("No model is loaded: open a model first")

@@ -147,6 +147,8 @@ class GenerationRequest:
     `Generator.generate`)."""
     forced: tuple[int, ...] = ()
     """A branch: the id(s) the reply must go on with (the alternative the user picked)."""
+    step: bool = False
+    """Step mode: pause after the first token (and explain its pick); `resume` takes the next."""
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,51 @@ class Step(_Record):
             "prob": self.prob,
             "top": [{"token_id": t.token_id, "text": t.text, "prob": t.prob} for t in self.top],
         }
+
+
+@dataclass(frozen=True)
+class SamplerStage(_Record):
+    """One stage of the sampler at work on one step (step mode): the distribution it leaves.
+
+    `rows` are its most likely tokens (probabilities renormalised over what survives this stage)
+    and `rest` the probability of the survivors not listed, so `rows` plus `rest` sum to 1.
+    """
+
+    key: str
+    """"model", "penalty", "temperature", "top_k", "top_p" or "min_p"."""
+    title: str
+    setting: str
+    """The setting as the panel shows it ("0.70", "40", "off")."""
+    active: bool
+    """False when the setting leaves the distribution as it was (off, or greedy)."""
+    survivors: int
+    """Tokens with probability above 0 after this stage."""
+    rows: list[TopToken]
+    rest: float
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class SamplerStages(_Record):
+    """How the sampler chose one token, stage by stage (`engine.sampler_stages.explain_choice`).
+
+    `draw` is the uniform number in [0, 1) that picked the token from the last stage's
+    cumulative distribution and `span` the picked token's [start, end) on it; both are None for a
+    greedy pick (temperature 0: no randomness).
+    """
+
+    stages: list[SamplerStage]
+    token_id: int
+    text: str
+    pick_prob: float
+    """The picked token's probability in the distribution it was drawn from."""
+    pick_rank: int
+    greedy: bool
+    draw: float | None = None
+    span: tuple[float, float] | None = None
+    is_eos: bool = False
+    """The pick ends the reply (end-of-sequence): no token is added."""
+    request_id: int = 0
 
 
 @dataclass(frozen=True)

@@ -74,14 +74,29 @@ class _StopStringFilter:
 
 
 class Generation:
-    """One call's token stream: iterate for `Step`s; `result` is set once the stream ends."""
+    """One call's token stream: iterate for `Step`s; `result` is set once the stream ends.
 
-    def __init__(self, steps: Iterator[Step]) -> None:
-        self._steps = steps
+    The stream may be paused between any two steps and resumed later (step mode holds it
+    suspended between clicks): the KV cache position, the sampler's random state and the text
+    decoder all live in the suspended stream, so resuming continues exactly where it stopped.
+    """
+
+    def __init__(self, sampler: Sampler) -> None:
+        self._steps: Iterator[Step] = iter(())
+        self.sampler = sampler
+        """Set `sampler.explain` to get each pick's stage-by-stage account in `last_stages`."""
         self.result: GenerationResult | None = None
+        self.last_step_yielded = False
+        """The step just yielded is the reply's last one (max tokens, context full, stop
+        string): resuming ends the stream without another forward pass."""
 
     def __iter__(self) -> Iterator[Step]:
         self.result = yield from self._steps
+
+    @property
+    def last_stages(self):
+        """How the sampler chose the most recent token (`SamplerStages`), if it was explaining."""
+        return self.sampler.last_stages
 
 
 def invalid_numbers_message(index: int, dtype: torch.dtype) -> str:
@@ -199,21 +214,24 @@ class Generator:
                 "shorten the conversation or start a new chat"
             )
         sampler = Sampler(params or SamplingParams())
+        sampler.names = self.display_text
+        sampler.eos_id = self.loaded.tokenizer.eos_id
         stops = [s for s in stop if s]
-        return Generation(
-            self._run(
-                prompt,
-                sampler,
-                max_new_tokens,
-                stops,
-                cancel,
-                report_top,
-                reuse_cache,
-                on_prefill,
-                reply,
-                force,
-            )
+        generation = Generation(sampler)
+        generation._steps = self._run(
+            prompt,
+            sampler,
+            max_new_tokens,
+            stops,
+            cancel,
+            report_top,
+            reuse_cache,
+            on_prefill,
+            generation,
+            reply,
+            force,
         )
+        return generation
 
     @torch.inference_mode()
     def _run(
@@ -226,6 +244,7 @@ class Generator:
         report_top: int,
         reuse_cache: bool,
         on_prefill: Callable[[int, int], None] | None = None,
+        generation: Generation | None = None,
         reply: Sequence[int] = (),
         forced: Sequence[int] = (),
     ) -> Iterator[Step]:
@@ -310,11 +329,14 @@ class Generator:
             generated.append(token)
             history.append(token)
             text = stop_filter.feed(decoder.push(token))
-            if not stop_filter.hit and (len(generated) >= max_new_tokens or pos >= limit):
+            last = len(generated) >= max_new_tokens or pos >= limit
+            if not stop_filter.hit and last:
                 # The last step: nothing more will complete held-back text, so it goes out now
                 # and the streamed pieces add up to the final text.
                 text += stop_filter.feed(decoder.flush())
                 text += stop_filter.flush()
+            if generation is not None:
+                generation.last_step_yielded = last or stop_filter.hit
             yield Step(
                 index=len(reply) + len(generated) - 1,
                 token_id=token,

@@ -170,3 +170,100 @@ def test_a_failed_tint_turns_itself_off_with_a_notice(qtbot, tmp_path: Path, mon
     assert "too long" in shown.args[0]
     assert not tint_control.action.isChecked()
     window.close()
+
+
+# -- conversations longer than the model's context ---------------------------------------------
+
+WORDS = "the loop attends to every token before it and the model reads the cache".split()
+
+
+def long_turns(pairs: int, words: int = 45) -> list[dict]:
+    """Alternating user/assistant turns of `words` words each (about as many tokens)."""
+    out = []
+    for i in range(2 * pairs):
+        text = " ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(words))
+        out.append({"role": "user" if i % 2 == 0 else "assistant", "content": f"{i} {text}"})
+    return out
+
+
+def test_a_conversation_longer_than_the_context_is_tinted_in_sliding_windows(loaded) -> None:
+    system = [{"role": "system", "content": "Be brief."}]
+    conversation = tuple(system + long_turns(12))
+    limit = loaded.max_context
+    all_ids = chat_prompt_ids(
+        loaded.tokenizer,
+        [Message(m["role"], m["content"]) for m in conversation[:-1]],
+        loaded.chat_template,
+    )
+    assert len(all_ids) > 2 * limit  # the old job refused this ("the prompt is ... tokens")
+
+    result = SurprisalJob(conversation, top=3).run(loaded)
+    assert result.windows > 2 and result.too_long == ()
+    assert result.tokens[0] is None  # the system prompt
+    assert all(tokens is not None for tokens in result.tokens[1:])
+    for i in range(1, len(conversation)):
+        start = result.window_starts[i]
+        assert start >= 1 and (start - 1) % 2 == 0  # a window starts at a user turn
+        window = system + list(conversation[start : i + 1])
+        # The model is causal: this message's numbers are those of the window that ends with it.
+        alone = SurprisalJob(tuple(window), top=3).run(loaded).tokens[-1]
+        got = result.tokens[i]
+        assert [t.text for t in got] == [t.text for t in alone]
+        assert [t.prob for t in got] == pytest.approx([t.prob for t in alone], abs=1e-5)
+        before = conversation_ids_of(loaded, system + list(conversation[start:i]))
+        if i > 2:  # later messages keep a good share of the context before them
+            assert before >= limit // 4
+        assert conversation_ids_of(loaded, window) <= limit
+
+
+def conversation_ids_of(loaded, messages: list[dict]) -> int:
+    from desktop.inspect_jobs import conversation_ids
+
+    if not messages or all(m["role"] == "system" for m in messages):
+        return 0
+    return len(conversation_ids(loaded, [Message(m["role"], m["content"]) for m in messages]))
+
+
+def test_a_message_longer_than_the_context_is_left_untinted_and_named(loaded) -> None:
+    huge = {"role": "user", "content": " ".join(["loop"] * (2 * loaded.max_context))}
+    conversation = tuple(long_turns(2) + [huge])
+    result = SurprisalJob(conversation).run(loaded)
+    assert result.too_long == (4,)
+    assert result.tokens[4] is None
+    assert all(tokens is not None for tokens in result.tokens[:4])
+
+
+def test_the_window_tints_an_over_long_conversation_and_says_how(
+    qtbot, tmp_path: Path, monkeypatch, tiny_model_dir
+) -> None:
+    from desktop.main_window import MainWindow
+
+    monkeypatch.setenv("LOOPCHAT_HOME", str(tmp_path / "home"))
+    settings = QSettings(str(tmp_path / "loopchat.ini"), QSettings.Format.IniFormat)
+    settings.setValue("engine/dtype", "float32")
+    settings.setValue("engine/device", "cpu")
+    window = MainWindow(settings)
+    qtbot.addWidget(window)
+    window.show()
+    load(qtbot, window, tiny_model_dir)
+    turns = long_turns(8) + [{"role": "user", "content": " ".join(["loop"] * 1100)}]
+    conv = window.store.create_conversation("", "m")
+    for turn in turns:
+        window.store.add_message(conv, turn["role"], turn["content"])
+    with qtbot.waitSignal(window.opener.ready, timeout=30_000):
+        window.open_conversation(conv)
+    notices: list[str] = []
+    window.error_shown.connect(notices.append)
+    with qtbot.waitSignal(window.surprisal.applied, timeout=120_000) as applied:
+        window.surprisal.action.setChecked(True)
+    assert applied.args[0] == 16  # every message but the one too long for the context
+    assert window.surprisal.enabled  # it did not give up
+    assert any("longer than the model's context" in n and "passes" in n for n in notices)
+    assert any("1 message is not tinted" in n for n in notices)
+    cards = window.chat.messages
+    assert "Not tinted" in cards[-1].toolTip() and "context" in cards[-1].toolTip()
+    assert all(
+        any(f.property(SURPRISAL_INDEX) is not None for _, f in char_formats(card))
+        for card in cards[:-1]
+    )
+    window.close()

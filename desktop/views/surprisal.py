@@ -76,6 +76,31 @@ def model_turns(session: ChatSession) -> list[Turn]:
     return out
 
 
+TOO_LONG_TIP = (
+    "Not tinted: with the message it answers, this is longer than the model's whole context, "
+    "so the model never read it in one piece."
+)
+
+
+def coverage_note(result: SurprisalResult, max_context: int) -> str:
+    """What the tint could not do as usual, in words: read in passes, messages left untinted."""
+    parts = []
+    if result.windows > 1:
+        parts.append(
+            f"This conversation is longer than the model's context ({max_context} tokens), so "
+            f"the tint read it in {result.windows} overlapping passes: each message is tinted "
+            "as the model reads it after the earlier turns that fit, as in the chat, which leaves "
+            "out the oldest turns."
+        )
+    if result.too_long:
+        n = len(result.too_long)
+        which = "message is" if n == 1 else "messages are"
+        parts.append(
+            f"{n} {which} not tinted: with the message answered, longer than the whole context."
+        )
+    return " ".join(parts)
+
+
 class EntropySparkline(QWidget):
     """A thin line of the entropy at each step of a reply (high = the model was unsure)."""
 
@@ -180,6 +205,7 @@ class SurprisalTint(QObject):
         self._turns: list[Turn] = []
         self._offset = 0
         """1 when the job's first message is the system prompt (it has no card)."""
+        self._told: tuple | None = None
         window.controller.worker.inspected.connect(self._on_result)
         window.reply_finished.connect(lambda _result: self.refresh())
         window.model_ready.connect(lambda _info: self.refresh())
@@ -194,8 +220,11 @@ class SurprisalTint(QObject):
             self.refresh()
         else:
             self._job = None
+            self._told = None
             for card in self.window.chat.messages:
                 clear_card(card)
+                if card.toolTip() == TOO_LONG_TIP:
+                    card.setToolTip("")
 
     def refresh(self) -> None:
         """Ask for the open conversation's numbers again (after a reply, on opening one)."""
@@ -223,14 +252,32 @@ class SurprisalTint(QObject):
             return
         assert isinstance(result, SurprisalResult)
         painted = 0
-        for turn, tokens in zip(self._turns, result.tokens[self._offset :], strict=True):
+        too_long = {i - self._offset for i in result.too_long}
+        for i, (turn, tokens) in enumerate(
+            zip(self._turns, result.tokens[self._offset :], strict=True)
+        ):
             card = self.window.chat.card(turn)
-            if card is None or tokens is None:
+            if card is None:
+                continue
+            if i in too_long:
+                clear_card(card)
+                card.setToolTip(TOO_LONG_TIP)
+            if tokens is None:
                 continue
             paint_card(card, tokens)
             painted += 1
         log.debug("surprisal tint on %d cards", painted)
+        self._tell_coverage(result)
         self.applied.emit(painted)
+
+    def _tell_coverage(self, result: SurprisalResult) -> None:
+        """Say once per conversation when it was read in passes or some messages are untinted."""
+        info = self.window.model_info
+        note = coverage_note(result, info.max_context if info is not None else 0)
+        key = (self.window.conversation_id, note)
+        if note and key != self._told:
+            self._told = key
+            self.window.show_error(note, kind="notice")
 
 
 def install(window) -> SurprisalTint:

@@ -63,6 +63,7 @@ def _chat_column(w) -> QWidget:
     actions_row.setContentsMargins(18, 0, 18, 0)
     actions_row.addStretch(1)
     actions_row.addWidget(w.regenerate_button)
+    w.actions_row = actions_row  # step mode adds Next token and Continue here
     w.input_hint = QLabel("")
     w.input_hint.setObjectName("meta")
     w.input_hint.setContentsMargins(20, 0, 18, 6)

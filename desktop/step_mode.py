@@ -1,0 +1,260 @@
+"""Step mode: a reply written one token per click, with the sampler's reasoning on show.
+
+Next token (F10) asks the engine for exactly one token of the reply and pauses it there; the
+engine keeps the reply's token stream suspended between clicks (KV cache, sampler seed, text
+decoder), so each click costs one decode step and picks what normal generation would have picked.
+Continue (F5) writes the rest at normal speed; Stop (Esc) ends it as it is; Send with a new
+message ends it and sends. Leaving the chat, a new chat, loading or unloading a model end it
+too (saved, stopped), exactly as they end a streaming reply. The worst moments:
+
+- before a model is loaded, or while one loads: a notice says what to do, nothing is asked;
+- during a normal reply: the reply pauses after the token in flight, and steps from there;
+- clicks faster than the engine answers: each one is counted and gets its own token, in order.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import QPushButton
+
+from desktop.views.step_view import IDLE_TEXT, StepView
+
+NEXT_SHORTCUT = "F10"
+"""As a debugger's "step over"."""
+CONTINUE_SHORTCUT = "F5"
+"""As a debugger's "continue"."""
+TOGGLE_SHORTCUT = "Ctrl+Shift+T"
+PAUSED_TEXT = (
+    "Paused. Next token (F10) for one more, Continue (F5) for the rest, Stop (Esc) to end here."
+)
+
+
+class StepMode(QObject):
+    """The window's step mode: its toggle, Next token and Continue, and the stage panel."""
+
+    shown = Signal(object)
+    """`engine.events.SamplerStages`, after the panel shows them (one per Next token)."""
+
+    def __init__(self, window) -> None:
+        super().__init__(window)
+        self.window = window
+        self.view = StepView()
+        self.view.hide()
+        window.side.insertWidget(0, self.view)
+        window.side.setStretchFactor(0, 2)
+        self.action = QAction("Step &mode", window)
+        self.action.setCheckable(True)
+        self.action.setShortcut(QKeySequence(TOGGLE_SHORTCUT))
+        self.action.setToolTip("Write replies one token per click and see how each is chosen")
+        self.action.toggled.connect(self._toggled)
+        self.next_action = QAction("&Next token", window)
+        self.next_action.setShortcut(QKeySequence(NEXT_SHORTCUT))
+        self.next_action.triggered.connect(self.next_token)
+        self.continue_action = QAction("&Continue the reply", window)
+        self.continue_action.setShortcut(QKeySequence(CONTINUE_SHORTCUT))
+        self.continue_action.triggered.connect(self.continue_reply)
+        for action in (self.action, self.next_action, self.continue_action):
+            window.addAction(action)  # the shortcuts work wherever the focus is
+        self.next_token_button = QPushButton("Next token")
+        self.next_token_button.setToolTip(f"Generate exactly one token ({NEXT_SHORTCUT})")
+        self.next_token_button.clicked.connect(self.next_token)
+        self.continue_button = QPushButton("Continue")
+        self.continue_button.setToolTip(f"Write the rest as usual ({CONTINUE_SHORTCUT})")
+        self.continue_button.clicked.connect(self.continue_reply)
+        for i, button in enumerate((self.next_token_button, self.continue_button)):
+            window.actions_row.insertWidget(1 + i, button)
+            button.hide()
+        self._queued = 0
+        """Next token clicks made while the engine was still busy with the previous one."""
+        self._stepping = False
+        """A step (or a pause) is asked for and its token has not come yet."""
+        self._send_after: str | None = None
+        """A message sent while a reply was paused: it goes once that reply has ended."""
+        self._shown_session = None
+        worker = window.controller.worker
+        worker.generation_paused.connect(self._on_paused)
+        worker.stages.connect(self._on_stages)
+        window.reply_finished.connect(self._on_finished)
+        window.model_ready.connect(lambda _info: self.view.clear())
+
+    @property
+    def enabled(self) -> bool:
+        return self.action.isChecked()
+
+    def _toggled(self, on: bool) -> None:
+        w = self.window
+        self.view.setVisible(on)
+        # The model's distribution is the panel's first stage: the top-k list makes way for it.
+        w.topk.parentWidget().parentWidget().setVisible(not on)  # its scroll area
+        self.next_token_button.setVisible(on)
+        self.continue_button.setVisible(on)
+        if on:
+            make_room(w)
+        elif w.controller.paused is not None:
+            self.continue_reply()  # leaving step mode lets a paused reply finish as usual
+        self.update_buttons()
+
+    # -- what the user does ----------------------------------------------------------------
+
+    def next_token(self) -> None:
+        """Exactly one more token of the reply (starting one from the typed message if none is
+        paused); see the module docstring for the moments when that cannot be done."""
+        w = self.window
+        if w.model_info is None:
+            w.show_error(
+                "No model is loaded yet: open a model first (Models → Choose or download a "
+                "model…), then press Next token."
+            )
+            return
+        if getattr(w, "_loading", False):
+            w.show_error("The model is still loading: press Next token once it is ready.", "notice")
+            return
+        if not self.enabled:
+            self.action.setChecked(True)
+        controller = w.controller
+        if controller.paused is not None:
+            self._stepping = True
+            controller.resume(one=True)
+            w._update_buttons()
+            return
+        if controller.busy:
+            if self._stepping:
+                self._queued += 1
+            else:  # a normal reply is streaming: pause it after the token in flight
+                self._stepping = True
+                controller.pause()
+            return
+        text = w.input.toPlainText().strip()
+        if text:
+            w.send(text, step=True)
+        elif w.session.unanswered:
+            w.regenerate(step=True)
+        else:
+            w.show_error(
+                "Type a message first: Next token then writes its reply one token at a time.",
+                kind="notice",
+            )
+            return
+        self._stepping = controller.busy
+
+    def continue_reply(self) -> None:
+        """Write the rest of the paused reply at normal speed."""
+        self._queued = 0
+        if self.window.controller.resume(one=False):
+            self._stepping = False
+            self.view.set_status("Continuing at normal speed…")
+            self.window._update_buttons()
+
+    def defer_send(self, text: str) -> bool:
+        """Sending while a reply is paused: end that reply (saved as it is), then send `text`.
+
+        True when the send was deferred (the window sends it once the reply has ended).
+        """
+        if self.window.controller.paused is None:
+            return False
+        self._send_after = text
+        self.window.stop()
+        return True
+
+    # -- what the engine answers -----------------------------------------------------------
+
+    def _on_paused(self, request_id: int) -> None:
+        w = self.window
+        session = w._streaming
+        if session is None or not session.on_paused(request_id):
+            return
+        w._update_buttons()
+        if w.controller.paused != request_id:
+            return  # Stop came meanwhile: the reply is ending
+        if self._queued and session is w.session:
+            self._queued -= 1
+            w.controller.resume(one=True)
+            return
+        self._stepping = False
+        self._queued = 0
+        if session is w.session:
+            self.view.set_status(PAUSED_TEXT)
+
+    def _on_stages(self, stages) -> None:
+        w = self.window
+        session = w._streaming
+        if session is None or session is not w.session or stages.request_id != session.request_id:
+            return
+        index = len(session.reply.steps) if session.reply is not None else None
+        if stages.is_eos and index is not None:
+            index += 1
+        self._shown_session = session
+        self.view.show_stages(stages, index)
+        self.shown.emit(stages)
+
+    def _on_finished(self, result) -> None:
+        self._queued = 0
+        self._stepping = False
+        reason = getattr(result, "stop_reason", "")
+        ends = {
+            "eos": "The reply ended: the model picked end-of-sequence.",
+            "max_tokens": "The reply reached max new tokens.",
+            "context_full": "The model's context is full: the reply ends here.",
+            "cancelled": "Stopped.",
+            "error": "The reply failed (see the notice above).",
+        }
+        if self.view.stages is not None:
+            self.view.set_status(ends.get(reason, "The reply ended.") + " " + IDLE_TEXT)
+        self.update_buttons()
+        text, self._send_after = self._send_after, None
+        if text is not None:
+            self.window.send(text)
+
+    def update_buttons(self) -> None:
+        """Enable Next token while a model is ready; Continue while a reply is paused here."""
+        w = self.window
+        if self._shown_session is not None and self._shown_session is not w.session:
+            self._shown_session = None
+            self.view.clear()
+        ready = w.model_info is not None and not getattr(w, "_loading", False)
+        self.next_token_button.setEnabled(ready)
+        self.next_action.setEnabled(True)  # says why when it cannot step
+        paused = w.controller.paused is not None and w._streaming is w.session
+        self.continue_button.setEnabled(paused)
+        self.continue_action.setEnabled(paused)
+
+
+PANEL_WIDTH = 260
+"""The side panel's width at which the stage tables read well (token, percentage)."""
+
+
+def make_room(window) -> None:
+    """Widen the side panel to `PANEL_WIDTH` if it is narrower, taking the room from the
+    conversation list first, then the chat; give the stage tables most of the panel's height."""
+    sizes = window.splitter.sizes()
+    if len(sizes) == 3 and sizes[2] < PANEL_WIDTH:
+        need = PANEL_WIDTH - sizes[2]
+        from_list = min(need, max(0, sizes[0] - 120))
+        from_chat = min(need - from_list, max(0, sizes[1] - 320))
+        window.splitter.setSizes(
+            [sizes[0] - from_list, sizes[1] - from_chat, sizes[2] + from_list + from_chat]
+        )
+    side = window.side
+    total = sum(side.sizes())
+    if total > 0:
+        shown = [0 if not side.widget(i).isVisible() else 1 for i in range(side.count())]
+        sizes = [0] * side.count()
+        sizes[0] = int(total * 0.65)
+        rest = [i for i in range(1, side.count()) if shown[i]]
+        for i in rest:
+            sizes[i] = (total - sizes[0]) // max(1, len(rest))
+        side.setSizes(sizes)
+
+
+def install(window) -> StepMode:
+    """Add step mode to the window: Chat menu entries, buttons beside Regenerate, the panel."""
+    mode = StepMode(window)
+    for action in window.menuBar().actions():
+        if action.text().replace("&", "") == "Chat" and action.menu() is not None:
+            menu = action.menu()
+            first = menu.actions()[2] if len(menu.actions()) > 2 else None
+            menu.insertSeparator(first)
+            for entry in (mode.action, mode.next_action, mode.continue_action):
+                menu.insertAction(first, entry)
+    return mode

@@ -1,0 +1,258 @@
+"""Step mode's panel: how the sampler chose the token just generated, stage by stage.
+
+One compact tree: a header per stage (model, repetition penalty, temperature, top-k, top-p,
+min-p) saying how many tokens survive it, under it that stage's most likely tokens with their
+probabilities renormalised over the survivors, and one "others" row so each stage adds up to 1.
+Above it, the pick and, when sampling, a bar of the last distribution with the mark where the
+random draw landed. Only palette colours are used, so it reads in light and dark themes alike,
+and it fits the side panel of an 800×600 window (scrolls, stages that change nothing collapse).
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QRectF, Qt
+from PySide6.QtGui import QColor, QFont, QPainter, QPen
+from PySide6.QtWidgets import (
+    QHeaderView,
+    QLabel,
+    QSizePolicy,
+    QStyledItemDelegate,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop.views.topk_panel import visible_token
+
+IDLE_TEXT = (
+    "Step mode: type a message and press Next token (F10) to see how each token of the reply "
+    "is chosen. Continue (F5) writes the rest as usual."
+)
+
+
+def percent(p: float) -> str:
+    """A probability as the panel shows it: enough digits to tell small ones apart."""
+    if p <= 0:
+        return "0%"
+    if p < 0.001:
+        return "<0.1%"
+    return f"{100 * p:.1f}%"
+
+
+PROB = Qt.ItemDataRole.UserRole + 3
+"""Item data: the row's probability (0..1), drawn as a bar behind its percentage."""
+
+
+class BarDelegate(QStyledItemDelegate):
+    """Paints a probability as a bar filling its share of the cell, behind the number, in the
+    palette's highlight colour (so it reads in light and dark themes)."""
+
+    def paint(self, painter: QPainter, option, index) -> None:
+        p = index.data(PROB)
+        if isinstance(p, float):
+            color = QColor(option.palette.color(option.palette.ColorRole.Highlight))
+            color.setAlphaF(0.45)
+            rect = QRectF(option.rect).adjusted(1, 2, -1, -2)
+            rect.setWidth(rect.width() * max(0.0, min(1.0, p)))
+            painter.fillRect(rect, color)
+        super().paint(painter, option, index)
+
+
+SHORT_TITLES = {"penalty": "Repeat penalty"}
+
+
+def stage_header(number: int, stage) -> str:
+    """One short line that fits a narrow panel: "4 Top-k 40 → 40 left", "2 Repeat penalty: off"."""
+    title = SHORT_TITLES.get(stage.key, stage.title)
+    if stage.key == "model":
+        return f"{number} {title} → {stage.survivors} tokens"
+    if not stage.active:
+        return f"{number} {title}: {stage.setting or 'off'}"
+    if stage.key in ("penalty", "temperature"):  # they reshape, they drop nothing
+        return f"{number} {title} {stage.setting}"
+    return f"{number} {title} {stage.setting} → {stage.survivors} left"
+
+
+def pick_text(stages, index: int | None) -> str:
+    """What was picked, how likely it was where it was drawn from, and how."""
+    which = f"Token {index}: " if index else ""
+    token = f"“{visible_token(stages.text)}”"
+    if stages.is_eos:
+        return f"{which}picked {token}, end of sequence: the reply ends here."
+    if stages.greedy:
+        return f"{which}picked {token}, the most likely token (temperature 0, no draw)."
+    start, end = stages.span
+    return (
+        f"{which}picked {token}: p = {percent(stages.pick_prob)} after the filters, rank "
+        f"{stages.pick_rank}. The draw u = {stages.draw:.3f} landed in its span "
+        f"[{start:.3f}, {end:.3f})."
+    )
+
+
+class DrawBar(QWidget):
+    """The last stage's distribution as one bar (widths = probabilities, most likely first), the
+    picked token's span in full colour and a mark where the uniform draw landed."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setFixedHeight(22)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.segments: list[float] = []
+        self.span: tuple[float, float] | None = None
+        self.draw: float | None = None
+
+    def show_draw(self, stages) -> None:
+        rows = stages.stages[-1].rows
+        if rows and rows[-1].token_id == stages.token_id and stages.pick_rank >= len(rows):
+            rows = rows[:-1]  # listed out of turn: its span is drawn where it really lies
+        self.segments = [r.prob for r in rows]
+        self.span, self.draw = stages.span, stages.draw
+        start, end = self.span or (0.0, 0.0)
+        self.setToolTip(
+            f"The last stage's tokens laid end to end (widths = probabilities). The draw "
+            f"u = {self.draw:.3f} landed in [{start:.3f}, {end:.3f}): "
+            f"“{visible_token(stages.text)}”."
+        )
+        self.update()
+
+    def paintEvent(self, _event) -> None:  # noqa: N802 - Qt API
+        if self.draw is None or self.span is None:
+            return
+        painter = QPainter(self)
+        highlight = self.palette().color(self.palette().ColorRole.Highlight)
+        text = self.palette().color(self.palette().ColorRole.WindowText)
+        w, h = self.width() - 2, self.height() - 8
+        faint = QColor(highlight)
+        faint.setAlphaF(0.12)
+        painter.fillRect(QRectF(1, 6, w, h), faint)
+        x = 1.0
+        for i, p in enumerate(self.segments):
+            color = QColor(highlight)
+            color.setAlphaF(0.4 if i % 2 else 0.25)
+            painter.fillRect(QRectF(x, 6, w * p, h), color)
+            x += w * p
+        start, end = self.span
+        painter.fillRect(QRectF(1 + w * start, 6, max(2.0, w * (end - start)), h), highlight)
+        mark = 1 + w * self.draw
+        painter.setPen(QPen(text, 2))
+        painter.drawLine(int(mark), 0, int(mark), self.height())
+
+
+class StepView(QWidget):
+    """The stage tables of the last step-mode pick; `show_stages` fills them."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("step_view")
+        self.title = QLabel("Sampler, step by step")
+        self.title.setObjectName("section")
+        self.status = QLabel(IDLE_TEXT)
+        self.status.setWordWrap(True)
+        self.status.setObjectName("meta")
+        self.pick = QLabel("")
+        self.pick.setWordWrap(True)
+        self.pick.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.draw_bar = DrawBar()
+        self.draw_bar.hide()
+        self.tree = QTreeWidget()
+        self.tree.setColumnCount(2)
+        self.tree.setHeaderLabels(["Stage / token", "p"])
+        self.tree.setIndentation(12)
+        self.tree.setItemDelegateForColumn(1, BarDelegate(self.tree))
+        self.tree.setRootIsDecorated(True)
+        self.tree.setUniformRowHeights(True)
+        self.tree.setAlternatingRowColors(False)
+        header = self.tree.header()
+        header.setStretchLastSection(False)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Fixed)
+        header.resizeSection(1, self.fontMetrics().horizontalAdvance("100.0%") + 24)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 6, 0, 0)
+        layout.setSpacing(4)
+        layout.addWidget(self.title)
+        layout.addWidget(self.status)
+        layout.addWidget(self.pick)
+        layout.addWidget(self.draw_bar)
+        layout.addWidget(self.tree, 1)
+        self.stages = None
+        self._expanded: dict[str, bool] = {}
+        """Stages the user opened or folded, kept from one step to the next."""
+        self._filling = False
+        self.tree.itemExpanded.connect(lambda item: self._remember(item, True))
+        self.tree.itemCollapsed.connect(lambda item: self._remember(item, False))
+
+    def _remember(self, item: QTreeWidgetItem, expanded: bool) -> None:
+        if not self._filling and self.stages is not None and item.parent() is None:
+            index = self.tree.indexOfTopLevelItem(item)
+            self._expanded[self.stages.stages[index].key] = expanded
+
+    def clear(self, status: str = IDLE_TEXT) -> None:
+        self.stages = None
+        self.tree.clear()
+        self.pick.setText("")
+        self.draw_bar.hide()
+        self.status.setText(status)
+
+    def set_status(self, text: str) -> None:
+        self.status.setText(text)
+
+    def show_stages(self, stages, index: int | None = None) -> None:
+        """Show one pick (`engine.events.SamplerStages`); `index` is its place in the reply."""
+        self.stages = stages
+        self.pick.setText(pick_text(stages, index))
+        if stages.draw is not None:
+            self.draw_bar.show_draw(stages)
+            self.draw_bar.show()
+        else:
+            self.draw_bar.hide()
+        self._filling = True
+        self.tree.clear()
+        picked_item = None
+        bold = QFont(self.font())
+        bold.setBold(True)
+        last_active = max(i for i, s in enumerate(stages.stages) if s.active)
+        for number, stage in enumerate(stages.stages, start=1):
+            head = QTreeWidgetItem([stage_header(number, stage), ""])
+            head.setToolTip(0, f"{stage.title}: {stage.note}" if stage.note else stage.title)
+            head.setFont(0, bold)
+            self.tree.addTopLevelItem(head)
+            head.setFirstColumnSpanned(True)  # only takes effect once the item is in the tree
+            for row in stage.rows:
+                item = QTreeWidgetItem([visible_token(row.text), percent(row.prob)])
+                item.setTextAlignment(1, Qt.AlignmentFlag.AlignRight)
+                item.setData(1, PROB, float(row.prob))
+                item.setToolTip(0, f"id {row.token_id}: p = {row.prob:.6f}")
+                if row.token_id == stages.token_id:  # the pick, followed through the stages
+                    item.setText(0, f"▶ {visible_token(row.text)}")
+                    if number - 1 == last_active:
+                        for column in range(2):
+                            item.setFont(column, bold)
+                        picked_item = item
+                head.addChild(item)
+            if stage.rest > 0:
+                others = stage.survivors - len(stage.rows)
+                rest = QTreeWidgetItem([f"… {others} more", percent(stage.rest)])
+                rest.setTextAlignment(1, Qt.AlignmentFlag.AlignRight)
+                rest.setData(1, PROB, float(stage.rest))
+                rest.setToolTip(0, "the probability of every token not listed, together")
+                head.addChild(rest)
+            # Stages that change nothing fold away, the ones that act stay open, unless the
+            # user chose otherwise for that stage.
+            head.setExpanded(self._expanded.get(stage.key, stage.active or stage.key == "model"))
+        self._filling = False
+        if picked_item is not None and picked_item.parent().isExpanded():
+            self.tree.scrollToItem(picked_item)  # the pick, where it was drawn from, in sight
+
+    def shown_rows(self) -> dict[str, list[tuple[str, str]]]:
+        """Per stage key: (token, p) as displayed, the "others" row included (for tests)."""
+        out: dict[str, list[tuple[str, str]]] = {}
+        if self.stages is None:
+            return out
+        for i, stage in enumerate(self.stages.stages):
+            head = self.tree.topLevelItem(i)
+            out[stage.key] = [
+                (head.child(j).text(0), head.child(j).text(1)) for j in range(head.childCount())
+            ]
+        return out
