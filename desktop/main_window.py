@@ -78,6 +78,8 @@ class MainWindow(QMainWindow):
         """Prompt plus reply tokens of the last reply in this window (for the input hint)."""
         self._streaming: ChatSession | None = None
         """The session whose request the engine is answering (maybe not the one shown)."""
+        self.undo_window_s: float = UNDO_WINDOW_S
+        """How long a deleted conversation can be restored (tests shorten it)."""
         self.opener = ConversationOpener(self.store, self.controller, self)
         self.setWindowTitle("Loopchat")
         self.resize(1180, 760)
@@ -293,17 +295,22 @@ class MainWindow(QMainWindow):
         if conversation_id == self.conversation_id:
             self.new_chat()
         self.refresh_conversations()
-        QTimer.singleShot(1000 * UNDO_WINDOW_S + 500, self, self.purge_deleted)
 
         def undo() -> None:
             self._try(lambda: self.store.restore_conversation(conversation_id))
             self.refresh_conversations()
 
+        def expire() -> None:
+            self.purge_deleted()
+            if self.banner.showing(undo):  # an Undo that can no longer undo must not be offered
+                self.banner.hide()
+
+        QTimer.singleShot(int(1000 * self.undo_window_s) + 500, self, expire)
         self.banner.show_message(f"Deleted “{title}”.", "notice", "Undo", undo)
 
     def purge_deleted(self, older_than_s: float | None = None) -> None:
         """Remove conversations deleted more than `older_than_s` (the undo window) ago."""
-        age = UNDO_WINDOW_S if older_than_s is None else older_than_s
+        age = self.undo_window_s if older_than_s is None else older_than_s
         self._try(lambda: self.store.purge_deleted(age))
 
     def export_conversation(self, conversation_id: int, path: Path, fmt: str) -> None:

@@ -355,3 +355,27 @@ def test_right_click_keeps_the_highlight_on_the_open_chat(qtbot) -> None:
     QTimer.singleShot(50, lambda: QApplication.activePopupWidget().close())
     view._menu(view.items.visualItemRect(other).center())
     assert view.current_id() == 2
+
+
+def test_undo_banner_goes_when_the_deleted_chat_is_purged(qtbot, home: Path) -> None:
+    """After the undo window the chat is purged: an Undo that can no longer undo must go too."""
+    win = make_window(qtbot, home)
+    win.undo_window_s = 0.3
+    first = win.store.create_conversation(title="First")
+    win.store.add_message(first, "user", "one")
+    second = win.store.create_conversation(title="Second")
+    win.store.add_message(second, "user", "two")
+    win.refresh_conversations()
+    win.delete_conversation(first)
+    assert win.banner.isVisible() and win.banner.action.text() == "Undo"
+    qtbot.waitUntil(lambda: not win.banner.isVisible(), timeout=5000)
+    assert first not in [c.id for c in win.store.list_conversations()]
+    win.store.restore_conversation(first)  # purged: nothing left to bring back
+    assert first not in [c.id for c in win.store.list_conversations()]
+
+    # A later message is not hidden on behalf of an earlier deletion's expiry.
+    win.delete_conversation(second)
+    win.show_error("Something else happened.", kind="notice")
+    qtbot.wait(1200)
+    assert win.banner.isVisible() and win.banner.label.text() == "Something else happened."
+    win.close()

@@ -54,6 +54,11 @@ class Banner(QFrame):
         self.action.setVisible(bool(action and callback))
         self.show()
 
+    def showing(self, callback: Callable[[], None]) -> bool:
+        """Whether the message on screen now is the one whose action runs `callback` (a later
+        message may have replaced it, and must not be hidden on the earlier one's behalf)."""
+        return self.isVisible() and self._callback is callback
+
     def _dismiss(self) -> None:
         on_dismiss, self._on_dismiss = self._on_dismiss, None
         self.hide()
