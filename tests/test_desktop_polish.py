@@ -193,7 +193,7 @@ def test_reading_a_long_message_is_shown_before_the_tokens(
 
     def record(progress) -> None:
         card = win.chat.card(win.session.reply)
-        seen.append((progress.done, progress.total, card.meta_label.text()))
+        seen.append((progress.done, progress.total, card.status_label.text()))
 
     win.prefill_shown.connect(record)
     ask(qtbot, win, "one two three four five six seven eight nine ten eleven twelve")
@@ -203,7 +203,54 @@ def test_reading_a_long_message_is_shown_before_the_tokens(
     done, total, text = seen[0]
     assert text == f"Reading your message… {done} / {total} tokens"
     last = win.chat.messages[-1]
+    assert not last.status_label.isVisible() and last.body.isVisible()
     assert "Reading" not in last.meta_label.text()
+    win.close()
+
+
+def _cut_off(label, card) -> str:
+    """Why `label` does not show all its text inside `card` ("" if it does)."""
+    if label.wordWrap():
+        if label.height() < label.heightForWidth(label.width()):
+            return f"{label.height()} px tall, needs {label.heightForWidth(label.width())}"
+    elif label.width() < label.sizeHint().width():
+        return f"{label.width()} px wide, needs {label.sizeHint().width()}"
+    right = label.mapTo(card, label.rect().topRight()).x()
+    if right > card.contentsRect().right():
+        return f"ends at x={right}, past the card's edge {card.contentsRect().right()}"
+    return ""
+
+
+@pytest.mark.parametrize("size", [(800, 600), (1400, 900)])
+def test_reading_progress_is_not_cut_off_in_the_reply_card(
+    qtbot, home: Path, tiny_model_dir: Path, size: tuple[int, int]
+) -> None:
+    from PySide6.QtCore import QEvent
+    from PySide6.QtWidgets import QLabel
+
+    from desktop.views.window_layout import split_sizes
+
+    win = make_window(qtbot, home)
+    win.resize(*size)
+    win.splitter.setSizes(split_sizes(size[0]))
+    load(qtbot, win, tiny_model_dir)
+    greedy(win, 2)
+    win.controller.worker._generator.prefill_chunk = 4
+    problems: list[str] = []
+
+    def check(_progress) -> None:
+        QApplication.sendPostedEvents(None, QEvent.Type.LayoutRequest)  # the relayout, now
+        card = win.chat.card(win.session.reply)
+        (label,) = [
+            w
+            for w in card.findChildren(QLabel)
+            if w.isVisible() and w.text().startswith("Reading your message…")
+        ]
+        problems.append(_cut_off(label, card))
+
+    win.prefill_shown.connect(check)
+    ask(qtbot, win, "one two three four five six seven eight nine ten eleven twelve thirteen")
+    assert problems and not any(problems), problems
     win.close()
 
 

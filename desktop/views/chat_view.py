@@ -115,6 +115,13 @@ class MessageWidget(QFrame):
         self.copy_button.setVisible(role != "note")
         header.addWidget(self.copy_button)
         layout.addLayout(header)
+        # Progress before the first token ("Reading your message… n / N tokens") gets a line of
+        # its own that wraps: squeezed into the header beside the buttons it was cut off.
+        self.status_label = QLabel("", self)
+        self.status_label.setObjectName("meta")
+        self.status_label.setWordWrap(True)
+        self.status_label.hide()
+        layout.addWidget(self.status_label)
 
         self.body = _AutoHeightBrowser(self)
         self.body.viewport().installEventFilter(self)
@@ -136,8 +143,16 @@ class MessageWidget(QFrame):
             cursor.movePosition(QTextCursor.MoveOperation.End)
             cursor.insertText(step["text"], self._token_format(len(self.steps) - 1))
 
+    def show_status(self, text: str) -> None:
+        """A line about the reply's progress before it has text ("" hides it); the empty body
+        is hidden meanwhile, so the card is not a blank box under the line."""
+        self.status_label.setText(text)
+        self.status_label.setVisible(bool(text))
+        self.body.setVisible(not text or bool(self.text))
+
     def finish(self, text: str, meta: str = "") -> None:
         """The reply is complete: keep the engine's final text and render it."""
+        self.show_status("")
         self.text = text
         self.finished = True
         self.meta_label.setText(meta)

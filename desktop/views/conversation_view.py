@@ -209,8 +209,8 @@ class ConversationView(ChatView):
     def _insert(self, index: int, widget: MessageWidget) -> None:
         widget.token_clicked.connect(self.token_clicked)
         widget.edit_requested.connect(self.edit_requested)
-        # The stats line never widens the column: a long one ("Reading your message… n / N
-        # tokens") would push every card past the right edge of a narrow window.
+        # The stats line never widens the column: a long one ("120 tokens · 9.1 tok/s · stopped")
+        # would push every card past the right edge of a narrow window.
         widget.meta_label.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
         widget.meta_label.setMinimumWidth(1)
         offset = self._layout.indexOf(self._placeholder) + 1
@@ -252,13 +252,13 @@ class ConversationView(ChatView):
         """Before the first token: how much of the prompt the model has read."""
         card = self.card(turn)
         if card is not None and not card.steps:
-            card.meta_label.setText(f"Reading your message… {done} / {total} tokens")
+            card.show_status(f"Reading your message… {done} / {total} tokens")
 
     def reply_step(self, _session: ChatSession, turn: Turn, step: Step) -> None:
         card = self.card(turn)
         if card is not None:
             if not card.steps:
-                card.meta_label.setText("")  # reading done: the tokens speak for themselves
+                card.show_status("")  # reading done: the tokens speak for themselves
             card.append_step(step)
 
     def reply_ended(self, _session: ChatSession, turn: Turn) -> None:
