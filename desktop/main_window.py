@@ -27,6 +27,7 @@ from desktop.store import ConversationStore, StoreError, read_export
 from desktop.views import attention_view, surprisal
 from desktop.views.chat_view import MessageWidget
 from desktop.views.input_hint import hint_text, max_tokens_warning
+from desktop.views.message_edit import BUSY_NOTICE, MessageEdit
 from desktop.views.topk_panel import visible_token
 from desktop.views.window_layout import build_layout, restore_layout, save_layout
 from engine.builtin import BUILTIN_NAME
@@ -84,6 +85,7 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("Loopchat")
         self.resize(1180, 760)
         build_layout(self)
+        self.message_edit = MessageEdit(self.input, self.banner, self.chat, self)
         self._prompt_timer = QTimer(self, singleShot=True, interval=400)
         self._retry_timer = QTimer(self, interval=RETRY_SAVE_MS)
         menus.build_menus(self)
@@ -120,7 +122,6 @@ class MainWindow(QMainWindow):
         self.regenerate_button.clicked.connect(self.regenerate)
         self.chat.token_clicked.connect(self._inspect_token)
         self.chat.edit_requested.connect(self.edit_message)
-        self.chat.edit_submitted.connect(self._send_edit)
         self.chat.save_problem.connect(self._on_save_problem)
         lst = self.conversations
         lst.open_requested.connect(self.open_conversation)
@@ -166,6 +167,7 @@ class MainWindow(QMainWindow):
             self._save_system_prompt()
             old.listener = _Background(self)
             old.stop()  # it ends (saved, finished) in its own conversation
+        self.message_edit.cancel()  # the message being edited belongs to the old session
         self.session = session
         session.listener = self.chat
         self.chat.show_session(session)
@@ -225,11 +227,16 @@ class MainWindow(QMainWindow):
         return True
 
     def send(self, text: str) -> None:
-        """Post the user's message (saved at once) and ask for a reply."""
+        """Post the user's message (saved at once) and ask for a reply; while a message is
+        being edited, the text replaces that message (and the turns after it) instead."""
         if not text or not self._can_ask():
             return
         self.banner.hide()
-        if self._ask(lambda: self.session.send(text, self.sampling.options())):
+        edited = self.message_edit.turn if self.message_edit.active else None
+        if edited is not None:
+            if self._ask(lambda: self.session.edit(edited, text, self.sampling.options())):
+                self.message_edit.sent()
+        elif self._ask(lambda: self.session.send(text, self.sampling.options())):
             self.input.clear()
 
     def regenerate(self) -> None:
@@ -238,16 +245,12 @@ class MainWindow(QMainWindow):
             self._ask(lambda: self.session.regenerate(self.sampling.options()))
 
     def edit_message(self, card: MessageWidget) -> None:
-        """Edit a sent message in its card; nothing changes until it is sent."""
+        """Edit a sent message in the message box; nothing changes until it is sent. While a
+        reply is written it cannot be (the edit would replace the turns the reply answers)."""
         if self.session.busy:
-            self.show_error("Stop the reply (Esc) before editing a message.", kind="notice")
+            self.show_error(BUSY_NOTICE, kind="notice")
             return
-        self.chat.begin_edit(card)
-
-    def _send_edit(self, turn, text: str) -> None:
-        if self._can_ask():
-            self.chat.cancel_edit()
-            self._ask(lambda: self.session.edit(turn, text, self.sampling.options()))
+        self.message_edit.begin(card)
 
     def _ask(self, action) -> bool:
         """Run a session action that may start a reply; say so if it cannot be saved."""
@@ -270,6 +273,13 @@ class MainWindow(QMainWindow):
     def stop(self) -> None:
         if self._streaming is not None:
             self._streaming.stop()
+
+    def escape(self) -> None:
+        """Esc, wherever the focus is: stop the reply being written, or else cancel an edit."""
+        if self._streaming is not None:
+            self.stop()
+        else:
+            self.message_edit.cancel()
 
     # -- conversations -----------------------------------------------------------------------
 

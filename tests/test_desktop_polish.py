@@ -426,3 +426,85 @@ def test_undo_banner_goes_when_the_deleted_chat_is_purged(qtbot, home: Path) -> 
     qtbot.wait(1200)
     assert win.banner.isVisible() and win.banner.label.text() == "Something else happened."
     win.close()
+
+
+def _editing(card) -> bool:
+    return bool(card.property("editing"))
+
+
+def test_edit_shows_what_it_does_and_esc_cancels(qtbot, home: Path, tiny_model_dir: Path) -> None:
+    """Edit visibly starts an edit (text in the box, focused, a notice, the card marked)."""
+    from desktop.views.message_edit import BUSY_NOTICE, EDITING_NOTICE
+
+    win = make_window(qtbot, home)
+    win.resize(800, 600)
+    load(qtbot, win, tiny_model_dir)
+    greedy(win, 4)
+    for text in ("first question", "second question", "third question"):
+        ask(qtbot, win, text)
+    first = win.chat.messages[0]
+    win.chat.verticalScrollBar().setValue(win.chat.verticalScrollBar().maximum())
+    qtbot.mouseClick(first.edit_button, Qt.MouseButton.LeftButton)
+    assert win.input.toPlainText() == "first question"
+    qtbot.waitUntil(win.input.hasFocus, timeout=2000)
+    assert win.banner.isVisible() and win.banner.label.text() == EDITING_NOTICE
+    assert _editing(first) and not _editing(win.chat.messages[2])
+    # The card being edited is scrolled into view.
+    qtbot.waitUntil(
+        lambda: (
+            win.chat.viewport()
+            .rect()
+            .contains(first.mapTo(win.chat.viewport(), first.rect().topLeft()))
+        ),
+        timeout=2000,
+    )
+
+    # Esc cancels wherever the focus is (it is also Stop, which has nothing to stop).
+    win.chat.setFocus()
+    win.stop_action.trigger()
+    assert win.input.toPlainText() == "" and not _editing(first)
+    assert not win.banner.isVisible()
+
+    # The notice's Cancel button cancels too; switching chats cancels.
+    qtbot.mouseClick(first.edit_button, Qt.MouseButton.LeftButton)
+    assert win.banner.action.text() == "Cancel"
+    qtbot.mouseClick(win.banner.action, Qt.MouseButton.LeftButton)
+    assert win.input.toPlainText() == "" and not _editing(first)
+    qtbot.mouseClick(first.edit_button, Qt.MouseButton.LeftButton)
+    win.new_chat_action.trigger()
+    assert win.input.toPlainText() == "" and not win.message_edit.active
+
+    # While a reply is written, Edit says why it cannot edit and changes nothing.
+    greedy(win, 200)
+    win.input.setPlainText("a long answer please")
+    qtbot.keyClick(win.input, Qt.Key.Key_Return)
+    card = win.chat.messages[0]
+    assert win.controller.busy
+    qtbot.mouseClick(card.edit_button, Qt.MouseButton.LeftButton)
+    assert win.banner.label.text() == BUSY_NOTICE and not win.message_edit.active
+    assert win.input.toPlainText() == ""
+    with qtbot.waitSignal(win.reply_finished, timeout=60_000):
+        win.stop_action.trigger()
+    assert win.history[0] == {"role": "user", "content": "a long answer please"}
+    win.close()
+
+
+def test_a_long_model_name_never_widens_the_chat_past_the_window(qtbot, home: Path) -> None:
+    """At 800×600 the chat column is ~400 px: a card's header must fit it (the name elides)."""
+    from desktop.views.window_layout import split_sizes
+
+    win = make_window(qtbot, home)
+    win.resize(800, 600)
+    win.splitter.setSizes(split_sizes(800))
+    name = "Built-in: Loopchat dictionary (a rather long model name)"
+    for _ in range(6):  # enough for a vertical scrollbar, which narrows the column further
+        win.chat.add_message("user", "A question of a few words")
+        card = win.chat.add_message("assistant", "An answer. " * 8, author=name)
+    qtbot.waitUntil(lambda: win.chat.verticalScrollBar().maximum() > 0, timeout=2000)
+    qtbot.wait(50)
+    assert win.chat.widget().width() <= win.chat.viewport().width()
+    assert win.chat.horizontalScrollBar().maximum() == 0
+    copy = card.copy_button
+    assert copy.mapTo(win.chat.viewport(), copy.rect().topRight()).x() < win.chat.viewport().width()
+    assert card.author_label.toolTip() == name  # the whole name is still there, on hover
+    win.close()

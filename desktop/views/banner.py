@@ -56,8 +56,9 @@ class Banner(QFrame):
 
     def showing(self, callback: Callable[[], None]) -> bool:
         """Whether the message on screen now is the one whose action runs `callback` (a later
-        message may have replaced it, and must not be hidden on the earlier one's behalf)."""
-        return self.isVisible() and self._callback is callback
+        message may have replaced it, and must not be hidden on the earlier one's behalf).
+        Compared with ==, as each `obj.method` is a new bound-method object."""
+        return self.isVisible() and self._callback == callback
 
     def _dismiss(self) -> None:
         on_dismiss, self._on_dismiss = self._on_dismiss, None
