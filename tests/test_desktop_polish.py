@@ -508,3 +508,45 @@ def test_a_long_model_name_never_widens_the_chat_past_the_window(qtbot, home: Pa
     assert copy.mapTo(win.chat.viewport(), copy.rect().topRight()).x() < win.chat.viewport().width()
     assert card.author_label.toolTip() == name  # the whole name is still there, on hover
     win.close()
+
+
+def test_settings_and_status_bar_keep_their_news_at_800_and_1400(qtbot, home: Path) -> None:
+    """Narrow: no field wraps under its label alone, the download figure comes first and the
+    status bar's labels stay inside the window. Tall: the fields pack at the top."""
+    from desktop.app import apply_look
+    from desktop.views.window_layout import split_sizes
+
+    app = QApplication.instance()
+    sheet = app.styleSheet()
+    apply_look(app)  # the app's own paddings decide what fits
+    try:
+        _check_narrow_and_tall(qtbot, home, split_sizes)
+    finally:
+        app.setStyleSheet(sheet)
+
+
+def _check_narrow_and_tall(qtbot, home: Path, split_sizes) -> None:
+    win = make_window(qtbot, home)
+    win.resize(800, 600)
+    win.splitter.setSizes(split_sizes(800))
+    win.status_line.download(
+        "TinyLlama/TinyLlama-1.1B-Chat-v1.0", {"fraction": 0.74, "line": "4.8 MB / 6.5 MB"}
+    )
+    qtbot.wait(50)
+    s = win.sampling
+    form = s.layout()
+    for field in (s.temperature, s.top_k, s.max_new_tokens, s.report_top):
+        label = form.labelForField(field)
+        assert abs(label.geometry().center().y() - field.geometry().center().y()) < 8, label.text()
+    label = win.status_line.download_label
+    assert label.text().startswith("Downloading 74% · ")
+    bar = win.statusBar()
+    for child in (win.model_label, label, win.device_label):
+        assert child.mapTo(bar, child.rect().topRight()).x() <= bar.width(), child.text()
+
+    win.resize(1400, 900)
+    win.side.setSizes([100, 800])
+    qtbot.wait(50)
+    gap = s.top_k.geometry().top() - s.temperature.geometry().bottom()
+    assert gap < s.temperature.height(), gap  # packed, not spread over the pane
+    win.close()

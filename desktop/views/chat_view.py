@@ -7,11 +7,10 @@ finished reply is shown rendered as Markdown (Qt's own renderer; code blocks mon
 
 from __future__ import annotations
 
-from PySide6.QtCore import QEvent, QObject, QSize, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from PySide6.QtGui import (
     QColor,
     QGuiApplication,
-    QPainter,
     QPalette,
     QTextCharFormat,
     QTextCursor,
@@ -29,6 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from desktop.views.elided_label import ElidedLabel
 from desktop.views.markdown import render_markdown, secure_browser
 
 TOKEN_INDEX = QTextFormat.Property.UserProperty + 1
@@ -62,35 +62,6 @@ class _AutoHeightBrowser(QTextBrowser):
         self._fit()
 
 
-class ElidedLabel(QLabel):
-    """A one-line label that ends in "…" when squeezed instead of widening its column: a long
-    model name ("Built-in: Loopchat dictionary") beside a card's buttons made every card wider
-    than a narrow chat column (cut off on the right, scrolled sideways)."""
-
-    MIN_CHARS = 6
-
-    def __init__(self, text: str = "", parent: QWidget | None = None) -> None:
-        super().__init__(text, parent)
-        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
-        self.setToolTip(text)
-
-    def setText(self, text: str) -> None:  # noqa: N802 - Qt API
-        super().setText(text)
-        self.setToolTip(text)
-
-    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt API
-        hint = super().minimumSizeHint()
-        width = self.fontMetrics().horizontalAdvance("M" * self.MIN_CHARS)
-        return QSize(min(hint.width(), width), hint.height())
-
-    def paintEvent(self, _event) -> None:  # noqa: N802 - Qt API
-        painter = QPainter(self)
-        rect = self.contentsRect()
-        text = self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideRight, rect.width())
-        painter.setPen(self.palette().color(self.foregroundRole()))
-        painter.drawText(rect, int(self.alignment() | Qt.AlignmentFlag.AlignVCenter), text)
-
-
 class MessageWidget(QFrame):
     """One message card: header (who, buttons) and body."""
 
@@ -118,7 +89,7 @@ class MessageWidget(QFrame):
         self.author_label = ElidedLabel(names.get(role, role.title()))
         self.author_label.setObjectName("author")
         header.addWidget(self.author_label)
-        self.meta_label = QLabel("")
+        self.meta_label = ElidedLabel("")
         self.meta_label.setObjectName("meta")
         header.addWidget(self.meta_label)
         header.addStretch(1)
