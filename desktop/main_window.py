@@ -25,12 +25,12 @@ from desktop.opener import ConversationOpener
 from desktop.session import ChatSession, SessionListener
 from desktop.store import ConversationStore, StoreError, read_export
 from desktop.views import attention_view, surprisal
-from desktop.views.chat_view import MessageWidget
+from desktop.views.chat_view import BUILTIN_NOTE, MessageWidget
 from desktop.views.input_hint import hint_text, max_tokens_warning
 from desktop.views.message_edit import BUSY_NOTICE, MessageEdit
 from desktop.views.topk_panel import visible_token
 from desktop.views.window_layout import build_layout, restore_layout, save_layout
-from engine.builtin import BUILTIN_NAME
+from engine.builtin import BUILTIN_NAME, is_builtin
 from engine.events import GenerationResult, GenerationStarted, ModelInfo, PrefillProgress, Step
 
 log = logging.getLogger(__name__)
@@ -409,6 +409,7 @@ class MainWindow(QMainWindow):
         # A Hub snapshot is remembered by repo id: its folder changes with each new revision.
         self._model_path = info.name if "/snapshots/" in path.replace("\\", "/") else path
         menus.remember_model(self, self._model_path)
+        self.chat.set_model_note(BUILTIN_NOTE if is_builtin(self._model_path) else "")
         menus.show_weights(self, self._model_path)
         self.input.setFocus()
         note = info.extra.get("context_note")

@@ -550,3 +550,18 @@ def _check_narrow_and_tall(qtbot, home: Path, split_sizes) -> None:
     gap = s.top_k.geometry().top() - s.temperature.geometry().bottom()
     assert gap < s.temperature.height(), gap  # packed, not spread over the pane
     win.close()
+
+
+def test_an_empty_chat_with_the_built_in_model_says_what_to_ask_it(
+    qtbot, home: Path, tiny_model_dir: Path
+) -> None:
+    """The built-in model answers dictionary questions only; say so before a new user's
+    "Hello" gets an invented definition, and say where the bigger models are."""
+    win = make_window(qtbot, home)
+    load(qtbot, win, Path("builtin"))
+    intro = win.chat._placeholder
+    assert intro.isVisible()
+    assert "built-in model" in intro.text() and "Choose or download a model" in intro.text()
+    load(qtbot, win, tiny_model_dir)
+    assert "built-in model" not in intro.text()
+    win.close()

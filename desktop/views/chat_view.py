@@ -233,6 +233,23 @@ class MessageWidget(QFrame):
         return super().eventFilter(watched, event)
 
 
+INTRO = (
+    "<h2>Loopchat</h2><p>A private chat with a Llama model running on this computer.</p>"
+    "<p>Type a message below. While the model answers, the panel on the right shows the "
+    "tokens it considered at every step; click <b>Tokens</b> on a reply, then any token, "
+    "to look back.</p>"
+)
+BUILTIN_NOTE = (
+    "<p>The <b>built-in model</b> is tiny: it only knows dictionary questions, such as "
+    "<i>What does \u201cephemeral\u201d mean?</i>, <i>Define photosynthesis.</i> or "
+    "<i>What is the opposite of \u201cgenerous\u201d?</i>, and it invents some answers. "
+    "For real conversations choose a bigger model: <b>Models → Choose or download a "
+    "model…</b></p>"
+)
+"""Said on an empty chat with the built-in model: other questions get word salad, which a new
+user would otherwise take for a broken app."""
+
+
 class ChatView(QScrollArea):
     """All messages of the open conversation, newest at the bottom."""
 
@@ -249,12 +266,7 @@ class ChatView(QScrollArea):
         self._layout = QVBoxLayout(inner)
         self._layout.setContentsMargins(18, 16, 18, 16)
         self._layout.setSpacing(12)
-        self._placeholder = QLabel(
-            "<h2>Loopchat</h2><p>A private chat with a Llama model running on this computer.</p>"
-            "<p>Type a message below. While the model answers, the panel on the right shows the "
-            "tokens it considered at every step; click <b>Tokens</b> on a reply, then any token, "
-            "to look back.</p>"
-        )
+        self._placeholder = QLabel(INTRO)
         self._placeholder.setObjectName("placeholder")
         self._placeholder.setWordWrap(True)
         self._placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -266,6 +278,10 @@ class ChatView(QScrollArea):
         self._stick_to_bottom = True
         self.verticalScrollBar().rangeChanged.connect(self._follow)
         self.verticalScrollBar().valueChanged.connect(self._track)
+
+    def set_model_note(self, html: str) -> None:
+        """A word about the loaded model under the empty chat's introduction ("" for none)."""
+        self._placeholder.setText(INTRO + html)
 
     def add_message(self, role: str, text: str = "", author: str = "") -> MessageWidget:
         self._placeholder.hide()
