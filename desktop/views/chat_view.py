@@ -240,10 +240,8 @@ INTRO = (
     "to look back.</p>"
 )
 BUILTIN_NOTE = (
-    "<p>The <b>built-in model</b> is tiny: it only knows dictionary questions, such as "
-    "<i>What does \u201cephemeral\u201d mean?</i>, <i>Define photosynthesis.</i> or "
-    "<i>What is the opposite of \u201cgenerous\u201d?</i>, and it invents some answers. "
-    "For real conversations choose a bigger model: <b>Models → Choose or download a "
+    "<p>The <b>built-in model</b> is tiny and knows only dictionary questions, like "
+    "<i>Define photosynthesis.</i> For real conversations: <b>Models → Choose or download a "
     "model…</b></p>"
 )
 """Said on an empty chat with the built-in model: other questions get word salad, which a new
@@ -270,7 +268,7 @@ class ChatView(QScrollArea):
         self._placeholder.setObjectName("placeholder")
         self._placeholder.setWordWrap(True)
         self._placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self._placeholder.setContentsMargins(40, 80, 40, 40)
+        self._placeholder.setContentsMargins(24, 40, 24, 24)  # all of it in view at 800×600
         self._layout.addWidget(self._placeholder)
         self._layout.addStretch(1)
         self.setWidget(inner)
