@@ -565,3 +565,32 @@ def test_an_empty_chat_with_the_built_in_model_says_what_to_ask_it(
     load(qtbot, win, tiny_model_dir)
     assert "built-in model" not in intro.text()
     win.close()
+
+
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_the_banner_suits_the_theme(qtbot, home: Path, theme: str) -> None:
+    """A light yellow notice glared in a dark window; its text and ✕ stay readable in both."""
+    from desktop.app import apply_look
+    from desktop.theme import apply_theme
+
+    app = QApplication.instance()
+    style, palette, sheet = app.style().name(), app.palette(), app.styleSheet()
+    try:
+        apply_look(app)
+        apply_theme(app, theme)
+        win = make_window(qtbot, home)
+        win.show_error("Something to know.", kind="notice")
+        qtbot.wait(50)
+        image = win.banner.grab().toImage()
+        background = image.pixelColor(4, image.height() // 2).lightness()
+        text = win.banner.label.palette().color(win.banner.label.foregroundRole()).lightness()
+        if theme == "dark":
+            assert background < 90, background
+        else:
+            assert background > 200, background
+        assert abs(background - text) > 120, (background, text)
+        win.close()
+    finally:
+        app.setStyle(style)
+        app.setPalette(palette)
+        app.setStyleSheet(sheet)
