@@ -443,7 +443,10 @@ def test_edit_shows_what_it_does_and_esc_cancels(qtbot, home: Path, tiny_model_d
     for text in ("first question", "second question", "third question"):
         ask(qtbot, win, text)
     first = win.chat.messages[0]
-    win.chat.verticalScrollBar().setValue(win.chat.verticalScrollBar().maximum())
+    bar = win.chat.verticalScrollBar()
+    bar.setValue(bar.maximum())
+    at_the_end = bar.value()
+    assert at_the_end > 0  # the first card is out of view
     qtbot.mouseClick(first.edit_button, Qt.MouseButton.LeftButton)
     assert win.input.toPlainText() == "first question"
     qtbot.waitUntil(win.input.hasFocus, timeout=2000)
@@ -464,6 +467,7 @@ def test_edit_shows_what_it_does_and_esc_cancels(qtbot, home: Path, tiny_model_d
     win.stop_action.trigger()
     assert win.input.toPlainText() == "" and not _editing(first)
     assert not win.banner.isVisible()
+    assert bar.value() == at_the_end  # back where the reader was
 
     # The notice's Cancel button cancels too; switching chats cancels.
     qtbot.mouseClick(first.edit_button, Qt.MouseButton.LeftButton)

@@ -31,6 +31,8 @@ class MessageEdit(QObject):
         self.chat = chat
         self.card: MessageWidget | None = None
         self._draft = ""
+        self._scrolled_to = 0
+        """Where the chat was scrolled before Edit brought the card into view."""
         input_box.installEventFilter(self)
 
     @property
@@ -46,6 +48,7 @@ class MessageEdit(QObject):
         """Put `card`'s text in the message box to be edited; nothing is changed or sent yet."""
         if self.card is None:
             self._draft = self.input.toPlainText()
+            self._scrolled_to = self.chat.verticalScrollBar().value()
         else:
             _highlight(self.card, False)
         self.card = card
@@ -60,13 +63,17 @@ class MessageEdit(QObject):
         QTimer.singleShot(0, self, self._reveal)
 
     def cancel(self) -> None:
-        """Stop editing: the message box gets back what was typed before Edit."""
+        """Stop editing: the message box gets back what was typed before Edit, and the chat
+        is scrolled back to where it was."""
         if self._end():
             self.input.setPlainText(self._draft)
+            self.chat.verticalScrollBar().setValue(self._scrolled_to)
 
     def sent(self) -> None:
-        """The edit was sent (the edited card is gone): the displaced draft comes back."""
-        self.cancel()
+        """The edit was sent (the edited card is gone): the displaced draft comes back; the
+        chat follows the new reply."""
+        if self._end():
+            self.input.setPlainText(self._draft)
 
     def _end(self) -> bool:
         card, self.card = self.card, None
