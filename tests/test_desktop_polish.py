@@ -503,7 +503,8 @@ def test_a_long_model_name_never_widens_the_chat_past_the_window(qtbot, home: Pa
     name = "Built-in: Loopchat dictionary (a rather long model name)"
     for _ in range(6):  # enough for a vertical scrollbar, which narrows the column further
         win.chat.add_message("user", "A question of a few words")
-        card = win.chat.add_message("assistant", "An answer. " * 8, author=name)
+        card = win.chat.add_message("assistant", "", author=name)
+        card.finish("An answer. " * 8, "20 tokens · 15.9 tok/s")
     qtbot.waitUntil(lambda: win.chat.verticalScrollBar().maximum() > 0, timeout=2000)
     qtbot.wait(50)
     assert win.chat.widget().width() <= win.chat.viewport().width()
@@ -511,6 +512,8 @@ def test_a_long_model_name_never_widens_the_chat_past_the_window(qtbot, home: Pa
     copy = card.copy_button
     assert copy.mapTo(win.chat.viewport(), copy.rect().topRight()).x() < win.chat.viewport().width()
     assert card.author_label.toolTip() == name  # the whole name is still there, on hover
+    stats = card.meta_label
+    assert stats.isVisible() and stats.width() >= stats.sizeHint().width()  # stats in full
     win.close()
 
 

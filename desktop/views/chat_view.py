@@ -89,9 +89,11 @@ class MessageWidget(QFrame):
         self.author_label = ElidedLabel(names.get(role, role.title()))
         self.author_label.setObjectName("author")
         header.addWidget(self.author_label)
-        self.meta_label = ElidedLabel("")
+        # The stats line sits under the text (added below): beside the name and the buttons a
+        # narrow card had room for neither ("Built-in: Loo… 20 t…").
+        self.meta_label = ElidedLabel("", self)
         self.meta_label.setObjectName("meta")
-        header.addWidget(self.meta_label)
+        self.meta_label.hide()
         header.addStretch(1)
         # Parented at once: setVisible(True) on a parentless widget would open it as a window.
         self.tokens_button = QToolButton(self)
@@ -128,6 +130,7 @@ class MessageWidget(QFrame):
         self.body.viewport().installEventFilter(self)
         self.body.viewport().setCursor(Qt.CursorShape.IBeamCursor)
         layout.addWidget(self.body)
+        layout.addWidget(self.meta_label)
         if role == "assistant" and not text:
             self.body.setPlainText("")
         else:
@@ -157,6 +160,7 @@ class MessageWidget(QFrame):
         self.text = text
         self.finished = True
         self.meta_label.setText(meta)
+        self.meta_label.setVisible(bool(meta))
         self._render()
 
     def set_text(self, text: str) -> None:
