@@ -26,11 +26,12 @@ from desktop.opener import ConversationOpener
 from desktop.session import ChatSession, SessionListener
 from desktop.store import ConversationStore, StoreError, read_export
 from desktop.views import attention_view, surprisal
-from desktop.views.chat_view import MessageWidget
+from desktop.views.chat_view import BUILTIN_NOTE, MessageWidget
 from desktop.views.input_hint import hint_text, max_tokens_warning
+from desktop.views.message_edit import BUSY_NOTICE, MessageEdit
 from desktop.views.topk_panel import visible_token
 from desktop.views.window_layout import build_layout, restore_layout, save_layout
-from engine.builtin import BUILTIN_NAME
+from engine.builtin import BUILTIN_NAME, is_builtin
 from engine.events import GenerationResult, GenerationStarted, ModelInfo, PrefillProgress, Step
 
 log = logging.getLogger(__name__)
@@ -84,10 +85,13 @@ class MainWindow(QMainWindow):
         self._pending_branch: tuple | None = None
         """(session, turn, step, token id): a branch asked for while a reply streamed; it starts
         once that reply has stopped."""
+        self.undo_window_s: float = UNDO_WINDOW_S
+        """How long a deleted conversation can be restored (tests shorten it)."""
         self.opener = ConversationOpener(self.store, self.controller, self)
         self.setWindowTitle("Loopchat")
         self.resize(1180, 760)
         build_layout(self)
+        self.message_edit = MessageEdit(self.input, self.banner, self.chat, self)
         self._prompt_timer = QTimer(self, singleShot=True, interval=400)
         self._retry_timer = QTimer(self, interval=RETRY_SAVE_MS)
         menus.build_menus(self)
@@ -125,7 +129,6 @@ class MainWindow(QMainWindow):
         self.regenerate_button.clicked.connect(self.regenerate)
         self.chat.token_clicked.connect(self._inspect_token)
         self.chat.edit_requested.connect(self.edit_message)
-        self.chat.edit_submitted.connect(self._send_edit)
         self.chat.save_problem.connect(self._on_save_problem)
         self.chat.version_requested.connect(self.show_version)
         self.topk.alternative_chosen.connect(self._branch_from_panel)
@@ -173,6 +176,7 @@ class MainWindow(QMainWindow):
             self._save_system_prompt()
             old.listener = _Background(self)
             old.stop()  # it ends (saved, finished) in its own conversation
+        self.message_edit.cancel()  # the message being edited belongs to the old session
         self.session = session
         session.listener = self.chat
         self.chat.show_session(session)
@@ -232,14 +236,20 @@ class MainWindow(QMainWindow):
         return True
 
     def send(self, text: str, step: bool = False) -> None:
-        """Post the user's message (saved at once) and ask for a reply (`step`: in step mode)."""
+        """Post the user's message (saved at once) and ask for a reply (`step`: in step mode);
+        while a message is being edited, the text replaces that message (and the turns after it)
+        instead."""
         if text and self.step_mode.defer_send(text):
             return  # a paused step-mode reply ends first; the message goes once it has
         if not text or not self._can_ask():
             return
         self.banner.hide()
         options = dataclasses.replace(self.sampling.options(), step=step)
-        if self._ask(lambda: self.session.send(text, options)):
+        edited = self.message_edit.turn if self.message_edit.active else None
+        if edited is not None:
+            if self._ask(lambda: self.session.edit(edited, text, options)):
+                self.message_edit.sent()
+        elif self._ask(lambda: self.session.send(text, options)):
             self.input.clear()
 
     def regenerate(self, step: bool = False) -> None:
@@ -249,16 +259,12 @@ class MainWindow(QMainWindow):
             self._ask(lambda: self.session.regenerate(options))
 
     def edit_message(self, card: MessageWidget) -> None:
-        """Edit a sent message in its card; nothing changes until it is sent."""
+        """Edit a sent message in the message box; nothing changes until it is sent. While a
+        reply is written it cannot be (the edit would replace the turns the reply answers)."""
         if self.session.busy:
-            self.show_error("Stop the reply (Esc) before editing a message.", kind="notice")
+            self.show_error(BUSY_NOTICE, kind="notice")
             return
-        self.chat.begin_edit(card)
-
-    def _send_edit(self, turn, text: str) -> None:
-        if self._can_ask():
-            self.chat.cancel_edit()
-            self._ask(lambda: self.session.edit(turn, text, self.sampling.options()))
+        self.message_edit.begin(card)
 
     def _ask(self, action) -> bool:
         """Run a session action that may start a reply; say so if it cannot be saved."""
@@ -338,6 +344,13 @@ class MainWindow(QMainWindow):
         self.topk.clear()
         self._panel_turn = None
 
+    def escape(self) -> None:
+        """Esc, wherever the focus is: stop the reply being written, or else cancel an edit."""
+        if self._streaming is not None:
+            self.stop()
+        else:
+            self.message_edit.cancel()
+
     # -- conversations -----------------------------------------------------------------------
 
     def refresh_conversations(self) -> None:
@@ -362,17 +375,22 @@ class MainWindow(QMainWindow):
         if conversation_id == self.conversation_id:
             self.new_chat()
         self.refresh_conversations()
-        QTimer.singleShot(1000 * UNDO_WINDOW_S + 500, self, self.purge_deleted)
 
         def undo() -> None:
             self._try(lambda: self.store.restore_conversation(conversation_id))
             self.refresh_conversations()
 
+        def expire() -> None:
+            self.purge_deleted()
+            if self.banner.showing(undo):  # an Undo that can no longer undo must not be offered
+                self.banner.hide()
+
+        QTimer.singleShot(int(1000 * self.undo_window_s) + 500, self, expire)
         self.banner.show_message(f"Deleted “{title}”.", "notice", "Undo", undo)
 
     def purge_deleted(self, older_than_s: float | None = None) -> None:
         """Remove conversations deleted more than `older_than_s` (the undo window) ago."""
-        age = UNDO_WINDOW_S if older_than_s is None else older_than_s
+        age = self.undo_window_s if older_than_s is None else older_than_s
         self._try(lambda: self.store.purge_deleted(age))
 
     def export_conversation(self, conversation_id: int, path: Path, fmt: str) -> None:
@@ -461,6 +479,7 @@ class MainWindow(QMainWindow):
         # A Hub snapshot is remembered by repo id: its folder changes with each new revision.
         self._model_path = info.name if "/snapshots/" in path.replace("\\", "/") else path
         menus.remember_model(self, self._model_path)
+        self.chat.set_model_note(BUILTIN_NOTE if is_builtin(self._model_path) else "")
         menus.show_weights(self, self._model_path)
         self.input.setFocus()
         note = info.extra.get("context_note")

@@ -74,7 +74,7 @@ def build_menus(w: MainWindow) -> None:
     w.weights_actions["none"].setChecked(True)
 
     chat = bar.addMenu("&Chat")
-    w.stop_action = _action(w, chat, "&Stop generating", w.stop, Qt.Key.Key_Escape)
+    w.stop_action = _action(w, chat, "&Stop generating", w.escape, Qt.Key.Key_Escape)
     w.addAction(w.stop_action)  # Esc works wherever the focus is
     w.regenerate_action = _action(w, chat, "&Regenerate last reply", w.regenerate, "Ctrl+R")
     chat.addSeparator()
@@ -209,7 +209,7 @@ def conversations_menu(w: MainWindow, chat) -> None:
 SHORTCUTS = (
     ("Enter", "Send the message"),
     ("Shift+Enter", "New line in the message"),
-    ("Esc", "Stop generating"),
+    ("Esc", "Stop generating, or cancel editing a message"),
     ("Ctrl+N", "New chat"),
     ("Ctrl+R", "Regenerate the last reply"),
     ("F10", "Next token (step mode: one token, and how it was chosen)"),

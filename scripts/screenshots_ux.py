@@ -1,11 +1,14 @@
-"""Take the issue-16 screenshots: the real window, offscreen, at 800×600 and 1400×900, light and
-dark: first start, a reply with prefill progress, the settings pane, the chooser mid-download.
+"""Take the issue-16 screenshots of the real window with the built-in model, at 800×600 and
+1400×900, light and dark: first start, a reply while the prompt is read, editing a message, the
+settings pane, the model chooser mid-download and the download in the status bar.
 
-    QT_QPA_PLATFORM=offscreen python scripts/screenshots_ux.py [--model PATH] [OUT_DIR]
+    python scripts/screenshots_ux.py --out docs [--model builtin]
 
-Without --model it builds the tiny random test model (tests/fixtures), whose replies are word
-salad; with the built-in model (`--model builtin`) they read better. The download is served by
-the tests' fake Hub, held before the weights so the chooser shows a download in progress.
+One command, no network, the same pictures each run (a fixed seed, a fixed prompt, each shot taken
+at a fixed event rather than after a delay). Under Xvfb when it is installed (`xvfb-run`; the
+script starts it), so a shot is what the screen shows, dialogs over their window included;
+otherwise offscreen, grabbing the widgets. The download is served by the tests' fake Hub
+(tests/hub_server.py) from a sharded copy of the built-in model, held before its third shard.
 """
 
 from __future__ import annotations
@@ -13,14 +16,31 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
+import sys
 import tempfile
 import threading
 from pathlib import Path
 
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
 log = logging.getLogger("screenshots")
 SIZES = ((800, 600), (1400, 900))
-PROMPT = "Explain attention as a loop over the earlier tokens, with a short example please."
+THEMES = ("light", "dark")
+# Questions of the kinds the built-in model was trained on (a dictionary: see its model card).
+PROMPT = "What does \u201cloop\u201d mean?"
+EARLIER = ("Define photosynthesis.", "What is the opposite of \u201cgenerous\u201d?")
+"""Two earlier turns, so editing the first shows what Send will replace."""
+SEED = 7
+SCREEN = "1600x1000x24"
+SHARDS = 4
+DOWNLOAD_REPO = "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
+"""A catalogue entry, so the chooser shows the download on its own row."""
+
+
+# -- the event loop --------------------------------------------------------------------------
 
 
 def wait_for(signal, timeout_ms: int = 120_000) -> list:
@@ -42,33 +62,180 @@ def settle(ms: int = 150) -> None:
     loop.exec()
 
 
-def tiny_model(base: Path) -> Path:
-    from tests.fixtures.models import random_llama, write_hf
-    from tests.fixtures.tokenizer import train_tokenizer
+def save(window, path: Path) -> None:
+    """What the screen shows over `window` (under X), else the window rendered offscreen. Layout
+    and painting are done first, so a shot taken inside a signal handler is up to date."""
+    from PySide6.QtCore import QEvent
+    from PySide6.QtWidgets import QApplication
 
-    tokenizer = train_tokenizer(base / "tok")
-    return write_hf(random_llama(kv_heads=2, seed=2), base / "tiny", tokenizer, sharded=True)
+    QApplication.sendPostedEvents(None, QEvent.Type.LayoutRequest)
+    if QApplication.platformName() == "xcb":
+        for top in QApplication.topLevelWidgets():
+            if top.isVisible():
+                top.repaint()
+        frame = window.frameGeometry()
+        shot = window.screen().grabWindow(0, frame.x(), frame.y(), frame.width(), frame.height())
+    else:
+        shot = window.grab()
+    shot.save(str(path))
+    log.info("  %s", path.name)
 
 
-def new_window(home: Path, size: tuple[int, int]):
+# -- models ----------------------------------------------------------------------------------
+
+
+def sharded_copy(model: Path, out: Path) -> Path:
+    """`model` (one safetensors file) split into SHARDS files with an index, as big Hub repos
+    are; a download held before one shard then shows real progress."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "tokenizer.model", "tokenizer_config.json"):
+        if (model / name).is_file():
+            shutil.copy(model / name, out / name)
+    tensors = load_file(str(model / "model.safetensors"))
+    names = sorted(tensors)
+    weight_map = {}
+    for i in range(SHARDS):
+        part = names[i::SHARDS]
+        file = f"model-{i + 1:05d}-of-{SHARDS:05d}.safetensors"
+        save_file({n: tensors[n].contiguous() for n in part}, str(out / file))
+        weight_map.update(dict.fromkeys(part, file))
+    index = {"metadata": {}, "weight_map": weight_map}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
+    return out
+
+
+def model_folder(model: str) -> Path:
+    if model == "builtin":
+        from engine.builtin import builtin_dir
+
+        return builtin_dir()
+    return Path(model)
+
+
+# -- shots -----------------------------------------------------------------------------------
+
+
+def new_window(home: Path, size: tuple[int, int], theme: str):
+    """A window as a fresh install of that size opens it (nothing remembered yet)."""
     from PySide6.QtCore import QSettings
 
     from desktop.main_window import MainWindow
     from desktop.views.window_layout import split_sizes
 
+    home.mkdir(parents=True, exist_ok=True)
     os.environ["LOOPCHAT_HOME"] = str(home)
+    os.environ["HF_HOME"] = str(home / "hf")  # an empty cache: the built-in model opens
     settings = QSettings(str(home / "loopchat.ini"), QSettings.Format.IniFormat)
     settings.setValue("engine/dtype", "float32")
+    settings.setValue("view/theme", theme)
     window = MainWindow(settings)
     window.resize(*size)
-    window.splitter.setSizes(split_sizes(size[0]))  # as a fresh window of that size
+    window.splitter.setSizes(split_sizes(size[0]))
+    window.move(0, 0)
     window.show()
     settle()
     return window
 
 
-def shoot(theme: str, size: tuple[int, int], model: Path, out: Path) -> None:
-    from PySide6.QtCore import QTimer
+def shoot_chat(model: str, tag: str, home: Path, size, theme: str, out: Path) -> None:
+    """First start, reading the prompt, editing, the settings pane: one window, as a user goes."""
+    window = new_window(home / "chat", size, theme)
+    if model == "builtin":
+        window.start(None)  # what a first start does with no model on the computer
+    else:
+        window.load_model(model)
+    wait_for(window.model_ready)
+    settle(300)
+    save(window, out / f"ux-first-start-{tag}.png")
+    window.sampling.seed.setText(str(SEED))  # the same replies every run
+
+    window.sampling.max_new_tokens.setValue(48)
+    for text in EARLIER:
+        window.input.setPlainText(text)
+        window.send(text)
+        wait_for(window.reply_finished)
+
+    # Read in small chunks, so there is progress to see (the earlier turns are cached: only
+    # the new message is read); the shot is taken at the first chunk past half way.
+    window.controller.worker._generator.prefill_chunk = 4
+    shown = {"done": False}
+
+    def grab_reading(progress) -> None:
+        if not shown["done"] and 2 * progress.done >= progress.total:
+            shown["done"] = True
+            log.info("  reading %d / %d", progress.done, progress.total)
+            save(window, out / f"ux-prefill-{tag}.png")
+
+    window.prefill_shown.connect(grab_reading)
+    window.input.setPlainText(PROMPT)
+    window.send(PROMPT)
+    wait_for(window.reply_finished)
+    window.prefill_shown.disconnect(grab_reading)
+    settle(300)
+
+    window.input.setPlainText("Half a thought")
+    first = window.chat.messages[0]
+    first.edit_button.click()
+    settle(300)
+    save(window, out / f"ux-edit-{tag}.png")
+    window.escape()
+
+    # The settings pane dragged open until every field shows, as a user would; as a new user
+    # sees them (the seed fixed above for repeatable replies is cleared again).
+    window.input.clear()
+    window.sampling.seed.clear()
+    pane = window.side.widget(1).layout()
+    margins = pane.contentsMargins()
+    title = pane.itemAt(0).widget().sizeHint().height()
+    need = margins.top() + margins.bottom() + pane.spacing() + title
+    need += window.sampling.sizeHint().height() + 2
+    window.side.setSizes([max(window.side.height() - need, 0), need])
+    settle(300)
+    save(window, out / f"ux-settings-{tag}.png")
+    window.close()
+
+
+def shoot_download(model: Path, tag: str, home: Path, size, theme: str, out: Path) -> None:
+    """The chooser while a model downloads, then the status bar once the chooser is closed."""
+    from PySide6.QtCore import Qt
+
+    from tests.hub_server import FakeHub
+
+    release = threading.Event()
+    source = sharded_copy(model, home / "served")
+    with FakeHub() as hub:
+        os.environ["HF_ENDPOINT"] = hub.url
+        os.environ.pop("HF_HUB_OFFLINE", None)
+        hub.add(DOWNLOAD_REPO, source)
+        hub.hold[f"-00003-of-{SHARDS:05d}.safetensors"] = release
+        window = new_window(home / "download", size, theme)
+        chooser = window.show_model_chooser()
+        rows = [chooser.items.item(i) for i in range(chooser.items.count())]
+        (row,) = [
+            r for r in rows if r.data(Qt.ItemDataRole.UserRole).get("repo_id") == DOWNLOAD_REPO
+        ]
+        chooser.items.setCurrentItem(row)
+        chooser.accept_selected()
+        for _ in range(400):
+            settle(50)
+            if chooser.progress.value() >= 400:  # two shards of four in
+                break
+        settle(300)
+        save(chooser, out / f"ux-chooser-download-{tag}.png")
+        chooser.close()
+        settle(300)
+        save(window, out / f"ux-download-status-{tag}.png")
+        release.set()
+        window.close()
+        settle(300)
+        os.environ.pop("HF_ENDPOINT", None)
+
+
+def shoot(model: str, theme: str, size: tuple[int, int], out: Path) -> None:
     from PySide6.QtWidgets import QApplication
 
     from desktop.app import apply_look
@@ -78,77 +245,51 @@ def shoot(theme: str, size: tuple[int, int], model: Path, out: Path) -> None:
     apply_look(app)
     apply_theme(app, theme)
     tag = f"{size[0]}x{size[1]}-{theme}"
-    home = Path(tempfile.mkdtemp())
+    log.info("%s", tag)
+    home = Path(tempfile.mkdtemp(prefix="loopchat-shots-"))
+    try:
+        shoot_chat(model, tag, home, size, theme, out)
+        shoot_download(model_folder(model), tag, home, size, theme, out)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
-    window = new_window(home / "first", size)  # first start: nothing chosen yet
-    window.grab().save(str(out / f"ux-first-start-{tag}.png"))
-    window.close()
 
-    window = new_window(home / "chat", size)
-    window.load_model(str(model))
-    wait_for(window.model_ready)
-    window.sampling.max_new_tokens.setValue(40)
-    window.controller.worker._generator.prefill_chunk = 4  # slow enough to be seen reading
-    shown = {"n": 0}
+# -- the command -----------------------------------------------------------------------------
 
-    def grab_prefill(progress) -> None:
-        shown["n"] += 1
-        if shown["n"] == 3:  # after the labels' relayout (a queued event)
-            QTimer.singleShot(0, lambda: window.grab().save(str(out / f"ux-prefill-{tag}.png")))
 
-    window.prefill_shown.connect(grab_prefill)
-    window.input.setPlainText(PROMPT)
-    window.send(PROMPT)
-    wait_for(window.reply_finished)
-    settle()
-    window.grab().save(str(out / f"ux-reply-{tag}.png"))
-    window.side.widget(1).parentWidget().setSizes([size[1] // 4, size[1]])  # settings in view
-    settle()
-    window.grab().save(str(out / f"ux-settings-{tag}.png"))
-    window.close()
-
-    from tests.hub_server import FakeHub
-
-    release = threading.Event()
-    with FakeHub() as hub:
-        os.environ["HF_ENDPOINT"] = hub.url
-        os.environ["HF_HOME"] = str(home / "hf")
-        os.environ.pop("HF_HUB_OFFLINE", None)
-        hub.add("TinyLlama/TinyLlama-1.1B-Chat-v1.0", model)
-        hub.hold[".safetensors"] = release
-        window = new_window(home / "download", size)
-        chooser = window.show_model_chooser()
-        chooser.accept_selected()
-        for _ in range(200):
-            settle(50)
-            if chooser.progress.value() > 0:
-                break
-        settle(300)
-        chooser.grab().save(str(out / f"ux-chooser-download-{tag}.png"))
-        chooser.close()
-        settle()
-        window.grab().save(str(out / f"ux-download-status-{tag}.png"))
-        release.set()
-        window.close()
-    log.info("saved %s", tag)
+def under_xvfb() -> None:
+    """Run this script again inside a fresh Xvfb when there is one and no display was chosen."""
+    if os.environ.get("QT_QPA_PLATFORM") or os.environ.get("DISPLAY"):
+        return
+    xvfb_run = shutil.which("xvfb-run")
+    if xvfb_run is None:
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+        return
+    os.environ["QT_QPA_PLATFORM"] = "xcb"
+    server = f"-screen 0 {SCREEN} -dpi 96 -nolisten tcp"
+    os.execv(xvfb_run, [xvfb_run, "-a", "-s", server, sys.executable, *sys.argv])
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model")
-    parser.add_argument("out", nargs="?", default="docs")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    log.setLevel(logging.INFO)  # which shot is being taken; the app's own chatter stays quiet
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="docs", help="folder for the PNGs (default: docs)")
+    parser.add_argument("--model", default="builtin", help="model folder, or builtin")
     args = parser.parse_args()
+    under_xvfb()
+    os.environ.setdefault("LOOPCHAT_THREADS", "2")  # the same numbers on every machine
+    os.environ.setdefault("LANG", "C.UTF-8")
+    os.environ["QT_SCALE_FACTOR"] = "1"
     from PySide6.QtWidgets import QApplication
 
-    app = QApplication.instance() or QApplication([])
+    app = QApplication.instance() or QApplication([sys.argv[0]])
     app.setApplicationName("Loopchat")
-    model = Path(args.model) if args.model else tiny_model(Path(tempfile.mkdtemp()))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for theme in ("light", "dark"):
+    for theme in THEMES:
         for size in SIZES:
-            shoot(theme, size, model, out)
+            shoot(args.model, theme, size, out)
 
 
 if __name__ == "__main__":

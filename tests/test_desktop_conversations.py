@@ -109,7 +109,7 @@ def test_search_rename_delete_export_import(qtbot, home: Path, tiny_model_dir: P
 
 
 def test_edit_changes_nothing_until_sent(qtbot, home: Path, tiny_model_dir: Path) -> None:
-    """Defect 2: Edit opens an editor in the card; Esc restores; only Send replaces turns."""
+    """Defect 2: Edit puts the message in the message box; Esc restores; only Send replaces."""
     win = make_window(qtbot, home)
     load(qtbot, win, tiny_model_dir)
     greedy(win, 5)
@@ -119,27 +119,28 @@ def test_edit_changes_nothing_until_sent(qtbot, home: Path, tiny_model_dir: Path
     before = [(m.role, m.content) for m in saved.get_conversation(win.conversation_id).messages]
     history = win.history
     first_user = win.chat.messages[0]
+    win.input.setPlainText("a draft I was typing")
     qtbot.mouseClick(first_user.edit_button, Qt.MouseButton.LeftButton)
     # Nothing changed yet: not on screen, not in the history, not on disk.
     assert len(win.chat.messages) == 4 and win.history == history
     assert [(m.role, m.content) for m in saved.get_conversation(win.conversation_id).messages] == (
         before
     )
-    editor = first_user.editor
-    assert editor.box.toPlainText() == "first question"
-    editor.box.setPlainText("changed my mind")
-    qtbot.keyClick(editor.box, Qt.Key.Key_Escape)
-    assert first_user.editor is None and first_user.body.isVisible()
+    assert win.input.toPlainText() == "first question"
+    win.input.setPlainText("changed my mind")
+    qtbot.keyClick(win.input, Qt.Key.Key_Escape)
+    assert win.input.toPlainText() == "a draft I was typing"  # the draft is back
     assert first_user.text == "first question" and win.history == history
 
     qtbot.mouseClick(first_user.edit_button, Qt.MouseButton.LeftButton)
-    first_user.editor.box.setPlainText("edited question")
+    win.input.setPlainText("edited question")
     with qtbot.waitSignal(win.reply_finished, timeout=120_000):
-        qtbot.keyClick(first_user.editor.box, Qt.Key.Key_Return)
+        qtbot.keyClick(win.input, Qt.Key.Key_Return)
     messages = saved.get_conversation(win.conversation_id).messages
     assert [(m.role, m.content) for m in messages][0] == ("user", "edited question")
     assert len(messages) == 2 and [m.role for m in win.chat.messages] == ["user", "assistant"]
     assert win.history[0] == {"role": "user", "content": "edited question"}
+    assert win.input.toPlainText() == "a draft I was typing"
     # Regenerate replaces the last reply in place.
     with qtbot.waitSignal(win.reply_finished, timeout=60_000):
         win.regenerate_action.trigger()

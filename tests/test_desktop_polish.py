@@ -193,7 +193,7 @@ def test_reading_a_long_message_is_shown_before_the_tokens(
 
     def record(progress) -> None:
         card = win.chat.card(win.session.reply)
-        seen.append((progress.done, progress.total, card.meta_label.text()))
+        seen.append((progress.done, progress.total, card.status_label.text()))
 
     win.prefill_shown.connect(record)
     ask(qtbot, win, "one two three four five six seven eight nine ten eleven twelve")
@@ -203,7 +203,54 @@ def test_reading_a_long_message_is_shown_before_the_tokens(
     done, total, text = seen[0]
     assert text == f"Reading your message… {done} / {total} tokens"
     last = win.chat.messages[-1]
+    assert not last.status_label.isVisible() and last.body.isVisible()
     assert "Reading" not in last.meta_label.text()
+    win.close()
+
+
+def _cut_off(label, card) -> str:
+    """Why `label` does not show all its text inside `card` ("" if it does)."""
+    if label.wordWrap():
+        if label.height() < label.heightForWidth(label.width()):
+            return f"{label.height()} px tall, needs {label.heightForWidth(label.width())}"
+    elif label.width() < label.sizeHint().width():
+        return f"{label.width()} px wide, needs {label.sizeHint().width()}"
+    right = label.mapTo(card, label.rect().topRight()).x()
+    if right > card.contentsRect().right():
+        return f"ends at x={right}, past the card's edge {card.contentsRect().right()}"
+    return ""
+
+
+@pytest.mark.parametrize("size", [(800, 600), (1400, 900)])
+def test_reading_progress_is_not_cut_off_in_the_reply_card(
+    qtbot, home: Path, tiny_model_dir: Path, size: tuple[int, int]
+) -> None:
+    from PySide6.QtCore import QEvent
+    from PySide6.QtWidgets import QLabel
+
+    from desktop.views.window_layout import split_sizes
+
+    win = make_window(qtbot, home)
+    win.resize(*size)
+    win.splitter.setSizes(split_sizes(size[0]))
+    load(qtbot, win, tiny_model_dir)
+    greedy(win, 2)
+    win.controller.worker._generator.prefill_chunk = 4
+    problems: list[str] = []
+
+    def check(_progress) -> None:
+        QApplication.sendPostedEvents(None, QEvent.Type.LayoutRequest)  # the relayout, now
+        card = win.chat.card(win.session.reply)
+        (label,) = [
+            w
+            for w in card.findChildren(QLabel)
+            if w.isVisible() and w.text().startswith("Reading your message…")
+        ]
+        problems.append(_cut_off(label, card))
+
+    win.prefill_shown.connect(check)
+    ask(qtbot, win, "one two three four five six seven eight nine ten eleven twelve thirteen")
+    assert problems and not any(problems), problems
     win.close()
 
 
@@ -355,3 +402,202 @@ def test_right_click_keeps_the_highlight_on_the_open_chat(qtbot) -> None:
     QTimer.singleShot(50, lambda: QApplication.activePopupWidget().close())
     view._menu(view.items.visualItemRect(other).center())
     assert view.current_id() == 2
+
+
+def test_undo_banner_goes_when_the_deleted_chat_is_purged(qtbot, home: Path) -> None:
+    """After the undo window the chat is purged: an Undo that can no longer undo must go too."""
+    win = make_window(qtbot, home)
+    win.undo_window_s = 0.3
+    first = win.store.create_conversation(title="First")
+    win.store.add_message(first, "user", "one")
+    second = win.store.create_conversation(title="Second")
+    win.store.add_message(second, "user", "two")
+    win.refresh_conversations()
+    win.delete_conversation(first)
+    assert win.banner.isVisible() and win.banner.action.text() == "Undo"
+    qtbot.waitUntil(lambda: not win.banner.isVisible(), timeout=5000)
+    assert first not in [c.id for c in win.store.list_conversations()]
+    win.store.restore_conversation(first)  # purged: nothing left to bring back
+    assert first not in [c.id for c in win.store.list_conversations()]
+
+    # A later message is not hidden on behalf of an earlier deletion's expiry.
+    win.delete_conversation(second)
+    win.show_error("Something else happened.", kind="notice")
+    qtbot.wait(1200)
+    assert win.banner.isVisible() and win.banner.label.text() == "Something else happened."
+    win.close()
+
+
+def _editing(card) -> bool:
+    return bool(card.property("editing"))
+
+
+def test_edit_shows_what_it_does_and_esc_cancels(qtbot, home: Path, tiny_model_dir: Path) -> None:
+    """Edit visibly starts an edit (text in the box, focused, a notice, the card marked)."""
+    from desktop.views.message_edit import BUSY_NOTICE, EDITING_NOTICE
+
+    win = make_window(qtbot, home)
+    win.resize(800, 600)
+    load(qtbot, win, tiny_model_dir)
+    greedy(win, 4)
+    for text in ("first question", "second question", "third question"):
+        ask(qtbot, win, text)
+    first = win.chat.messages[0]
+    bar = win.chat.verticalScrollBar()
+    bar.setValue(bar.maximum())
+    at_the_end = bar.value()
+    assert at_the_end > 0  # the first card is out of view
+    qtbot.mouseClick(first.edit_button, Qt.MouseButton.LeftButton)
+    assert win.input.toPlainText() == "first question"
+    qtbot.waitUntil(win.input.hasFocus, timeout=2000)
+    assert win.banner.isVisible() and win.banner.label.text() == EDITING_NOTICE
+    assert _editing(first) and not _editing(win.chat.messages[2])
+    # The card being edited is scrolled into view.
+    qtbot.waitUntil(
+        lambda: (
+            win.chat.viewport()
+            .rect()
+            .contains(first.mapTo(win.chat.viewport(), first.rect().topLeft()))
+        ),
+        timeout=2000,
+    )
+
+    # Esc cancels wherever the focus is (it is also Stop, which has nothing to stop).
+    win.chat.setFocus()
+    win.stop_action.trigger()
+    assert win.input.toPlainText() == "" and not _editing(first)
+    assert not win.banner.isVisible()
+    assert bar.value() == at_the_end  # back where the reader was
+
+    # The notice's Cancel button cancels too; switching chats cancels.
+    qtbot.mouseClick(first.edit_button, Qt.MouseButton.LeftButton)
+    assert win.banner.action.text() == "Cancel"
+    qtbot.mouseClick(win.banner.action, Qt.MouseButton.LeftButton)
+    assert win.input.toPlainText() == "" and not _editing(first)
+    qtbot.mouseClick(first.edit_button, Qt.MouseButton.LeftButton)
+    win.new_chat_action.trigger()
+    assert win.input.toPlainText() == "" and not win.message_edit.active
+
+    # While a reply is written, Edit says why it cannot edit and changes nothing.
+    greedy(win, 200)
+    win.input.setPlainText("a long answer please")
+    qtbot.keyClick(win.input, Qt.Key.Key_Return)
+    card = win.chat.messages[0]
+    assert win.controller.busy
+    qtbot.mouseClick(card.edit_button, Qt.MouseButton.LeftButton)
+    assert win.banner.label.text() == BUSY_NOTICE and not win.message_edit.active
+    assert win.input.toPlainText() == ""
+    with qtbot.waitSignal(win.reply_finished, timeout=60_000):
+        win.stop_action.trigger()
+    assert win.history[0] == {"role": "user", "content": "a long answer please"}
+    win.close()
+
+
+def test_a_long_model_name_never_widens_the_chat_past_the_window(qtbot, home: Path) -> None:
+    """At 800×600 the chat column is ~400 px: a card's header must fit it (the name elides)."""
+    from desktop.views.window_layout import split_sizes
+
+    win = make_window(qtbot, home)
+    win.resize(800, 600)
+    win.splitter.setSizes(split_sizes(800))
+    name = "Built-in: Loopchat dictionary (a rather long model name)"
+    for _ in range(6):  # enough for a vertical scrollbar, which narrows the column further
+        win.chat.add_message("user", "A question of a few words")
+        card = win.chat.add_message("assistant", "", author=name)
+        card.finish("An answer. " * 8, "20 tokens · 15.9 tok/s")
+    qtbot.waitUntil(lambda: win.chat.verticalScrollBar().maximum() > 0, timeout=2000)
+    qtbot.wait(50)
+    assert win.chat.widget().width() <= win.chat.viewport().width()
+    assert win.chat.horizontalScrollBar().maximum() == 0
+    copy = card.copy_button
+    assert copy.mapTo(win.chat.viewport(), copy.rect().topRight()).x() < win.chat.viewport().width()
+    assert card.author_label.toolTip() == name  # the whole name is still there, on hover
+    stats = card.meta_label
+    assert stats.isVisible() and stats.width() >= stats.sizeHint().width()  # stats in full
+    win.close()
+
+
+def test_settings_and_status_bar_keep_their_news_at_800_and_1400(qtbot, home: Path) -> None:
+    """Narrow: no field wraps under its label alone, the download figure comes first and the
+    status bar's labels stay inside the window. Tall: the fields pack at the top."""
+    from desktop.app import apply_look
+    from desktop.views.window_layout import split_sizes
+
+    app = QApplication.instance()
+    sheet = app.styleSheet()
+    apply_look(app)  # the app's own paddings decide what fits
+    try:
+        _check_narrow_and_tall(qtbot, home, split_sizes)
+    finally:
+        app.setStyleSheet(sheet)
+
+
+def _check_narrow_and_tall(qtbot, home: Path, split_sizes) -> None:
+    win = make_window(qtbot, home)
+    win.resize(800, 600)
+    win.splitter.setSizes(split_sizes(800))
+    win.status_line.download(
+        "TinyLlama/TinyLlama-1.1B-Chat-v1.0", {"fraction": 0.74, "line": "4.8 MB / 6.5 MB"}
+    )
+    qtbot.wait(50)
+    s = win.sampling
+    form = s.layout()
+    for field in (s.temperature, s.top_k, s.max_new_tokens, s.report_top):
+        label = form.labelForField(field)
+        assert abs(label.geometry().center().y() - field.geometry().center().y()) < 8, label.text()
+    label = win.status_line.download_label
+    assert label.text().startswith("Downloading 74% · ")
+    bar = win.statusBar()
+    for child in (win.model_label, label, win.device_label):
+        assert child.mapTo(bar, child.rect().topRight()).x() <= bar.width(), child.text()
+
+    win.resize(1400, 900)
+    win.side.setSizes([100, 800])
+    qtbot.wait(50)
+    gap = s.top_k.geometry().top() - s.temperature.geometry().bottom()
+    assert gap < s.temperature.height(), gap  # packed, not spread over the pane
+    win.close()
+
+
+def test_an_empty_chat_with_the_built_in_model_says_what_to_ask_it(
+    qtbot, home: Path, tiny_model_dir: Path
+) -> None:
+    """The built-in model answers dictionary questions only; say so before a new user's
+    "Hello" gets an invented definition, and say where the bigger models are."""
+    win = make_window(qtbot, home)
+    load(qtbot, win, Path("builtin"))
+    intro = win.chat._placeholder
+    assert intro.isVisible()
+    assert "built-in model" in intro.text() and "Choose or download a model" in intro.text()
+    load(qtbot, win, tiny_model_dir)
+    assert "built-in model" not in intro.text()
+    win.close()
+
+
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_the_banner_suits_the_theme(qtbot, home: Path, theme: str) -> None:
+    """A light yellow notice glared in a dark window; its text and ✕ stay readable in both."""
+    from desktop.app import apply_look
+    from desktop.theme import apply_theme
+
+    app = QApplication.instance()
+    style, palette, sheet = app.style().name(), app.palette(), app.styleSheet()
+    try:
+        apply_look(app)
+        apply_theme(app, theme)
+        win = make_window(qtbot, home)
+        win.show_error("Something to know.", kind="notice")
+        qtbot.wait(50)
+        image = win.banner.grab().toImage()
+        background = image.pixelColor(4, image.height() // 2).lightness()
+        text = win.banner.label.palette().color(win.banner.label.foregroundRole()).lightness()
+        if theme == "dark":
+            assert background < 90, background
+        else:
+            assert background > 200, background
+        assert abs(background - text) > 120, (background, text)
+        win.close()
+    finally:
+        app.setStyle(style)
+        app.setPalette(palette)
+        app.setStyleSheet(sheet)

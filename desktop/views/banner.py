@@ -5,7 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QToolButton, QWidget
+from PySide6.QtGui import QPalette
+from PySide6.QtWidgets import (
+    QApplication,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QToolButton,
+    QWidget,
+)
 
 
 class Banner(QFrame):
@@ -26,11 +35,11 @@ class Banner(QFrame):
         self._callback: Callable[[], None] | None = None
         self._on_dismiss: Callable[[], None] | None = None
         layout.addWidget(self.action)
-        close = QToolButton()
-        close.setText("✕")
-        close.setToolTip("Dismiss")
-        close.clicked.connect(self._dismiss)
-        layout.addWidget(close)
+        self.close_button = QToolButton()
+        self.close_button.setText("✕")
+        self.close_button.setToolTip("Dismiss")
+        self.close_button.clicked.connect(self._dismiss)
+        layout.addWidget(self.close_button)
         self.kind = ""
         self.hide()
 
@@ -46,13 +55,24 @@ class Banner(QFrame):
         self.kind = kind
         self._on_dismiss = on_dismiss
         self.setProperty("kind", "error" if kind == "error" else "notice")
-        self.style().unpolish(self)
-        self.style().polish(self)
+        # Light yellow/red glared in a dark window: app.qss has dark variants of both.
+        # The app's palette: the banner's own has the style sheet's background in it.
+        window = QApplication.palette().color(QPalette.ColorRole.Window)
+        self.setProperty("dark", window.lightness() < 128)
+        for widget in (self, self.label, self.close_button):  # children's rules use these too
+            widget.style().unpolish(widget)
+            widget.style().polish(widget)
         self.label.setText(text)
         self._callback = callback
         self.action.setText(action)
         self.action.setVisible(bool(action and callback))
         self.show()
+
+    def showing(self, callback: Callable[[], None]) -> bool:
+        """Whether the message on screen now is the one whose action runs `callback` (a later
+        message may have replaced it, and must not be hidden on the earlier one's behalf).
+        Compared with ==, as each `obj.method` is a new bound-method object."""
+        return self.isVisible() and self._callback == callback
 
     def _dismiss(self) -> None:
         on_dismiss, self._on_dismiss = self._on_dismiss, None

@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from desktop.views.elided_label import ElidedLabel
 from desktop.views.markdown import render_markdown, secure_browser
 
 TOKEN_INDEX = QTextFormat.Property.UserProperty + 1
@@ -86,12 +87,14 @@ class MessageWidget(QFrame):
         header = QHBoxLayout()
         header.setSpacing(6)
         names = {"user": "You", "assistant": author or "Assistant", "note": "Note"}
-        self.author_label = QLabel(names.get(role, role.title()))
+        self.author_label = ElidedLabel(names.get(role, role.title()))
         self.author_label.setObjectName("author")
         header.addWidget(self.author_label)
-        self.meta_label = QLabel("")
+        # The stats line sits under the text (added below): beside the name and the buttons a
+        # narrow card had room for neither ("Built-in: Loo… 20 t…").
+        self.meta_label = ElidedLabel("", self)
         self.meta_label.setObjectName("meta")
-        header.addWidget(self.meta_label)
+        self.meta_label.hide()
         header.addStretch(1)
         # ‹ 2/3 ›: the versions of this turn (Regenerate, branches); hidden while there is one.
         self.version = self.versions = 1
@@ -131,11 +134,19 @@ class MessageWidget(QFrame):
         self.copy_button.setVisible(role != "note")
         header.addWidget(self.copy_button)
         layout.addLayout(header)
+        # Progress before the first token ("Reading your message… n / N tokens") gets a line of
+        # its own that wraps: squeezed into the header beside the buttons it was cut off.
+        self.status_label = QLabel("", self)
+        self.status_label.setObjectName("meta")
+        self.status_label.setWordWrap(True)
+        self.status_label.hide()
+        layout.addWidget(self.status_label)
 
         self.body = _AutoHeightBrowser(self)
         self.body.viewport().installEventFilter(self)
         self.body.viewport().setCursor(Qt.CursorShape.IBeamCursor)
         layout.addWidget(self.body)
+        layout.addWidget(self.meta_label)
         if role == "assistant" and not text:
             self.body.setPlainText("")
         else:
@@ -173,12 +184,21 @@ class MessageWidget(QFrame):
             cursor.movePosition(QTextCursor.MoveOperation.End)
             cursor.insertText(step["text"], self._token_format(len(self.steps) - 1))
 
+    def show_status(self, text: str) -> None:
+        """A line about the reply's progress before it has text ("" hides it); the empty body
+        is hidden meanwhile, so the card is not a blank box under the line."""
+        self.status_label.setText(text)
+        self.status_label.setVisible(bool(text))
+        self.body.setVisible(not text or bool(self.text))
+
     def finish(self, text: str, meta: str = "") -> None:
         """The reply is complete: keep the engine's final text and render it."""
+        self.show_status("")
         self.text = text
         self.finished = True
         self.meta_label.setText(meta)
         self.meta_label.setToolTip(meta)  # a narrow card cuts the line short
+        self.meta_label.setVisible(bool(meta))
         self._render()
 
     def set_text(self, text: str) -> None:
@@ -255,6 +275,21 @@ class MessageWidget(QFrame):
         return super().eventFilter(watched, event)
 
 
+INTRO = (
+    "<h2>Loopchat</h2><p>A private chat with a Llama model running on this computer.</p>"
+    "<p>Type a message below. While the model answers, the panel on the right shows the "
+    "tokens it considered at every step; click <b>Tokens</b> on a reply, then any token, "
+    "to look back.</p>"
+)
+BUILTIN_NOTE = (
+    "<p>The <b>built-in model</b> is tiny and knows only dictionary questions, like "
+    "<i>Define photosynthesis.</i> For real conversations: <b>Models → Choose or download a "
+    "model…</b></p>"
+)
+"""Said on an empty chat with the built-in model: other questions get word salad, which a new
+user would otherwise take for a broken app."""
+
+
 class ChatView(QScrollArea):
     """All messages of the open conversation, newest at the bottom."""
 
@@ -271,16 +306,11 @@ class ChatView(QScrollArea):
         self._layout = QVBoxLayout(inner)
         self._layout.setContentsMargins(18, 16, 18, 16)
         self._layout.setSpacing(12)
-        self._placeholder = QLabel(
-            "<h2>Loopchat</h2><p>A private chat with a Llama model running on this computer.</p>"
-            "<p>Type a message below. While the model answers, the panel on the right shows the "
-            "tokens it considered at every step; click <b>Tokens</b> on a reply, then any token, "
-            "to look back.</p>"
-        )
+        self._placeholder = QLabel(INTRO)
         self._placeholder.setObjectName("placeholder")
         self._placeholder.setWordWrap(True)
         self._placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self._placeholder.setContentsMargins(40, 80, 40, 40)
+        self._placeholder.setContentsMargins(24, 40, 24, 24)  # all of it in view at 800×600
         self._layout.addWidget(self._placeholder)
         self._layout.addStretch(1)
         self.setWidget(inner)
@@ -288,6 +318,10 @@ class ChatView(QScrollArea):
         self._stick_to_bottom = True
         self.verticalScrollBar().rangeChanged.connect(self._follow)
         self.verticalScrollBar().valueChanged.connect(self._track)
+
+    def set_model_note(self, html: str) -> None:
+        """A word about the loaded model under the empty chat's introduction ("" for none)."""
+        self._placeholder.setText(INTRO + html)
 
     def add_message(self, role: str, text: str = "", author: str = "") -> MessageWidget:
         self._placeholder.hide()

@@ -5,21 +5,15 @@ card per turn it shows. A long conversation opens with its latest page only; ear
 built when the user scrolls to the top (or clicks "Show earlier messages"), so opening 10,000
 messages neither blocks the GUI nor builds 10,000 text documents.
 
-Editing a sent message happens in its card (`MessageEditor`): nothing changes until the edited
-text is sent; Esc or Cancel puts the card back as it was.
+Editing a sent message happens in the window's message box (`desktop.views.message_edit`).
 """
 
 from __future__ import annotations
 
-from PySide6.QtCore import QEvent, Qt, QTimer, Signal
-from PySide6.QtGui import QKeyEvent
+from PySide6.QtCore import QTimer, Signal
 from PySide6.QtWidgets import (
-    QFrame,
-    QHBoxLayout,
-    QPlainTextEdit,
     QPushButton,
     QSizePolicy,
-    QVBoxLayout,
 )
 
 from desktop.session import ASSISTANT, ChatSession, Turn
@@ -42,67 +36,9 @@ def dropped_note(n: int) -> str:
     )
 
 
-class _EditorBox(QPlainTextEdit):
-    """Enter sends, Shift+Enter adds a line, Esc cancels."""
-
-    submitted = Signal()
-    cancelled = Signal()
-
-    def event(self, event: QEvent) -> bool:
-        # Esc is also the window's Stop shortcut; while editing, it cancels the edit instead.
-        if event.type() == QEvent.Type.ShortcutOverride and event.key() == Qt.Key.Key_Escape:
-            event.accept()
-            return True
-        return super().event(event)
-
-    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802 - Qt API
-        if event.key() == Qt.Key.Key_Escape:
-            self.cancelled.emit()
-            return
-        enter = event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)
-        if enter and not event.modifiers() & Qt.KeyboardModifier.ShiftModifier:
-            self.submitted.emit()
-            return
-        super().keyPressEvent(event)
-
-
-class MessageEditor(QFrame):
-    """Inline editor shown in place of a user card's text while it is edited."""
-
-    submitted = Signal(str)
-    cancelled = Signal()
-
-    def __init__(self, text: str, parent=None) -> None:
-        super().__init__(parent)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        self.box = _EditorBox(self)
-        self.box.setPlainText(text)
-        self.box.setFixedHeight(96)
-        layout.addWidget(self.box)
-        row = QHBoxLayout()
-        row.addStretch(1)
-        self.cancel_button = QPushButton("Cancel", self)
-        self.send_button = QPushButton("Send", self)
-        self.send_button.setObjectName("primary")
-        row.addWidget(self.cancel_button)
-        row.addWidget(self.send_button)
-        layout.addLayout(row)
-        self.cancel_button.clicked.connect(self.cancelled)
-        self.box.cancelled.connect(self.cancelled)
-        self.send_button.clicked.connect(self._submit)
-        self.box.submitted.connect(self._submit)
-
-    def _submit(self) -> None:
-        text = self.box.toPlainText().strip()
-        if text:
-            self.submitted.emit(text)
-
-
 class ConversationView(ChatView):
     """Cards for a session's turns, built lazily; listens to that session."""
 
-    edit_submitted = Signal(object, str)  # (Turn, new text)
     save_problem = Signal(str)  # "" once saving works again
     version_requested = Signal(object, int)  # (Turn, 1-based version to show)
 
@@ -124,7 +60,6 @@ class ConversationView(ChatView):
         """A reply of the shown session streams: version arrows are off."""
         self._cards: dict[int, MessageWidget] = {}
         self._notes: dict[int, MessageWidget] = {}
-        self.editing: MessageWidget | None = None
         self.verticalScrollBar().valueChanged.connect(self._maybe_load_earlier)
 
     # -- whole conversations ---------------------------------------------------------------
@@ -143,7 +78,6 @@ class ConversationView(ChatView):
         QTimer.singleShot(0, self, self._scroll_to_end)
 
     def clear(self) -> None:
-        self.cancel_edit()
         super().clear()
         self._cards.clear()
         self._notes.clear()
@@ -215,8 +149,8 @@ class ConversationView(ChatView):
         widget.token_clicked.connect(self.token_clicked)
         widget.edit_requested.connect(self.edit_requested)
         widget.version_requested.connect(lambda card, v: self.version_requested.emit(card.turn, v))
-        # The stats line never widens the column: a long one ("Reading your message… n / N
-        # tokens") would push every card past the right edge of a narrow window.
+        # The stats line never widens the column: a long one ("120 tokens · 9.1 tok/s · stopped")
+        # would push every card past the right edge of a narrow window.
         widget.meta_label.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
         widget.meta_label.setMinimumWidth(1)
         offset = self._layout.indexOf(self._placeholder) + 1
@@ -243,8 +177,6 @@ class ConversationView(ChatView):
             for cards in (self._notes, self._cards):
                 widget = cards.pop(id(turn), None)
                 if widget is not None:
-                    if widget is self.editing:
-                        self.cancel_edit()
                     self.remove_message(widget)
         self._first = min(self._first, len(self._turns))
         self._placeholder.setVisible(not self.messages)
@@ -261,13 +193,13 @@ class ConversationView(ChatView):
         """Before the first token: how much of the prompt the model has read."""
         card = self.card(turn)
         if card is not None and not card.steps:
-            card.meta_label.setText(f"Reading your message… {done} / {total} tokens")
+            card.show_status(f"Reading your message… {done} / {total} tokens")
 
     def reply_step(self, _session: ChatSession, turn: Turn, step: Step) -> None:
         card = self.card(turn)
         if card is not None:
             if not card.steps:
-                card.meta_label.setText("")  # reading done: the tokens speak for themselves
+                card.show_status("")  # reading done: the tokens speak for themselves
             card.append_step(step)
 
     def reply_ended(self, _session: ChatSession, turn: Turn) -> None:
@@ -287,32 +219,3 @@ class ConversationView(ChatView):
 
     def saved_again(self, _session: ChatSession) -> None:
         self.save_problem.emit("")
-
-    # -- editing ---------------------------------------------------------------------------
-
-    def begin_edit(self, card: MessageWidget) -> MessageEditor:
-        """Show an editor in the card; the conversation is unchanged until it is sent."""
-        self.cancel_edit()
-        editor = MessageEditor(card.text, card)
-        card.layout().addWidget(editor)
-        card.body.hide()
-        card.edit_button.setEnabled(False)
-        editor.cancelled.connect(self.cancel_edit)
-        editor.submitted.connect(lambda text: self.edit_submitted.emit(card.turn, text))
-        card.editor = editor
-        self.editing = card
-        editor.box.setFocus()
-        return editor
-
-    def cancel_edit(self) -> None:
-        """Put the card being edited back as it was."""
-        card, self.editing = self.editing, None
-        if card is None:
-            return
-        editor = getattr(card, "editor", None)
-        card.editor = None
-        if editor is not None:
-            editor.hide()
-            editor.deleteLater()
-        card.body.show()
-        card.edit_button.setEnabled(True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import QSettings, Signal
 from PySide6.QtWidgets import (
+    QAbstractSpinBox,
     QDoubleSpinBox,
     QFormLayout,
     QLabel,
@@ -54,7 +55,9 @@ class SamplingPanel(QWidget):
         self.system_prompt = QPlainTextEdit()
         self.system_prompt.setPlaceholderText("Optional instructions for the model")
         self.system_prompt.setFixedHeight(64)
-        form.addRow("System prompt", self.system_prompt)
+        # Above its box, which then has the panel's whole width (beside it, it was 4 words wide).
+        form.addRow(QLabel("System prompt"))
+        form.addRow(self.system_prompt)
 
         def spin(lo: float, hi: float, step: float, decimals: int) -> QDoubleSpinBox:
             box = QDoubleSpinBox()
@@ -90,6 +93,10 @@ class SamplingPanel(QWidget):
         self.report_top.setRange(1, 50)
         self.report_top.setToolTip("How many candidates the top-k panel shows")
         form.addRow("Top-k panel rows", self.report_top)
+        for box in self.findChildren(QAbstractSpinBox):
+            # Room for five digits and the arrows: a wider minimum (32768's width in Max new
+            # tokens) wrapped that row alone under its label in a narrow panel.
+            box.setMinimumWidth(72)
         self.warning = QLabel("")
         self.warning.setWordWrap(True)
         self.warning.setObjectName("meta")

@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
 from desktop.views.banner import Banner
 from desktop.views.conversation_list import ConversationList
 from desktop.views.conversation_view import ConversationView
+from desktop.views.elided_label import ElidedLabel
 from desktop.views.input_box import InputBox
 from desktop.views.sampling_panel import SamplingPanel
 from desktop.views.topk_panel import TopKPanel
@@ -88,7 +89,12 @@ def _side(w) -> QSplitter:
     scroll.setWidgetResizable(True)
     scroll.setFrameShape(QFrame.Shape.NoFrame)
     scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # one scrollbar
-    scroll.setWidget(w.sampling)
+    fields = QWidget()  # the fields packed at the top, not spread over a tall pane
+    fields_layout = QVBoxLayout(fields)
+    fields_layout.setContentsMargins(0, 0, 0, 0)
+    fields_layout.addWidget(w.sampling)
+    fields_layout.addStretch(1)
+    scroll.setWidget(fields)
     title = QLabel("Generation settings")
     title.setObjectName("section")
     bottom = QWidget()
@@ -176,7 +182,7 @@ class StatusLine(QObject):
 
     def __init__(self, bar: QStatusBar) -> None:
         super().__init__(bar)
-        self.model_label = QLabel(NO_MODEL)
+        self.model_label = ElidedLabel(NO_MODEL)
         self.device_label, self.speed_label, self.context_label = QLabel(), QLabel(), QLabel()
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)
@@ -188,7 +194,7 @@ class StatusLine(QObject):
             bar.addWidget(widget)
         for widget in (self.speed_label, self.context_label, self.device_label):
             bar.addPermanentWidget(widget)
-        self.download_label = QLabel("")
+        self.download_label = ElidedLabel("")
         self.download_bar = QProgressBar()
         self.download_bar.setRange(0, 1000)
         self.download_bar.setMaximumWidth(160)
@@ -214,7 +220,8 @@ class StatusLine(QObject):
         else:
             fraction = float(progress.get("fraction", 0.0))
             self.download_bar.setValue(int(1000 * fraction))
-            self.download_label.setText(f"Downloading {repo_id}: {100 * fraction:.0f}%")
+            # The figure first: at 800 px the end of a long repo id is cut off, not the news.
+            self.download_label.setText(f"Downloading {100 * fraction:.0f}% · {repo_id}")
             self.download_label.setToolTip(str(progress.get("line", "")))
         self.download_label.show()
         self.download_bar.show()
