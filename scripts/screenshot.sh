@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Take docs/screenshot.png: run the real app under Xvfb with a model, send a prompt, capture the
 # window mid-generation. Needs Debian's xvfb, xdotool and imagemagick (see README).
-#   scripts/screenshot.sh MODEL_DIR [OUT.png] [dark]
+#   scripts/screenshot.sh MODEL_DIR [OUT.png] [dark]      (PROMPT=... overrides the question)
 set -euo pipefail
 model=${1:?model folder}
 out=${2:-docs/screenshot.png}
@@ -25,7 +25,7 @@ done
 xdotool windowsize "$win" 1260 800 windowmove "$win" 10 10
 sleep 1
 xdotool windowactivate --sync "$win" 2>/dev/null || true
-xdotool type --delay 20 "Explain attention as a loop over earlier tokens, with an example."
+xdotool type --delay 20 "${PROMPT:-Explain attention as a loop over earlier tokens, with an example.}"
 xdotool key Return
 sleep "${SHOT_DELAY:-6}"
 import -window root "$out"
