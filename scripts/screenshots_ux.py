@@ -188,12 +188,16 @@ def shoot_chat(model: str, tag: str, home: Path, size, theme: str, out: Path) ->
     # sees them (the seed fixed above for repeatable replies is cleared again).
     window.input.clear()
     window.sampling.seed.clear()
-    pane = window.side.widget(1).layout()
+    side = window.side
+    pane = side.widget(side.count() - 1).layout()  # the settings are the side panel's last part
     margins = pane.contentsMargins()
     title = pane.itemAt(0).widget().sizeHint().height()
     need = margins.top() + margins.bottom() + pane.spacing() + title
     need += window.sampling.sizeHint().height() + 2
-    window.side.setSizes([max(window.side.height() - need, 0), need])
+    sizes = [0] * side.count()  # hidden parts (the step-mode panel) get nothing
+    sizes[-1] = need
+    sizes[side.count() - 2] = max(side.height() - need, 0)
+    side.setSizes(sizes)
     settle(300)
     save(window, out / f"ux-settings-{tag}.png")
     window.close()
