@@ -291,8 +291,9 @@ class MainWindow(QMainWindow):
 
     # -- versions and branches ---------------------------------------------------------------
 
-    def branch_from(self, turn, step: int, token_id: int) -> None:
-        """Continue reply `turn` from its step `step` with `token_id` instead (a new version).
+    def branch_from(self, turn, step: int, token_id: int, step_mode: bool = False) -> None:
+        """Continue reply `turn` from its step `step` with `token_id` instead (a new version);
+        `step_mode`: pause after that token (Next token goes on from there).
 
         While a reply streams, it is stopped first and the branch starts once it has ended: the
         user picked another token of what they were watching, so that is what they want next.
@@ -300,15 +301,16 @@ class MainWindow(QMainWindow):
         if self.model_info is None:
             self._can_ask()  # says to load a model
             return
-        if self.controller.busy:
-            self._pending_branch = (self.session, turn, step, token_id)
+        if self.controller.busy or self.session.busy:  # streaming, or paused in step mode
+            self._pending_branch = (self.session, turn, step, token_id, step_mode)
             self.stop()
             return
         if not self._can_ask():
             return
         self.banner.hide()
         try:
-            self._ask(lambda: self.session.branch(turn, step, token_id, self.sampling.options()))
+            options = dataclasses.replace(self.sampling.options(), step=step_mode)
+            self._ask(lambda: self.session.branch(turn, step, token_id, options))
         except ValueError as exc:
             self.show_error(f"Cannot branch from there: {exc}.", kind="notice")
 
@@ -327,9 +329,14 @@ class MainWindow(QMainWindow):
         pending, self._pending_branch = self._pending_branch, None
         if pending is None:
             return
-        session, turn, step, token_id = pending
-        if session is self.session and turn in session.turns and not self.controller.busy:
-            self.branch_from(turn, step, token_id)
+        session, turn, step, token_id, step_mode = pending
+        if (
+            session is self.session
+            and turn in session.turns
+            and not self.controller.busy
+            and not session.busy
+        ):
+            self.branch_from(turn, step, token_id, step_mode)
 
     def show_version(self, turn, version: int) -> None:
         """Show another version of a turn (`‹ ›`); the conversation continues from it."""

@@ -72,6 +72,11 @@ class StepMode(QObject):
         self._send_after: str | None = None
         """A message sent while a reply was paused: it goes once that reply has ended."""
         self._shown_session = None
+        self._taken: str | None = None
+        """The text of a token the user took instead of the pick, until its reply pauses."""
+        self._shown_at: tuple | None = None
+        """(reply turn, 0-based step) whose pick the panel shows: where a click branches."""
+        self.view.alternative_chosen.connect(self._take_instead)
         worker = window.controller.worker
         worker.generation_paused.connect(self._on_paused)
         worker.stages.connect(self._on_stages)
@@ -138,6 +143,25 @@ class StepMode(QObject):
             return
         self._stepping = controller.busy
 
+    def _take_instead(self, token_id: int, text: str) -> None:
+        """A click on another token in the stage tables: the reply goes on from that token (a new
+        version, the shown one kept), still one token per click when step mode is on."""
+        w = self.window
+        if self._shown_at is None:
+            w.show_error(
+                "The reply ended at that pick: Regenerate writes another version of it.",
+                kind="notice",
+            )
+            return
+        turn, step = self._shown_at
+        self._queued = 0
+        self._taken = text if self.enabled else None
+        self.view.set_status(
+            f"Taking “{text}” instead: a new version of the reply goes on from "
+            "it (‹ › on the reply switches back)."
+        )
+        w.branch_from(turn, step, token_id, step_mode=self.enabled)
+
     def continue_reply(self) -> None:
         """Write the rest of the paused reply at normal speed."""
         self._queued = 0
@@ -174,7 +198,17 @@ class StepMode(QObject):
         self._stepping = False
         self._queued = 0
         if session is w.session:
-            self.view.set_status(PAUSED_TEXT)
+            taken, self._taken = self._taken, None
+            if taken is not None and session.reply is not None:
+                # A forced token has no sampler account: say what happened instead of leaving
+                # the old pick's tables on show.
+                self._shown_at = None
+                self.view.clear(
+                    f"Token {len(session.reply.steps)}: you took “{taken}” instead (a new "
+                    "version of the reply; ‹ › on it switches back). " + PAUSED_TEXT
+                )
+            else:
+                self.view.set_status(PAUSED_TEXT)
 
     def _on_stages(self, stages) -> None:
         w = self.window
@@ -185,6 +219,10 @@ class StepMode(QObject):
         if stages.is_eos and index is not None:
             index += 1
         self._shown_session = session
+        self._shown_at = None
+        self._taken = None
+        if index is not None and not stages.is_eos:
+            self._shown_at = (session.reply, index - 1)
         self.view.show_stages(stages, index)
         self.shown.emit(stages)
 

@@ -80,3 +80,27 @@ def test_an_alternative_clicked_on_a_paused_reply_branches_from_it(qtbot, home, 
     assert branch, "the branch was not saved"
     assert branch[-1].steps[0].token_id == stepped[0]
     assert branch[-1].steps[1].token_id == rows[row][0]
+
+
+def test_a_token_clicked_in_the_stage_panel_branches_and_keeps_stepping(qtbot, home, win) -> None:
+    stepped = paused_reply(qtbot, win, 3)
+    stages = win.step_mode.view.stages
+    others = [r.token_id for s in stages.stages for r in s.rows if r.token_id != stages.token_id]
+    assert others, "the panel lists no alternative"
+    win.step_mode.view.choose(stages.token_id)  # the pick itself: nothing happens
+    assert win.controller.paused is not None and len(win.session.reply.steps) == 3
+    shown: list = []
+    win.token_shown.connect(shown.append)
+    win.step_mode.view.choose(others[0])
+    # The paused reply is stopped (kept), the new version pauses after the taken token.
+    qtbot.waitUntil(lambda: win.controller.paused is not None and len(shown) == 1, timeout=60_000)
+    win.token_shown.disconnect(shown.append)
+    reply = win.session.reply
+    assert [s.token_id for s in reply.steps] == [*stepped[:2], others[0]]
+    assert "instead" in win.step_mode.view.status.text() and win.step_mode.view.stages is None
+    card = [c for c in win.chat.messages if c.role == "assistant"][-1]
+    assert card.version_label.text() == "2/2"
+    assert len(click_next(qtbot, win)) == 1  # Next token goes on from the new version
+    assert [s.token_id for s in win.session.reply.steps][:3] == [*stepped[:2], others[0]]
+    messages = stored_reply(home, win)
+    assert [s.token_id for s in messages[1].steps] == stepped  # the first version, kept whole

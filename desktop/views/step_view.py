@@ -10,7 +10,7 @@ and it fits the side panel of an 800×600 window (scrolls, stages that change no
 
 from __future__ import annotations
 
-from PySide6.QtCore import QRectF, Qt
+from PySide6.QtCore import QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QPainter, QPen
 from PySide6.QtWidgets import (
     QHeaderView,
@@ -139,8 +139,17 @@ class DrawBar(QWidget):
         painter.drawLine(int(mark), 0, int(mark), self.height())
 
 
+TOKEN_ID = Qt.ItemDataRole.UserRole + 1
+"""A token row's id (header and "others" rows have none)."""
+BRANCH_TIP = "Click to take this token instead: a new version of the reply goes on from it"
+
+
 class StepView(QWidget):
     """The stage tables of the last step-mode pick; `show_stages` fills them."""
+
+    alternative_chosen = Signal(int, str)
+    """(token id, its text): a token other than the pick was clicked; the reply should go on
+    from it instead."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -182,6 +191,22 @@ class StepView(QWidget):
         self._filling = False
         self.tree.itemExpanded.connect(lambda item: self._remember(item, True))
         self.tree.itemCollapsed.connect(lambda item: self._remember(item, False))
+        self.tree.itemClicked.connect(self._clicked)
+
+    def _clicked(self, item: QTreeWidgetItem, _column: int) -> None:
+        token_id = item.data(0, TOKEN_ID)
+        if token_id is not None and self.stages is not None and token_id != self.stages.token_id:
+            text = item.text(0).removeprefix("▶ ")
+            self.alternative_chosen.emit(int(token_id), text)
+
+    def choose(self, token_id: int) -> None:
+        """Click the first row showing `token_id` (what a user's click does; for tests)."""
+        for i in range(self.tree.topLevelItemCount()):
+            head = self.tree.topLevelItem(i)
+            for j in range(head.childCount()):
+                if head.child(j).data(0, TOKEN_ID) == token_id:
+                    self._clicked(head.child(j), 0)
+                    return
 
     def _remember(self, item: QTreeWidgetItem, expanded: bool) -> None:
         if not self._filling and self.stages is not None and item.parent() is None:
@@ -223,7 +248,11 @@ class StepView(QWidget):
                 item = QTreeWidgetItem([visible_token(row.text), percent(row.prob)])
                 item.setTextAlignment(1, Qt.AlignmentFlag.AlignRight)
                 item.setData(1, PROB, float(row.prob))
-                item.setToolTip(0, f"id {row.token_id}: p = {row.prob:.6f}")
+                item.setData(0, TOKEN_ID, int(row.token_id))
+                tip = f"id {row.token_id}: p = {row.prob:.6f}"
+                if row.token_id != stages.token_id and not stages.is_eos:
+                    tip += f"\n{BRANCH_TIP}"
+                item.setToolTip(0, tip)
                 if row.token_id == stages.token_id:  # the pick, followed through the stages
                     item.setText(0, f"▶ {visible_token(row.text)}")
                     if number - 1 == last_active:
