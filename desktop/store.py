@@ -58,6 +58,18 @@ from desktop.export import (
     read_export,
     valid_time,
 )
+from desktop.store_rows import (
+    CONV_COLUMNS,
+    DAMAGED_TEXT,
+    MSG_COLUMNS,
+    STEP_COLUMNS,
+    VERSION_COLUMNS,
+    conversation_from_row,
+    insert_message,
+    insert_steps,
+    message_from_row,
+    step_from_row,
+)
 from desktop.store_schema import (
     MIGRATIONS,
     ROLES,
@@ -85,6 +97,21 @@ __all__ = [
     "default_path",
     "make_title",
     "read_export",
+    # Also importable from here since before the store was split into modules; kept so that no
+    # caller has to learn where each one lives now.
+    "DAMAGED_TEXT",
+    "ROLES",
+    "Migration",
+    "NewerSchemaError",
+    "clean_sampling",
+    "clean_timings",
+    "conversation_from_json",
+    "conversation_to_json",
+    "conversation_to_markdown",
+    "migrate",
+    "pack_top",
+    "unpack_top",
+    "valid_time",
 ]
 
 log = logging.getLogger(__name__)
@@ -165,21 +192,6 @@ class _Kept(Exception):
         self.read_only = _is_read_only(exc)
 
 
-_CONV_COLUMNS = (
-    "id, title, created_at, updated_at, system_prompt, model, model_path, title_is_custom, "
-    "deleted_at, imported_at"
-)
-_MSG_COLUMNS = (
-    "id, conversation_id, position, role, content, created_at, finished, stop_reason, model, "
-    "sampling, timings, parent_id, shown"
-)
-_VERSION_COLUMNS = (
-    # Which version a message is among its siblings, and how many there are (`‹ 2/3 ›`).
-    "(SELECT COUNT(*) FROM messages s WHERE s.conversation_id = m.conversation_id "
-    "AND s.parent_id IS m.parent_id AND s.id <= m.id), "
-    "(SELECT COUNT(*) FROM messages s WHERE s.conversation_id = m.conversation_id "
-    "AND s.parent_id IS m.parent_id)"
-)
 _SHOWN_PATH = """
     WITH RECURSIVE path (id, depth) AS (
         SELECT (SELECT id FROM messages WHERE conversation_id = ?1 AND parent_id IS NULL
@@ -196,102 +208,6 @@ through each shown child. Where no sibling is marked shown (one was deleted), th
 
 SHOWN_END = "end"
 """`parent_id` default of `add_message`/`start_reply`: after the last message of the shown path."""
-
-
-DAMAGED_TEXT = "[This message could not be read from the database.]"
-"""Shown for a stored message whose text is not text (a damaged row)."""
-
-
-def _time(value: Any) -> tuple[float, bool]:
-    """A stored time views can format; (0.0, True) for one out of range (e.g. 1e300)."""
-    return (float(value), False) if valid_time(value) else (0.0, True)
-
-
-def _text(value: Any, placeholder: str = "") -> tuple[str, bool]:
-    if isinstance(value, str):
-        return value, False
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace"), True
-    return placeholder, True
-
-
-def _json_dict(text: Any, clean: Callable[[Any], tuple[dict, bool]]) -> tuple[dict, bool]:
-    try:
-        value = json.loads(text)
-    except (TypeError, ValueError, RecursionError):
-        return {}, True
-    return clean(value)
-
-
-def _conversation(row: tuple) -> Conversation:
-    """A conversation row as a record; damaged values become safe defaults (`damaged=True`),
-    so one bad row never stops the list or the app from starting."""
-    title, bad_title = _text(row[1])
-    created, bad_created = _time(row[2])
-    updated, bad_updated = _time(row[3])
-    system_prompt, bad_prompt = _text(row[4])
-    model, bad_model = _text(row[5])
-    model_path, bad_path = _text(row[6])
-    deleted_at = row[8] if row[8] is None else _time(row[8])[0]
-    imported_at = row[9] if row[9] is None else _time(row[9])[0]
-    return Conversation(
-        row[0],
-        title,
-        created,
-        updated,
-        system_prompt,
-        model,
-        model_path,
-        title_is_custom=bool(row[7]),
-        deleted_at=deleted_at,
-        imported_at=imported_at,
-        damaged=bad_title or bad_created or bad_updated or bad_prompt or bad_model or bad_path,
-    )
-
-
-def _message(row: tuple) -> Message:
-    """A message row (`_MSG_COLUMNS`, then optionally version and versions) as a record; damaged
-    values become safe defaults (`damaged=True`)."""
-    content, bad_content = _text(row[4], DAMAGED_TEXT)
-    created, bad_created = _time(row[5])
-    stop_reason, bad_stop = (None, False) if row[7] is None else _text(row[7])
-    model, bad_model = _text(row[8])
-    sampling, bad_sampling = _json_dict(row[9], clean_sampling)
-    timings, bad_timings = _json_dict(row[10], clean_timings)
-    return Message(
-        row[0],
-        row[1],
-        row[2],
-        row[3],
-        content,
-        created,
-        finished=bool(row[6]),
-        stop_reason=stop_reason,
-        model=model,
-        sampling=sampling,
-        timings=timings,
-        damaged=bad_content or bad_created or bad_stop or bad_model or bad_sampling or bad_timings,
-        parent_id=row[11],
-        shown=bool(row[12]),
-        version=row[13] if len(row) > 13 else 1,
-        versions=row[14] if len(row) > 14 else 1,
-    )
-
-
-def _step(r: tuple) -> StepRecord | None:
-    """(idx, token_id, prob, text, piece, top_ids, top_probs, top_texts) as a StepRecord, or
-    None when the row cannot be read."""
-    try:
-        top = unpack_top(r[5], r[6], r[7])
-        if not (isinstance(r[3], str) and isinstance(r[4], str)):
-            return None
-        return StepRecord(int(r[1]), r[3], float(r[2]), top, r[4], int(r[0]))
-    except (TypeError, ValueError, struct.error, RecursionError):
-        return None
-
-
-def _step_row(message_id: int, idx: int, s: StepRecord) -> tuple:
-    return (message_id, idx, s.token_id, s.prob, s.text, s.piece, *pack_top(s.top))
 
 
 class ConversationStore:
@@ -684,7 +600,7 @@ class ConversationStore:
         `search` keeps those whose title, system prompt or any message contains it
         (case-insensitive, literal: no wildcards).
         """
-        sql = f"SELECT {_CONV_COLUMNS} FROM conversations c WHERE deleted_at IS NULL"
+        sql = f"SELECT {CONV_COLUMNS} FROM conversations c WHERE deleted_at IS NULL"
         args: tuple = ()
         needle = search.strip().casefold()
         if needle:
@@ -696,7 +612,7 @@ class ConversationStore:
             args = (needle,)
         sql += " ORDER BY updated_at DESC, id DESC"
         rows = self._read(lambda db: db.execute(sql, args).fetchall())
-        return [_conversation(r) for r in rows]
+        return [conversation_from_row(r) for r in rows]
 
     def get_conversation(
         self,
@@ -716,34 +632,34 @@ class ConversationStore:
 
         def read(db: sqlite3.Connection) -> Conversation:
             row = db.execute(
-                f"SELECT {_CONV_COLUMNS} FROM conversations WHERE id = ?", (conversation_id,)
+                f"SELECT {CONV_COLUMNS} FROM conversations WHERE id = ?", (conversation_id,)
             ).fetchone()
             if row is None or (row[8] is not None and not include_deleted):
                 raise StoreError("This conversation no longer exists.")
-            conv = _conversation(row)
+            conv = conversation_from_row(row)
             path = [r[0] for r in db.execute(_SHOWN_PATH, (conversation_id,))]
             rows = {
                 r[0]: r
                 for r in db.execute(
-                    f"SELECT {_MSG_COLUMNS}, {_VERSION_COLUMNS} FROM messages m "
+                    f"SELECT {MSG_COLUMNS}, {VERSION_COLUMNS} FROM messages m "
                     "WHERE conversation_id = ? ORDER BY id",
                     (conversation_id,),
                 )
             }
             order = list(rows) if all_versions else path
-            conv.messages = [_message(rows[i]) for i in order]
+            conv.messages = [message_from_row(rows[i]) for i in order]
             if steps:
                 by_id = {m.id: m for m in conv.messages}
                 for r in db.execute(
-                    "SELECT s.message_id, s.idx, s.token_id, s.prob, s.text, s.piece, s.top_ids, "
-                    "s.top_probs, s.top_texts FROM steps s JOIN messages m ON m.id = s.message_id "
+                    f"SELECT s.message_id, {STEP_COLUMNS} FROM steps s "
+                    "JOIN messages m ON m.id = s.message_id "
                     "WHERE m.conversation_id = ? ORDER BY s.message_id, s.idx",
                     (conversation_id,),
                 ):
                     message = by_id.get(r[0])
                     if message is None:  # a version off the shown path
                         continue
-                    record = _step(r[1:])
+                    record = step_from_row(r[1:])
                     if record is None:
                         message.damaged = True
                     else:
@@ -756,12 +672,11 @@ class ConversationStore:
         """One message's steps (for views that load them only when a reply is inspected)."""
         rows = self._read(
             lambda db: db.execute(
-                "SELECT idx, token_id, prob, text, piece, top_ids, top_probs, top_texts "
-                "FROM steps WHERE message_id = ? ORDER BY idx",
+                f"SELECT {STEP_COLUMNS} FROM steps WHERE message_id = ? ORDER BY idx",
                 (message_id,),
             ).fetchall()
         )
-        return [record for record in map(_step, rows) if record is not None]
+        return [record for record in map(step_from_row, rows) if record is not None]
 
     def rename(self, conversation_id: int, title: str) -> None:
         """Give a conversation its own title; an empty one goes back to the automatic title."""
@@ -901,24 +816,20 @@ class ConversationStore:
                 "UPDATE messages SET shown = 0 WHERE conversation_id = ? AND parent_id IS ?",
                 (conversation_id, parent),
             )
-            message_id = db.execute(
-                "INSERT INTO messages (conversation_id, parent_id, position, role, content, "
-                "created_at, finished, stop_reason, model, sampling, timings) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    conversation_id,
-                    parent,
-                    position,
-                    role,
-                    content,
-                    now,
-                    int(finished),
-                    stop_reason,
-                    model,
-                    json.dumps(sampling or {}),
-                    json.dumps(timings or {}),
-                ),
-            ).lastrowid
+            message_id = insert_message(
+                db,
+                conversation_id,
+                parent,
+                position,
+                role,
+                content,
+                now,
+                finished=finished,
+                stop_reason=stop_reason,
+                model=model,
+                sampling=sampling or {},
+                timings=timings or {},
+            )
             db.execute(
                 "UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conversation_id)
             )
@@ -968,11 +879,7 @@ class ConversationStore:
             start = db.execute(
                 "SELECT COALESCE(MAX(idx) + 1, 0) FROM steps WHERE message_id = ?", (message_id,)
             ).fetchone()[0]
-            db.executemany(
-                "INSERT INTO steps (message_id, idx, token_id, prob, text, piece, top_ids, "
-                "top_probs, top_texts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [_step_row(message_id, start + i, s) for i, s in enumerate(records)],
-            )
+            insert_steps(db, message_id, start, records)
             db.execute("UPDATE messages SET content = ? WHERE id = ?", (content_so_far, message_id))
 
         self._write(write)
@@ -1180,31 +1087,23 @@ class ConversationStore:
             ids: list[int] = []  # database id of each message in the file, by its index
             for m in conv.messages:
                 parent = None if m.parent_id is None else ids[m.parent_id]
-                message_id = db.execute(
-                    "INSERT INTO messages (conversation_id, parent_id, shown, position, role, "
-                    "content, created_at, finished, stop_reason, model, sampling, timings) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        conv_id,
-                        parent,
-                        int(m.shown),
-                        m.position,
-                        m.role,
-                        m.content,
-                        m.created_at,
-                        int(m.finished),
-                        m.stop_reason,
-                        m.model,
-                        json.dumps(m.sampling),
-                        json.dumps(m.timings),
-                    ),
-                ).lastrowid
-                ids.append(message_id)
-                db.executemany(
-                    "INSERT INTO steps (message_id, idx, token_id, prob, text, piece, top_ids, "
-                    "top_probs, top_texts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [_step_row(message_id, i, s) for i, s in enumerate(m.steps)],
+                message_id = insert_message(
+                    db,
+                    conv_id,
+                    parent,
+                    m.position,
+                    m.role,
+                    m.content,
+                    m.created_at,
+                    finished=m.finished,
+                    stop_reason=m.stop_reason,
+                    model=m.model,
+                    sampling=m.sampling,
+                    timings=m.timings,
+                    shown=m.shown,
                 )
+                ids.append(message_id)
+                insert_steps(db, message_id, 0, m.steps)
             if not conv.title:
                 self._retitle(db, conv_id)
             return conv_id
