@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import sqlite3
 import struct
 import threading
@@ -58,6 +56,7 @@ from desktop.export import (
     read_export,
     valid_time,
 )
+from desktop.store_recovery import open_database
 from desktop.store_rows import (
     CONV_COLUMNS,
     DAMAGED_TEXT,
@@ -121,10 +120,6 @@ TITLE_LENGTH = 60
 _LAST_OPEN = "last_open"
 _MOVED_ASIDE = "moved_aside_notice"
 _SECURE_SINCE = "vacuumed_for_secure_delete"
-_BUSY = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED: another process holds the file; it is not broken
-_CORRUPT = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB: the file itself is damaged
-_READ_ONLY = (3, 8, 14, 23)  # SQLITE_PERM, READONLY, CANTOPEN, AUTH: permissions, not damage
-_ENVIRONMENT = (*_READ_ONLY, 7, 10, 13, 15)  # + NOMEM, IOERR, FULL, PROTOCOL: not the file's fault
 T = TypeVar("T")
 
 
@@ -144,52 +139,6 @@ def make_title(text: str) -> str:
     if " " in cut[TITLE_LENGTH // 2 :]:
         cut = cut[: cut.rindex(" ")]
     return cut.rstrip() + "…"
-
-
-def _contains(haystack: str | None, needle: str) -> bool:
-    """SQL `lc_contains(text, casefolded query)`: case-insensitive, no wildcards."""
-    return haystack is not None and needle in haystack.casefold()
-
-
-def _code(exc: sqlite3.Error) -> int | None:
-    """SQLite's primary result code of an error (Python 3.11+ carries it; None before)."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return None if code is None else code & 0xFF
-
-
-def _is_busy(exc: sqlite3.Error) -> bool:
-    return _code(exc) in _BUSY or "locked" in str(exc)
-
-
-def _is_corrupt(exc: sqlite3.Error) -> bool:
-    """Damage in the file itself, the only sqlite error that justifies moving it aside."""
-    text = str(exc).lower()
-    return _code(exc) in _CORRUPT or "malformed" in text or "not a database" in text
-
-
-def _is_read_only(exc: sqlite3.Error) -> bool:
-    """Permissions (file, -wal, -shm or folder), not damage: the data is fine, just not ours to
-    write."""
-    text = str(exc).lower()
-    return _code(exc) in _READ_ONLY or "readonly" in text or "unable to open" in text
-
-
-class _Unusable(Exception):
-    """The file at the store's path is damaged or too new; `label` names the moved-aside copy."""
-
-    def __init__(self, label: str, reason: str) -> None:
-        super().__init__(reason)
-        self.label = label
-        self.reason = reason
-
-
-class _Kept(Exception):
-    """The file is fine but cannot be used now (permissions, disk full, I/O): it stays put."""
-
-    def __init__(self, exc: sqlite3.Error) -> None:
-        super().__init__(str(exc))
-        self.error = exc
-        self.read_only = _is_read_only(exc)
 
 
 _SHOWN_PATH = """
@@ -230,46 +179,20 @@ class ConversationStore:
         busy_timeout_s: float = 5.0,
     ) -> None:
         self.path = Path(path) if path is not None else default_path()
-        self.recovery_notice: str | None = None
+        self._migrations = tuple(migrations)
+        self._lock = threading.RLock()
+        opened = open_database(self.path, self._migrations, busy_timeout_s)
+        self._db = opened.db
+        self.read_only = opened.read_only_reason is not None
+        """True when the file could only be opened for reading; every write raises StoreError."""
+        self._read_only_reason = opened.read_only_reason or ""
+        if opened.moved_aside is not None:
+            self.set_meta(_MOVED_ASIDE, opened.moved_aside)
+        notices = (opened.notice, self.moved_aside_notice())
+        self.recovery_notice: str | None = " ".join(n for n in notices if n) or None
         """What to tell the user at start: the file was opened read-only (and why), or an
         earlier file was moved aside (repeated at every start until
         `dismiss_moved_aside_notice`)."""
-        self.read_only = False
-        """True when the file could only be opened for reading; every write raises StoreError."""
-        self._read_only_reason = ""
-        self._migrations = tuple(migrations)
-        self._busy_timeout_s = busy_timeout_s
-        self._lock = threading.RLock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(
-                f"Cannot create the folder for saved conversations, {self.path.parent}: "
-                f"{exc.strerror}. Check that it is writable."
-            ) from None
-        try:
-            self._db = self._connect()
-        except _Unusable as problem:
-            if not self.path.exists():
-                raise StoreError(
-                    f"Cannot create the conversation database {self.path}: {problem.reason}. "
-                    "Check that the folder is writable."
-                ) from None
-            moved = self._move_aside(problem.label)
-            notice = self._notice(problem, moved)
-            log.warning("conversation database moved aside to %s: %s", moved, problem.reason)
-            try:
-                self._db = self._connect()
-            except (_Unusable, _Kept) as again:
-                raise StoreError(
-                    f"Cannot start a new conversation database at {self.path}: {again}. "
-                    "Check that the folder is writable and the disk is not full."
-                ) from None
-            self.set_meta(_MOVED_ASIDE, notice)
-        except _Kept as kept:
-            self._db = self._open_read_only_or_raise(kept)
-        notices = (self.recovery_notice, self.moved_aside_notice())
-        self.recovery_notice = " ".join(n for n in notices if n) or None
 
     # -- opening, recovery ---------------------------------------------------------------------
 
@@ -277,220 +200,6 @@ class ConversationStore:
     def schema_version(self) -> int:
         """The version this code writes (the length of its migration list)."""
         return len(self._migrations)
-
-    def _connect(self) -> sqlite3.Connection:
-        """Check, open and migrate the file.
-
-        `_Unusable` if it is damaged or too new (it gets moved aside), `_Kept` if it is fine but
-        cannot be opened for writing now (it stays where it is).
-        """
-        if self.path.exists():
-            self._vet()
-        db = None
-        try:
-            db = sqlite3.connect(
-                self.path,
-                timeout=self._busy_timeout_s,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode.lower() != "wal":  # e.g. some network file systems
-                log.warning("SQLite refused WAL mode for %s (using %s)", self.path, mode)
-            db.execute("PRAGMA synchronous = FULL")
-            db.execute("PRAGMA foreign_keys = ON")
-            # Deleted conversations leave no readable bytes behind in the file (privacy).
-            db.execute("PRAGMA secure_delete = ON")
-            try:
-                found = migrate(db, self._migrations)
-            except NewerSchemaError as exc:  # only if another process replaced it meanwhile
-                raise _Unusable("newer-version", str(exc)) from None
-            except sqlite3.Error as exc:
-                if _is_busy(exc) or _is_corrupt(exc) or _code(exc) in _ENVIRONMENT:
-                    raise
-                raise _Unusable("upgrade-failed", f"upgrading it failed ({exc})") from None
-            if found < self.schema_version:
-                log.info("conversations upgraded from v%d to v%d", found, self.schema_version)
-            # A file that opens but cannot take a write lock (read-only file, -wal or -shm) is
-            # found here, at start, rather than at the first message.
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.execute(f"PRAGMA user_version = {self.schema_version:d}")  # a real write
-            finally:
-                db.execute("ROLLBACK")
-            db.create_function("lc_contains", 2, _contains, deterministic=True)
-            return db
-        except BaseException as exc:
-            if db is not None:
-                db.close()
-            if isinstance(exc, sqlite3.Error):
-                self._classify(exc)
-            raise
-
-    def _open_read_only(self) -> sqlite3.Connection:
-        """A read-only connection, also in a read-only folder without -shm (`immutable`, safe
-        only when there is no -wal whose content it would skip)."""
-        uri = self.path.resolve().as_uri()
-        db = None
-        try:
-            db = sqlite3.connect(
-                f"{uri}?mode=ro",
-                uri=True,
-                timeout=self._busy_timeout_s,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the real open
-            return db
-        except sqlite3.Error as exc:
-            if db is not None:
-                db.close()
-            if _is_busy(exc) or _is_corrupt(exc) or Path(f"{self.path}-wal").exists():
-                raise
-        db = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, check_same_thread=False)
-        db.isolation_level = None
-        try:
-            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        except sqlite3.Error:
-            db.close()
-            raise
-        return db
-
-    def _vet(self) -> None:
-        """Check an existing file without changing it.
-
-        Read-only, because a read-write connection to a broken file still deletes its -wal on
-        close, and the -wal may hold the latest conversations: what is moved aside must be
-        exactly what was found.
-        """
-        db = None
-        try:
-            try:
-                db = self._open_read_only()
-            except sqlite3.Error as exc:
-                if _is_corrupt(exc) or not Path(f"{self.path}-wal").exists():
-                    raise
-                db = sqlite3.connect(  # -wal present but no usable -shm: check the main file
-                    f"{self.path.resolve().as_uri()}?mode=ro&immutable=1",
-                    uri=True,
-                    isolation_level=None,
-                )
-            # quick_check: integrity_check without the index/table cross-checks; several times
-            # faster and finds the damage that matters here (pages that cannot be read).
-            problems = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
-            if problems != ["ok"]:
-                log.warning("quick_check of %s: %s", self.path, " | ".join(problems))
-                raise _Unusable("unreadable", "it is damaged (its integrity check failed)")
-            found = db.execute("PRAGMA user_version").fetchone()[0]
-            if found > self.schema_version:
-                raise _Unusable("newer-version", str(NewerSchemaError(found, self.schema_version)))
-        except sqlite3.Error as exc:
-            self._classify(exc)
-        finally:
-            if db is not None:
-                db.close()
-
-    def _classify(self, exc: sqlite3.Error) -> None:
-        """Raise what an sqlite error at opening means: busy, damaged or kept."""
-        if _is_busy(exc):
-            raise StoreError(
-                f"The conversation database {self.path} is in use by another program "
-                "(is Loopchat already running?). Close it and try again."
-            ) from None
-        if _is_corrupt(exc):
-            raise _Unusable("unreadable", f"it is damaged ({exc})") from None
-        raise _Kept(exc) from None
-
-    def _open_read_only_or_raise(self, kept: _Kept) -> sqlite3.Connection:
-        """The file is fine but not writable now: open it read-only when that is the cause and
-        possible, else a StoreError that names the cause. The file is never moved."""
-        cause = self._describe(kept.error)
-        log.warning("conversation database %s kept as it is: %s", self.path, kept.error)
-        if kept.read_only:
-            db = None
-            try:
-                db = self._open_read_only()
-                found = db.execute("PRAGMA user_version").fetchone()[0]
-                if found != self.schema_version:
-                    raise StoreError(
-                        f"Your saved conversations in {self.path} need upgrading to this version "
-                        f"of Loopchat, but {cause}. Make them writable and restart Loopchat."
-                    )
-                db.create_function("lc_contains", 2, _contains, deterministic=True)
-            except sqlite3.Error as exc:
-                if db is not None:
-                    db.close()
-                raise StoreError(
-                    f"Cannot open your saved conversations in {self.path}: {cause}; even "
-                    f"reading them failed ({exc}). Nothing was changed or moved."
-                ) from None
-            self.read_only = True
-            self._read_only_reason = cause
-            self.recovery_notice = (
-                f"Your saved conversations are open read-only: {cause}. You can read them, but "
-                "nothing new is saved until that is fixed and Loopchat restarted."
-            )
-            return db
-        raise StoreError(
-            f"Cannot open your saved conversations in {self.path}: {cause}. The file was left "
-            "as it is (nothing was moved or deleted); fix that and restart Loopchat."
-        )
-
-    def _describe(self, exc: sqlite3.Error) -> str:
-        """The cause of an error in words: which file is not writable, or how full the disk is."""
-        folder = self.path.parent
-        if _is_read_only(exc):
-            if not os.access(folder, os.W_OK):
-                return f"the folder {folder} is read-only"
-            for suffix in ("", "-wal", "-shm"):
-                part = Path(f"{self.path}{suffix}")
-                if part.exists() and not os.access(part, os.W_OK):
-                    return f"{part.name} is read-only"
-            return f"it cannot be opened for writing ({exc})"
-        try:
-            free = shutil.disk_usage(folder).free
-        except OSError:
-            return f"a disk error ({exc})"
-        free_text = f"{free / 2**20:.0f} MB free" if free < 2**30 else f"{free / 2**30:.1f} GB free"
-        if _code(exc) == 13 or "full" in str(exc).lower():
-            return f"the disk is full ({free_text} on {folder})"
-        return f"a disk error ({exc}; is the disk full? {free_text} on {folder})"
-
-    def _move_aside(self, label: str) -> Path:
-        """Rename the file and its -wal/-shm to `<name>.<label>-<timestamp>[-n]` (kept paired)."""
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        target = self.path.with_name(f"{self.path.name}.{label}-{stamp}")
-        n = 2
-        while any(Path(f"{target}{s}").exists() for s in ("", "-wal", "-shm")):
-            target = self.path.with_name(f"{self.path.name}.{label}-{stamp}-{n}")
-            n += 1
-        for suffix in ("", "-wal", "-shm"):
-            source = Path(f"{self.path}{suffix}")
-            if not source.exists():
-                continue
-            try:
-                source.rename(f"{target}{suffix}")
-            except OSError as exc:
-                raise StoreError(
-                    f"The conversation database {self.path} cannot be opened and could not be "
-                    f"moved aside ({exc.strerror}). Move it somewhere else and restart Loopchat."
-                ) from None
-        return target
-
-    def _notice(self, problem: _Unusable, moved: Path) -> str:
-        kept = f"It was moved to {moved} (nothing was deleted) and a new, empty history started."
-        if problem.label == "newer-version":
-            return (
-                f"Your saved conversations were written by a newer version of Loopchat "
-                f"({problem.reason}). {kept} Open that file with the newer Loopchat to get them "
-                "back."
-            )
-        if problem.label == "upgrade-failed":
-            return (
-                f"Your saved conversations could not be upgraded to this version of Loopchat: "
-                f"{problem.reason}. {kept}"
-            )
-        return f"Your saved conversations could not be opened: {problem.reason}. {kept}"
 
     def count_messages(self, conversation_id: int) -> int:
         """How many messages a conversation has, without reading them (to choose how to open it)."""
