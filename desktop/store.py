@@ -56,6 +56,7 @@ from desktop.export import (
     read_export,
     valid_time,
 )
+from desktop.store_import import insert_conversation
 from desktop.store_recovery import open_database
 from desktop.store_rows import (
     CONV_COLUMNS,
@@ -778,41 +779,7 @@ class ConversationStore:
         conv = conversation_from_json(data)
 
         def write(db: sqlite3.Connection) -> int:
-            conv_id = db.execute(
-                "INSERT INTO conversations (title, title_is_custom, system_prompt, model, "
-                "model_path, created_at, updated_at, imported_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    conv.title,
-                    int(conv.title_is_custom),
-                    conv.system_prompt,
-                    conv.model,
-                    conv.model_path,
-                    conv.created_at,
-                    conv.updated_at,
-                    time.time(),
-                ),
-            ).lastrowid
-            ids: list[int] = []  # database id of each message in the file, by its index
-            for m in conv.messages:
-                parent = None if m.parent_id is None else ids[m.parent_id]
-                message_id = insert_message(
-                    db,
-                    conv_id,
-                    parent,
-                    m.position,
-                    m.role,
-                    m.content,
-                    m.created_at,
-                    finished=m.finished,
-                    stop_reason=m.stop_reason,
-                    model=m.model,
-                    sampling=m.sampling,
-                    timings=m.timings,
-                    shown=m.shown,
-                )
-                ids.append(message_id)
-                insert_steps(db, message_id, 0, m.steps)
+            conv_id = insert_conversation(db, conv, time.time())
             if not conv.title:
                 self._retitle(db, conv_id)
             return conv_id
