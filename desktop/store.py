@@ -18,16 +18,26 @@ Choices, and why:
 * **One connection, one lock**: the GUI and the worker thread may both call any method; each
   call holds the lock for one short transaction.
 * Only a **damaged** database (SQLITE_CORRUPT / NOTADB, a failed quick_check), one from a newer
-  Loopchat, or one whose upgrade fails on its data is **moved aside** (with its -wal/-shm, so it
-  can still be opened), never deleted; `recovery_notice` says where, at every start until
-  `dismiss_moved_aside_notice()`. A healthy file is never moved for the machine's sake: not
-  writable (file, -wal, -shm or folder) → opened `read_only`, saying why; disk full or an I/O
-  error → StoreError naming the cause, the file untouched.
+  Loopchat, or one whose upgrade fails on its data is **moved aside** (`store_recovery`, with its
+  -wal/-shm, so it can still be opened), never deleted; `recovery_notice` says where, at every
+  start until `dismiss_moved_aside_notice()`. A healthy file is never moved for the machine's
+  sake: not writable (file, -wal, -shm or folder) → opened `read_only`, saying why; disk full or
+  an I/O error → StoreError naming the cause, the file untouched.
 * **Deleted means gone from the file**: `secure_delete` zeroes freed content and
   `purge_deleted` checkpoints and truncates the -wal, which still held the old pages.
 * **Rows are data too**: a stored value views cannot use (a time of 1e300, broken JSON) comes
   back as a safe default with `damaged=True` instead of an exception; import checks the same
   ranges and types up front and names the bad field.
+
+Where the parts live (none of them imports this module at run time; it re-exports what was
+importable from it before the split, so `from desktop.store import ...` keeps working):
+
+* `desktop.store` (here): `ConversationStore`, conversations, messages and their versions.
+* `desktop.store_recovery`: opening the file, moving a damaged one aside, read-only mode.
+* `desktop.store_rows`: column lists, rows → records (lenient), the shared INSERTs.
+* `desktop.store_import`: writing a validated import (validation: `desktop.export`).
+* `desktop.store_schema`: records, StoreError, the schema and its migrations.
+* `desktop.autosave`: `Autosaver`, batching a streaming reply's saves.
 
 No Qt and no torch here: the worker, tests and a crash-test subprocess all use it directly.
 """
@@ -121,6 +131,7 @@ TITLE_LENGTH = 60
 _LAST_OPEN = "last_open"
 _MOVED_ASIDE = "moved_aside_notice"
 _SECURE_SINCE = "vacuumed_for_secure_delete"
+_REPLY_GONE = "The reply being saved no longer exists."
 T = TypeVar("T")
 
 
@@ -195,20 +206,12 @@ class ConversationStore:
         earlier file was moved aside (repeated at every start until
         `dismiss_moved_aside_notice`)."""
 
-    # -- opening, recovery ---------------------------------------------------------------------
+    # -- opening, notices, closing -------------------------------------------------------------
 
     @property
     def schema_version(self) -> int:
         """The version this code writes (the length of its migration list)."""
         return len(self._migrations)
-
-    def count_messages(self, conversation_id: int) -> int:
-        """How many messages a conversation has, without reading them (to choose how to open it)."""
-        return self._read(
-            lambda db: db.execute(
-                "SELECT COUNT(*) FROM messages WHERE conversation_id = ?", (conversation_id,)
-            ).fetchone()[0]
-        )
 
     def moved_aside_notice(self) -> str | None:
         """What happened when an earlier file was moved aside (where it went, why), or None.
@@ -286,6 +289,22 @@ class ConversationStore:
             raise StoreError("This conversation no longer exists.")
         return row
 
+    @staticmethod
+    def _require_message(
+        db: sqlite3.Connection, message_id: int, columns: str, missing: str
+    ) -> tuple:
+        """The message's `columns`; StoreError(`missing`), fit for a dialog, if it is gone
+        (deleted by another call since the caller got its id)."""
+        row = db.execute(f"SELECT {columns} FROM messages WHERE id = ?", (message_id,)).fetchone()
+        if row is None:
+            raise StoreError(missing)
+        return row
+
+    @staticmethod
+    def _touch(db: sqlite3.Connection, conversation_id: int, when: float) -> None:
+        """Mark a conversation active at `when` (the list shows the most recent first)."""
+        db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (when, conversation_id))
+
     # -- conversations -------------------------------------------------------------------------
 
     def create_conversation(
@@ -323,6 +342,14 @@ class ConversationStore:
         sql += " ORDER BY updated_at DESC, id DESC"
         rows = self._read(lambda db: db.execute(sql, args).fetchall())
         return [conversation_from_row(r) for r in rows]
+
+    def count_messages(self, conversation_id: int) -> int:
+        """How many messages a conversation has, without reading them (to choose how to open it)."""
+        return self._read(
+            lambda db: db.execute(
+                "SELECT COUNT(*) FROM messages WHERE conversation_id = ?", (conversation_id,)
+            ).fetchone()[0]
+        )
 
     def get_conversation(
         self,
@@ -540,9 +567,7 @@ class ConversationStore:
                 sampling=sampling or {},
                 timings=timings or {},
             )
-            db.execute(
-                "UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conversation_id)
-            )
+            self._touch(db, conversation_id, now)
             if role == "user":
                 self._retitle(db, conversation_id)
             return message_id
@@ -581,10 +606,8 @@ class ConversationStore:
         records = [StepRecord.coerce(s) for s in steps]
 
         def write(db: sqlite3.Connection) -> None:
-            row = db.execute("SELECT finished FROM messages WHERE id = ?", (message_id,)).fetchone()
-            if row is None:
-                raise StoreError("The reply being saved no longer exists.")
-            if row[0]:
+            (finished,) = self._require_message(db, message_id, "finished", _REPLY_GONE)
+            if finished:
                 raise StoreError("This reply is already finished; nothing more can be added.")
             start = db.execute(
                 "SELECT COALESCE(MAX(idx) + 1, 0) FROM steps WHERE message_id = ?", (message_id,)
@@ -601,17 +624,15 @@ class ConversationStore:
         now = time.time()
 
         def write(db: sqlite3.Connection) -> None:
-            row = db.execute(
-                "SELECT conversation_id FROM messages WHERE id = ?", (message_id,)
-            ).fetchone()
-            if row is None:
-                raise StoreError("The reply being saved no longer exists.")
+            (conversation_id,) = self._require_message(
+                db, message_id, "conversation_id", _REPLY_GONE
+            )
             db.execute(
                 "UPDATE messages SET content = ?, finished = 1, stop_reason = ?, timings = ? "
                 "WHERE id = ?",
                 (content, stop_reason, json.dumps(timings or {}), message_id),
             )
-            db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, row[0]))
+            self._touch(db, conversation_id, now)
 
         self._write(write)
 
@@ -636,10 +657,7 @@ class ConversationStore:
                 (conversation_id, kept[0] if kept else None),
             )
             if gone:
-                db.execute(
-                    "UPDATE conversations SET updated_at = ? WHERE id = ?",
-                    (time.time(), conversation_id),
-                )
+                self._touch(db, conversation_id, time.time())
                 self._retitle(db, conversation_id)
             return gone
 
@@ -669,11 +687,9 @@ class ConversationStore:
         """Ids of a message's versions (itself and its siblings), oldest first."""
 
         def read(db: sqlite3.Connection) -> list[int]:
-            row = db.execute(
-                "SELECT conversation_id, parent_id FROM messages WHERE id = ?", (message_id,)
-            ).fetchone()
-            if row is None:
-                raise StoreError("This message no longer exists.")
+            row = self._require_message(
+                db, message_id, "conversation_id, parent_id", "This message no longer exists."
+            )
             return [
                 r[0]
                 for r in db.execute(
@@ -690,11 +706,12 @@ class ConversationStore:
         through the versions last shown below it)."""
 
         def write(db: sqlite3.Connection) -> None:
-            row = db.execute(
-                "SELECT conversation_id, parent_id FROM messages WHERE id = ?", (message_id,)
-            ).fetchone()
-            if row is None:
-                raise StoreError("This version of the message no longer exists.")
+            row = self._require_message(
+                db,
+                message_id,
+                "conversation_id, parent_id",
+                "This version of the message no longer exists.",
+            )
             db.execute(
                 "UPDATE messages SET shown = (id = ?) WHERE conversation_id = ? AND parent_id IS ?",
                 (message_id, *row),
