@@ -76,6 +76,7 @@ def _code(exc: sqlite3.Error) -> int | None:
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
+    """Another process holds the file: say so and leave it alone (it is not broken)."""
     return _code(exc) in _BUSY or "locked" in str(exc)
 
 
