@@ -18,16 +18,26 @@ Choices, and why:
 * **One connection, one lock**: the GUI and the worker thread may both call any method; each
   call holds the lock for one short transaction.
 * Only a **damaged** database (SQLITE_CORRUPT / NOTADB, a failed quick_check), one from a newer
-  Loopchat, or one whose upgrade fails on its data is **moved aside** (with its -wal/-shm, so it
-  can still be opened), never deleted; `recovery_notice` says where, at every start until
-  `dismiss_moved_aside_notice()`. A healthy file is never moved for the machine's sake: not
-  writable (file, -wal, -shm or folder) → opened `read_only`, saying why; disk full or an I/O
-  error → StoreError naming the cause, the file untouched.
+  Loopchat, or one whose upgrade fails on its data is **moved aside** (`store_recovery`, with its
+  -wal/-shm, so it can still be opened), never deleted; `recovery_notice` says where, at every
+  start until `dismiss_moved_aside_notice()`. A healthy file is never moved for the machine's
+  sake: not writable (file, -wal, -shm or folder) → opened `read_only`, saying why; disk full or
+  an I/O error → StoreError naming the cause, the file untouched.
 * **Deleted means gone from the file**: `secure_delete` zeroes freed content and
   `purge_deleted` checkpoints and truncates the -wal, which still held the old pages.
 * **Rows are data too**: a stored value views cannot use (a time of 1e300, broken JSON) comes
   back as a safe default with `damaged=True` instead of an exception; import checks the same
   ranges and types up front and names the bad field.
+
+Where the parts live (none of them imports this module at run time; it re-exports what was
+importable from it before the split, so `from desktop.store import ...` keeps working):
+
+* `desktop.store` (here): `ConversationStore`, conversations, messages and their versions.
+* `desktop.store_recovery`: opening the file, moving a damaged one aside, read-only mode.
+* `desktop.store_rows`: column lists, rows → records (lenient), the shared INSERTs.
+* `desktop.store_import`: writing a validated import (validation: `desktop.export`).
+* `desktop.store_schema`: records, StoreError, the schema and its migrations.
+* `desktop.autosave`: `Autosaver`, batching a streaming reply's saves.
 
 No Qt and no torch here: the worker, tests and a crash-test subprocess all use it directly.
 """
@@ -36,8 +46,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import sqlite3
 import struct
 import threading
@@ -46,6 +54,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from desktop.autosave import Autosaver
 from desktop.export import (
     EXPORT_FORMAT,
     EXPORT_VERSION,
@@ -56,6 +65,20 @@ from desktop.export import (
     conversation_to_markdown,
     read_export,
     valid_time,
+)
+from desktop.store_import import insert_conversation
+from desktop.store_recovery import open_database
+from desktop.store_rows import (
+    CONV_COLUMNS,
+    DAMAGED_TEXT,
+    MSG_COLUMNS,
+    STEP_COLUMNS,
+    VERSION_COLUMNS,
+    conversation_from_row,
+    insert_message,
+    insert_steps,
+    message_from_row,
+    step_from_row,
 )
 from desktop.store_schema import (
     MIGRATIONS,
@@ -84,6 +107,21 @@ __all__ = [
     "default_path",
     "make_title",
     "read_export",
+    # Also importable from here since before the store was split into modules; kept so that no
+    # caller has to learn where each one lives now.
+    "DAMAGED_TEXT",
+    "ROLES",
+    "Migration",
+    "NewerSchemaError",
+    "clean_sampling",
+    "clean_timings",
+    "conversation_from_json",
+    "conversation_to_json",
+    "conversation_to_markdown",
+    "migrate",
+    "pack_top",
+    "unpack_top",
+    "valid_time",
 ]
 
 log = logging.getLogger(__name__)
@@ -93,10 +131,7 @@ TITLE_LENGTH = 60
 _LAST_OPEN = "last_open"
 _MOVED_ASIDE = "moved_aside_notice"
 _SECURE_SINCE = "vacuumed_for_secure_delete"
-_BUSY = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED: another process holds the file; it is not broken
-_CORRUPT = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB: the file itself is damaged
-_READ_ONLY = (3, 8, 14, 23)  # SQLITE_PERM, READONLY, CANTOPEN, AUTH: permissions, not damage
-_ENVIRONMENT = (*_READ_ONLY, 7, 10, 13, 15)  # + NOMEM, IOERR, FULL, PROTOCOL: not the file's fault
+_REPLY_GONE = "The reply being saved no longer exists."
 T = TypeVar("T")
 
 
@@ -118,67 +153,6 @@ def make_title(text: str) -> str:
     return cut.rstrip() + "…"
 
 
-def _contains(haystack: str | None, needle: str) -> bool:
-    """SQL `lc_contains(text, casefolded query)`: case-insensitive, no wildcards."""
-    return haystack is not None and needle in haystack.casefold()
-
-
-def _code(exc: sqlite3.Error) -> int | None:
-    """SQLite's primary result code of an error (Python 3.11+ carries it; None before)."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return None if code is None else code & 0xFF
-
-
-def _is_busy(exc: sqlite3.Error) -> bool:
-    return _code(exc) in _BUSY or "locked" in str(exc)
-
-
-def _is_corrupt(exc: sqlite3.Error) -> bool:
-    """Damage in the file itself, the only sqlite error that justifies moving it aside."""
-    text = str(exc).lower()
-    return _code(exc) in _CORRUPT or "malformed" in text or "not a database" in text
-
-
-def _is_read_only(exc: sqlite3.Error) -> bool:
-    """Permissions (file, -wal, -shm or folder), not damage: the data is fine, just not ours to
-    write."""
-    text = str(exc).lower()
-    return _code(exc) in _READ_ONLY or "readonly" in text or "unable to open" in text
-
-
-class _Unusable(Exception):
-    """The file at the store's path is damaged or too new; `label` names the moved-aside copy."""
-
-    def __init__(self, label: str, reason: str) -> None:
-        super().__init__(reason)
-        self.label = label
-        self.reason = reason
-
-
-class _Kept(Exception):
-    """The file is fine but cannot be used now (permissions, disk full, I/O): it stays put."""
-
-    def __init__(self, exc: sqlite3.Error) -> None:
-        super().__init__(str(exc))
-        self.error = exc
-        self.read_only = _is_read_only(exc)
-
-
-_CONV_COLUMNS = (
-    "id, title, created_at, updated_at, system_prompt, model, model_path, title_is_custom, "
-    "deleted_at, imported_at"
-)
-_MSG_COLUMNS = (
-    "id, conversation_id, position, role, content, created_at, finished, stop_reason, model, "
-    "sampling, timings, parent_id, shown"
-)
-_VERSION_COLUMNS = (
-    # Which version a message is among its siblings, and how many there are (`‹ 2/3 ›`).
-    "(SELECT COUNT(*) FROM messages s WHERE s.conversation_id = m.conversation_id "
-    "AND s.parent_id IS m.parent_id AND s.id <= m.id), "
-    "(SELECT COUNT(*) FROM messages s WHERE s.conversation_id = m.conversation_id "
-    "AND s.parent_id IS m.parent_id)"
-)
 _SHOWN_PATH = """
     WITH RECURSIVE path (id, depth) AS (
         SELECT (SELECT id FROM messages WHERE conversation_id = ?1 AND parent_id IS NULL
@@ -195,102 +169,6 @@ through each shown child. Where no sibling is marked shown (one was deleted), th
 
 SHOWN_END = "end"
 """`parent_id` default of `add_message`/`start_reply`: after the last message of the shown path."""
-
-
-DAMAGED_TEXT = "[This message could not be read from the database.]"
-"""Shown for a stored message whose text is not text (a damaged row)."""
-
-
-def _time(value: Any) -> tuple[float, bool]:
-    """A stored time views can format; (0.0, True) for one out of range (e.g. 1e300)."""
-    return (float(value), False) if valid_time(value) else (0.0, True)
-
-
-def _text(value: Any, placeholder: str = "") -> tuple[str, bool]:
-    if isinstance(value, str):
-        return value, False
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace"), True
-    return placeholder, True
-
-
-def _json_dict(text: Any, clean: Callable[[Any], tuple[dict, bool]]) -> tuple[dict, bool]:
-    try:
-        value = json.loads(text)
-    except (TypeError, ValueError, RecursionError):
-        return {}, True
-    return clean(value)
-
-
-def _conversation(row: tuple) -> Conversation:
-    """A conversation row as a record; damaged values become safe defaults (`damaged=True`),
-    so one bad row never stops the list or the app from starting."""
-    title, bad_title = _text(row[1])
-    created, bad_created = _time(row[2])
-    updated, bad_updated = _time(row[3])
-    system_prompt, bad_prompt = _text(row[4])
-    model, bad_model = _text(row[5])
-    model_path, bad_path = _text(row[6])
-    deleted_at = row[8] if row[8] is None else _time(row[8])[0]
-    imported_at = row[9] if row[9] is None else _time(row[9])[0]
-    return Conversation(
-        row[0],
-        title,
-        created,
-        updated,
-        system_prompt,
-        model,
-        model_path,
-        title_is_custom=bool(row[7]),
-        deleted_at=deleted_at,
-        imported_at=imported_at,
-        damaged=bad_title or bad_created or bad_updated or bad_prompt or bad_model or bad_path,
-    )
-
-
-def _message(row: tuple) -> Message:
-    """A message row (`_MSG_COLUMNS`, then optionally version and versions) as a record; damaged
-    values become safe defaults (`damaged=True`)."""
-    content, bad_content = _text(row[4], DAMAGED_TEXT)
-    created, bad_created = _time(row[5])
-    stop_reason, bad_stop = (None, False) if row[7] is None else _text(row[7])
-    model, bad_model = _text(row[8])
-    sampling, bad_sampling = _json_dict(row[9], clean_sampling)
-    timings, bad_timings = _json_dict(row[10], clean_timings)
-    return Message(
-        row[0],
-        row[1],
-        row[2],
-        row[3],
-        content,
-        created,
-        finished=bool(row[6]),
-        stop_reason=stop_reason,
-        model=model,
-        sampling=sampling,
-        timings=timings,
-        damaged=bad_content or bad_created or bad_stop or bad_model or bad_sampling or bad_timings,
-        parent_id=row[11],
-        shown=bool(row[12]),
-        version=row[13] if len(row) > 13 else 1,
-        versions=row[14] if len(row) > 14 else 1,
-    )
-
-
-def _step(r: tuple) -> StepRecord | None:
-    """(idx, token_id, prob, text, piece, top_ids, top_probs, top_texts) as a StepRecord, or
-    None when the row cannot be read."""
-    try:
-        top = unpack_top(r[5], r[6], r[7])
-        if not (isinstance(r[3], str) and isinstance(r[4], str)):
-            return None
-        return StepRecord(int(r[1]), r[3], float(r[2]), top, r[4], int(r[0]))
-    except (TypeError, ValueError, struct.error, RecursionError):
-        return None
-
-
-def _step_row(message_id: int, idx: int, s: StepRecord) -> tuple:
-    return (message_id, idx, s.token_id, s.prob, s.text, s.piece, *pack_top(s.top))
 
 
 class ConversationStore:
@@ -313,275 +191,27 @@ class ConversationStore:
         busy_timeout_s: float = 5.0,
     ) -> None:
         self.path = Path(path) if path is not None else default_path()
-        self.recovery_notice: str | None = None
+        self._migrations = tuple(migrations)
+        self._lock = threading.RLock()
+        opened = open_database(self.path, self._migrations, busy_timeout_s)
+        self._db = opened.db
+        self.read_only = opened.read_only_reason is not None
+        """True when the file could only be opened for reading; every write raises StoreError."""
+        self._read_only_reason = opened.read_only_reason or ""
+        if opened.moved_aside is not None:
+            self.set_meta(_MOVED_ASIDE, opened.moved_aside)
+        notices = (opened.notice, self.moved_aside_notice())
+        self.recovery_notice: str | None = " ".join(n for n in notices if n) or None
         """What to tell the user at start: the file was opened read-only (and why), or an
         earlier file was moved aside (repeated at every start until
         `dismiss_moved_aside_notice`)."""
-        self.read_only = False
-        """True when the file could only be opened for reading; every write raises StoreError."""
-        self._read_only_reason = ""
-        self._migrations = tuple(migrations)
-        self._busy_timeout_s = busy_timeout_s
-        self._lock = threading.RLock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(
-                f"Cannot create the folder for saved conversations, {self.path.parent}: "
-                f"{exc.strerror}. Check that it is writable."
-            ) from None
-        try:
-            self._db = self._connect()
-        except _Unusable as problem:
-            if not self.path.exists():
-                raise StoreError(
-                    f"Cannot create the conversation database {self.path}: {problem.reason}. "
-                    "Check that the folder is writable."
-                ) from None
-            moved = self._move_aside(problem.label)
-            notice = self._notice(problem, moved)
-            log.warning("conversation database moved aside to %s: %s", moved, problem.reason)
-            try:
-                self._db = self._connect()
-            except (_Unusable, _Kept) as again:
-                raise StoreError(
-                    f"Cannot start a new conversation database at {self.path}: {again}. "
-                    "Check that the folder is writable and the disk is not full."
-                ) from None
-            self.set_meta(_MOVED_ASIDE, notice)
-        except _Kept as kept:
-            self._db = self._open_read_only_or_raise(kept)
-        notices = (self.recovery_notice, self.moved_aside_notice())
-        self.recovery_notice = " ".join(n for n in notices if n) or None
 
-    # -- opening, recovery ---------------------------------------------------------------------
+    # -- opening, notices, closing -------------------------------------------------------------
 
     @property
     def schema_version(self) -> int:
         """The version this code writes (the length of its migration list)."""
         return len(self._migrations)
-
-    def _connect(self) -> sqlite3.Connection:
-        """Check, open and migrate the file.
-
-        `_Unusable` if it is damaged or too new (it gets moved aside), `_Kept` if it is fine but
-        cannot be opened for writing now (it stays where it is).
-        """
-        if self.path.exists():
-            self._vet()
-        db = None
-        try:
-            db = sqlite3.connect(
-                self.path,
-                timeout=self._busy_timeout_s,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode.lower() != "wal":  # e.g. some network file systems
-                log.warning("SQLite refused WAL mode for %s (using %s)", self.path, mode)
-            db.execute("PRAGMA synchronous = FULL")
-            db.execute("PRAGMA foreign_keys = ON")
-            # Deleted conversations leave no readable bytes behind in the file (privacy).
-            db.execute("PRAGMA secure_delete = ON")
-            try:
-                found = migrate(db, self._migrations)
-            except NewerSchemaError as exc:  # only if another process replaced it meanwhile
-                raise _Unusable("newer-version", str(exc)) from None
-            except sqlite3.Error as exc:
-                if _is_busy(exc) or _is_corrupt(exc) or _code(exc) in _ENVIRONMENT:
-                    raise
-                raise _Unusable("upgrade-failed", f"upgrading it failed ({exc})") from None
-            if found < self.schema_version:
-                log.info("conversations upgraded from v%d to v%d", found, self.schema_version)
-            # A file that opens but cannot take a write lock (read-only file, -wal or -shm) is
-            # found here, at start, rather than at the first message.
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.execute(f"PRAGMA user_version = {self.schema_version:d}")  # a real write
-            finally:
-                db.execute("ROLLBACK")
-            db.create_function("lc_contains", 2, _contains, deterministic=True)
-            return db
-        except BaseException as exc:
-            if db is not None:
-                db.close()
-            if isinstance(exc, sqlite3.Error):
-                self._classify(exc)
-            raise
-
-    def _open_read_only(self) -> sqlite3.Connection:
-        """A read-only connection, also in a read-only folder without -shm (`immutable`, safe
-        only when there is no -wal whose content it would skip)."""
-        uri = self.path.resolve().as_uri()
-        db = None
-        try:
-            db = sqlite3.connect(
-                f"{uri}?mode=ro",
-                uri=True,
-                timeout=self._busy_timeout_s,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the real open
-            return db
-        except sqlite3.Error as exc:
-            if db is not None:
-                db.close()
-            if _is_busy(exc) or _is_corrupt(exc) or Path(f"{self.path}-wal").exists():
-                raise
-        db = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, check_same_thread=False)
-        db.isolation_level = None
-        try:
-            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        except sqlite3.Error:
-            db.close()
-            raise
-        return db
-
-    def _vet(self) -> None:
-        """Check an existing file without changing it.
-
-        Read-only, because a read-write connection to a broken file still deletes its -wal on
-        close, and the -wal may hold the latest conversations: what is moved aside must be
-        exactly what was found.
-        """
-        db = None
-        try:
-            try:
-                db = self._open_read_only()
-            except sqlite3.Error as exc:
-                if _is_corrupt(exc) or not Path(f"{self.path}-wal").exists():
-                    raise
-                db = sqlite3.connect(  # -wal present but no usable -shm: check the main file
-                    f"{self.path.resolve().as_uri()}?mode=ro&immutable=1",
-                    uri=True,
-                    isolation_level=None,
-                )
-            # quick_check: integrity_check without the index/table cross-checks; several times
-            # faster and finds the damage that matters here (pages that cannot be read).
-            problems = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
-            if problems != ["ok"]:
-                log.warning("quick_check of %s: %s", self.path, " | ".join(problems))
-                raise _Unusable("unreadable", "it is damaged (its integrity check failed)")
-            found = db.execute("PRAGMA user_version").fetchone()[0]
-            if found > self.schema_version:
-                raise _Unusable("newer-version", str(NewerSchemaError(found, self.schema_version)))
-        except sqlite3.Error as exc:
-            self._classify(exc)
-        finally:
-            if db is not None:
-                db.close()
-
-    def _classify(self, exc: sqlite3.Error) -> None:
-        """Raise what an sqlite error at opening means: busy, damaged or kept."""
-        if _is_busy(exc):
-            raise StoreError(
-                f"The conversation database {self.path} is in use by another program "
-                "(is Loopchat already running?). Close it and try again."
-            ) from None
-        if _is_corrupt(exc):
-            raise _Unusable("unreadable", f"it is damaged ({exc})") from None
-        raise _Kept(exc) from None
-
-    def _open_read_only_or_raise(self, kept: _Kept) -> sqlite3.Connection:
-        """The file is fine but not writable now: open it read-only when that is the cause and
-        possible, else a StoreError that names the cause. The file is never moved."""
-        cause = self._describe(kept.error)
-        log.warning("conversation database %s kept as it is: %s", self.path, kept.error)
-        if kept.read_only:
-            db = None
-            try:
-                db = self._open_read_only()
-                found = db.execute("PRAGMA user_version").fetchone()[0]
-                if found != self.schema_version:
-                    raise StoreError(
-                        f"Your saved conversations in {self.path} need upgrading to this version "
-                        f"of Loopchat, but {cause}. Make them writable and restart Loopchat."
-                    )
-                db.create_function("lc_contains", 2, _contains, deterministic=True)
-            except sqlite3.Error as exc:
-                if db is not None:
-                    db.close()
-                raise StoreError(
-                    f"Cannot open your saved conversations in {self.path}: {cause}; even "
-                    f"reading them failed ({exc}). Nothing was changed or moved."
-                ) from None
-            self.read_only = True
-            self._read_only_reason = cause
-            self.recovery_notice = (
-                f"Your saved conversations are open read-only: {cause}. You can read them, but "
-                "nothing new is saved until that is fixed and Loopchat restarted."
-            )
-            return db
-        raise StoreError(
-            f"Cannot open your saved conversations in {self.path}: {cause}. The file was left "
-            "as it is (nothing was moved or deleted); fix that and restart Loopchat."
-        )
-
-    def _describe(self, exc: sqlite3.Error) -> str:
-        """The cause of an error in words: which file is not writable, or how full the disk is."""
-        folder = self.path.parent
-        if _is_read_only(exc):
-            if not os.access(folder, os.W_OK):
-                return f"the folder {folder} is read-only"
-            for suffix in ("", "-wal", "-shm"):
-                part = Path(f"{self.path}{suffix}")
-                if part.exists() and not os.access(part, os.W_OK):
-                    return f"{part.name} is read-only"
-            return f"it cannot be opened for writing ({exc})"
-        try:
-            free = shutil.disk_usage(folder).free
-        except OSError:
-            return f"a disk error ({exc})"
-        free_text = f"{free / 2**20:.0f} MB free" if free < 2**30 else f"{free / 2**30:.1f} GB free"
-        if _code(exc) == 13 or "full" in str(exc).lower():
-            return f"the disk is full ({free_text} on {folder})"
-        return f"a disk error ({exc}; is the disk full? {free_text} on {folder})"
-
-    def _move_aside(self, label: str) -> Path:
-        """Rename the file and its -wal/-shm to `<name>.<label>-<timestamp>[-n]` (kept paired)."""
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        target = self.path.with_name(f"{self.path.name}.{label}-{stamp}")
-        n = 2
-        while any(Path(f"{target}{s}").exists() for s in ("", "-wal", "-shm")):
-            target = self.path.with_name(f"{self.path.name}.{label}-{stamp}-{n}")
-            n += 1
-        for suffix in ("", "-wal", "-shm"):
-            source = Path(f"{self.path}{suffix}")
-            if not source.exists():
-                continue
-            try:
-                source.rename(f"{target}{suffix}")
-            except OSError as exc:
-                raise StoreError(
-                    f"The conversation database {self.path} cannot be opened and could not be "
-                    f"moved aside ({exc.strerror}). Move it somewhere else and restart Loopchat."
-                ) from None
-        return target
-
-    def _notice(self, problem: _Unusable, moved: Path) -> str:
-        kept = f"It was moved to {moved} (nothing was deleted) and a new, empty history started."
-        if problem.label == "newer-version":
-            return (
-                f"Your saved conversations were written by a newer version of Loopchat "
-                f"({problem.reason}). {kept} Open that file with the newer Loopchat to get them "
-                "back."
-            )
-        if problem.label == "upgrade-failed":
-            return (
-                f"Your saved conversations could not be upgraded to this version of Loopchat: "
-                f"{problem.reason}. {kept}"
-            )
-        return f"Your saved conversations could not be opened: {problem.reason}. {kept}"
-
-    def count_messages(self, conversation_id: int) -> int:
-        """How many messages a conversation has, without reading them (to choose how to open it)."""
-        return self._read(
-            lambda db: db.execute(
-                "SELECT COUNT(*) FROM messages WHERE conversation_id = ?", (conversation_id,)
-            ).fetchone()[0]
-        )
 
     def moved_aside_notice(self) -> str | None:
         """What happened when an earlier file was moved aside (where it went, why), or None.
@@ -659,6 +289,22 @@ class ConversationStore:
             raise StoreError("This conversation no longer exists.")
         return row
 
+    @staticmethod
+    def _require_message(
+        db: sqlite3.Connection, message_id: int, columns: str, missing: str
+    ) -> tuple:
+        """The message's `columns`; StoreError(`missing`), fit for a dialog, if it is gone
+        (deleted by another call since the caller got its id)."""
+        row = db.execute(f"SELECT {columns} FROM messages WHERE id = ?", (message_id,)).fetchone()
+        if row is None:
+            raise StoreError(missing)
+        return row
+
+    @staticmethod
+    def _touch(db: sqlite3.Connection, conversation_id: int, when: float) -> None:
+        """Mark a conversation active at `when` (the list shows the most recent first)."""
+        db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (when, conversation_id))
+
     # -- conversations -------------------------------------------------------------------------
 
     def create_conversation(
@@ -683,7 +329,7 @@ class ConversationStore:
         `search` keeps those whose title, system prompt or any message contains it
         (case-insensitive, literal: no wildcards).
         """
-        sql = f"SELECT {_CONV_COLUMNS} FROM conversations c WHERE deleted_at IS NULL"
+        sql = f"SELECT {CONV_COLUMNS} FROM conversations c WHERE deleted_at IS NULL"
         args: tuple = ()
         needle = search.strip().casefold()
         if needle:
@@ -695,7 +341,15 @@ class ConversationStore:
             args = (needle,)
         sql += " ORDER BY updated_at DESC, id DESC"
         rows = self._read(lambda db: db.execute(sql, args).fetchall())
-        return [_conversation(r) for r in rows]
+        return [conversation_from_row(r) for r in rows]
+
+    def count_messages(self, conversation_id: int) -> int:
+        """How many messages a conversation has, without reading them (to choose how to open it)."""
+        return self._read(
+            lambda db: db.execute(
+                "SELECT COUNT(*) FROM messages WHERE conversation_id = ?", (conversation_id,)
+            ).fetchone()[0]
+        )
 
     def get_conversation(
         self,
@@ -715,34 +369,34 @@ class ConversationStore:
 
         def read(db: sqlite3.Connection) -> Conversation:
             row = db.execute(
-                f"SELECT {_CONV_COLUMNS} FROM conversations WHERE id = ?", (conversation_id,)
+                f"SELECT {CONV_COLUMNS} FROM conversations WHERE id = ?", (conversation_id,)
             ).fetchone()
             if row is None or (row[8] is not None and not include_deleted):
                 raise StoreError("This conversation no longer exists.")
-            conv = _conversation(row)
+            conv = conversation_from_row(row)
             path = [r[0] for r in db.execute(_SHOWN_PATH, (conversation_id,))]
             rows = {
                 r[0]: r
                 for r in db.execute(
-                    f"SELECT {_MSG_COLUMNS}, {_VERSION_COLUMNS} FROM messages m "
+                    f"SELECT {MSG_COLUMNS}, {VERSION_COLUMNS} FROM messages m "
                     "WHERE conversation_id = ? ORDER BY id",
                     (conversation_id,),
                 )
             }
             order = list(rows) if all_versions else path
-            conv.messages = [_message(rows[i]) for i in order]
+            conv.messages = [message_from_row(rows[i]) for i in order]
             if steps:
                 by_id = {m.id: m for m in conv.messages}
                 for r in db.execute(
-                    "SELECT s.message_id, s.idx, s.token_id, s.prob, s.text, s.piece, s.top_ids, "
-                    "s.top_probs, s.top_texts FROM steps s JOIN messages m ON m.id = s.message_id "
+                    f"SELECT s.message_id, {STEP_COLUMNS} FROM steps s "
+                    "JOIN messages m ON m.id = s.message_id "
                     "WHERE m.conversation_id = ? ORDER BY s.message_id, s.idx",
                     (conversation_id,),
                 ):
                     message = by_id.get(r[0])
                     if message is None:  # a version off the shown path
                         continue
-                    record = _step(r[1:])
+                    record = step_from_row(r[1:])
                     if record is None:
                         message.damaged = True
                     else:
@@ -755,12 +409,11 @@ class ConversationStore:
         """One message's steps (for views that load them only when a reply is inspected)."""
         rows = self._read(
             lambda db: db.execute(
-                "SELECT idx, token_id, prob, text, piece, top_ids, top_probs, top_texts "
-                "FROM steps WHERE message_id = ? ORDER BY idx",
+                f"SELECT {STEP_COLUMNS} FROM steps WHERE message_id = ? ORDER BY idx",
                 (message_id,),
             ).fetchall()
         )
-        return [record for record in map(_step, rows) if record is not None]
+        return [record for record in map(step_from_row, rows) if record is not None]
 
     def rename(self, conversation_id: int, title: str) -> None:
         """Give a conversation its own title; an empty one goes back to the automatic title."""
@@ -900,27 +553,21 @@ class ConversationStore:
                 "UPDATE messages SET shown = 0 WHERE conversation_id = ? AND parent_id IS ?",
                 (conversation_id, parent),
             )
-            message_id = db.execute(
-                "INSERT INTO messages (conversation_id, parent_id, position, role, content, "
-                "created_at, finished, stop_reason, model, sampling, timings) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    conversation_id,
-                    parent,
-                    position,
-                    role,
-                    content,
-                    now,
-                    int(finished),
-                    stop_reason,
-                    model,
-                    json.dumps(sampling or {}),
-                    json.dumps(timings or {}),
-                ),
-            ).lastrowid
-            db.execute(
-                "UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conversation_id)
+            message_id = insert_message(
+                db,
+                conversation_id,
+                parent,
+                position,
+                role,
+                content,
+                now,
+                finished=finished,
+                stop_reason=stop_reason,
+                model=model,
+                sampling=sampling or {},
+                timings=timings or {},
             )
+            self._touch(db, conversation_id, now)
             if role == "user":
                 self._retitle(db, conversation_id)
             return message_id
@@ -959,19 +606,13 @@ class ConversationStore:
         records = [StepRecord.coerce(s) for s in steps]
 
         def write(db: sqlite3.Connection) -> None:
-            row = db.execute("SELECT finished FROM messages WHERE id = ?", (message_id,)).fetchone()
-            if row is None:
-                raise StoreError("The reply being saved no longer exists.")
-            if row[0]:
+            (finished,) = self._require_message(db, message_id, "finished", _REPLY_GONE)
+            if finished:
                 raise StoreError("This reply is already finished; nothing more can be added.")
             start = db.execute(
                 "SELECT COALESCE(MAX(idx) + 1, 0) FROM steps WHERE message_id = ?", (message_id,)
             ).fetchone()[0]
-            db.executemany(
-                "INSERT INTO steps (message_id, idx, token_id, prob, text, piece, top_ids, "
-                "top_probs, top_texts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [_step_row(message_id, start + i, s) for i, s in enumerate(records)],
-            )
+            insert_steps(db, message_id, start, records)
             db.execute("UPDATE messages SET content = ? WHERE id = ?", (content_so_far, message_id))
 
         self._write(write)
@@ -983,17 +624,15 @@ class ConversationStore:
         now = time.time()
 
         def write(db: sqlite3.Connection) -> None:
-            row = db.execute(
-                "SELECT conversation_id FROM messages WHERE id = ?", (message_id,)
-            ).fetchone()
-            if row is None:
-                raise StoreError("The reply being saved no longer exists.")
+            (conversation_id,) = self._require_message(
+                db, message_id, "conversation_id", _REPLY_GONE
+            )
             db.execute(
                 "UPDATE messages SET content = ?, finished = 1, stop_reason = ?, timings = ? "
                 "WHERE id = ?",
                 (content, stop_reason, json.dumps(timings or {}), message_id),
             )
-            db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, row[0]))
+            self._touch(db, conversation_id, now)
 
         self._write(write)
 
@@ -1018,10 +657,7 @@ class ConversationStore:
                 (conversation_id, kept[0] if kept else None),
             )
             if gone:
-                db.execute(
-                    "UPDATE conversations SET updated_at = ? WHERE id = ?",
-                    (time.time(), conversation_id),
-                )
+                self._touch(db, conversation_id, time.time())
                 self._retitle(db, conversation_id)
             return gone
 
@@ -1051,11 +687,9 @@ class ConversationStore:
         """Ids of a message's versions (itself and its siblings), oldest first."""
 
         def read(db: sqlite3.Connection) -> list[int]:
-            row = db.execute(
-                "SELECT conversation_id, parent_id FROM messages WHERE id = ?", (message_id,)
-            ).fetchone()
-            if row is None:
-                raise StoreError("This message no longer exists.")
+            row = self._require_message(
+                db, message_id, "conversation_id, parent_id", "This message no longer exists."
+            )
             return [
                 r[0]
                 for r in db.execute(
@@ -1072,11 +706,12 @@ class ConversationStore:
         through the versions last shown below it)."""
 
         def write(db: sqlite3.Connection) -> None:
-            row = db.execute(
-                "SELECT conversation_id, parent_id FROM messages WHERE id = ?", (message_id,)
-            ).fetchone()
-            if row is None:
-                raise StoreError("This version of the message no longer exists.")
+            row = self._require_message(
+                db,
+                message_id,
+                "conversation_id, parent_id",
+                "This version of the message no longer exists.",
+            )
             db.execute(
                 "UPDATE messages SET shown = (id = ?) WHERE conversation_id = ? AND parent_id IS ?",
                 (message_id, *row),
@@ -1161,49 +796,7 @@ class ConversationStore:
         conv = conversation_from_json(data)
 
         def write(db: sqlite3.Connection) -> int:
-            conv_id = db.execute(
-                "INSERT INTO conversations (title, title_is_custom, system_prompt, model, "
-                "model_path, created_at, updated_at, imported_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    conv.title,
-                    int(conv.title_is_custom),
-                    conv.system_prompt,
-                    conv.model,
-                    conv.model_path,
-                    conv.created_at,
-                    conv.updated_at,
-                    time.time(),
-                ),
-            ).lastrowid
-            ids: list[int] = []  # database id of each message in the file, by its index
-            for m in conv.messages:
-                parent = None if m.parent_id is None else ids[m.parent_id]
-                message_id = db.execute(
-                    "INSERT INTO messages (conversation_id, parent_id, shown, position, role, "
-                    "content, created_at, finished, stop_reason, model, sampling, timings) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        conv_id,
-                        parent,
-                        int(m.shown),
-                        m.position,
-                        m.role,
-                        m.content,
-                        m.created_at,
-                        int(m.finished),
-                        m.stop_reason,
-                        m.model,
-                        json.dumps(m.sampling),
-                        json.dumps(m.timings),
-                    ),
-                ).lastrowid
-                ids.append(message_id)
-                db.executemany(
-                    "INSERT INTO steps (message_id, idx, token_id, prob, text, piece, top_ids, "
-                    "top_probs, top_texts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [_step_row(message_id, i, s) for i, s in enumerate(m.steps)],
-                )
+            conv_id = insert_conversation(db, conv, time.time())
             if not conv.title:
                 self._retitle(db, conv_id)
             return conv_id
@@ -1212,129 +805,3 @@ class ConversationStore:
             return self._write(write)
         except (OverflowError, ValueError, TypeError, struct.error) as exc:  # ids beyond int32
             raise StoreError(f"This conversation export is damaged ({exc}).") from None
-
-
-class Autosaver:
-    """Saves a streaming reply in batches: every `max_pending` steps or `max_interval_s` seconds.
-
-    Pure Python (no timer): the check runs as each step arrives, and `flush_if_due()` may be
-    called from a timer when steps stall. Use it from one thread.
-
-    A failed save loses nothing: `flush()` and `finish()` raise StoreError and keep every
-    pending step (and the reply unfinished), so calling them again writes them all, in order.
-    After a failure the automatic saves in `add`/`flush_if_due` back off (`retry_interval_s`,
-    doubling up to `max_retry_interval_s`) instead of retrying at every token: a locked file
-    makes each try wait `busy_timeout_s`, which would stall the stream. `last_error` holds the
-    failure until a save succeeds.
-    """
-
-    def __init__(
-        self,
-        store: ConversationStore,
-        message_id: int,
-        *,
-        max_pending: int = 32,
-        max_interval_s: float = 1.0,
-        retry_interval_s: float = 2.0,
-        max_retry_interval_s: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.store = store
-        self.message_id = message_id
-        self.max_pending = max_pending
-        self.max_interval_s = max_interval_s
-        self.retry_interval_s = retry_interval_s
-        self.max_retry_interval_s = max_retry_interval_s
-        self._clock = clock
-        self._pending: list[StepRecord] = []
-        self._parts: list[str] = []
-        self._last_flush = clock()
-        self._backoff = 0.0
-        self.saved_steps = 0
-        """Steps committed to the database so far."""
-        self.finished = False
-        self.last_error: StoreError | None = None
-        """Why the last save failed; None once a save succeeds."""
-
-    @property
-    def content(self) -> str:
-        """The reply text so far: the streamed texts of every step added."""
-        return "".join(self._parts)
-
-    @property
-    def pending(self) -> int:
-        """Steps added but not yet on disk."""
-        return len(self._pending)
-
-    def add(self, step: Any) -> bool:
-        """Take one streamed step (StepRecord, engine Step or its dict); True if it saved.
-
-        StoreError if a save was due and failed; the step is kept pending either way.
-        """
-        record = StepRecord.coerce(step)
-        self._pending.append(record)
-        self._parts.append(record.text)
-        return self.flush_if_due()
-
-    def flush_if_due(self) -> bool:
-        """Save if enough steps or time have gathered (later, while backing off a failure)."""
-        if not self._pending:
-            return False
-        waited = self._clock() - self._last_flush
-        if self.last_error is not None:
-            due = waited >= self._backoff
-        else:
-            due = len(self._pending) >= self.max_pending or waited >= self.max_interval_s
-        if due:
-            self.flush()
-        return due
-
-    def flush(self) -> int:
-        """Save what is pending now; return how many steps were saved.
-
-        StoreError if the save failed: the steps stay pending for the next call.
-        """
-        count = len(self._pending)
-        if count:
-            try:
-                self.store.append_steps(self.message_id, self._pending, self.content)
-            except StoreError as exc:
-                self._failed(exc)
-                raise
-            self._pending = []
-            self.saved_steps += count
-        self._succeeded()
-        return count
-
-    def finish(
-        self, content: str | None = None, stop_reason: str = "eos", timings: dict | None = None
-    ) -> None:
-        """Save the rest and mark the reply done (or stopped); `content` defaults to the stream.
-
-        StoreError if either save failed; the reply stays unfinished and calling `finish`
-        again (same arguments) completes it.
-        """
-        if self.finished:
-            return
-        self.flush()
-        try:
-            self.store.finish_reply(
-                self.message_id, self.content if content is None else content, stop_reason, timings
-            )
-        except StoreError as exc:
-            self._failed(exc)
-            raise
-        self._succeeded()
-        self.finished = True
-
-    def _failed(self, exc: StoreError) -> None:
-        self.last_error = exc
-        self._backoff = min(
-            self.max_retry_interval_s, max(self.retry_interval_s, self._backoff * 2)
-        )
-        self._last_flush = self._clock()
-
-    def _succeeded(self) -> None:
-        self.last_error = None
-        self._backoff = 0.0
-        self._last_flush = self._clock()
