@@ -72,6 +72,8 @@ class StepMode(QObject):
         self._send_after: str | None = None
         """A message sent while a reply was paused: it goes once that reply has ended."""
         self._shown_session = None
+        self._sizes_before: tuple[list[int], list[int]] | None = None
+        """The window's column and side-panel sizes before step mode made room for its panel."""
         self._taken: str | None = None
         """The text of a token the user took instead of the pick, until its reply pauses."""
         self._shown_at: tuple | None = None
@@ -95,9 +97,16 @@ class StepMode(QObject):
         self.next_token_button.setVisible(on)
         self.continue_button.setVisible(on)
         if on:
+            self._sizes_before = (w.splitter.sizes(), w.side.sizes())
             make_room(w)
-        elif w.controller.paused is not None:
-            self.continue_reply()  # leaving step mode lets a paused reply finish as usual
+        else:
+            if self._sizes_before is not None:  # the chat gets its width back
+                columns, side = self._sizes_before
+                w.splitter.setSizes(columns)
+                w.side.setSizes(side)
+                self._sizes_before = None
+            if w.controller.paused is not None:
+                self.continue_reply()  # leaving step mode lets a paused reply finish as usual
         self.update_buttons()
 
     # -- what the user does ----------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Take the issue-16 screenshots of the real window with the built-in model, at 800×600 and
 1400×900, light and dark: first start, a reply while the prompt is read, editing a message, the
-settings pane, the model chooser mid-download and the download in the status bar.
+settings pane, the model chooser mid-download and the download in the status bar; also a reply
+with two versions (a branch) and step mode after three clicks.
 
     python scripts/screenshots_ux.py --out docs [--model builtin]
 
@@ -176,6 +177,30 @@ def shoot_chat(model: str, tag: str, home: Path, size, theme: str, out: Path) ->
     wait_for(window.reply_finished)
     window.prefill_shown.disconnect(grab_reading)
     settle(300)
+
+    # A branch: the last reply goes on from the model's second choice at its third token, and
+    # the card shows ‹ 2/2 ›.
+    reply = window.session.turns[-1]
+    third = reply.steps[2]  # live and stored steps read alike: step["top"] is a list of dicts
+    alternative = next(t["token_id"] for t in third["top"] if t["token_id"] != third["token_id"])
+    window.branch_from(reply, 2, alternative)
+    wait_for(window.reply_finished)
+    settle(300)
+    save(window, out / f"ux-branch-{tag}.png")
+
+    # Step mode: three clicks on Next token, the sampler's stages in the side panel.
+    window.step_mode.action.setChecked(True)
+    window.input.setPlainText(EARLIER[0])
+    for _ in range(3):
+        window.step_mode.next_token()
+        wait_for(window.step_mode.shown)
+        settle(100)
+    settle(300)
+    save(window, out / f"ux-step-{tag}.png")
+    window.stop()
+    wait_for(window.reply_finished)
+    window.step_mode.action.setChecked(False)
+    settle(200)
 
     window.input.setPlainText("Half a thought")
     first = window.chat.messages[0]

@@ -97,20 +97,26 @@ class MessageWidget(QFrame):
         self.meta_label.hide()
         header.addStretch(1)
         # ‹ 2/3 ›: the versions of this turn (Regenerate, branches); hidden while there is one.
+        # They sit in the footer, beside the stats line: in the header, with the name and the
+        # buttons, they made a card wider than the chat column of an 800 px window.
         self.version = self.versions = 1
         self.prev_version_button = QToolButton(self)
+        self.prev_version_button.setObjectName("arrow")
         self.prev_version_button.setText("‹")
         self.prev_version_button.setToolTip("Show the previous version of this reply")
         self.prev_version_button.clicked.connect(lambda: self._ask_version(self.version - 1))
         self.version_label = QLabel("", self)
         self.version_label.setObjectName("meta")
         self.next_version_button = QToolButton(self)
+        self.next_version_button.setObjectName("arrow")
         self.next_version_button.setText("›")
         self.next_version_button.setToolTip("Show the next version of this reply")
         self.next_version_button.clicked.connect(lambda: self._ask_version(self.version + 1))
+        footer = QHBoxLayout()
+        footer.setSpacing(4)
         for widget in (self.prev_version_button, self.version_label, self.next_version_button):
             widget.setVisible(False)
-            header.addWidget(widget)
+            footer.addWidget(widget)
         # Parented at once: setVisible(True) on a parentless widget would open it as a window.
         self.tokens_button = QToolButton(self)
         self.tokens_button.setText("Tokens")
@@ -146,7 +152,8 @@ class MessageWidget(QFrame):
         self.body.viewport().installEventFilter(self)
         self.body.viewport().setCursor(Qt.CursorShape.IBeamCursor)
         layout.addWidget(self.body)
-        layout.addWidget(self.meta_label)
+        footer.addWidget(self.meta_label, 1)
+        layout.addLayout(footer)
         if role == "assistant" and not text:
             self.body.setPlainText("")
         else:

@@ -45,18 +45,19 @@ PROB = Qt.ItemDataRole.UserRole + 3
 
 
 class BarDelegate(QStyledItemDelegate):
-    """Paints a probability as a bar filling its share of the cell, behind the number, in the
-    palette's highlight colour (so it reads in light and dark themes)."""
+    """Paints a probability as a thin bar along the bottom of its cell, under the number, in the
+    palette's highlight colour (so it reads in light and dark themes; behind the digits a long
+    bar made "51.6%" hard to read)."""
 
     def paint(self, painter: QPainter, option, index) -> None:
+        super().paint(painter, option, index)
         p = index.data(PROB)
         if isinstance(p, float):
             color = QColor(option.palette.color(option.palette.ColorRole.Highlight))
-            color.setAlphaF(0.45)
-            rect = QRectF(option.rect).adjusted(1, 2, -1, -2)
+            rect = QRectF(option.rect).adjusted(2, 0, -2, -1)
+            rect.setTop(rect.bottom() - 3)
             rect.setWidth(rect.width() * max(0.0, min(1.0, p)))
             painter.fillRect(rect, color)
-        super().paint(painter, option, index)
 
 
 SHORT_TITLES = {"penalty": "Repeat penalty"}
@@ -181,10 +182,13 @@ class StepView(QWidget):
         layout.setContentsMargins(0, 6, 0, 0)
         layout.setSpacing(4)
         layout.addWidget(self.title)
-        layout.addWidget(self.status)
-        layout.addWidget(self.pick)
-        layout.addWidget(self.draw_bar)
-        layout.addWidget(self.tree, 1)
+        body = QVBoxLayout()
+        body.setContentsMargins(12, 0, 4, 0)  # lined up with the title's own padding
+        body.setSpacing(4)
+        for widget in (self.status, self.pick, self.draw_bar):
+            body.addWidget(widget)
+        body.addWidget(self.tree, 1)
+        layout.addLayout(body, 1)
         self.stages = None
         self._expanded: dict[str, bool] = {}
         """Stages the user opened or folded, kept from one step to the next."""
