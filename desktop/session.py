@@ -354,16 +354,41 @@ class ChatSession:
         return True
 
     def edit(self, turn: Turn, text: str, options: ReplyOptions) -> None:
-        """Replace a user message (and every turn after it) with `text`, and send it.
+        """Send `text` as a new version of user message `turn` and ask for its reply; the old
+        message and everything that followed it stay saved, a click away in `‹ ›`.
 
         Nothing changes before this call: editing is a view's business until it is sent.
+        StoreError: nothing was sent and the old version is shown again.
         """
         if self.busy:
             raise RuntimeError("a reply is still being written")
         if turn not in self.turns or turn.role != USER:
             raise ValueError("only a message of this conversation's user can be edited")
-        self._truncate(self.turns.index(turn))
-        self.send(text, options)
+        if turn.message_id is None or self.conversation_id is None:  # never saved: nothing to keep
+            self._truncate(self.turns.index(turn))
+            self.send(text, options)
+            return
+        parent = turn.parent_id
+        self._set_aside(self.turns.index(turn))
+        try:
+            message_id = self.store.add_message(self.conversation_id, USER, text, parent_id=parent)
+            versions = self.store.versions_of(message_id)
+        except StoreError:
+            self._restore_replaced()
+            raise
+        self._replaced = []  # the new version stays, whatever its reply comes to
+        edited = Turn(
+            USER,
+            text,
+            self._next_position(),
+            message_id,
+            parent_id=parent,
+            version=len(versions),
+            versions=len(versions),
+        )
+        self.turns.append(edited)
+        self.listener.turn_added(self, edited)
+        self._request_reply(options)
 
     def stop(self) -> None:
         """Stop this session's reply after the token in flight; `on_finished` follows."""

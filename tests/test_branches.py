@@ -217,3 +217,35 @@ def test_markdown_exports_the_shown_path_and_json_every_branch(
     )
     assert "Imported from a file on" in row.toolTip()
     win.close()
+
+
+def test_edit_sends_a_new_version_and_the_old_question_keeps_its_replies(
+    qtbot, home: Path, tiny_model_dir: Path
+) -> None:
+    win = open_window(qtbot, home, tiny_model_dir, tokens=5)
+    ask(qtbot, win, "first question")
+    ask(qtbot, win, "second question")
+    old_history = win.history
+    first_user = win.chat.messages[0]
+    qtbot.mouseClick(first_user.edit_button, Qt.MouseButton.LeftButton)
+    win.input.setPlainText("edited question")
+    with qtbot.waitSignal(win.reply_finished, timeout=120_000):
+        qtbot.keyClick(win.input, Qt.Key.Key_Return)
+    edited_history = win.history
+    assert [t["content"] for t in edited_history][0] == "edited question"
+    assert len(edited_history) == 2
+    user_card = win.chat.messages[0]
+    assert user_card.version_label.isVisible() and user_card.version_label.text() == "2/2"
+    with ConversationStore(db_path(home)) as store:
+        every = store.get_conversation(win.conversation_id, all_versions=True).messages
+    assert len(every) == 6  # nothing deleted: the first question and its two turns stay
+    conversation_id = win.conversation_id
+    win.close()
+
+    # After a restart `‹` on the question brings back the old one and everything after it.
+    again = open_window(qtbot, home, tiny_model_dir)
+    assert again.conversation_id == conversation_id and again.history == edited_history
+    qtbot.mouseClick(again.chat.messages[0].prev_version_button, Qt.MouseButton.LeftButton)
+    assert again.history == old_history
+    assert again.chat.messages[0].version_label.text() == "1/2"
+    again.close()

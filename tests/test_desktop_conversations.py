@@ -141,7 +141,7 @@ def test_edit_changes_nothing_until_sent(qtbot, home: Path, tiny_model_dir: Path
     assert len(messages) == 2 and [m.role for m in win.chat.messages] == ["user", "assistant"]
     assert win.history[0] == {"role": "user", "content": "edited question"}
     assert win.input.toPlainText() == "a draft I was typing"
-    # Regenerate replaces the last reply in place.
+    # Regenerate adds a version of the last reply: the shown path stays two turns long.
     with qtbot.waitSignal(win.reply_finished, timeout=60_000):
         win.regenerate_action.trigger()
     assert len(saved.get_conversation(win.conversation_id).messages) == 2

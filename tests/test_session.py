@@ -225,7 +225,7 @@ def test_branching_a_middle_reply_keeps_what_followed_in_its_old_version(engine,
         session.branch(session.turns[0], 0, alternative, OPTIONS)
 
 
-def test_edit_replaces_the_turn_and_everything_after_it(engine, store) -> None:
+def test_edit_sends_a_new_version_and_keeps_the_old_one_with_its_replies(engine, store) -> None:
     session = ChatSession(store, engine)
     session.send("one", OPTIONS)
     engine.run(session)
@@ -233,12 +233,19 @@ def test_edit_replaces_the_turn_and_everything_after_it(engine, store) -> None:
     engine.run(session)
     before = on_disk(store, session.conversation_id)
     assert len(before) == 4
-    session.edit(session.turns[0], "one, edited", OPTIONS)
+    old_first = session.turns[0]
+    session.edit(old_first, "one, edited", OPTIONS)
     assert on_disk(store, session.conversation_id)[0][:2] == ("user", "one, edited")
     engine.run(session)
     saved = on_disk(store, session.conversation_id)
     assert [r[:2] for r in saved][0] == ("user", "one, edited") and len(saved) == 2
     assert [t.role for t in session.turns] == ["user", "assistant"]
+    assert (session.turns[0].version, session.turns[0].versions) == (2, 2)
+    # Nothing was deleted: version 1 and everything that followed it are one click away.
+    every = store.get_conversation(session.conversation_id, all_versions=True).messages
+    assert len(every) == 6
+    assert session.show_version(session.turns[0], 1)
+    assert [(t.role, t.content) for t in session.turns] == [r[:2] for r in before]
 
 
 def test_switching_away_while_streaming_finishes_the_reply_in_its_own_session(

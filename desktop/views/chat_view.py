@@ -128,7 +128,7 @@ class MessageWidget(QFrame):
         self.edit_button = QToolButton(self)
         self.edit_button.setText("Edit")
         self.edit_button.setToolTip(
-            "Edit this message and send it again (later turns are replaced)"
+            "Edit this message and send it again as a new version (the old one stays)"
         )
         self.edit_button.clicked.connect(lambda: self.edit_requested.emit(self))
         self.edit_button.setVisible(role == "user")

@@ -15,7 +15,10 @@ from PySide6.QtWidgets import QPlainTextEdit, QScrollArea
 from desktop.views.banner import Banner
 from desktop.views.chat_view import MessageWidget
 
-EDITING_NOTICE = "Editing your message. Send replaces it and the replies after it; Esc cancels."
+EDITING_NOTICE = (
+    "Editing your message. Send makes it a new version (‹ › brings back the old one and its "
+    "replies); Esc cancels."
+)
 BUSY_NOTICE = "A reply is being written: stop it (Esc) first, then edit your message."
 
 
