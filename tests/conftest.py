@@ -25,6 +25,14 @@ if "LOOPCHAT_HOME" not in os.environ:
     atexit.register(shutil.rmtree, _scratch_home, True)
 
 
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh app home for one window test: LOOPCHAT_HOME is `tmp_path / "home"` (settings, the
+    conversations database under `home/data`, caches); `tmp_path` is returned for other files."""
+    monkeypatch.setenv("LOOPCHAT_HOME", str(tmp_path / "home"))
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def tokenizer_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Llama-like SentencePiece `tokenizer.model` trained for this session."""

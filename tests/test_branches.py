@@ -10,17 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from PySide6.QtCore import Qt
 
 from desktop.store import ConversationStore
 from tests.window_helpers import ask, greedy, load, make_window
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch) -> Path:
-    monkeypatch.setenv("LOOPCHAT_HOME", str(tmp_path / "home"))
-    return tmp_path
 
 
 def db_path(home: Path) -> Path:

@@ -20,12 +20,6 @@ from tests.test_desktop import Heartbeat
 from tests.window_helpers import ask, broken_model_folder, greedy, load, make_window
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch) -> Path:
-    monkeypatch.setenv("LOOPCHAT_HOME", str(tmp_path / "home"))
-    return tmp_path
-
-
 def db_path(home: Path) -> Path:
     return home / "home" / "data" / "conversations.sqlite3"
 

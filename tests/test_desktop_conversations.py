@@ -5,19 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QTextCursor
 
 from desktop.store import ConversationStore
 from tests.window_helpers import ask, load, make_window
 from tests.window_helpers import greedy as _greedy
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch) -> Path:
-    monkeypatch.setenv("LOOPCHAT_HOME", str(tmp_path / "home"))
-    return tmp_path
 
 
 def test_conversations_survive_a_restart(qtbot, home: Path, tiny_model_dir: Path) -> None:

@@ -12,12 +12,6 @@ from PySide6.QtWidgets import QApplication
 from tests.window_helpers import ask, greedy, load, make_window
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch) -> Path:
-    monkeypatch.setenv("LOOPCHAT_HOME", str(tmp_path / "home"))
-    return tmp_path
-
-
 def _wheel(widget, steps: int = 1) -> None:
     """One real wheel notch (or `steps`) over the middle of `widget`."""
     centre = QPointF(widget.rect().center())

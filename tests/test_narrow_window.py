@@ -12,12 +12,6 @@ from tests.window_helpers import make_window
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch) -> Path:
-    monkeypatch.setenv("LOOPCHAT_HOME", str(tmp_path / "home"))
-    return tmp_path
-
-
-@pytest.fixture
 def styled():
     from desktop.app import apply_look
 

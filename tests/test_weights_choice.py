@@ -5,15 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from tests.window_helpers import load, make_window
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch) -> Path:
-    monkeypatch.setenv("LOOPCHAT_HOME", str(tmp_path / "home"))
-    return tmp_path
 
 
 def test_weights_choice_reloads_and_is_remembered_per_model(

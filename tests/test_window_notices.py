@@ -6,18 +6,11 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QToolButton
 
 from desktop.store import ConversationStore
 from tests.window_helpers import load, make_window
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch) -> Path:
-    monkeypatch.setenv("LOOPCHAT_HOME", str(tmp_path / "home"))
-    return tmp_path
 
 
 def _close_button(win) -> QToolButton:
