@@ -67,7 +67,7 @@ def attend_to(
     queries = queries.contiguous()  # [n_kv, T, n_rep, d]
     keys = k_cache[:, :end].float()  # [n_kv, end, d], upcast once per call
     values = v_cache[:, :end].float()  # [n_kv, end, d]
-    out = torch.empty_like(queries)  # [n_kv, T, n_rep, d]
+    tiles: list[torch.Tensor] = []  # each [n_kv, Tq, n_rep, d]
     attention = None
 
     for tile_start in range(0, n_queries, query_block):
@@ -113,7 +113,7 @@ def attend_to(
                 total_value.mul_(rescale).baddbmm_(weights, block_values)
             running_max = new_max
 
-        out[:, tile_start:tile_end] = (total_value / total_score).unflatten(1, (-1, n_rep))
+        tiles.append((total_value / total_score).unflatten(1, (-1, n_rep)))
         if capture and tile_end == n_queries:
             # Normalise the last query's raw scores with the loop's own final max and total, so
             # the weights shown are exactly the ones that produced `out`.
@@ -122,6 +122,6 @@ def attend_to(
             last_total = total_score[:, -n_rep:]  # [n_kv, n_rep, 1]
             attention = (torch.exp(raw - last_max) / last_total).reshape(n_heads, end)
 
-    # [n_kv, T, n_rep, d] -> [n_heads, T, d] (a view; the caller's reshape makes the one copy)
+    out = tiles[0] if len(tiles) == 1 else torch.cat(tiles, dim=1)  # [n_kv, T, n_rep, d]
     result = out.to(q.dtype).transpose(1, 2).reshape(n_heads, n_queries, head_dim)
     return result, attention
