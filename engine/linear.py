@@ -21,6 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+HALF_GEMM_ROWS = 64
+"""From this many rows (a prefill chunk), a float16 product on a CPU whose float16 GEMM is slow runs
+in float32 instead. Measured on the development machine (AMD EPYC, no AVX512-FP16): torch's float16
+GEMM costs a matvec per row (256 rows x 5632 x 2048: ~260 ms on one thread), while casting the
+weight to float32 and running an fp32 GEMM takes ~85 ms, with identical inputs (every float16 is a
+float32) and float32 accumulation. One row (decode) stays in float16, its fastest matvec here."""
+HALF_CAST_ROWS = 8192
+"""Weight rows cast to float32 at a time, so a big output head never needs a whole float32 copy."""
+
 
 class Linear(nn.Linear):
     """`nn.Linear` without bias whose weight may be plain or packed by `pack_weight`."""
@@ -31,7 +40,47 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight.is_mkldnn:
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")
+        if (
+            x.dtype == torch.float16
+            and x.device.type == "cpu"
+            and x.numel() >= HALF_GEMM_ROWS * x.shape[-1]
+            and slow_half_gemm()
+        ):
+            return half_via_float(x, self.weight)
         return F.linear(x, self.weight)
+
+
+def half_via_float(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weightᵀ for float16 tensors, computed in float32 slice by slice, returned in float16."""
+    x32 = x.float()
+    out = torch.empty(*x.shape[:-1], weight.shape[0], dtype=torch.float16, device=x.device)
+    for start in range(0, weight.shape[0], HALF_CAST_ROWS):
+        rows = weight[start : start + HALF_CAST_ROWS]
+        out[..., start : start + rows.shape[0]] = F.linear(x32, rows.float())
+    return out
+
+
+@functools.cache
+def slow_half_gemm() -> bool:
+    """Whether torch's float16 GEMM on this CPU is its slow fallback (a matvec per row).
+
+    torch 2.13 hands float16 GEMMs to oneDNN only where `ideep::has_fp16_type_support()` holds
+    (AVX512-FP16, AVX-NE-CONVERT or AMX-FP16); elsewhere it loops. A flag check, not a timing,
+    so the choice cannot depend on what else runs at that moment.
+    """
+    if torch.cpu._is_amx_fp16_supported():
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return not FAST_HALF_FLAGS & set(line.split())
+    except OSError:
+        pass
+    return False  # unknown: leave float16 as it is
+
+
+FAST_HALF_FLAGS = {"avx512_fp16", "avx_ne_convert", "amx_fp16"}
 
 
 def pack_weight(weight: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,8 @@ leaves the batch out. Attention over the KV cache is `engine.attention.attend_to
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,6 +17,10 @@ from engine.config import ModelArgs
 from engine.errors import EngineError
 from engine.kv_cache import KVCache
 from engine.linear import Linear
+
+
+class Interrupted(Exception):
+    """Raised by `Transformer.forward` when its `between_layers` callback says stop."""
 
 
 class RMSNorm(nn.Module):
@@ -214,9 +220,19 @@ class Transformer(nn.Module):
         self.cache_len = length
 
     def forward(
-        self, tokens: torch.Tensor, start_pos: int, last_only: bool = False
+        self,
+        tokens: torch.Tensor,
+        start_pos: int,
+        last_only: bool = False,
+        between_layers: Callable[[int], bool] | None = None,
     ) -> torch.Tensor:
-        """Run T tokens at positions start_pos..; float32 logits [T, vocab] (or [1, vocab])."""
+        """Run T tokens at positions start_pos..; float32 logits [T, vocab] (or [1, vocab]).
+
+        `between_layers(i)` is called before layer i (i layers done) and a True answer raises
+        `Interrupted`: a long prefill chunk (big chunks make faster GEMMs) then still stops, and
+        reports its progress, within one layer's time. The KV cache then holds partial positions
+        start_pos.. that the caller must not reuse.
+        """
         n = tokens.shape[0]
         if self._rotary is None:
             raise EngineError("the KV cache is not set up; call setup_cache() first")
@@ -226,7 +242,9 @@ class Transformer(nn.Module):
                 f"{self.cache_len} tokens"
             )
         h = self.tok_embeddings(tokens)  # [T, dim]
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
+            if between_layers is not None and between_layers(i):
+                raise Interrupted
             h = layer(h, start_pos)
         if last_only:
             h = h[-1:]  # [1, dim]

@@ -55,6 +55,11 @@ Progress = Callable[[float, str], None]
 _LINEAR_WEIGHT = re.compile(r"(^output|\.w[qkvo123])\.weight$")
 _EMBEDDING = "tok_embeddings.weight"
 _HEAD = "output.weight"
+CACHE_LIMIT_BYTES = 24 * 2**30
+"""Most bytes the quantized caches of all models may take together (LOOPCHAT_QUANT_CACHE_GB
+overrides): one 7B model's int8 and int4 copies are ~11 GB, and a user trying many models should not
+find their disk filled by copies of models they dropped long ago. The least recently loaded go
+first; the one just loaded always stays."""
 SLICE_BYTES = 32 * 2**20
 """Source bytes quantized at a time: bounds the float32 temporaries of the biggest matrices."""
 ALIGN = 64
@@ -191,6 +196,47 @@ def cache_path(folder: Path, quant: str, group_size: int, dtype: torch.dtype, de
     )
     digest = hashlib.sha256(ident.encode()).hexdigest()[:24]
     return cache_dir("weights") / f"{folder.name[:40]}-{quant}-{digest}.safetensors"
+
+
+def cache_limit_bytes() -> int:
+    """CACHE_LIMIT_BYTES, or LOOPCHAT_QUANT_CACHE_GB (a number of GB) when set."""
+    wanted = os.environ.get("LOOPCHAT_QUANT_CACHE_GB", "")
+    try:
+        return int(float(wanted) * 2**30) if wanted else CACHE_LIMIT_BYTES
+    except ValueError:
+        log.warning("LOOPCHAT_QUANT_CACHE_GB=%s is not a number; using the default", wanted)
+        return CACHE_LIMIT_BYTES
+
+
+def prune_cache(keep: Path, limit: int) -> list[Path]:
+    """Delete the least recently used cache files beside `keep` until all fit in `limit` bytes.
+
+    A load touches its file (mtime), so "oldest" means least recently loaded. `keep` is never
+    deleted, even when it alone is over the limit. Returns the deleted files.
+    """
+    entries = []
+    for path in keep.parent.glob("*.safetensors"):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        entries.append((st.st_mtime, st.st_size, path))
+    total = sum(size for _, size, _ in entries)
+    removed = []
+    for _, size, path in sorted(entries, key=lambda e: e[0]):
+        if total <= limit:
+            break
+        if path == keep:
+            continue
+        try:
+            path.unlink()
+        except OSError as exc:
+            log.warning("could not remove old quantized cache %s: %s", path, exc)
+            continue
+        total -= size
+        removed.append(path)
+        log.info("removed least recently used quantized cache %s (%.2f GB)", path, size / 1e9)
+    return removed
 
 
 def _checksum(raw: torch.Tensor) -> int:
@@ -464,6 +510,11 @@ def load_quantized(
                 raise EngineError(f"cannot write quantized weights to {path}: {exc}") from None
             built = True
     assert state is not None
+    try:
+        os.utime(path)  # marks it recently used for prune_cache
+        prune_cache(path, cache_limit_bytes())
+    except OSError as exc:
+        log.warning("could not tidy the quantized cache folder: %s", exc)
     for name, tensor in state.items():
         _assign(model, name, tensor)
     if device.type == "cuda":  # pragma: no cover - needs a GPU

@@ -109,6 +109,52 @@ def test_cancel_stops_within_one_step(loaded) -> None:
     assert generation.result.token_ids == [s.token_id for s in seen]
 
 
+def test_cancel_inside_a_prefill_chunk_stops_between_layers(loaded) -> None:
+    # One chunk holds the whole prompt; the cancel arrives while its layers run. The stream ends
+    # at once, and the half-written positions are not taken for a cached prefix afterwards.
+    prompt = [1] + [3 + i % 40 for i in range(60)]
+    _, want = run_all(Generator(loaded).generate(prompt, GREEDY, max_new_tokens=6))
+    generator = Generator(loaded, prefill_chunk=64)
+    cancel = threading.Event()
+    layers_run = []
+
+    def cancel_in_first_layer(module, args) -> None:
+        layers_run.append(module)
+        cancel.set()
+
+    hooks = [
+        layer.register_forward_pre_hook(cancel_in_first_layer) for layer in loaded.model.layers
+    ]
+    try:
+        steps, result = run_all(generator.generate(prompt, GREEDY, max_new_tokens=6, cancel=cancel))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert steps == [] and result.stop_reason == "cancelled"
+    assert len(loaded.model.layers) >= 2 and len(layers_run) == 1  # not the whole chunk
+    assert generator.cached_tokens == 0
+    _, again = run_all(generator.generate(prompt, GREEDY, max_new_tokens=6))
+    assert again.token_ids == want.token_ids
+
+
+def test_prefill_progress_moves_within_a_chunk_layer_by_layer(loaded) -> None:
+    # One 61-token chunk through 2 layers: progress is reported after the first layer (about
+    # half the chunk), then at the end; never backwards, never past what was read.
+    prompt = [1] + [3 + i % 40 for i in range(60)]
+    progress: list[tuple[int, int]] = []
+    _, result = run_all(
+        Generator(loaded, prefill_chunk=512).generate(
+            prompt, GREEDY, max_new_tokens=2, on_prefill=lambda d, t: progress.append((d, t))
+        )
+    )
+    layers = len(loaded.model.layers)
+    assert progress[-1] == (len(prompt), len(prompt)) and result.prompt_tokens == len(prompt)
+    dones = [d for d, _ in progress]
+    assert dones == sorted(set(dones))  # strictly growing
+    assert len(progress) == layers  # one report per layer boundary, and the end
+    assert dones[0] == len(prompt) // layers
+
+
 def test_stop_string_cuts_text(loaded) -> None:
     prompt = loaded.tokenizer.encode("Hello", bos=True)
     _, full = run_all(Generator(loaded).generate(prompt, GREEDY, max_new_tokens=30))

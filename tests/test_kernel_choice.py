@@ -135,3 +135,30 @@ def test_governor_leaves_a_thread_count_that_slowed_down_and_probes_back() -> No
     speed[2] = 0.010  # the other process ended
     after = run(40)
     assert after[-10:].count(2) >= 6  # a probe found two threads fast again
+
+
+def test_float16_prefill_rows_run_in_float32_where_half_gemms_are_slow(monkeypatch) -> None:
+    from engine import linear
+
+    calls = []
+    real = linear.half_via_float
+
+    def spy(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return real(x, weight)
+
+    monkeypatch.setattr(linear, "half_via_float", spy)
+    monkeypatch.setattr(linear, "slow_half_gemm", lambda: True)
+    monkeypatch.setattr(linear, "HALF_CAST_ROWS", 40)  # several weight slices
+    g = torch.Generator().manual_seed(0)
+    layer = linear.Linear(48, 100)
+    layer.weight = torch.nn.Parameter(torch.randn(100, 48, generator=g).half(), requires_grad=False)
+    rows = torch.randn(linear.HALF_GEMM_ROWS, 48, generator=g).half()
+    with torch.inference_mode():
+        got = layer(rows)
+        one = layer(rows[:1])
+    assert calls == [linear.HALF_GEMM_ROWS]  # the decode row keeps float16's own matvec
+    assert got.dtype == torch.float16 and got.shape == (linear.HALF_GEMM_ROWS, 100)
+    # exactly the float32 product of the same float16 numbers, rounded once to float16
+    assert torch.equal(got, torch.nn.functional.linear(rows.float(), layer.weight.float()).half())
+    assert torch.allclose(one.float(), got[:1].float(), rtol=1e-2, atol=1e-2)

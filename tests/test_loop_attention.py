@@ -42,6 +42,19 @@ def test_block_sizes_and_sdpa_agree(n_heads, n_kv, t, start_pos) -> None:
         assert (out - expected).abs().max().item() < 1e-5, block
 
 
+@pytest.mark.parametrize("query_block", [1, 5, 32, 1000])
+def test_query_tiles_agree_with_sdpa(query_block: int) -> None:
+    # A prefill chunk is walked in tiles of queries; each tile stops at its own last position.
+    q, k, v = make(8, 2, 37, 20)
+    expected = sdpa_reference(q, k, v, 20)
+    for block in (1, 16, DEFAULT_BLOCK):
+        out, weights = attend_to(
+            q, k, v, 20, block_size=block, capture=True, query_block=query_block
+        )
+        assert (out - expected).abs().max().item() < 1e-5, (block, query_block)
+        assert torch.allclose(weights.sum(-1), torch.ones(8), atol=1e-5)
+
+
 def test_huge_scores_do_not_overflow() -> None:
     # Scores around 1e4: exp() of them overflows float32 without the running maximum.
     q, k, v = make(4, 2, 3, 40, scale=30.0)

@@ -243,6 +243,39 @@ def test_damaged_cache_is_rebuilt_not_trusted(tiny_model_dir: Path, tmp_path: Pa
     assert torch.equal(_logits(folder), good)
 
 
+def test_cache_folder_keeps_the_most_recently_loaded_within_its_limit(tmp_path: Path) -> None:
+    import os
+
+    from engine.quant_load import prune_cache
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    files = []
+    for age, name in enumerate(["newest", "middle", "oldest"]):
+        path = folder / f"{name}.safetensors"
+        path.write_bytes(b"x" * 1000)
+        os.utime(path, (1e9 - age * 100, 1e9 - age * 100))
+        files.append(path)
+    newest, middle, oldest = files
+    other = folder / "notes.txt"  # not a cache file: never touched
+    other.write_bytes(b"y" * 5000)
+    assert prune_cache(newest, limit=2500) == [oldest]
+    assert newest.exists() and middle.exists() and other.exists()
+    # The file just loaded stays even when it alone is over the limit.
+    assert prune_cache(middle, limit=10) == [newest]
+    assert middle.exists()
+
+
+def test_loading_prunes_other_cached_models(tiny_model_dir: Path, tmp_path: Path, monkeypatch):
+    stale = tmp_path / "home" / "cache" / "weights" / "gone-int8-0.safetensors"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"x" * 10_000)
+    monkeypatch.setenv("LOOPCHAT_QUANT_CACHE_GB", str(1 / 2**30))  # 1 byte: only the new one fits
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    info = _load_int8(folder)
+    assert not stale.exists() and Path(info["quant_cache"]).exists()
+
+
 # ----------------------------------------------------------------------------------------------
 # CLI
 
