@@ -320,14 +320,22 @@ def choose_runtime(
 class ThreadGovernor:
     """Keeps the decode loop on the thread count that is fastest right now.
 
-    Each step's time feeds a running average for the current count. Every `probe_every` steps the
-    other count runs for `probe_steps` steps (the first one discarded: a new OpenMP team warms up)
-    and the faster average wins. A sudden slowdown (another process took a core) switches at once
+    Each step's time feeds a running average for the current count. After `first_probe` steps,
+    then every `probe_every` steps, the other count runs for `probe_steps` steps (the first one
+    discarded: a new OpenMP team warms up) and the faster average wins. The early first probe
+    matters when the machine is already busy as a reply starts: until the other count has been
+    timed there is nothing to compare with, and a collapsed two-thread decode would otherwise run
+    for `probe_every` tokens. A sudden slowdown (another process took a core) switches at once
     rather than waiting for the next probe.
     """
 
     def __init__(
-        self, counts: list[int], start: int, probe_every: int = 32, probe_steps: int = 3
+        self,
+        counts: list[int],
+        start: int,
+        probe_every: int = 32,
+        probe_steps: int = 3,
+        first_probe: int = 4,
     ) -> None:
         self.counts = sorted(set(counts))
         self.current = start if start in self.counts else self.counts[-1]
@@ -335,6 +343,7 @@ class ThreadGovernor:
         self.average: dict[int, float] = {}
         self.probe_every = probe_every
         self.probe_steps = probe_steps
+        self.first_probe = first_probe
         self._steps = 0
         self._probing: list[float] | None = None
         self._skip = False
@@ -375,7 +384,8 @@ class ThreadGovernor:
         if others and self.average[self.current] > 1.25 * min(others.values()):
             self._set(min(others, key=others.get))  # type: ignore[arg-type]
             return
-        if self._steps % self.probe_every == 0 and len(self.counts) > 1:
+        due = self._steps == self.first_probe or self._steps % self.probe_every == 0
+        if due and len(self.counts) > 1:
             untried = [n for n in self.counts if n != self.current]
             # the count measured longest ago (or never) is probed next
             target = next((n for n in untried if n not in self.average), None)

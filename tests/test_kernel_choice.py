@@ -127,7 +127,8 @@ def test_governor_leaves_a_thread_count_that_slowed_down_and_probes_back() -> No
         return seen
 
     quiet = run(40)
-    assert quiet.count(2) > 0.8 * len(quiet) and 1 in quiet  # it probed one thread, came back
+    # It probed one thread (early, at step 4, then every 16 steps) and came back each time.
+    assert quiet.count(1) == 3 * governor.probe_steps and quiet[-1] == 2
     assert torch.get_num_threads() == governor.current
     speed[2] = 0.045  # another process took a core: two threads stall at every barrier
     busy = run(40)
@@ -135,6 +136,17 @@ def test_governor_leaves_a_thread_count_that_slowed_down_and_probes_back() -> No
     speed[2] = 0.010  # the other process ended
     after = run(40)
     assert after[-10:].count(2) >= 6  # a probe found two threads fast again
+
+
+def test_governor_finds_one_thread_early_when_the_machine_is_busy_from_the_start() -> None:
+    governor = ThreadGovernor([1, 2], start=2, probe_every=32, probe_steps=3, first_probe=4)
+    speed = {2: 0.045, 1: 0.016}  # busy before the first token: two threads have collapsed
+    seen = []
+    for _ in range(32):
+        seen.append(governor.current)
+        governor.observe(speed[governor.current])
+    assert seen[:4] == [2, 2, 2, 2]
+    assert seen[6:].count(1) == len(seen) - 6  # on one thread from the first probe on
 
 
 def test_float16_prefill_rows_run_in_float32_where_half_gemms_are_slow(monkeypatch) -> None:
