@@ -1,7 +1,8 @@
 """Take the issue-16 screenshots of the real window with the built-in model, at 800×600 and
 1400×900, light and dark: first start, a reply while the prompt is read, editing a message, the
 settings pane, the model chooser mid-download and the download in the status bar; also a reply
-with two versions (a branch) and step mode after three clicks.
+with two versions (a branch) and step mode after three clicks. Also the README's see-inside
+pictures (docs/screenshot-surprisal.png, docs/screenshot-attention.png) at 1400×900, light.
 
     python scripts/screenshots_ux.py --out docs [--model builtin]
 
@@ -30,9 +31,10 @@ if str(ROOT) not in sys.path:
 log = logging.getLogger("screenshots")
 SIZES = ((800, 600), (1400, 900))
 THEMES = ("light", "dark")
-# Questions of the kinds the built-in model was trained on (a dictionary: see its model card).
-PROMPT = "What does \u201cloop\u201d mean?"
-EARLIER = ("Define photosynthesis.", "What is the opposite of \u201cgenerous\u201d?")
+# Questions of the kinds the built-in model was trained on (a dictionary: see its model card),
+# with straight quotes as in its training data (curly ones are byte pieces it has rarely seen).
+PROMPT = 'What does "loop" mean?'
+EARLIER = ("Define photosynthesis.", 'What is the opposite of "generous"?')
 """Two earlier turns, so editing the first shows what Send will replace."""
 SEED = 7
 SCREEN = "1600x1000x24"
@@ -264,15 +266,55 @@ def shoot_download(model: Path, tag: str, home: Path, size, theme: str, out: Pat
         os.environ.pop("HF_ENDPOINT", None)
 
 
-def shoot(model: str, theme: str, size: tuple[int, int], out: Path) -> None:
-    from PySide6.QtWidgets import QApplication
+def shoot_inside(model: str, home: Path, out: Path) -> None:
+    """The README's see-inside pictures at 1400×900, light: the surprisal tint of a question and
+    its answer, then the attention view of one token of the answer."""
+    window = new_window(home / "inside", (1400, 900), "light")
+    if model == "builtin":
+        window.start(None)
+    else:
+        window.load_model(model)
+    wait_for(window.model_ready)
+    window.sampling.seed.setText(str(SEED))
+    window.sampling.temperature.setValue(0.0)
+    window.sampling.max_new_tokens.setValue(48)
+    question = 'What does "ephemeral" mean?'
+    window.input.setPlainText(question)
+    window.send(question)
+    wait_for(window.reply_finished)
+    window.surprisal.action.setChecked(True)
+    wait_for(window.surprisal.applied)
+    settle(300)
+    save(window, out / "screenshot-surprisal.png")
+    window.surprisal.action.setChecked(False)
 
+    reply = window.chat.messages[-1]
+    reply.set_token_view(True)
+    window.attention.action.setChecked(True)
+    settle(200)
+    # A word of the definition, past the quoted headword: what it looked back at is visible.
+    words = [i for i, s in enumerate(reply.steps) if s["text"].strip().isalpha()]
+    index = words[min(len(words) - 1, 6)]
+    window.attention.select(reply, index)
+    wait_for(window.attention.shown)
+    settle(300)
+    save(window, out / "screenshot-attention.png")
+    window.close()
+
+
+def apply_theme_for(app, theme: str) -> None:
     from desktop.app import apply_look
     from desktop.theme import apply_theme
 
-    app = QApplication.instance()
     apply_look(app)
     apply_theme(app, theme)
+
+
+def shoot(model: str, theme: str, size: tuple[int, int], out: Path) -> None:
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    apply_theme_for(app, theme)
     tag = f"{size[0]}x{size[1]}-{theme}"
     log.info("%s", tag)
     home = Path(tempfile.mkdtemp(prefix="loopchat-shots-"))
@@ -319,6 +361,12 @@ def main() -> None:
     for theme in THEMES:
         for size in SIZES:
             shoot(args.model, theme, size, out)
+    home = Path(tempfile.mkdtemp(prefix="loopchat-shots-"))
+    try:
+        apply_theme_for(app, "light")
+        shoot_inside(args.model, home, out)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":
