@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QTextCursor
 
 from desktop.views.attention_view import AVERAGE, MAXIMUM, combine, head_focus
 from engine.chat import Message, chat_prompt_ids
 from engine.loader import load_model
-from tests.window_helpers import ask, greedy, load
+from tests.window_helpers import ask, greedy, load, make_window
 
 
 def test_head_focus_and_combine() -> None:
@@ -25,16 +25,8 @@ def test_head_focus_and_combine() -> None:
 
 
 @pytest.fixture
-def window(qtbot, tmp_path: Path, monkeypatch):
-    from desktop.main_window import MainWindow
-
-    monkeypatch.setenv("LOOPCHAT_HOME", str(tmp_path / "home"))
-    settings = QSettings(str(tmp_path / "loopchat.ini"), QSettings.Format.IniFormat)
-    settings.setValue("engine/dtype", "float32")
-    settings.setValue("engine/device", "cpu")
-    win = MainWindow(settings)
-    qtbot.addWidget(win)
-    win.show()
+def window(qtbot, home: Path):
+    win = make_window(qtbot, home)
     yield win
     win.close()
 

@@ -15,7 +15,7 @@ from engine.events import GREEDY
 from engine.generate import Generator
 from engine.inspect import inspect_tokens
 from engine.loader import load_model
-from tests.window_helpers import ask, greedy, load
+from tests.window_helpers import ask, greedy, load, make_window
 
 CONVERSATION = (
     {"role": "system", "content": "Be brief."},
@@ -86,16 +86,8 @@ def char_formats(card) -> list[tuple[str, object]]:
     return out
 
 
-def test_toggling_surprisal_colours_tokens(qtbot, tmp_path: Path, monkeypatch, tiny_model_dir):
-    from desktop.main_window import MainWindow
-
-    monkeypatch.setenv("LOOPCHAT_HOME", str(tmp_path / "home"))
-    settings = QSettings(str(tmp_path / "loopchat.ini"), QSettings.Format.IniFormat)
-    settings.setValue("engine/dtype", "float32")
-    settings.setValue("engine/device", "cpu")
-    window = MainWindow(settings)
-    qtbot.addWidget(window)
-    window.show()
+def test_toggling_surprisal_colours_tokens(qtbot, home: Path, tiny_model_dir):
+    window = make_window(qtbot, home)
     load(qtbot, window, tiny_model_dir)
     greedy(window, 10)
     window.sampling.system_prompt.setPlainText("")
@@ -234,17 +226,9 @@ def test_a_message_longer_than_the_context_is_left_untinted_and_named(loaded) ->
 
 
 def test_the_window_tints_an_over_long_conversation_and_says_how(
-    qtbot, tmp_path: Path, monkeypatch, tiny_model_dir
+    qtbot, home: Path, tiny_model_dir
 ) -> None:
-    from desktop.main_window import MainWindow
-
-    monkeypatch.setenv("LOOPCHAT_HOME", str(tmp_path / "home"))
-    settings = QSettings(str(tmp_path / "loopchat.ini"), QSettings.Format.IniFormat)
-    settings.setValue("engine/dtype", "float32")
-    settings.setValue("engine/device", "cpu")
-    window = MainWindow(settings)
-    qtbot.addWidget(window)
-    window.show()
+    window = make_window(qtbot, home)
     load(qtbot, window, tiny_model_dir)
     turns = long_turns(8) + [{"role": "user", "content": " ".join(["loop"] * 1100)}]
     conv = window.store.create_conversation("", "m")
