@@ -23,7 +23,7 @@ from engine.errors import EngineError
 from engine.events import GenerationResult, Step, TopToken
 from engine.loader import LoadedModel
 from engine.model import Interrupted
-from engine.sampling import Sampler, SampleResult, SamplingParams
+from engine.sampling import Sampler, SamplingParams, reported
 from engine.tokenizer import StreamDecoder
 from engine.tuning import ThreadGovernor
 
@@ -122,17 +122,6 @@ def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
-
-
-def _forced_sample(scores: torch.Tensor, token: int, report_top: int) -> SampleResult:
-    """A step whose token is given, reported with the model's own numbers (softmax of the logits
-    at temperature 1, as the sampler reports them): the top-k panel shows what the model thought
-    of the token it was made to take."""
-    probs = torch.softmax(scores.float().cpu(), dim=-1)
-    k = min(report_top, probs.shape[-1])
-    top_probs, top_ids = torch.topk(probs, k) if k else (probs[:0], probs[:0].long())
-    prob = float(probs[token]) if token < probs.shape[-1] else 0.0  # a padded row: no token
-    return SampleResult(token, prob, top_ids.tolist(), top_probs.tolist())
 
 
 class Generator:
@@ -291,13 +280,13 @@ class Generator:
         # work, never ahead of it, only ever growing).
         logits = None
         pos = reused
-        reported = reused
+        shown_done = reused
         n_layers = max(1, len(model.layers))
 
         def report(done: int) -> None:
-            nonlocal reported
-            if on_prefill is not None and done > reported:
-                reported = done
+            nonlocal shown_done
+            if on_prefill is not None and done > shown_done:
+                shown_done = done
                 on_prefill(done, len(prompt))
 
         while pos < len(prompt):
@@ -340,7 +329,7 @@ class Generator:
             if not bool(torch.isfinite(scores).all()):
                 raise EngineError(invalid_numbers_message(len(generated), self.loaded.dtype))
             if forced:
-                sample = _forced_sample(scores, forced.pop(0), report_top)
+                sample = reported(scores.float().cpu(), forced.pop(0), report_top)
             else:
                 sample = sampler.sample(scores, history, report_top=report_top)
             now = time.perf_counter()

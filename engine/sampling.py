@@ -25,6 +25,7 @@ __all__ = [
     "SamplingParams",
     "StageObserver",
     "choose_token",
+    "reported",
 ]
 
 StageObserver = Callable[..., None]
@@ -181,7 +182,6 @@ class Sampler:
     ) -> SampleResult:
         """Pick the next token from float32 logits [vocab]; `history` feeds the penalty."""
         logits = logits.float().cpu()
-        probs = torch.softmax(logits, dim=-1)
         if self.explain:
             from engine.sampler_stages import explain_choice
 
@@ -192,8 +192,16 @@ class Sampler:
         else:
             self.last_stages = None
             token = choose_token(logits, history, self.params, self._generator)
-        k = min(report_top, probs.shape[-1])
-        top_probs, top_ids = torch.topk(probs, k) if k else (probs[:0], probs[:0].long())
-        # One conversion to Python for everything the caller reports.
-        chosen = float(probs[token])
-        return SampleResult(token, chosen, top_ids.tolist(), top_probs.tolist())
+        return reported(logits, token, report_top)
+
+
+def reported(logits: torch.Tensor, token: int, report_top: int) -> SampleResult:
+    """`token` with the model's own numbers (softmax of float32 CPU `logits` at temperature 1):
+    its probability and the `report_top` most likely candidates, whoever chose it (the sampler,
+    or a branch that forces it). A token past the logits (a padded row) gets probability 0."""
+    probs = torch.softmax(logits, dim=-1)
+    k = min(report_top, probs.shape[-1])
+    top_probs, top_ids = torch.topk(probs, k) if k else (probs[:0], probs[:0].long())
+    # One conversion to Python for everything the caller reports.
+    chosen = float(probs[token]) if token < probs.shape[-1] else 0.0
+    return SampleResult(token, chosen, top_ids.tolist(), top_probs.tolist())
