@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine import native
 from engine.errors import EngineError
 from engine.events import GenerationResult, Step, TopToken
 from engine.loader import LoadedModel
@@ -139,6 +140,7 @@ class Generator:
         self._display: dict[int, str] = {}
         self._governor = ThreadGovernor.for_runtime(getattr(loaded, "runtime", {}))
         """Moves decode between thread counts when another process takes a core."""
+        self._native = native.kernel_of(loaded.model)
 
     def forget_cache(self) -> None:
         """Make the next call prefill from scratch (e.g. after the model was used elsewhere)."""
@@ -322,66 +324,68 @@ class Generator:
         first_token_at = 0.0
         reason = STOP_MAX_TOKENS
         assert logits is not None
-        while True:
-            # Checkpoints may pad the vocabulary past the tokenizer's (to a multiple of 64, say);
-            # those rows are no token at all, so they are neither chosen nor reported.
-            scores = logits[:speakable]
-            if not bool(torch.isfinite(scores).all()):
-                raise EngineError(invalid_numbers_message(len(generated), self.loaded.dtype))
-            if forced:
-                sample = reported(scores.float().cpu(), forced.pop(0), report_top)
-            else:
-                sample = sampler.sample(scores, history, report_top=report_top)
-            now = time.perf_counter()
-            if not generated:
-                ttft = now - started
-                first_token_at = now
-            token = sample.token_id
-            if token == tokenizer.eos_id:
-                reason = STOP_EOS
-                break
-            generated.append(token)
-            history.append(token)
-            text = stop_filter.feed(decoder.push(token))
-            last = len(generated) >= max_new_tokens or pos >= limit
-            if not stop_filter.hit and last:
-                # The last step: nothing more will complete held-back text, so it goes out now
-                # and the streamed pieces add up to the final text.
-                text += stop_filter.feed(decoder.flush())
-                text += stop_filter.flush()
-            if generation is not None:
-                generation.last_step_yielded = last or stop_filter.hit
-            yield Step(
-                index=len(reply) + len(generated) - 1,
-                token_id=token,
-                text=text,
-                piece=self.display_text(token),
-                prob=sample.prob,
-                top=[
-                    TopToken(i, self.display_text(i), p)
-                    for i, p in zip(sample.top_ids, sample.top_probs, strict=True)
-                ],
-                elapsed_s=now - started,
-            )
-            if stop_filter.hit:
-                reason = STOP_STRING
-                break
-            if len(generated) >= max_new_tokens:
-                reason = STOP_MAX_TOKENS
-                break
-            if pos >= limit:
-                reason = STOP_CONTEXT_FULL
-                break
-            if cancelled():
-                reason = STOP_CANCELLED
-                break
-            tokens = torch.tensor([token], dtype=torch.long, device=device)
-            step_started = time.perf_counter()
-            logits = model(tokens, pos, last_only=True)[-1]
-            if self._governor is not None:
-                self._governor.observe(time.perf_counter() - step_started)
-            pos += 1
-            self._cached_ids.append(token)
+        # The decode loop: torch keeps one thread if the compiled int8 kernel has the cores.
+        with native.decoding(self._native, self._governor):
+            while True:
+                # Checkpoints may pad the vocabulary past the tokenizer's (to a multiple of 64,
+                # say); those rows are no token at all, so they are neither chosen nor reported.
+                scores = logits[:speakable]
+                if not bool(torch.isfinite(scores).all()):
+                    raise EngineError(invalid_numbers_message(len(generated), self.loaded.dtype))
+                if forced:
+                    sample = reported(scores.float().cpu(), forced.pop(0), report_top)
+                else:
+                    sample = sampler.sample(scores, history, report_top=report_top)
+                now = time.perf_counter()
+                if not generated:
+                    ttft = now - started
+                    first_token_at = now
+                token = sample.token_id
+                if token == tokenizer.eos_id:
+                    reason = STOP_EOS
+                    break
+                generated.append(token)
+                history.append(token)
+                text = stop_filter.feed(decoder.push(token))
+                last = len(generated) >= max_new_tokens or pos >= limit
+                if not stop_filter.hit and last:
+                    # The last step: nothing more will complete held-back text, so it goes out now
+                    # and the streamed pieces add up to the final text.
+                    text += stop_filter.feed(decoder.flush())
+                    text += stop_filter.flush()
+                if generation is not None:
+                    generation.last_step_yielded = last or stop_filter.hit
+                yield Step(
+                    index=len(reply) + len(generated) - 1,
+                    token_id=token,
+                    text=text,
+                    piece=self.display_text(token),
+                    prob=sample.prob,
+                    top=[
+                        TopToken(i, self.display_text(i), p)
+                        for i, p in zip(sample.top_ids, sample.top_probs, strict=True)
+                    ],
+                    elapsed_s=now - started,
+                )
+                if stop_filter.hit:
+                    reason = STOP_STRING
+                    break
+                if len(generated) >= max_new_tokens:
+                    reason = STOP_MAX_TOKENS
+                    break
+                if pos >= limit:
+                    reason = STOP_CONTEXT_FULL
+                    break
+                if cancelled():
+                    reason = STOP_CANCELLED
+                    break
+                tokens = torch.tensor([token], dtype=torch.long, device=device)
+                step_started = time.perf_counter()
+                logits = model(tokens, pos, last_only=True)[-1]
+                if self._governor is not None:
+                    self._governor.observe(time.perf_counter() - step_started)
+                pos += 1
+                self._cached_ids.append(token)
 
         decode_s = time.perf_counter() - first_token_at if generated else 0.0
         tps = (len(generated) - 1) / decode_s if len(generated) > 1 and decode_s > 0 else 0.0

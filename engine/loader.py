@@ -225,6 +225,10 @@ def load_model(
         pack=runtime.get("kernel") != "plain",
     )
     runtime.update(getattr(model, "quant_info", {}))
+    if runtime.get("kernel") == "int8native":
+        from engine.native import use_native
+
+        runtime["native_isa"] = use_native(model)
     if tokenizer.vocab_size > args.vocab_size:
         raise EngineError(
             f"{tokenizer_file} has {tokenizer.vocab_size} tokens but the weights in {folder} only "

@@ -4,7 +4,9 @@ Batch-1 decoding streams every weight once per token, so fewer bytes per weight 
 on a CPU (see ../shared/PERF.md): int8 halves and int4 quarters what a 16-bit model reads. Only the
 weights are quantized; activations, norms, the KV cache and the logits stay in the model's dtype.
 
-* int8: symmetric, one scale per output channel (row); `aten._weight_int8pack_mm`.
+* int8: symmetric, one scale per output channel (row); `aten._weight_int8pack_mm`, or for one row
+  (decoding) Loopchat's own compiled kernel where the measured kernel choice picks it
+  (engine/native.py).
 * int4: asymmetric, one scale and one offset per group of `group_size` input columns;
   `aten._weight_int4pack_mm_for_cpu` on CPU (`_weight_int4pack_mm` on CUDA). Group 64 by default:
   a 7B model then fits in ~4 GB (group 32 adds 0.06 bytes per weight, ~0.4 GB at 7B) and the
@@ -21,9 +23,14 @@ layer computes with, which the tests compare against `F.linear`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from engine.native import NativeInt8
 
 QUANT_MODES = ("none", "int8", "int4")
 """What `--quant` and `load_model(quant=...)` accept."""
@@ -137,10 +144,22 @@ class Int8Linear(nn.Module):
         self.out_features = out_features
         self.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.int8))
         self.register_buffer("scales", torch.empty(out_features, dtype=dtype))
+        self.native: NativeInt8 | None = None
+        self._scales32: torch.Tensor | None = None
+
+    def use_native(self, kernel: NativeInt8 | None) -> None:
+        """Run one-row products on Loopchat's compiled kernel (None: torch's kernel again)."""
+        on_cpu = self.weight.device.type == "cpu" and self.weight.is_contiguous()
+        self.native = kernel if on_cpu else None
+        self._scales32 = None if self.native is None else self.scales.float().contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)  # [T, in]
-        if flat.is_cuda or flat.shape[0] >= PREFILL_ROWS:
+        if self.native is not None and flat.shape[0] == 1 and not flat.is_cuda:
+            assert self._scales32 is not None
+            threads = self.native.threads or torch.get_num_threads()
+            out = self.native.matvec(flat, self.weight, self._scales32, threads)
+        elif flat.is_cuda or flat.shape[0] >= PREFILL_ROWS:
             # Many rows (a prefill chunk; or CUDA, which has no int8 pack kernel): torch's int8
             # kernel is ~4x slower than a GEMM on the weight cast to x's dtype (exact: |q| <= 127),
             # with the per-row scale applied to the product's columns instead.

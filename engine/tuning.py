@@ -41,10 +41,11 @@ log = logging.getLogger(__name__)
 TUNING_VERSION = 1
 KERNELS: dict[str, tuple[str, ...]] = {
     "none": ("packed", "plain"),
-    "int8": ("int8pack",),
+    "int8": ("int8pack", "int8native"),
     "int4": ("int4pack",),
 }
-"""Candidate matvec paths per weight format (the quantized formats have one kernel each)."""
+"""Candidate matvec paths per weight format. "int8native" is Loopchat's compiled kernel
+(engine/native.py), a candidate only where it could be built."""
 BUDGET_S = 0.25
 """Wall time the timing loop may take (setup aside)."""
 WORKING_SET_BYTES = 48 * 2**20
@@ -96,6 +97,9 @@ def tuning_key(dtype: torch.dtype, device: torch.device, quant: str) -> str:
             "cpu": cpu_model(),
             "cores": physical_cores(),
             "torch": torch.__version__,
+            # the candidates: a kernel that becomes available (a C compiler installed) or goes
+            # away makes the old choice stale
+            "kernels": list(available_kernels(quant)) if device.type == "cpu" else [],
         },
         sort_keys=True,
     )
@@ -162,6 +166,21 @@ def _make_matvec(
                 torch.ops.aten._weight_int8pack_mm(x, w, scales)
 
         return run_int8
+    if kernel == "int8native":
+        from engine.native import load
+
+        native = load()
+        if native is None:
+            return None
+        q8 = [torch.zeros(out_f, in_f, dtype=torch.int8) for _ in range(copies)]
+        scales32 = torch.ones(out_f)
+
+        def run_native() -> None:
+            threads = torch.get_num_threads()
+            for w in q8:
+                native.matvec(x, w, scales32, threads)
+
+        return run_native
     if kernel == "int4pack":
         from engine.quant import DEFAULT_GROUP_SIZE, pack_int4
 
@@ -183,7 +202,7 @@ def measure(
     args: ModelArgs, dtype: torch.dtype, quant: str, kernels: tuple[str, ...], threads: list[int]
 ) -> dict[tuple[str, int], float]:
     """Seconds per MLP-shaped matvec pass for each (kernel, threads), interleaved, medians."""
-    bytes_per = {"int8pack": 1.0, "int4pack": 0.5}
+    bytes_per = {"int8pack": 1.0, "int8native": 1.0, "int4pack": 0.5}
     runs: dict[tuple[str, int], Callable[[], None]] = {}
     # The config is not yet checked against the weights here: a bogus size must not allocate
     # gigabytes. Real MLPs (70B: 28672 x 8192) fit; larger ones are timed on fewer rows.
@@ -232,6 +251,17 @@ def measure(
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def available_kernels(quant: str) -> tuple[str, ...]:
+    """The candidates for this weight format that can run in this process."""
+    kernels = KERNELS[quant]
+    if "int8native" in kernels:
+        from engine.native import load
+
+        if load() is None:
+            kernels = tuple(k for k in kernels if k != "int8native")
+    return kernels
+
+
 def pick(timings: dict[tuple[str, int], float], kernels: tuple[str, ...]) -> tuple[str, int]:
     """The fastest kernel (normalised per byte is unnecessary: one format's kernels stream the same
     weights), then the fewest threads within THREAD_MARGIN of that kernel's best time."""
@@ -251,7 +281,7 @@ def choose_runtime(
     """
     if device.type != "cpu":
         return {"kernel": "default", "threads": None, "kernel_source": "device"}
-    kernels = KERNELS[quant]
+    kernels = available_kernels(quant)
     cores = physical_cores()
     key = tuning_key(dtype, device, quant)
     choice: dict[str, Any] | None = _read_choices().get(key)
@@ -347,6 +377,8 @@ class ThreadGovernor:
         self._steps = 0
         self._probing: list[float] | None = None
         self._skip = False
+        self.setter: Callable[[int], None] | None = None
+        """Applies a thread count (None: torch's); engine/native.py points it at its own pool."""
 
     @classmethod
     def for_runtime(cls, runtime: dict[str, Any]) -> ThreadGovernor | None:
@@ -361,7 +393,9 @@ class ThreadGovernor:
 
     def _set(self, n: int) -> None:
         self.current = n
-        if torch.get_num_threads() != n:
+        if self.setter is not None:
+            self.setter(n)
+        elif torch.get_num_threads() != n:
             torch.set_num_threads(n)
         self._skip = True
 

@@ -1,0 +1,313 @@
+"""Loopchat's own batch-1 int8 kernel (engine/csrc/int8_matvec.c), compiled on first use.
+
+Why a compiled kernel: int8 decoding is worth having only if it streams the weights faster than
+16-bit does, and torch's `_weight_int8pack_mm` does not on every CPU: on the development machine
+(AMD EPYC, 2 cores) it reads ~19 GB/s of weights on 2 threads, i.e. fewer weights per second than
+float16 `F.linear` (~21 G weights/s). The C kernel multiplies int8 weights by 16-bit integer
+activations with the CPU's integer multiply-add (pmaddwd / VNNI) and reaches ~30 G weights/s there
+(benchmarks/kernels.py prints both).
+
+Why compile at run time rather than ship a binary: `-march=native` picks the best instructions of
+the machine it runs on, and a C file of a few hundred lines compiles in about a second with the
+system's C compiler. Where there is none (most Windows and many macOS machines, a frozen app on a
+bare system), `load()` returns None, the reason is logged, and the int8 layers keep torch's kernel;
+the measured kernel choice (engine/tuning.py) never offers a kernel that is not there. The library
+is cached next to the other rebuildable files, keyed by the source, the compiler and the CPU, and
+checked against a float reference before it is trusted. LOOPCHAT_NATIVE=0 turns it off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from engine.paths import cache_dir
+
+if TYPE_CHECKING:
+    from engine.tuning import ThreadGovernor
+
+log = logging.getLogger(__name__)
+
+ABI = 1
+"""lc_abi() of the source this module speaks to; a library reporting another is rebuilt."""
+SOURCE = "int8_matvec.c"
+COMPILE_TIMEOUT_S = 120
+X_DTYPES = {torch.bfloat16: 0, torch.float32: 1}
+"""Activation dtypes the C code reads and writes directly; float16 goes through float32."""
+CHECK_TOLERANCE = 1e-2
+"""Largest error, relative to the largest output, the self-check accepts (the kernel's own error
+is ~3e-3 in bfloat16, which is the output's rounding)."""
+
+_unavailable: str | None = None
+
+
+class NativeInt8:
+    """The loaded library: y = (x · Wᵀ) * scales for one activation row."""
+
+    def __init__(self, lib: ctypes.CDLL, path: Path) -> None:
+        self._fn = lib.lc_int8_matvec
+        self._fn.restype = ctypes.c_int
+        self._fn.argtypes = [
+            ctypes.c_void_p,  # w
+            ctypes.c_void_p,  # scales (float32)
+            ctypes.c_void_p,  # x
+            ctypes.c_int,  # x dtype
+            ctypes.c_void_p,  # y
+            ctypes.c_int,  # y dtype
+            ctypes.c_long,  # rows
+            ctypes.c_long,  # columns
+            ctypes.c_int,  # threads
+        ]
+        lib.lc_isa.restype = ctypes.c_char_p
+        self.isa: str = lib.lc_isa().decode()
+        self.path = path
+        self.threads = 0
+        """Threads per product while `decoding` runs (0: follow torch's thread count)."""
+
+    def set_threads(self, n: int) -> None:
+        self.threads = n
+
+    def matvec(
+        self, x: torch.Tensor, weight: torch.Tensor, scales32: torch.Tensor, threads: int
+    ) -> torch.Tensor:
+        """One row x [1, in] (bfloat16, float16 or float32) times int8 weight [out, in] → [1, out].
+
+        `weight` and `scales32` (float32) must be contiguous CPU tensors; the result has x's dtype.
+        """
+        wanted = x.dtype
+        if wanted not in X_DTYPES:
+            x = x.float()
+        x = x.contiguous()
+        out_dtype = x.dtype
+        out = torch.empty(1, weight.shape[0], dtype=out_dtype)
+        code = X_DTYPES[out_dtype]
+        rc = self._fn(
+            weight.data_ptr(),
+            scales32.data_ptr(),
+            x.data_ptr(),
+            code,
+            out.data_ptr(),
+            code,
+            weight.shape[0],
+            weight.shape[1],
+            max(1, threads),
+        )
+        if rc != 0:
+            raise RuntimeError(f"native int8 kernel failed (code {rc})")
+        return out if out_dtype == wanted else out.to(wanted)
+
+
+def compiler() -> str | None:
+    """The C compiler to build with: $CC, else cc, gcc or clang on PATH."""
+    for name in (os.environ.get("CC", "").strip(), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def _compiler_version(cc: str) -> str:
+    try:
+        done = subprocess.run(
+            [cc, "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+        return done.stdout.splitlines()[0] if done.stdout else cc
+    except (OSError, subprocess.SubprocessError):
+        return cc
+
+
+def _cpu_key() -> str:
+    from engine.tuning import cpu_model
+
+    flags = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith("flags")), "")
+    except OSError:
+        pass
+    return f"{cpu_model()}|{platform.machine()}|{flags}"
+
+
+def _compile(cc: str, source: Path, target: Path) -> str | None:
+    """Compile source into target; None on success, else the compiler's complaint (one line)."""
+    base = [cc, "-O3", "-shared", "-fPIC", "-pthread", "-std=c11", "-o"]
+    last = ""
+    # -march=native picks the machine's vector instructions; compilers that do not know it
+    # (some ARM toolchains) get a plain build.
+    for arch in (["-march=native"], ["-mcpu=native"], []):
+        with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as tmp:
+            partial = Path(tmp.name)
+        try:
+            done = subprocess.run(
+                [*base, str(partial), *arch, str(source), "-lm"],
+                capture_output=True,
+                text=True,
+                timeout=COMPILE_TIMEOUT_S,
+                check=False,
+            )
+            if done.returncode == 0:
+                os.replace(partial, target)
+                return None
+            last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        except (OSError, subprocess.SubprocessError) as exc:
+            last = str(exc)
+        finally:
+            partial.unlink(missing_ok=True)
+    return last[:200]
+
+
+def _self_check(kernel: NativeInt8) -> str | None:
+    """Compare the library with float arithmetic on awkward shapes; None if it agrees."""
+    gen = torch.Generator().manual_seed(0)
+    for rows, cols in ((37, 16), (64, 272), (130, 1040)):
+        q = torch.randint(-127, 128, (rows, cols), generator=gen, dtype=torch.int8)
+        scales = torch.rand(rows, generator=gen) + 0.5
+        x = torch.randn(1, cols, generator=gen)
+        reference = (x.double() @ q.double().T) * scales.double()
+        for dtype in (torch.float32, torch.bfloat16):
+            for threads in (1, 2):
+                got = kernel.matvec(x.to(dtype), q, scales, threads).double()
+                err = (got - reference).abs().max() / reference.abs().max()
+                if not err <= CHECK_TOLERANCE:
+                    where = f"{rows}x{cols}, {dtype}, {threads} threads"
+                    return f"self-check failed ({where}: error {err:.2g})"
+    return None
+
+
+def use_native(model: torch.nn.Module) -> str | None:
+    """Switch the model's int8 layers to the compiled kernel; its instruction set, or None."""
+    from engine.quant import Int8Linear
+
+    kernel = load()
+    for module in model.modules():
+        if isinstance(module, Int8Linear):
+            module.use_native(kernel)
+    return kernel.isa if kernel is not None else None
+
+
+def kernel_of(model: torch.nn.Module) -> NativeInt8 | None:
+    """The compiled kernel the model's int8 layers run on, if any."""
+    from engine.quant import Int8Linear
+
+    for module in model.modules():
+        if isinstance(module, Int8Linear) and module.native is not None:
+            return module.native
+    return None
+
+
+@contextmanager
+def decoding(kernel: NativeInt8 | None, governor: ThreadGovernor | None) -> Iterator[None]:
+    """Give the decode loop's cores to the compiled kernel's own threads, torch keeping one.
+
+    Why: in a decode step every big product runs on the kernel's threads, and what torch still
+    does (attention over the cache, norms) is small. If torch kept two threads, its OpenMP helper
+    would fall asleep between those small ops and each wake-up would cost more than the op
+    (measured: the attention's bmm took 93 µs instead of 18). The governor then moves the
+    kernel's thread count; on leaving, torch gets it back for the next prefill's GEMMs.
+    """
+    if kernel is None:
+        yield
+        return
+    n = governor.current if governor is not None else torch.get_num_threads()
+    kernel.threads = n
+    torch.set_num_threads(1)
+    if governor is not None:
+        governor.setter = kernel.set_threads
+    try:
+        yield
+    finally:
+        if governor is not None:
+            governor.setter = None
+            n = governor.current
+        else:
+            n = kernel.threads
+        kernel.threads = 0
+        torch.set_num_threads(n)
+
+
+def _source() -> bytes:
+    return resources.files("engine").joinpath("csrc", SOURCE).read_bytes()
+
+
+def library_path(cc: str) -> Path:
+    """Where the library built by `cc` from this source for this CPU and torch is cached."""
+    identity = f"{_compiler_version(cc)}|{_cpu_key()}|{torch.__version__}".encode()
+    key = hashlib.sha256(_source() + identity).hexdigest()[:16]
+    return cache_dir("native") / f"int8_matvec-{key}.so"
+
+
+def _build(cc: str, source_text: bytes, target: Path) -> str | None:
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / SOURCE
+        source.write_bytes(source_text)
+        problem = _compile(cc, source, target)
+    return f"{cc} could not build it: {problem}" if problem else None
+
+
+def unavailable_reason() -> str | None:
+    """Why `load()` returned None (None when it loaded or was not tried)."""
+    return _unavailable
+
+
+@functools.cache
+def load() -> NativeInt8 | None:
+    """The compiled kernel, building it on first use; None where it cannot run (reason logged)."""
+    global _unavailable
+    if os.environ.get("LOOPCHAT_NATIVE", "").strip() == "0":
+        _unavailable = "turned off by LOOPCHAT_NATIVE=0"
+        return None
+    if sys.platform == "win32":
+        _unavailable = "not built on Windows"
+        return None
+    cc = compiler()
+    if cc is None:
+        _unavailable = "no C compiler (cc, gcc or clang) on PATH"
+        log.info("native int8 kernel unavailable: %s; torch's kernel is used", _unavailable)
+        return None
+    source_text = _source()
+    target = library_path(cc)
+    problem: str | None = None
+    for _attempt in (1, 2):  # a corrupt cached library is rebuilt once
+        if not target.exists():
+            problem = _build(cc, source_text, target)
+            if problem:
+                break
+        try:
+            lib = ctypes.CDLL(str(target))
+        except OSError as exc:
+            # A truncated or corrupt cached library: deleted and built again, once.
+            problem = f"cannot load {target.name}: {exc}"
+            target.unlink(missing_ok=True)
+            continue
+        try:
+            if lib.lc_abi() != ABI:
+                raise OSError(f"ABI {lib.lc_abi()} instead of {ABI}")
+            kernel = NativeInt8(lib, target)
+            problem = _self_check(kernel)
+        except (OSError, AttributeError, RuntimeError) as exc:
+            problem = f"{target.name} is not usable: {exc}"
+        if problem:
+            # Loaded but wrong: this process keeps torch's kernel (the loader would hand back
+            # the same library), the next one builds afresh.
+            target.unlink(missing_ok=True)
+        break
+    if problem:
+        _unavailable = problem
+        log.warning("native int8 kernel unavailable: %s; torch's kernel is used", problem)
+        return None
+    log.info("native int8 kernel ready (%s, %s)", kernel.isa, target)
+    return kernel

@@ -1,0 +1,253 @@
+"""Loopchat's compiled int8 kernel (engine/native.py): it computes what the dequantized weights
+compute, exactly where the arithmetic allows, from any number of threads and callers; the engine
+uses it only where it was built and chosen, hands it the decode loop's cores, and falls back to
+torch's kernel, with a reason, where it cannot be built."""
+
+from __future__ import annotations
+
+import fnmatch
+import platform
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine import native
+from engine.quant import Int8Linear, dequantize_int8, quantize_int8
+from engine.tuning import ThreadGovernor, available_kernels
+
+BUILDABLE = sys.platform != "win32" and native.compiler() is not None
+
+
+@pytest.fixture
+def kernel() -> native.NativeInt8:
+    built = native.load()
+    if built is None:
+        pytest.skip(f"no native kernel here: {native.unavailable_reason()}")
+    return built
+
+
+@pytest.fixture
+def fresh_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """`native.load()` runs again from scratch in an empty cache folder, then is reset."""
+    monkeypatch.setenv("LOOPCHAT_HOME", str(tmp_path / "home"))
+    native.load.cache_clear()
+    yield
+    native.load.cache_clear()
+
+
+def _case(rows: int, cols: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    q, scale = quantize_int8(torch.randn(rows, cols, generator=g) * 0.05)
+    return q, scale.float(), torch.randn(1, cols, generator=g)
+
+
+@pytest.mark.skipif(not (BUILDABLE and platform.machine() in ("x86_64", "AMD64")), reason="no cc")
+def test_builds_and_passes_its_self_check_where_there_is_a_compiler() -> None:
+    # CI has a compiler: a kernel that stops building must fail here, not quietly fall back.
+    built = native.load()
+    assert built is not None, native.unavailable_reason()
+    assert built.isa in ("avx512-vnni", "avx512bw", "avx2", "scalar")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("shape", [(37, 16), (5, 48), (130, 1040), (512, 2048)])
+def test_equals_the_dequantized_weights(kernel, shape: tuple[int, int], dtype) -> None:
+    # 1040 columns: eight whole groups of 128 and a partial one; 37 rows: chunks that do not divide.
+    q, scale, x = _case(*shape)
+    want = F.linear(x.to(dtype).double(), dequantize_int8(q, scale).double())
+    for threads in (1, 2, 3):
+        got = kernel.matvec(x.to(dtype), q, scale, threads)
+        assert got.dtype == dtype and got.shape == (1, shape[0])
+        # bfloat16/float16: the output's own rounding; float32: the 16-bit activation rounding
+        tol = {torch.bfloat16: 8e-3, torch.float16: 1e-3, torch.float32: 2e-4}[dtype]
+        err = (got.double() - want).abs().max() / want.abs().max()
+        assert err <= tol, (threads, err.item())
+
+
+def test_is_exact_where_the_arithmetic_is(kernel) -> None:
+    # Integer activations within 256x of each group's largest are represented exactly, products
+    # and group sums are exact integers, so the result is the exact dot product, rounded once.
+    g = torch.Generator().manual_seed(1)
+    q = torch.randint(-127, 128, (64, 256), generator=g, dtype=torch.int8)
+    x = torch.randint(-100, 101, (1, 256), generator=g).float()
+    x[0, 0] = 100.0  # every group's largest is 100 or close: all values are within 256x
+    exact = (q.long() @ x.long().T).T.double()  # |sum| < 2^24: exact in float32 too
+    ones = torch.ones(64)
+    assert torch.equal(kernel.matvec(x, q, ones, 2).double(), exact)
+    assert torch.equal(kernel.matvec(x.bfloat16(), q, ones, 2), exact.bfloat16())
+
+
+def test_non_finite_activations_come_out_as_nan(kernel) -> None:
+    # The generator checks the logits for NaN/inf and says so; a kernel that turned them into
+    # plausible numbers would hide a broken model.
+    q, scale, x = _case(8, 256)
+    for bad in (float("nan"), float("inf")):
+        x_bad = x.clone()
+        x_bad[0, 200] = bad
+        out = kernel.matvec(x_bad.bfloat16(), q, scale, 2)
+        assert torch.isnan(out).all()
+
+
+def test_concurrent_callers_each_get_their_own_result(kernel) -> None:
+    cases = [_case(300, 512, seed) for seed in range(4)]
+    wanted = [kernel.matvec(x.bfloat16(), q, s, 1) for q, s, x in cases]
+    wrong: list[int] = []
+
+    def caller(i: int) -> None:
+        q, s, x = cases[i]
+        for _ in range(200):
+            if not torch.equal(kernel.matvec(x.bfloat16(), q, s, 2), wanted[i]):
+                wrong.append(i)
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong
+
+
+def test_int8_layer_runs_one_row_on_it_and_many_rows_on_torch(kernel, monkeypatch) -> None:
+    q, scale, _ = _case(96, 160)
+    layer = Int8Linear(160, 96, torch.bfloat16)
+    layer.weight.copy_(q)
+    layer.scales.copy_(scale.bfloat16())
+    x = torch.randn(40, 160).bfloat16()
+    torch_one = layer(x[:1])
+    layer.use_native(kernel)
+    calls: list[int] = []
+    real = native.NativeInt8.matvec
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(native.NativeInt8, "matvec", counted)
+    one = layer(x[:1])
+    assert len(calls) == 1
+    assert torch.allclose(one.float(), torch_one.float(), atol=1e-2 * torch_one.abs().max().item())
+    layer(x)  # a prefill chunk: torch's GEMM
+    assert len(calls) == 1
+    layer.use_native(None)
+    assert torch.equal(layer(x[:1]), torch_one)
+
+
+def _decode_logits(folder: Path, kernel_name: str, monkeypatch) -> tuple[torch.Tensor, dict]:
+    """Logits of 24 one-token decode steps (the path the kernel serves)."""
+    from engine.loader import load_model
+
+    monkeypatch.setenv("LOOPCHAT_KERNEL", kernel_name)
+    loaded = load_model(folder, dtype="bfloat16", device="cpu", quant="int8", max_context=64)
+    ids = [1] + [3 + (i * 37) % 400 for i in range(23)]
+    with torch.inference_mode():
+        steps = [loaded.model(torch.tensor([t]), i).float()[-1] for i, t in enumerate(ids)]
+    return torch.stack(steps), loaded.describe()
+
+
+def test_model_decodes_like_torchs_kernel(kernel, tiny_model_dir: Path, monkeypatch) -> None:
+    monkeypatch.setenv("LOOPCHAT_HOME", str(tiny_model_dir.parent / "native-home"))
+    mine, info = _decode_logits(tiny_model_dir, "int8native", monkeypatch)
+    theirs, other = _decode_logits(tiny_model_dir, "int8pack", monkeypatch)
+    assert info["kernel"] == "int8native" and info["native_isa"] == kernel.isa
+    assert other["kernel"] == "int8pack" and "native_isa" not in other
+    # Both compute the same int8 weights with bfloat16 activations; they differ by rounding only.
+    assert (mine - theirs).abs().max() <= 0.02 * theirs.abs().max()
+    assert (mine.argmax(-1) == theirs.argmax(-1)).float().mean() >= 0.9
+
+
+def test_decode_loop_hands_its_cores_to_the_kernel_and_back(kernel) -> None:
+    before = torch.get_num_threads()
+    governor = ThreadGovernor([1, 2], start=2)
+    try:
+        torch.set_num_threads(2)
+        with native.decoding(kernel, governor):
+            assert torch.get_num_threads() == 1 and kernel.threads == 2
+            governor._set(1)  # what the governor does when another process takes a core
+            assert kernel.threads == 1 and torch.get_num_threads() == 1
+        # the next prefill's GEMMs run on torch with the count the governor settled on
+        assert torch.get_num_threads() == 1 and kernel.threads == 0 and governor.setter is None
+        torch.set_num_threads(2)
+        with pytest.raises(RuntimeError), native.decoding(kernel, None):
+            raise RuntimeError("a failed step")
+        assert torch.get_num_threads() == 2 and kernel.threads == 0
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_generator_decodes_with_torch_on_one_thread(kernel, tiny_model_dir, monkeypatch):
+    from engine.events import SamplingParams
+    from engine.generate import Generator
+    from engine.loader import load_model
+
+    monkeypatch.setenv("LOOPCHAT_KERNEL", "int8native")
+    loaded = load_model(tiny_model_dir, dtype="bfloat16", device="cpu", quant="int8")
+    generator = Generator(loaded)
+    assert generator._native is not None
+    seen: list[int] = []
+    params = SamplingParams(temperature=0.0)
+    for _step in generator.generate([1, 5, 9], params, max_new_tokens=6):
+        seen.append(torch.get_num_threads())
+    assert seen and set(seen) == {1}
+    # afterwards torch has the cores back, as many as the governor settled on, for the prefill
+    assert generator._governor is not None
+    assert torch.get_num_threads() == generator._governor.current
+
+
+def test_no_compiler_means_torchs_kernel_and_a_reason(fresh_load, monkeypatch, tmp_path) -> None:
+    broken = tmp_path / "broken-cc"
+    broken.write_text("#!/bin/sh\necho 'broken-cc: cannot compile anything' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("CC", str(broken))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no cc, gcc or clang either
+    assert native.load() is None
+    assert "could not build it" in (native.unavailable_reason() or "")
+    assert available_kernels("int8") == ("int8pack",)
+
+
+def test_turned_off_by_environment(fresh_load, monkeypatch) -> None:
+    monkeypatch.setenv("LOOPCHAT_NATIVE", "0")
+    assert native.load() is None
+    assert "LOOPCHAT_NATIVE=0" in (native.unavailable_reason() or "")
+    assert "int8native" not in available_kernels("int8")
+
+
+@pytest.mark.skipif(not BUILDABLE, reason="no C compiler")
+def test_corrupt_cached_library_is_rebuilt_not_trusted(fresh_load) -> None:
+    cc = native.compiler()
+    assert cc is not None
+    path = native.library_path(cc)
+    path.write_bytes(b"\x7fELF truncated")
+    built = native.load()
+    assert built is not None, native.unavailable_reason()
+    assert path.stat().st_size > 1000 and built.path == path
+
+
+@pytest.mark.skipif(not BUILDABLE, reason="no C compiler")
+def test_library_is_built_once_then_reused(fresh_load) -> None:
+    cc = native.compiler()
+    assert cc is not None
+    native.load()
+    path = native.library_path(cc)
+    stamp = path.stat().st_mtime_ns
+    native.load.cache_clear()
+    assert native.load() is not None
+    assert path.stat().st_mtime_ns == stamp
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no half-written leftovers
+
+
+def test_kernel_source_ships_with_the_package() -> None:
+    # pip install (package-data) and the PyInstaller build (build.spec, checked on the bundle in
+    # test_packaging) must carry the C source, or installed copies silently lose the kernel.
+    tomllib = pytest.importorskip("tomllib")
+    root = Path(__file__).resolve().parents[1]
+    config = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = config["tool"]["setuptools"]["package-data"]["engine"]
+    shipped = f"csrc/{native.SOURCE}"
+    assert (root / "engine" / shipped).is_file()
+    assert any(fnmatch.fnmatch(shipped, pattern) for pattern in patterns)
+    assert f'"engine" / "csrc" / "{native.SOURCE}"' in (root / "build.spec").read_text()
