@@ -1,8 +1,10 @@
 """How far each dtype and weight format moves the model's predictions from float32.
 
 Teacher forcing: the same prompts run through every configuration; at each position the next-token
-distribution is compared with float32's (top-1 agreement, mean KL(fp32 || config) in nats). Then
-greedy decoding: does int8 give bf16's first 20 tokens?
+distribution is compared with float32's (top-1 agreement, mean KL(fp32 || config) in nats). Twice:
+the whole prompt in one pass (the prefill path: GEMMs) and one token at a time (the decode path,
+where int8 runs Loopchat's own kernel with its 16-bit integer activations). Then greedy decoding:
+does int8 give bf16's first 20 tokens?
 
 The model is benchmarks/decode.py's random TinyLlama-shaped checkpoint (the project ships no
 trained model); only the 512 rows of the head the tokenizer can print are compared.
@@ -83,6 +85,7 @@ def main() -> None:
         speakable = SPEAKABLE
     greedy = SamplingParams(temperature=0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
     logits: dict[tuple[str, str], list[torch.Tensor]] = {}
+    stepped: dict[tuple[str, str], list[torch.Tensor]] = {}
     outputs: dict[tuple[str, str], list[list[int]]] = {}
     for dtype, quant in CONFIGS:
         print(f"{dtype} {quant} ...", file=sys.stderr)
@@ -93,6 +96,15 @@ def main() -> None:
             logits[(dtype, quant)] = [
                 loaded.model(torch.tensor(p), 0)[:, :speakable].float() for p in texts
             ]
+            stepped[(dtype, quant)] = [
+                torch.cat(
+                    [
+                        loaded.model(torch.tensor([t]), i)[:, :speakable].float()
+                        for i, t in enumerate(p)
+                    ]
+                )
+                for p in texts
+            ]
         gen = Generator(loaded)  # greedy continuations of every configuration, compared below
         outputs[(dtype, quant)] = []
         for p in texts:
@@ -102,21 +114,26 @@ def main() -> None:
         gc.collect()
 
     ref = logits[("float32", "none")]
-    print("| dtype | weights | top-1 agreement with fp32 | mean KL(fp32 ‖ it), nats |")
-    print("|---|---|---|---|")
-    for config in CONFIGS[1:]:
+
+    def compare(got: list[torch.Tensor]) -> str:
         agree, kls = [], []
-        for r, g in zip(ref, logits[config], strict=True):
+        for r, g in zip(ref, got, strict=True):
             agree.append((r.argmax(-1) == g.argmax(-1)).float().mean().item())
             kls.append(
                 torch.nn.functional.kl_div(
                     g.log_softmax(-1), r.log_softmax(-1), log_target=True, reduction="batchmean"
                 ).item()
             )
-        print(
-            f"| {config[0]} | {config[1]} | {sum(agree) / len(agree):.3f} "
-            f"| {sum(kls) / len(kls):.2e} |"
-        )
+        return f"{sum(agree) / len(agree):.3f} | {sum(kls) / len(kls):.2e}"
+
+    print(
+        "| dtype | weights | top-1 agreement with fp32, prompt pass | mean KL(fp32 ‖ it), nats, "
+        "prompt pass | top-1, token by token | KL, token by token |"
+    )
+    print("|---|---|---|---|---|---|")
+    for config in CONFIGS:
+        whole, steps = compare(logits[config]), compare(stepped[config])
+        print(f"| {config[0]} | {config[1]} | {whole} | {steps} |")
 
     def common(a: list[int], b: list[int]) -> int:
         return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), len(a))

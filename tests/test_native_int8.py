@@ -6,9 +6,11 @@ torch's kernel, with a reason, where it cannot be built."""
 from __future__ import annotations
 
 import fnmatch
+import os
 import platform
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -251,3 +253,23 @@ def test_kernel_source_ships_with_the_package() -> None:
     assert (root / "engine" / shipped).is_file()
     assert any(fnmatch.fnmatch(shipped, pattern) for pattern in patterns)
     assert f'"engine" / "csrc" / "{native.SOURCE}"' in (root / "build.spec").read_text()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_forked_child_computes_on_threads_of_its_own(kernel) -> None:
+    # The parent's helper threads do not exist in a child; the child must neither hang waiting for
+    # them nor get a wrong result.
+    q, scale, x = _case(700, 512)
+    want = kernel.matvec(x, q, scale, 2)  # the parent's pool is running now
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        ok = all(torch.equal(kernel.matvec(x, q, scale, 2), want) for _ in range(20))
+        os._exit(0 if ok else 1)
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung")
+    assert os.waitstatus_to_exitcode(done[1]) == 0

@@ -211,7 +211,18 @@ static void* worker(void* arg) {
     return NULL;
 }
 
+/* A forked child has none of the parent's threads: it starts a pool of its own when it needs one. */
+static void after_fork_in_child(void) {
+    n_workers = 0;
+    atomic_store(&sleepers, 0);
+    pthread_mutex_init(&sleep_lock, NULL);
+    pthread_cond_init(&wake, NULL);
+    pthread_mutex_init(&call_lock, NULL);
+}
+
 static int ensure_workers(int wanted) {
+    static int fork_handler;
+    if (!fork_handler) fork_handler = pthread_atfork(NULL, NULL, after_fork_in_child) == 0;
     if (wanted > MAX_THREADS - 1) wanted = MAX_THREADS - 1;
     while (n_workers < wanted) {
         pthread_t t;
