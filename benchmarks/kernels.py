@@ -42,6 +42,7 @@ KERNELS: dict[str, tuple[str, torch.dtype, float]] = {
     "int8pack (bf16 act.)": ("int8pack", torch.bfloat16, 1.0),
     "int8native (bf16 act.)": ("int8native", torch.bfloat16, 1.0),
     "int4pack g64 (bf16 act.)": ("int4pack", torch.bfloat16, 0.5),
+    "int4native g64 (bf16 act.)": ("int4native", torch.bfloat16, 0.5),
     "int_mm W8A8 (int8 act.; not used)": ("int_mm", torch.int8, 1.0),
 }
 HEAD_INT8 = "int8pack (bf16 act.)"

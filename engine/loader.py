@@ -225,7 +225,7 @@ def load_model(
         pack=runtime.get("kernel") != "plain",
     )
     runtime.update(getattr(model, "quant_info", {}))
-    if runtime.get("kernel") == "int8native":
+    if runtime.get("kernel") in ("int8native", "int4native"):
         from engine.native import use_native
 
         runtime["native_isa"] = use_native(model)

@@ -1,4 +1,4 @@
-"""Loopchat's own batch-1 int8 kernel (engine/csrc/int8_matvec.c), compiled on first use.
+"""Loopchat's own batch-1 int8 and int4 kernels (engine/csrc/quant_matvec.c), compiled on first use.
 
 Why a compiled kernel: int8 decoding is worth having only if it streams the weights faster than
 16-bit does, and torch's `_weight_int8pack_mm` does not on every CPU: on the development machine
@@ -43,9 +43,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ABI = 1
+ABI = 2
 """lc_abi() of the source this module speaks to; a library reporting another is rebuilt."""
-SOURCE = "int8_matvec.c"
+SOURCE = "quant_matvec.c"
 COMPILE_TIMEOUT_S = 120
 X_DTYPES = {torch.bfloat16: 0, torch.float32: 1}
 """Activation dtypes the C code reads and writes directly; float16 goes through float32."""
@@ -56,15 +56,30 @@ is ~3e-3 in bfloat16, which is the output's rounding)."""
 _unavailable: str | None = None
 
 
-class NativeInt8:
-    """The loaded library: y = (x · Wᵀ) * scales for one activation row."""
+class NativeKernel:
+    """The loaded library: one-row products with int8 or int4 weights."""
 
     def __init__(self, lib: ctypes.CDLL, path: Path) -> None:
-        self._fn = lib.lc_int8_matvec
-        self._fn.restype = ctypes.c_int
-        self._fn.argtypes = [
+        self._int8 = lib.lc_int8_matvec
+        self._int8.restype = ctypes.c_int
+        self._int8.argtypes = [
             ctypes.c_void_p,  # w
             ctypes.c_void_p,  # scales (float32)
+            ctypes.c_void_p,  # x
+            ctypes.c_int,  # x dtype
+            ctypes.c_void_p,  # y
+            ctypes.c_int,  # y dtype
+            ctypes.c_long,  # rows
+            ctypes.c_long,  # columns
+            ctypes.c_int,  # threads
+        ]
+        self._int4 = lib.lc_int4_matvec
+        self._int4.restype = ctypes.c_int
+        self._int4.argtypes = [
+            ctypes.c_void_p,  # w (torch's CPU int4 layout)
+            ctypes.c_void_p,  # scales_zeros
+            ctypes.c_int,  # scales_zeros dtype
+            ctypes.c_long,  # group size
             ctypes.c_void_p,  # x
             ctypes.c_int,  # x dtype
             ctypes.c_void_p,  # y
@@ -82,24 +97,18 @@ class NativeInt8:
     def set_threads(self, n: int) -> None:
         self.threads = n
 
-    def matvec(
+    def int8_matvec(
         self, x: torch.Tensor, weight: torch.Tensor, scales32: torch.Tensor, threads: int
     ) -> torch.Tensor:
         """One row x [1, in] (bfloat16, float16 or float32) times int8 weight [out, in] → [1, out].
 
         `weight` and `scales32` (float32) must be contiguous CPU tensors; the result has x's dtype.
         """
-        wanted = x.dtype
-        if wanted not in X_DTYPES:
-            x = x.float()
-        x = x.contiguous()
-        out_dtype = x.dtype
-        out = torch.empty(1, weight.shape[0], dtype=out_dtype)
-        code = X_DTYPES[out_dtype]
-        rc = self._fn(
+        row, out, code = _row(x, weight.shape[0])
+        rc = self._int8(
             weight.data_ptr(),
             scales32.data_ptr(),
-            x.data_ptr(),
+            row.data_ptr(),
             code,
             out.data_ptr(),
             code,
@@ -107,9 +116,61 @@ class NativeInt8:
             weight.shape[1],
             max(1, threads),
         )
-        if rc != 0:
-            raise RuntimeError(f"native int8 kernel failed (code {rc})")
-        return out if out_dtype == wanted else out.to(wanted)
+        return _result(rc, out, x.dtype, "int8")
+
+    def int4_matvec(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        scales_zeros: torch.Tensor,
+        group_size: int,
+        threads: int,
+    ) -> torch.Tensor:
+        """One row x [1, in] times an int4 weight in torch's CPU layout → [1, out].
+
+        `weight` is `_convert_weight_to_int4pack_for_cpu`'s [out, in / 2] uint8 tensor and
+        `scales_zeros` its [in / group, out, 2] companion (bfloat16 or float32), as `Int4Linear`
+        keeps them; `int4_fits_native` says which shapes the kernel takes.
+        """
+        out_f, in_f = weight.shape[0], weight.shape[1] * 2
+        row, out, code = _row(x, out_f)
+        rc = self._int4(
+            weight.data_ptr(),
+            scales_zeros.data_ptr(),
+            X_DTYPES[scales_zeros.dtype],
+            group_size,
+            row.data_ptr(),
+            code,
+            out.data_ptr(),
+            code,
+            out_f,
+            in_f,
+            max(1, threads),
+        )
+        return _result(rc, out, x.dtype, "int4")
+
+
+def int4_fits_native(out_features: int, group_size: int, sz_dtype: torch.dtype) -> bool:
+    """Whether the compiled int4 product takes this layer (64-row blocks, its scale dtypes)."""
+    return (
+        out_features % 64 == 0
+        and group_size % 2 == 0
+        and group_size <= 256
+        and (sz_dtype in X_DTYPES)
+    )
+
+
+def _row(x: torch.Tensor, out_features: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The activation row as the C code reads it (float16 goes through float32), and its output."""
+    row = x if x.dtype in X_DTYPES else x.float()
+    row = row.contiguous()
+    return row, torch.empty(1, out_features, dtype=row.dtype), X_DTYPES[row.dtype]
+
+
+def _result(rc: int, out: torch.Tensor, wanted: torch.dtype, kind: str) -> torch.Tensor:
+    if rc != 0:
+        raise RuntimeError(f"native {kind} kernel failed (code {rc})")
+    return out if out.dtype == wanted else out.to(wanted)
 
 
 def compiler() -> str | None:
@@ -170,7 +231,7 @@ def _compile(cc: str, source: Path, target: Path) -> str | None:
     return last[:200]
 
 
-def _self_check(kernel: NativeInt8) -> str | None:
+def _self_check(kernel: NativeKernel) -> str | None:
     """Compare the library with float arithmetic on awkward shapes; None if it agrees."""
     gen = torch.Generator().manual_seed(0)
     for rows, cols in ((37, 16), (64, 272), (130, 1040)):
@@ -180,37 +241,54 @@ def _self_check(kernel: NativeInt8) -> str | None:
         reference = (x.double() @ q.double().T) * scales.double()
         for dtype in (torch.float32, torch.bfloat16):
             for threads in (1, 2):
-                got = kernel.matvec(x.to(dtype), q, scales, threads).double()
+                got = kernel.int8_matvec(x.to(dtype), q, scales, threads).double()
                 err = (got - reference).abs().max() / reference.abs().max()
                 if not err <= CHECK_TOLERANCE:
-                    where = f"{rows}x{cols}, {dtype}, {threads} threads"
+                    where = f"int8 {rows}x{cols}, {dtype}, {threads} threads"
+                    return f"self-check failed ({where}: error {err:.2g})"
+    from engine.quant import dequantize_int4, pack_int4, quantize_int4
+
+    for rows, cols, group in ((64, 64, 32), (192, 384, 64), (128, 256, 128)):
+        q4, sz = quantize_int4(torch.randn(rows, cols, generator=gen), group)
+        packed = pack_int4(q4, torch.device("cpu"))
+        x = torch.randn(1, cols, generator=gen)
+        for dtype in (torch.float32, torch.bfloat16):
+            sz_d = sz.to(dtype).contiguous()
+            reference = x.to(dtype).double() @ dequantize_int4(q4, sz_d, group).double().T
+            for threads in (1, 2):
+                got = kernel.int4_matvec(x.to(dtype), packed, sz_d, group, threads).double()
+                err = (got - reference).abs().max() / reference.abs().max()
+                if not err <= CHECK_TOLERANCE:
+                    where = f"int4 {rows}x{cols} group {group}, {dtype}, {threads} threads"
                     return f"self-check failed ({where}: error {err:.2g})"
     return None
 
 
 def use_native(model: torch.nn.Module) -> str | None:
-    """Switch the model's int8 layers to the compiled kernel; its instruction set, or None."""
-    from engine.quant import Int8Linear
+    """Switch the model's int8 and int4 layers to the compiled kernels; the instruction set used,
+    or None. Both kinds switch together: during decode torch keeps one thread, so a quantized layer
+    left on torch's kernel would run single-threaded."""
+    from engine.quant import Int4Linear, Int8Linear
 
     kernel = load()
     for module in model.modules():
-        if isinstance(module, Int8Linear):
+        if isinstance(module, (Int8Linear, Int4Linear)):
             module.use_native(kernel)
     return kernel.isa if kernel is not None else None
 
 
-def kernel_of(model: torch.nn.Module) -> NativeInt8 | None:
+def kernel_of(model: torch.nn.Module) -> NativeKernel | None:
     """The compiled kernel the model's int8 layers run on, if any."""
-    from engine.quant import Int8Linear
+    from engine.quant import Int4Linear, Int8Linear
 
     for module in model.modules():
-        if isinstance(module, Int8Linear) and module.native is not None:
+        if isinstance(module, (Int8Linear, Int4Linear)) and module.native is not None:
             return module.native
     return None
 
 
 @contextmanager
-def decoding(kernel: NativeInt8 | None, governor: ThreadGovernor | None) -> Iterator[None]:
+def decoding(kernel: NativeKernel | None, governor: ThreadGovernor | None) -> Iterator[None]:
     """Give the decode loop's cores to the compiled kernel's own threads, torch keeping one.
 
     Why: in a decode step every big product runs on the kernel's threads, and what torch still
@@ -247,7 +325,7 @@ def library_path(cc: str) -> Path:
     """Where the library built by `cc` from this source for this CPU and torch is cached."""
     identity = f"{_compiler_version(cc)}|{_cpu_key()}|{torch.__version__}".encode()
     key = hashlib.sha256(_source() + identity).hexdigest()[:16]
-    return cache_dir("native") / f"int8_matvec-{key}.so"
+    return cache_dir("native") / f"quant_matvec-{key}.so"
 
 
 def _build(cc: str, source_text: bytes, target: Path) -> str | None:
@@ -264,7 +342,7 @@ def unavailable_reason() -> str | None:
 
 
 @functools.cache
-def load() -> NativeInt8 | None:
+def load() -> NativeKernel | None:
     """The compiled kernel, building it on first use; None where it cannot run (reason logged)."""
     global _unavailable
     if os.environ.get("LOOPCHAT_NATIVE", "").strip() == "0":
@@ -296,7 +374,7 @@ def load() -> NativeInt8 | None:
         try:
             if lib.lc_abi() != ABI:
                 raise OSError(f"ABI {lib.lc_abi()} instead of {ABI}")
-            kernel = NativeInt8(lib, target)
+            kernel = NativeKernel(lib, target)
             problem = _self_check(kernel)
         except (OSError, AttributeError, RuntimeError) as exc:
             problem = f"{target.name} is not usable: {exc}"

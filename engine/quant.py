@@ -8,9 +8,11 @@ weights are quantized; activations, norms, the KV cache and the logits stay in t
   (decoding) Loopchat's own compiled kernel where the measured kernel choice picks it
   (engine/native.py).
 * int4: asymmetric, one scale and one offset per group of `group_size` input columns;
-  `aten._weight_int4pack_mm_for_cpu` on CPU (`_weight_int4pack_mm` on CUDA). Group 64 by default:
-  a 7B model then fits in ~4 GB (group 32 adds 0.06 bytes per weight, ~0.4 GB at 7B) and the
-  measured quality difference on our models was small (README, Performance).
+  `aten._weight_int4pack_mm_for_cpu` on CPU (`_weight_int4pack_mm` on CUDA), or for one row
+  Loopchat's compiled kernel, which reads the same packed layout, where the kernel choice picks
+  it. Group 64 by default: a 7B model then fits in ~4 GB (group 32 adds 0.06 bytes per weight,
+  ~0.4 GB at 7B) and the measured quality difference on our models was small (README,
+  Performance).
 * The output head is int8 in both modes: it turns the last hidden state into the logits directly,
   so its error is the one the sampler sees, and it is a small share of a 7B model's bytes.
 * The embedding is int8 per row (token) in both modes, dequantized on lookup: a lookup reads a
@@ -30,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:
-    from engine.native import NativeInt8
+    from engine.native import NativeKernel
 
 QUANT_MODES = ("none", "int8", "int4")
 """What `--quant` and `load_model(quant=...)` accept."""
@@ -144,10 +146,10 @@ class Int8Linear(nn.Module):
         self.out_features = out_features
         self.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.int8))
         self.register_buffer("scales", torch.empty(out_features, dtype=dtype))
-        self.native: NativeInt8 | None = None
+        self.native: NativeKernel | None = None
         self._scales32: torch.Tensor | None = None
 
-    def use_native(self, kernel: NativeInt8 | None) -> None:
+    def use_native(self, kernel: NativeKernel | None) -> None:
         """Run one-row products on Loopchat's compiled kernel (None: torch's kernel again)."""
         on_cpu = self.weight.device.type == "cpu" and self.weight.is_contiguous()
         self.native = kernel if on_cpu else None
@@ -158,7 +160,7 @@ class Int8Linear(nn.Module):
         if self.native is not None and flat.shape[0] == 1 and not flat.is_cuda:
             assert self._scales32 is not None
             threads = self.native.threads or torch.get_num_threads()
-            out = self.native.matvec(flat, self.weight, self._scales32, threads)
+            out = self.native.int8_matvec(flat, self.weight, self._scales32, threads)
         elif flat.is_cuda or flat.shape[0] >= PREFILL_ROWS:
             # Many rows (a prefill chunk; or CUDA, which has no int8 pack kernel): torch's int8
             # kernel is ~4x slower than a GEMM on the weight cast to x's dtype (exact: |q| <= 127),
@@ -185,10 +187,28 @@ class Int4Linear(nn.Module):
         self.register_buffer(
             "scales_zeros", torch.empty(in_features // group_size, out_features, 2, dtype=dtype)
         )
+        self.native: NativeKernel | None = None
+
+    def use_native(self, kernel: NativeKernel | None) -> None:
+        """Run one-row products on Loopchat's compiled kernel (None: torch's kernel again)."""
+        from engine.native import int4_fits_native
+
+        fits = (
+            self.weight.device.type == "cpu"
+            and self.weight.is_contiguous()
+            and self.scales_zeros.is_contiguous()
+            and int4_fits_native(self.out_features, self.group_size, self.scales_zeros.dtype)
+        )
+        self.native = kernel if fits else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)  # [T, in]
-        if flat.is_cuda:  # pragma: no cover - needs a GPU
+        if self.native is not None and flat.shape[0] == 1 and not flat.is_cuda:
+            threads = self.native.threads or torch.get_num_threads()
+            out = self.native.int4_matvec(
+                flat, self.weight, self.scales_zeros, self.group_size, threads
+            )
+        elif flat.is_cuda:  # pragma: no cover - needs a GPU
             out = torch.ops.aten._weight_int4pack_mm(
                 flat, self.weight, self.group_size, self.scales_zeros
             )

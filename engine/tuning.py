@@ -42,10 +42,11 @@ TUNING_VERSION = 1
 KERNELS: dict[str, tuple[str, ...]] = {
     "none": ("packed", "plain"),
     "int8": ("int8pack", "int8native"),
-    "int4": ("int4pack",),
+    "int4": ("int4pack", "int4native"),
 }
-"""Candidate matvec paths per weight format. "int8native" is Loopchat's compiled kernel
-(engine/native.py), a candidate only where it could be built."""
+"""Candidate matvec paths per weight format. "int8native" and "int4native" are Loopchat's compiled
+kernels (engine/native.py), candidates only where they could be built."""
+NATIVE_KERNELS = ("int8native", "int4native")
 BUDGET_S = 0.25
 """Wall time the timing loop may take (setup aside)."""
 WORKING_SET_BYTES = 48 * 2**20
@@ -178,9 +179,30 @@ def _make_matvec(
         def run_native() -> None:
             threads = torch.get_num_threads()
             for w in q8:
-                native.matvec(x, w, scales32, threads)
+                native.int8_matvec(x, w, scales32, threads)
 
         return run_native
+    if kernel == "int4native":
+        from engine.native import int4_fits_native, load
+        from engine.quant import DEFAULT_GROUP_SIZE, pack_int4
+
+        native = load()
+        if (
+            native is None
+            or in_f % DEFAULT_GROUP_SIZE
+            or not int4_fits_native(out_f, DEFAULT_GROUP_SIZE, dtype)
+        ):
+            return None
+        packed = pack_int4(torch.zeros(out_f, in_f, dtype=torch.int32), torch.device("cpu"))
+        q4 = [packed.clone() for _ in range(copies)]
+        sz = torch.ones(in_f // DEFAULT_GROUP_SIZE, out_f, 2, dtype=dtype)
+
+        def run_native4() -> None:
+            threads = torch.get_num_threads()
+            for w in q4:
+                native.int4_matvec(x, w, sz, DEFAULT_GROUP_SIZE, threads)
+
+        return run_native4
     if kernel == "int4pack":
         from engine.quant import DEFAULT_GROUP_SIZE, pack_int4
 
@@ -202,7 +224,7 @@ def measure(
     args: ModelArgs, dtype: torch.dtype, quant: str, kernels: tuple[str, ...], threads: list[int]
 ) -> dict[tuple[str, int], float]:
     """Seconds per MLP-shaped matvec pass for each (kernel, threads), interleaved, medians."""
-    bytes_per = {"int8pack": 1.0, "int8native": 1.0, "int4pack": 0.5}
+    bytes_per = {"int8pack": 1.0, "int8native": 1.0, "int4pack": 0.5, "int4native": 0.5}
     runs: dict[tuple[str, int], Callable[[], None]] = {}
     # The config is not yet checked against the weights here: a bogus size must not allocate
     # gigabytes. Real MLPs (70B: 28672 x 8192) fit; larger ones are timed on fewer rows.
@@ -254,11 +276,11 @@ def measure(
 def available_kernels(quant: str) -> tuple[str, ...]:
     """The candidates for this weight format that can run in this process."""
     kernels = KERNELS[quant]
-    if "int8native" in kernels:
+    if any(k in NATIVE_KERNELS for k in kernels):
         from engine.native import load
 
         if load() is None:
-            kernels = tuple(k for k in kernels if k != "int8native")
+            kernels = tuple(k for k in kernels if k not in NATIVE_KERNELS)
     return kernels
 
 

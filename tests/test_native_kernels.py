@@ -1,7 +1,7 @@
-"""Loopchat's compiled int8 kernel (engine/native.py): it computes what the dequantized weights
-compute, exactly where the arithmetic allows, from any number of threads and callers; the engine
-uses it only where it was built and chosen, hands it the decode loop's cores, and falls back to
-torch's kernel, with a reason, where it cannot be built."""
+"""Loopchat's compiled int8 and int4 kernels (engine/native.py): they compute what the dequantized
+weights compute, exactly where the arithmetic allows, from any number of threads and callers; the
+engine uses them only where they were built and chosen, hands them the decode loop's cores, and
+falls back to torch's kernels, with a reason, where they cannot be built."""
 
 from __future__ import annotations
 
@@ -19,14 +19,22 @@ import torch
 import torch.nn.functional as F
 
 from engine import native
-from engine.quant import Int8Linear, dequantize_int8, quantize_int8
+from engine.quant import (
+    Int4Linear,
+    Int8Linear,
+    dequantize_int4,
+    dequantize_int8,
+    pack_int4,
+    quantize_int4,
+    quantize_int8,
+)
 from engine.tuning import ThreadGovernor, available_kernels
 
 BUILDABLE = sys.platform != "win32" and native.compiler() is not None
 
 
 @pytest.fixture
-def kernel() -> native.NativeInt8:
+def kernel() -> native.NativeKernel:
     built = native.load()
     if built is None:
         pytest.skip(f"no native kernel here: {native.unavailable_reason()}")
@@ -53,7 +61,7 @@ def test_builds_and_passes_its_self_check_where_there_is_a_compiler() -> None:
     # CI has a compiler: a kernel that stops building must fail here, not quietly fall back.
     built = native.load()
     assert built is not None, native.unavailable_reason()
-    assert built.isa in ("avx512-vnni", "avx512bw", "avx2", "scalar")
+    assert built.isa in ("avx512-vnni-vbmi", "avx512-vnni", "avx512bw", "avx2", "scalar")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
@@ -63,12 +71,63 @@ def test_equals_the_dequantized_weights(kernel, shape: tuple[int, int], dtype) -
     q, scale, x = _case(*shape)
     want = F.linear(x.to(dtype).double(), dequantize_int8(q, scale).double())
     for threads in (1, 2, 3):
-        got = kernel.matvec(x.to(dtype), q, scale, threads)
+        got = kernel.int8_matvec(x.to(dtype), q, scale, threads)
         assert got.dtype == dtype and got.shape == (1, shape[0])
         # bfloat16/float16: the output's own rounding; float32: the 16-bit activation rounding
         tol = {torch.bfloat16: 8e-3, torch.float16: 1e-3, torch.float32: 2e-4}[dtype]
         err = (got.double() - want).abs().max() / want.abs().max()
         assert err <= tol, (threads, err.item())
+
+
+@pytest.mark.parametrize("sz_dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shape", [(64, 64, 32), (192, 384, 64), (256, 2048, 64), (128, 1024, 128)])
+def test_int4_equals_the_dequantized_weights(kernel, shape: tuple[int, int, int], sz_dtype) -> None:
+    # torch's own packed CPU layout goes in, as Int4Linear and the weights cache keep it.
+    rows, cols, group = shape
+    g = torch.Generator().manual_seed(rows + cols)
+    q4, sz = quantize_int4(torch.randn(rows, cols, generator=g) * 0.05, group)
+    sz = sz.to(sz_dtype).contiguous()
+    packed = pack_int4(q4, torch.device("cpu"))
+    weight = dequantize_int4(q4, sz, group).double()
+    x = torch.randn(1, cols, generator=g)
+    for x_dtype in (torch.bfloat16, torch.float16, torch.float32):
+        want = x.to(x_dtype).double() @ weight.T
+        for threads in (1, 2, 3):
+            got = kernel.int4_matvec(x.to(x_dtype), packed, sz, group, threads)
+            assert got.dtype == x_dtype and got.shape == (1, rows)
+            tol = {torch.bfloat16: 8e-3, torch.float16: 1e-3, torch.float32: 2e-4}[x_dtype]
+            err = (got.double() - want).abs().max() / want.abs().max()
+            assert err <= tol, (x_dtype, threads, err.item())
+
+
+def test_int4_is_exact_where_the_arithmetic_is(kernel) -> None:
+    # Scale 1 and zero 8 make w = q exactly; integer activations make every sum an exact integer.
+    g = torch.Generator().manual_seed(2)
+    q4 = torch.randint(0, 16, (128, 256), generator=g, dtype=torch.int32)
+    sz = torch.stack((torch.ones(4, 128), torch.full((4, 128), 8.0)), dim=-1)
+    x = torch.randint(-100, 101, (1, 256), generator=g).float()
+    x[0, ::64] = 100.0  # each group's largest is 100: every value is within 256x of it
+    exact = (x.long() @ q4.long().T).double()
+    got = kernel.int4_matvec(x, pack_int4(q4, torch.device("cpu")), sz, 64, 2)
+    assert torch.equal(got.double(), exact)
+
+
+def test_int4_layer_runs_one_row_on_it(kernel) -> None:
+    rows, cols, group = 128, 256, 64
+    q4, sz = quantize_int4(torch.randn(rows, cols) * 0.05, group)
+    layer = Int4Linear(cols, rows, torch.bfloat16, group)
+    layer.weight.copy_(pack_int4(q4, torch.device("cpu")))
+    layer.scales_zeros.copy_(sz.bfloat16())
+    x = torch.randn(20, cols).bfloat16()
+    torch_rows = layer(x)
+    layer.use_native(kernel)
+    assert layer.native is kernel
+    one = layer(x[:1])
+    assert torch.allclose(one.float(), torch_rows[:1].float(), atol=1e-2 * one.abs().max().item())
+    assert torch.equal(layer(x), torch_rows)  # many rows stay on torch's kernel
+    odd = Int4Linear(cols, 80, torch.bfloat16, group)  # not whole 64-row blocks
+    odd.use_native(kernel)
+    assert odd.native is None
 
 
 def test_is_exact_where_the_arithmetic_is(kernel) -> None:
@@ -80,8 +139,8 @@ def test_is_exact_where_the_arithmetic_is(kernel) -> None:
     x[0, 0] = 100.0  # every group's largest is 100 or close: all values are within 256x
     exact = (q.long() @ x.long().T).T.double()  # |sum| < 2^24: exact in float32 too
     ones = torch.ones(64)
-    assert torch.equal(kernel.matvec(x, q, ones, 2).double(), exact)
-    assert torch.equal(kernel.matvec(x.bfloat16(), q, ones, 2), exact.bfloat16())
+    assert torch.equal(kernel.int8_matvec(x, q, ones, 2).double(), exact)
+    assert torch.equal(kernel.int8_matvec(x.bfloat16(), q, ones, 2), exact.bfloat16())
 
 
 def test_non_finite_activations_come_out_as_nan(kernel) -> None:
@@ -91,19 +150,19 @@ def test_non_finite_activations_come_out_as_nan(kernel) -> None:
     for bad in (float("nan"), float("inf")):
         x_bad = x.clone()
         x_bad[0, 200] = bad
-        out = kernel.matvec(x_bad.bfloat16(), q, scale, 2)
+        out = kernel.int8_matvec(x_bad.bfloat16(), q, scale, 2)
         assert torch.isnan(out).all()
 
 
 def test_concurrent_callers_each_get_their_own_result(kernel) -> None:
     cases = [_case(300, 512, seed) for seed in range(4)]
-    wanted = [kernel.matvec(x.bfloat16(), q, s, 1) for q, s, x in cases]
+    wanted = [kernel.int8_matvec(x.bfloat16(), q, s, 1) for q, s, x in cases]
     wrong: list[int] = []
 
     def caller(i: int) -> None:
         q, s, x = cases[i]
         for _ in range(200):
-            if not torch.equal(kernel.matvec(x.bfloat16(), q, s, 2), wanted[i]):
+            if not torch.equal(kernel.int8_matvec(x.bfloat16(), q, s, 2), wanted[i]):
                 wrong.append(i)
 
     threads = [threading.Thread(target=caller, args=(i,)) for i in range(4)]
@@ -123,13 +182,13 @@ def test_int8_layer_runs_one_row_on_it_and_many_rows_on_torch(kernel, monkeypatc
     torch_one = layer(x[:1])
     layer.use_native(kernel)
     calls: list[int] = []
-    real = native.NativeInt8.matvec
+    real = native.NativeKernel.int8_matvec
 
     def counted(self, *args, **kwargs):
         calls.append(1)
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(native.NativeInt8, "matvec", counted)
+    monkeypatch.setattr(native.NativeKernel, "int8_matvec", counted)
     one = layer(x[:1])
     assert len(calls) == 1
     assert torch.allclose(one.float(), torch_one.float(), atol=1e-2 * torch_one.abs().max().item())
@@ -139,24 +198,27 @@ def test_int8_layer_runs_one_row_on_it_and_many_rows_on_torch(kernel, monkeypatc
     assert torch.equal(layer(x[:1]), torch_one)
 
 
-def _decode_logits(folder: Path, kernel_name: str, monkeypatch) -> tuple[torch.Tensor, dict]:
+def _decode_logits(
+    folder: Path, kernel_name: str, monkeypatch, quant: str = "int8"
+) -> tuple[torch.Tensor, dict]:
     """Logits of 24 one-token decode steps (the path the kernel serves)."""
     from engine.loader import load_model
 
     monkeypatch.setenv("LOOPCHAT_KERNEL", kernel_name)
-    loaded = load_model(folder, dtype="bfloat16", device="cpu", quant="int8", max_context=64)
+    loaded = load_model(folder, dtype="bfloat16", device="cpu", quant=quant, max_context=64)
     ids = [1] + [3 + (i * 37) % 400 for i in range(23)]
     with torch.inference_mode():
         steps = [loaded.model(torch.tensor([t]), i).float()[-1] for i, t in enumerate(ids)]
     return torch.stack(steps), loaded.describe()
 
 
-def test_model_decodes_like_torchs_kernel(kernel, tiny_model_dir: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+def test_model_decodes_like_torchs_kernel(kernel, tiny_model_dir: Path, monkeypatch, quant) -> None:
     monkeypatch.setenv("LOOPCHAT_HOME", str(tiny_model_dir.parent / "native-home"))
-    mine, info = _decode_logits(tiny_model_dir, "int8native", monkeypatch)
-    theirs, other = _decode_logits(tiny_model_dir, "int8pack", monkeypatch)
-    assert info["kernel"] == "int8native" and info["native_isa"] == kernel.isa
-    assert other["kernel"] == "int8pack" and "native_isa" not in other
+    mine, info = _decode_logits(tiny_model_dir, f"{quant}native", monkeypatch, quant)
+    theirs, other = _decode_logits(tiny_model_dir, f"{quant}pack", monkeypatch, quant)
+    assert info["kernel"] == f"{quant}native" and info["native_isa"] == kernel.isa
+    assert other["kernel"] == f"{quant}pack" and "native_isa" not in other
     # Both compute the same int8 weights with bfloat16 activations; they differ by rounding only.
     assert (mine - theirs).abs().max() <= 0.02 * theirs.abs().max()
     assert (mine.argmax(-1) == theirs.argmax(-1)).float().mean() >= 0.9
@@ -209,6 +271,7 @@ def test_no_compiler_means_torchs_kernel_and_a_reason(fresh_load, monkeypatch, t
     assert native.load() is None
     assert "could not build it" in (native.unavailable_reason() or "")
     assert available_kernels("int8") == ("int8pack",)
+    assert available_kernels("int4") == ("int4pack",)
 
 
 def test_turned_off_by_environment(fresh_load, monkeypatch) -> None:
@@ -216,6 +279,7 @@ def test_turned_off_by_environment(fresh_load, monkeypatch) -> None:
     assert native.load() is None
     assert "LOOPCHAT_NATIVE=0" in (native.unavailable_reason() or "")
     assert "int8native" not in available_kernels("int8")
+    assert "int4native" not in available_kernels("int4")
 
 
 @pytest.mark.skipif(not BUILDABLE, reason="no C compiler")
@@ -260,10 +324,10 @@ def test_a_forked_child_computes_on_threads_of_its_own(kernel) -> None:
     # The parent's helper threads do not exist in a child; the child must neither hang waiting for
     # them nor get a wrong result.
     q, scale, x = _case(700, 512)
-    want = kernel.matvec(x, q, scale, 2)  # the parent's pool is running now
+    want = kernel.int8_matvec(x, q, scale, 2)  # the parent's pool is running now
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through its exit status
-        ok = all(torch.equal(kernel.matvec(x, q, scale, 2), want) for _ in range(20))
+        ok = all(torch.equal(kernel.int8_matvec(x, q, scale, 2), want) for _ in range(20))
         os._exit(0 if ok else 1)
     deadline = time.monotonic() + 60
     while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:

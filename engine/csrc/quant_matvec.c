@@ -1,0 +1,486 @@
+/* Batch-1 int8 and int4 weight x 16-bit activation products for Loopchat's decode step
+ * (engine/native.py).
+ *
+ * Why it exists: torch's CPU int8 kernel converts every weight to float before its FMA, which caps
+ * it near 10 GB/s of weights per core on the development machine (AMD EPYC), while the same core
+ * reads memory at ~20 GB/s. Integer multiply-add instructions (pmaddwd, or vpdpwssd with VNNI)
+ * take 32 weights per instruction without a conversion, so the product streams at memory speed.
+ * The int4 product reads torch's own packed CPU layout (the quantized-weights cache stays as it
+ * is), unpacks nibbles with one byte permute per 64 bytes, and uses the same multiply-add.
+ *
+ * Numerics: the activations are rounded once to 16-bit integers per group of inputs (128 for
+ * int8, the weights' own group for int4), with a power-of-two scale per group. For bfloat16 activations that rounding is exact for every value
+ * within a factor of 256 of its group's largest (a bfloat16 carries 8 significant bits), and off by
+ * at most 2^-16 of the group's largest otherwise. Products and group sums are exact 32-bit integer
+ * arithmetic; groups are combined in float32, then the row's scale is applied and the result
+ * rounded once to the output dtype.
+ *
+ * Threads: a small pool of our own, not OpenMP (torch ships its own OpenMP runtime, and two teams
+ * would spin against each other). Rows are claimed in chunks from one atomic counter, so a thread
+ * that another process has descheduled only delays the chunk it holds: the caller takes the rest.
+ */
+#define _GNU_SOURCE
+#include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define CPU_RELAX() _mm_pause()
+#else
+#define CPU_RELAX() ((void)0)
+#endif
+
+#define LC_ABI 2
+#define GROUP 128 /* activation group of the int8 product */
+#define MAX_THREADS 64
+#define SPIN_ROUNDS 20000
+#define SPIN_BURST 200
+#define SPIN_NS 2000000LL
+
+enum { DT_BF16 = 0, DT_F32 = 1 };
+enum { KIND_INT8 = 0, KIND_INT4 = 1 };
+#define INT4_BLOCK 64 /* rows per block of torch's CPU int4 layout */
+
+int lc_abi(void) { return LC_ABI; }
+
+const char* lc_isa(void) {
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__AVX512VBMI__)
+    return "avx512-vnni-vbmi";
+#elif defined(__AVX512BW__) && defined(__AVX512VNNI__)
+    return "avx512-vnni";
+#elif defined(__AVX512BW__)
+    return "avx512bw";
+#elif defined(__AVX2__)
+    return "avx2";
+#else
+    return "scalar";
+#endif
+}
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest even */
+    return (uint16_t)(u >> 16);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * One row: sum over groups of (group scale * exact integer dot product of the group). */
+
+static inline float row_dot(const int8_t* w, const int16_t* xq, const float* gscale, long k) {
+    float total = 0.0f;
+    long g0 = 0;
+#if defined(__AVX512BW__)
+    __m512 acc = _mm512_setzero_ps();
+    for (; g0 + GROUP <= k; g0 += GROUP) {
+        __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+        for (long i = g0; i < g0 + GROUP; i += 64) {
+            __m512i w0 = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(w + i)));
+            __m512i w1 = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(w + i + 32)));
+            __m512i x0 = _mm512_loadu_si512((const void*)(xq + i));
+            __m512i x1 = _mm512_loadu_si512((const void*)(xq + i + 32));
+#if defined(__AVX512VNNI__)
+            s0 = _mm512_dpwssd_epi32(s0, w0, x0);
+            s1 = _mm512_dpwssd_epi32(s1, w1, x1);
+#else
+            s0 = _mm512_add_epi32(s0, _mm512_madd_epi16(w0, x0));
+            s1 = _mm512_add_epi32(s1, _mm512_madd_epi16(w1, x1));
+#endif
+        }
+        __m512 sum = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+        acc = _mm512_fmadd_ps(sum, _mm512_set1_ps(gscale[g0 / GROUP]), acc);
+    }
+    total = _mm512_reduce_add_ps(acc);
+#elif defined(__AVX2__)
+    __m256 acc = _mm256_setzero_ps();
+    for (; g0 + GROUP <= k; g0 += GROUP) {
+        __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+        for (long i = g0; i < g0 + GROUP; i += 32) {
+            __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(w + i)));
+            __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(w + i + 16)));
+            __m256i x0 = _mm256_loadu_si256((const __m256i*)(xq + i));
+            __m256i x1 = _mm256_loadu_si256((const __m256i*)(xq + i + 16));
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(w0, x0));
+            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(w1, x1));
+        }
+        __m256 sum = _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1));
+        acc = _mm256_fmadd_ps(sum, _mm256_set1_ps(gscale[g0 / GROUP]), acc);
+    }
+    __m128 half = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    half = _mm_add_ps(half, _mm_movehl_ps(half, half));
+    half = _mm_add_ss(half, _mm_movehdup_ps(half));
+    total = _mm_cvtss_f32(half);
+#endif
+    /* Whole groups the vector code did not take, and a last partial group: plain C. */
+    for (; g0 < k; g0 += GROUP) {
+        long end = g0 + GROUP < k ? g0 + GROUP : k;
+        int32_t s = 0;
+        for (long i = g0; i < end; i++) s += (int32_t)w[i] * (int32_t)xq[i];
+        total += (float)s * gscale[g0 / GROUP];
+    }
+    return total;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The job and the pool. */
+
+typedef struct {
+    int kind;
+    const int8_t* w;        /* int8: [n, k] row-major */
+    const uint8_t* w4;      /* int4: torch's CPU layout [n / 64][k][32] */
+    const float* scales;    /* int8: per row */
+    const void* sz;         /* int4: [k / group][n][2] scale and zero, sz_dtype */
+    int sz_dtype;
+    long group;             /* activation group (int4: the weights' group) */
+    const int16_t* xq;
+    const float* gscale;
+    const int32_t* gsum;    /* int4: sum of xq per group */
+    const int32_t* xpair;   /* int4: xq[2i] | xq[2i + 1] << 16 */
+    void* y;
+    int y_dtype;
+    long k;
+    long n;
+    long chunk;             /* rows (int8) or 64-row blocks (int4) per claimed chunk */
+    long units;             /* rows or blocks */
+    long chunks;
+} Job;
+
+static Job job;
+static atomic_ullong claim;  /* (generation << 32) | next chunk */
+static atomic_long chunks_done;
+static atomic_uint generation;
+static pthread_mutex_t sleep_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
+static atomic_int sleepers;
+static atomic_int seats; /* helpers still wanted by the current job (the call's thread count - 1) */
+static int n_workers;
+static pthread_mutex_t call_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static inline void store(long r, float v) {
+    if (job.y_dtype == DT_BF16)
+        ((uint16_t*)job.y)[r] = f32_to_bf16(v);
+    else
+        ((float*)job.y)[r] = v;
+}
+
+static inline float sz_value(long g, long r, int which) {
+    long i = (g * job.n + r) * 2 + which;
+    return job.sz_dtype == DT_BF16 ? bf16_to_f32(((const uint16_t*)job.sz)[i])
+                                   : ((const float*)job.sz)[i];
+}
+
+/* One 64-row block of the int4 product. torch's CPU layout keeps, per block and input column k,
+ * 32 bytes whose low nibbles are rows 0-31 and high nibbles rows 32-63; columns k and k+1 are one
+ * 64-byte line. Per group of the weights: integer sums of q * xq per row, then
+ * w = (q - 8) * scale + zero gives  sum_k w x = xs * (scale * (sum q xq - 8 S) + zero * S)  with
+ * S the group's sum of xq and xs its activation scale. */
+static void int4_block(long b) {
+    const long k = job.k, group = job.group, groups = k / group, r0 = b * INT4_BLOCK;
+    const uint8_t* base = job.w4 + b * k * (INT4_BLOCK / 2);
+    float out[INT4_BLOCK];
+#if defined(__AVX512BW__) && defined(__AVX512VBMI__)
+    /* byte 2i <- byte i (column k, row i), byte 2i+1 <- byte 32+i (column k+1, row i) */
+    int8_t order[64];
+    for (int i = 0; i < 32; i++) {
+        order[2 * i] = (int8_t)i;
+        order[2 * i + 1] = (int8_t)(32 + i);
+    }
+    const __m512i idx = _mm512_loadu_si512((const void*)order);
+    const __m512i low4 = _mm512_set1_epi8(0x0f);
+    const __m512i high16 = _mm512_set1_epi32((int)0xffff0000u);
+    __m512 f[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                   _mm512_setzero_ps()};
+    for (long g = 0; g < groups; g++) {
+        __m512i a[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
+                        _mm512_setzero_si512()};
+        for (long kk = g * group; kk < (g + 1) * group; kk += 2) {
+            __m512i v = _mm512_loadu_si512((const void*)(base + kk * (INT4_BLOCK / 2)));
+            __m512i lo = _mm512_permutexvar_epi8(idx, _mm512_and_si512(v, low4));
+            __m512i hi = _mm512_permutexvar_epi8(idx, _mm512_and_si512(_mm512_srli_epi16(v, 4), low4));
+            __m512i xp = _mm512_set1_epi32(job.xpair[kk / 2]);
+            __m512i w0 = _mm512_cvtepu8_epi16(_mm512_castsi512_si256(lo));
+            __m512i w1 = _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(lo, 1));
+            __m512i w2 = _mm512_cvtepu8_epi16(_mm512_castsi512_si256(hi));
+            __m512i w3 = _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(hi, 1));
+#if defined(__AVX512VNNI__)
+            a[0] = _mm512_dpwssd_epi32(a[0], w0, xp);
+            a[1] = _mm512_dpwssd_epi32(a[1], w1, xp);
+            a[2] = _mm512_dpwssd_epi32(a[2], w2, xp);
+            a[3] = _mm512_dpwssd_epi32(a[3], w3, xp);
+#else
+            a[0] = _mm512_add_epi32(a[0], _mm512_madd_epi16(w0, xp));
+            a[1] = _mm512_add_epi32(a[1], _mm512_madd_epi16(w1, xp));
+            a[2] = _mm512_add_epi32(a[2], _mm512_madd_epi16(w2, xp));
+            a[3] = _mm512_add_epi32(a[3], _mm512_madd_epi16(w3, xp));
+#endif
+        }
+        const int32_t sum = job.gsum[g];
+        const __m512i offset = _mm512_set1_epi32(8 * sum);
+        const __m512 s_f = _mm512_set1_ps((float)sum), xs = _mm512_set1_ps(job.gscale[g]);
+        for (int q = 0; q < 4; q++) {
+            long r = r0 + 16 * q;
+            __m512 scale, zero;
+            if (job.sz_dtype == DT_BF16) {
+                __m512i pairs = _mm512_loadu_si512(
+                    (const void*)((const uint16_t*)job.sz + (g * job.n + r) * 2));
+                scale = _mm512_castsi512_ps(_mm512_slli_epi32(pairs, 16));
+                zero = _mm512_castsi512_ps(_mm512_and_si512(pairs, high16));
+            } else {
+                const float* p = (const float*)job.sz + (g * job.n + r) * 2;
+                __m512 first = _mm512_loadu_ps(p), second = _mm512_loadu_ps(p + 16);
+                const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8,
+                                                      6, 4, 2, 0);
+                const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+                scale = _mm512_permutex2var_ps(first, even, second);
+                zero = _mm512_permutex2var_ps(first, odd, second);
+            }
+            __m512 t = _mm512_cvtepi32_ps(_mm512_sub_epi32(a[q], offset));
+            __m512 val = _mm512_fmadd_ps(t, scale, _mm512_mul_ps(zero, s_f));
+            f[q] = _mm512_fmadd_ps(val, xs, f[q]);
+        }
+    }
+    for (int q = 0; q < 4; q++) _mm512_storeu_ps(out + 16 * q, f[q]);
+#else
+    for (int j = 0; j < INT4_BLOCK; j++) out[j] = 0.0f;
+    for (long g = 0; g < groups; g++) {
+        const int32_t sum = job.gsum[g];
+        for (int j = 0; j < INT4_BLOCK; j++) {
+            int32_t acc = 0;
+            for (long kk = g * group; kk < (g + 1) * group; kk++) {
+                uint8_t byte = base[kk * (INT4_BLOCK / 2) + (j & 31)];
+                acc += (int32_t)(j < 32 ? byte & 15 : byte >> 4) * job.xq[kk];
+            }
+            float scale = sz_value(g, r0 + j, 0), zero = sz_value(g, r0 + j, 1);
+            out[j] += job.gscale[g] * (scale * (float)(acc - 8 * sum) + zero * (float)sum);
+        }
+    }
+#endif
+    for (int j = 0; j < INT4_BLOCK; j++) store(r0 + j, out[j]);
+}
+
+static void run_chunk(long c) {
+    long u0 = c * job.chunk;
+    long u1 = u0 + job.chunk < job.units ? u0 + job.chunk : job.units;
+    if (job.kind == KIND_INT4) {
+        for (long b = u0; b < u1; b++) int4_block(b);
+        return;
+    }
+    for (long r = u0; r < u1; r++)
+        store(r, row_dot(job.w + r * job.k, job.xq, job.gscale, job.k) * job.scales[r]);
+}
+
+/* Claim and run chunks of generation `gen` until none is left. */
+static void work(unsigned gen) {
+    for (;;) {
+        unsigned long long v = atomic_load(&claim);
+        if ((unsigned)(v >> 32) != gen || (long)(v & 0xffffffffu) >= job.chunks) return;
+        if (!atomic_compare_exchange_weak(&claim, &v, v + 1)) continue;
+        run_chunk((long)(v & 0xffffffffu));
+        atomic_fetch_add(&chunks_done, 1);
+    }
+}
+
+static long long now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+/* A helper waits for the next job spinning for up to SPIN_NS, yielding its core between short
+ * bursts so that another runnable thread (torch's own, another process) is not held off, then
+ * sleeps. Waking a sleeping thread costs tens of microseconds (more in a VM); consecutive products
+ * of a decode step come well within SPIN_NS of each other. */
+static void* worker(void* arg) {
+    (void)arg;
+    unsigned seen = atomic_load(&generation);
+    for (;;) {
+        unsigned gen = seen;
+        long long until = now_ns() + SPIN_NS;
+        while ((gen = atomic_load(&generation)) == seen) {
+            for (int i = 0; i < SPIN_BURST && atomic_load(&generation) == seen; i++) CPU_RELAX();
+            if (now_ns() > until) break;
+            sched_yield();
+        }
+        if (gen == seen) {
+            pthread_mutex_lock(&sleep_lock);
+            atomic_fetch_add(&sleepers, 1);
+            while ((gen = atomic_load(&generation)) == seen) pthread_cond_wait(&wake, &sleep_lock);
+            atomic_fetch_sub(&sleepers, 1);
+            pthread_mutex_unlock(&sleep_lock);
+        }
+        seen = gen;
+        if (atomic_fetch_sub(&seats, 1) > 0) work(gen);
+    }
+    return NULL;
+}
+
+/* A forked child has none of the parent's threads: it starts a pool of its own when it needs one. */
+static void after_fork_in_child(void) {
+    n_workers = 0;
+    atomic_store(&sleepers, 0);
+    pthread_mutex_init(&sleep_lock, NULL);
+    pthread_cond_init(&wake, NULL);
+    pthread_mutex_init(&call_lock, NULL);
+}
+
+static int ensure_workers(int wanted) {
+    static int fork_handler;
+    if (!fork_handler) fork_handler = pthread_atfork(NULL, NULL, after_fork_in_child) == 0;
+    if (wanted > MAX_THREADS - 1) wanted = MAX_THREADS - 1;
+    while (n_workers < wanted) {
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int failed = pthread_create(&t, &attr, worker, NULL);
+        pthread_attr_destroy(&attr);
+        if (failed) break;
+        n_workers++;
+    }
+    return n_workers;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Entry points. Calls from several threads run one after another (call_lock). They return 0, -1
+ * for arguments they cannot take, -2 when out of memory.
+ */
+static void* scratch;
+static size_t scratch_bytes;
+
+/* Round x to 16-bit integers per group (power-of-two scales), with each group's integer sum and
+ * the (even, odd) pairs the int4 product broadcasts. Caller holds call_lock. */
+static int quantize_x(const void* x, int x_dtype, long k, long group) {
+    long groups = (k + group - 1) / group;
+    size_t need = (size_t)k * 2 + (size_t)groups * 8 + (size_t)(k / 2 + 1) * 4 + 256;
+    if (need > scratch_bytes) {
+        void* grown = realloc(scratch, need);
+        if (!grown) return -2;
+        scratch = grown;
+        scratch_bytes = need;
+    }
+    int16_t* xq = (int16_t*)scratch;
+    float* gscale = (float*)(((uintptr_t)(xq + k) + 63) & ~(uintptr_t)63);
+    int32_t* gsum = (int32_t*)(gscale + groups);
+    int32_t* xpair = gsum + groups;
+    for (long g = 0; g < groups; g++) {
+        long g0 = g * group, end = g0 + group < k ? g0 + group : k;
+        float big = 0.0f;
+        for (long i = g0; i < end; i++) {
+            float v = x_dtype == DT_BF16 ? bf16_to_f32(((const uint16_t*)x)[i]) : ((const float*)x)[i];
+            float a = fabsf(v);
+            if (a > big || a != a) big = a; /* NaN propagates below */
+        }
+        int e = 0;
+        if (big > 0.0f && isfinite(big)) frexpf(big, &e); /* big < 2^e */
+        float scale = ldexpf(1.0f, e - 15), inv = ldexpf(1.0f, 15 - e);
+        gscale[g] = isfinite(big) ? scale : big;
+        int32_t sum = 0;
+        for (long i = g0; i < end; i++) {
+            float v = x_dtype == DT_BF16 ? bf16_to_f32(((const uint16_t*)x)[i]) : ((const float*)x)[i];
+            float q = isfinite(big) ? nearbyintf(v * inv) : 0.0f;
+            xq[i] = (int16_t)(q > 32767.0f ? 32767.0f : (q < -32767.0f ? -32767.0f : q));
+            sum += xq[i];
+        }
+        gsum[g] = sum;
+    }
+    for (long i = 0; i + 1 < k; i += 2)
+        xpair[i / 2] = (int32_t)((uint32_t)(uint16_t)xq[i] | ((uint32_t)(uint16_t)xq[i + 1] << 16));
+    job.xq = xq;
+    job.gscale = gscale;
+    job.gsum = gsum;
+    job.xpair = xpair;
+    return 0;
+}
+
+/* Hand the prepared job's chunks to the pool and take part; returns when all are done. */
+static void run_job(int threads) {
+    long chunk = (job.units + 8L * threads - 1) / (8L * threads); /* ~8 chunks per thread */
+    long least = job.kind == KIND_INT4 ? 1 : 4;
+    job.chunk = chunk < least ? least : chunk;
+    job.chunks = (job.units + job.chunk - 1) / job.chunk;
+    int helpers = threads > 1 && job.chunks > 1 ? ensure_workers(threads - 1) : 0;
+    unsigned gen = atomic_load(&generation) + 1;
+    atomic_store(&seats, helpers);
+    atomic_store(&chunks_done, 0);
+    atomic_store(&claim, (unsigned long long)gen << 32);
+    atomic_store(&generation, gen);
+    if (helpers && atomic_load(&sleepers) > 0) {
+        pthread_mutex_lock(&sleep_lock);
+        pthread_cond_broadcast(&wake);
+        pthread_mutex_unlock(&sleep_lock);
+    }
+    work(gen);
+    /* Chunks a helper claimed and still runs; yield the core if it was taken from under us. */
+    for (long spins = 0; atomic_load(&chunks_done) < job.chunks; spins++) {
+        if (spins < SPIN_ROUNDS) CPU_RELAX();
+        else sched_yield();
+    }
+}
+
+static int dtypes_ok(int x_dtype, int y_dtype) {
+    return (x_dtype == DT_BF16 || x_dtype == DT_F32) && (y_dtype == DT_BF16 || y_dtype == DT_F32);
+}
+
+/* y[r] = scales[r] * sum_i w[r, i] * x[i] for r < n: w int8 [n, k] row-major, scales float32, x and
+ * y bfloat16 or float32, at most `threads` threads (the caller's included). */
+int lc_int8_matvec(const int8_t* w, const float* scales, const void* x, int x_dtype, void* y,
+                   int y_dtype, long n, long k, int threads) {
+    if (n <= 0 || k <= 0 || n >= (1L << 31) || threads < 1 || !dtypes_ok(x_dtype, y_dtype))
+        return -1;
+    pthread_mutex_lock(&call_lock);
+    int rc = quantize_x(x, x_dtype, k, GROUP);
+    if (rc == 0) {
+        job.kind = KIND_INT8;
+        job.w = w;
+        job.scales = scales;
+        job.y = y;
+        job.y_dtype = y_dtype;
+        job.k = k;
+        job.n = n;
+        job.units = n;
+        run_job(threads);
+    }
+    pthread_mutex_unlock(&call_lock);
+    return rc;
+}
+
+/* y = x W^T for torch's CPU int4 layout (`_convert_weight_to_int4pack_for_cpu`, [n / 64][k][32]
+ * bytes) with scales_zeros [k / group][n][2] (bfloat16 or float32): w = (q - 8) * scale + zero.
+ * n must be a multiple of 64, k of group, group even and at most 256. */
+int lc_int4_matvec(const uint8_t* w, const void* scales_zeros, int sz_dtype, long group,
+                   const void* x, int x_dtype, void* y, int y_dtype, long n, long k, int threads) {
+    if (n <= 0 || k <= 0 || n >= (1L << 31) || threads < 1 || !dtypes_ok(x_dtype, y_dtype))
+        return -1;
+    if (n % INT4_BLOCK || group <= 0 || group > 256 || group % 2 || k % group) return -1;
+    if (sz_dtype != DT_BF16 && sz_dtype != DT_F32) return -1;
+    pthread_mutex_lock(&call_lock);
+    int rc = quantize_x(x, x_dtype, k, group);
+    if (rc == 0) {
+        job.kind = KIND_INT4;
+        job.w4 = w;
+        job.sz = scales_zeros;
+        job.sz_dtype = sz_dtype;
+        job.group = group;
+        job.y = y;
+        job.y_dtype = y_dtype;
+        job.k = k;
+        job.n = n;
+        job.units = n / INT4_BLOCK;
+        run_job(threads);
+    }
+    pthread_mutex_unlock(&call_lock);
+    return rc;
+}
