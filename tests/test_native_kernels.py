@@ -337,3 +337,46 @@ def test_a_forked_child_computes_on_threads_of_its_own(kernel) -> None:
         os.waitpid(pid, 0)
         pytest.fail("the forked child hung")
     assert os.waitstatus_to_exitcode(done[1]) == 0
+
+
+@pytest.mark.skipif(
+    not (BUILDABLE and platform.machine() in ("x86_64", "AMD64")), reason="needs cc on x86-64"
+)
+@pytest.mark.parametrize(
+    ("arch", "isa"),
+    [("x86-64", "scalar"), ("haswell", "avx2"), ("skylake-avx512", "avx512bw")],
+)
+def test_other_cpus_code_paths_compute_the_same(tmp_path: Path, arch: str, isa: str) -> None:
+    # Users' CPUs differ from this one: the plain-C, AVX2 and AVX-512-without-VNNI/VBMI paths are
+    # built for those instruction sets here (this CPU runs them all) and must pass the same check.
+    import ctypes
+    import subprocess
+
+    cc = native.compiler()
+    assert cc is not None
+    library = tmp_path / f"quant_matvec-{arch}.so"
+    source = Path(native.__file__).parent / "csrc" / native.SOURCE
+    subprocess.run(
+        [
+            cc,
+            "-O3",
+            "-shared",
+            "-fPIC",
+            "-pthread",
+            "-std=c11",
+            f"-march={arch}",
+            "-o",
+            str(library),
+            str(source),
+            "-lm",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    kernel = native.NativeKernel(ctypes.CDLL(str(library)), library)
+    assert kernel.isa == isa
+    assert native._self_check(kernel) is None
+    q, scale, x = _case(70, 1040)
+    want = F.linear(x.double(), dequantize_int8(q, scale).double())
+    got = kernel.int8_matvec(x, q, scale, 2).double()
+    assert ((got - want).abs().max() / want.abs().max()).item() <= 2e-4

@@ -28,3 +28,24 @@ def test_weights_choice_reloads_and_is_remembered_per_model(
     info = load(qtbot, again, tiny_model_dir)
     assert info.extra["quant"] == "int8" and again.weights_actions["int8"].isChecked()
     again.close()
+
+
+def test_tooltip_says_when_loopchats_compiled_kernel_runs_the_weights(
+    qtbot, home: Path, tiny_model_dir: Path, monkeypatch
+) -> None:
+    import pytest
+
+    from engine import native
+
+    if native.load() is None:
+        pytest.skip(f"no compiled kernel here: {native.unavailable_reason()}")
+    monkeypatch.setenv("LOOPCHAT_KERNEL", "int8native")
+    win = make_window(qtbot, home, **{"engine/dtype": "bfloat16"})
+    load(qtbot, win, tiny_model_dir)
+    assert "compiled kernel" not in win.status_line.device_label.toolTip()
+    with qtbot.waitSignal(win.model_ready, timeout=120_000) as ready:
+        win.weights_actions["int8"].trigger()
+    assert ready.args[0].extra["kernel"] == "int8native"
+    tip = win.status_line.device_label.toolTip()
+    assert "Kernel: int8native" in tip and f"built here for {native.load().isa}" in tip
+    win.close()

@@ -300,6 +300,8 @@ def runtime_tooltip(info: ModelInfo) -> str:
         source = {"measured": "measured on this machine", "cached": "measured earlier, cached"}
         how = source.get(str(extra.get("kernel_source")), str(extra.get("kernel_source", "")))
         lines.append(f"Kernel: {extra['kernel']} ({how})")
+    if extra.get("native_isa"):
+        lines.append(f"Loopchat's compiled kernel, built here for {extra['native_isa']}")
     if extra.get("threads"):
         governed = ", adjusted while decoding" if extra.get("thread_governor") else ""
         lines.append(f"Threads: {extra['threads']}{governed}")

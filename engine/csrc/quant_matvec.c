@@ -360,6 +360,72 @@ static int ensure_workers(int wanted) {
 static void* scratch;
 static size_t scratch_bytes;
 
+static inline float x_at(const void* x, int x_dtype, long i) {
+    return x_dtype == DT_BF16 ? bf16_to_f32(((const uint16_t*)x)[i]) : ((const float*)x)[i];
+}
+
+#if defined(__AVX512F__)
+static inline __m512 x16(const void* x, int x_dtype, long i) {
+    if (x_dtype == DT_BF16) {
+        __m256i h = _mm256_loadu_si256((const __m256i*)((const uint16_t*)x + i));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    return _mm512_loadu_ps((const float*)x + i);
+}
+#endif
+
+/* Round x[g0:end] to int16 with a power-of-two scale (stored in *scale); returns the sum of the
+ * integers. A NaN or infinity in the group makes the scale NaN or infinite and the integers 0, so
+ * the product comes out NaN, as float arithmetic would have it. */
+static int32_t quantize_group(const void* x, int x_dtype, long g0, long end, int16_t* xq,
+                              float* scale) {
+    float big = 0.0f;
+    long i = g0;
+#if defined(__AVX512F__)
+    __m512 most = _mm512_setzero_ps();
+    __mmask16 nan = 0;
+    for (; i + 16 <= end; i += 16) {
+        __m512 v = x16(x, x_dtype, i);
+        nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+        most = _mm512_max_ps(most, _mm512_abs_ps(v));
+    }
+    big = nan ? NAN : _mm512_reduce_max_ps(most);
+#endif
+    for (; i < end; i++) {
+        float a = fabsf(x_at(x, x_dtype, i));
+        if (a > big || a != a) big = a; /* NaN propagates below */
+    }
+    if (!isfinite(big)) {
+        *scale = big;
+        for (i = g0; i < end; i++) xq[i] = 0;
+        return 0;
+    }
+    int e = 0;
+    if (big > 0.0f) frexpf(big, &e); /* big < 2^e */
+    *scale = ldexpf(1.0f, e - 15);
+    const float inv = ldexpf(1.0f, 15 - e);
+    int32_t sum = 0;
+    i = g0;
+#if defined(__AVX512F__)
+    __m512i total = _mm512_setzero_si512();
+    const __m512i top = _mm512_set1_epi32(32767), bottom = _mm512_set1_epi32(-32767);
+    for (; i + 16 <= end; i += 16) {
+        /* the default rounding mode: to nearest, ties to even, as nearbyintf */
+        __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(x16(x, x_dtype, i), _mm512_set1_ps(inv)));
+        q = _mm512_max_epi32(_mm512_min_epi32(q, top), bottom);
+        _mm256_storeu_si256((__m256i*)(xq + i), _mm512_cvtepi32_epi16(q));
+        total = _mm512_add_epi32(total, q);
+    }
+    sum = _mm512_reduce_add_epi32(total);
+#endif
+    for (; i < end; i++) {
+        float q = nearbyintf(x_at(x, x_dtype, i) * inv);
+        xq[i] = (int16_t)(q > 32767.0f ? 32767.0f : (q < -32767.0f ? -32767.0f : q));
+        sum += xq[i];
+    }
+    return sum;
+}
+
 /* Round x to 16-bit integers per group (power-of-two scales), with each group's integer sum and
  * the (even, odd) pairs the int4 product broadcasts. Caller holds call_lock. */
 static int quantize_x(const void* x, int x_dtype, long k, long group) {
@@ -374,30 +440,17 @@ static int quantize_x(const void* x, int x_dtype, long k, long group) {
     int16_t* xq = (int16_t*)scratch;
     float* gscale = (float*)(((uintptr_t)(xq + k) + 63) & ~(uintptr_t)63);
     int32_t* gsum = (int32_t*)(gscale + groups);
-    int32_t* xpair = gsum + groups;
     for (long g = 0; g < groups; g++) {
         long g0 = g * group, end = g0 + group < k ? g0 + group : k;
-        float big = 0.0f;
-        for (long i = g0; i < end; i++) {
-            float v = x_dtype == DT_BF16 ? bf16_to_f32(((const uint16_t*)x)[i]) : ((const float*)x)[i];
-            float a = fabsf(v);
-            if (a > big || a != a) big = a; /* NaN propagates below */
-        }
-        int e = 0;
-        if (big > 0.0f && isfinite(big)) frexpf(big, &e); /* big < 2^e */
-        float scale = ldexpf(1.0f, e - 15), inv = ldexpf(1.0f, 15 - e);
-        gscale[g] = isfinite(big) ? scale : big;
-        int32_t sum = 0;
-        for (long i = g0; i < end; i++) {
-            float v = x_dtype == DT_BF16 ? bf16_to_f32(((const uint16_t*)x)[i]) : ((const float*)x)[i];
-            float q = isfinite(big) ? nearbyintf(v * inv) : 0.0f;
-            xq[i] = (int16_t)(q > 32767.0f ? 32767.0f : (q < -32767.0f ? -32767.0f : q));
-            sum += xq[i];
-        }
-        gsum[g] = sum;
+        gsum[g] = quantize_group(x, x_dtype, g0, end, xq, &gscale[g]);
     }
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    const int32_t* xpair = (const int32_t*)xq; /* xq[2i] | xq[2i + 1] << 16, as stored */
+#else
+    int32_t* xpair = gsum + groups;
     for (long i = 0; i + 1 < k; i += 2)
         xpair[i / 2] = (int32_t)((uint32_t)(uint16_t)xq[i] | ((uint32_t)(uint16_t)xq[i + 1] << 16));
+#endif
     job.xq = xq;
     job.gscale = gscale;
     job.gsum = gsum;
