@@ -324,7 +324,7 @@ class Generator:
         first_token_at = 0.0
         reason = STOP_MAX_TOKENS
         assert logits is not None
-        # The decode loop: torch keeps one thread if the compiled int8 kernel has the cores.
+        # The decode loop: torch keeps one thread if the compiled int8/int4 kernels have the cores.
         with native.decoding(self._native, self._governor):
             while True:
                 # Checkpoints may pad the vocabulary past the tokenizer's (to a multiple of 64,

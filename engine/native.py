@@ -63,34 +63,17 @@ class NativeKernel:
     """The loaded library: one-row products with int8 or int4 weights."""
 
     def __init__(self, lib: ctypes.CDLL, path: Path) -> None:
+        # Both end in: x, x dtype, y, y dtype, rows, columns, threads.
+        row_args = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+        row_args += [ctypes.c_long, ctypes.c_long, ctypes.c_int]
         self._int8 = lib.lc_int8_matvec
         self._int8.restype = ctypes.c_int
-        self._int8.argtypes = [
-            ctypes.c_void_p,  # w
-            ctypes.c_void_p,  # scales (float32)
-            ctypes.c_void_p,  # x
-            ctypes.c_int,  # x dtype
-            ctypes.c_void_p,  # y
-            ctypes.c_int,  # y dtype
-            ctypes.c_long,  # rows
-            ctypes.c_long,  # columns
-            ctypes.c_int,  # threads
-        ]
+        self._int8.argtypes = [ctypes.c_void_p, ctypes.c_void_p, *row_args]  # w, scales (f32)
         self._int4 = lib.lc_int4_matvec
         self._int4.restype = ctypes.c_int
-        self._int4.argtypes = [
-            ctypes.c_void_p,  # w (torch's CPU int4 layout)
-            ctypes.c_void_p,  # scales_zeros
-            ctypes.c_int,  # scales_zeros dtype
-            ctypes.c_long,  # group size
-            ctypes.c_void_p,  # x
-            ctypes.c_int,  # x dtype
-            ctypes.c_void_p,  # y
-            ctypes.c_int,  # y dtype
-            ctypes.c_long,  # rows
-            ctypes.c_long,  # columns
-            ctypes.c_int,  # threads
-        ]
+        # w (torch's CPU int4 layout), scales_zeros, its dtype, group size
+        int4_args = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_long]
+        self._int4.argtypes = [*int4_args, *row_args]
         lib.lc_isa.restype = ctypes.c_char_p
         self.isa: str = lib.lc_isa().decode()
         self.path = path

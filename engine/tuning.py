@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from engine.config import ModelArgs
 from engine.linear import can_pack, pack_weight
@@ -47,6 +48,7 @@ KERNELS: dict[str, tuple[str, ...]] = {
 """Candidate matvec paths per weight format. "int8native" and "int4native" are Loopchat's compiled
 kernels (engine/native.py), candidates only where they could be built."""
 NATIVE_KERNELS = ("int8native", "int4native")
+QUANT_KERNELS = ("int8pack", "int4pack", *NATIVE_KERNELS)
 BUDGET_S = 0.25
 """Wall time the timing loop may take (setup aside)."""
 WORKING_SET_BYTES = 48 * 2**20
@@ -158,66 +160,58 @@ def _make_matvec(
                 F.linear(x, w)
 
         return run_plain
-    if kernel == "int8pack":
-        q8 = [torch.zeros(out_f, in_f, dtype=torch.int8) for _ in range(copies)]
-        scales = torch.ones(out_f, dtype=dtype)
-
-        def run_int8() -> None:
-            for w in q8:
-                torch.ops.aten._weight_int8pack_mm(x, w, scales)
-
-        return run_int8
-    if kernel == "int8native":
-        from engine.native import load
-
-        native = load()
-        if native is None:
+    if kernel in QUANT_KERNELS:
+        layers = _quantized_layers(kernel, out_f, in_f, dtype, copies)
+        if layers is None:
             return None
-        q8 = [torch.zeros(out_f, in_f, dtype=torch.int8) for _ in range(copies)]
-        scales32 = torch.ones(out_f)
 
-        def run_native() -> None:
-            threads = torch.get_num_threads()
-            for w in q8:
-                native.int8_matvec(x, w, scales32, threads)
+        def run_layers() -> None:
+            for layer in layers:
+                layer(x)
 
-        return run_native
-    if kernel == "int4native":
-        from engine.native import int4_fits_native, load
-        from engine.quant import DEFAULT_GROUP_SIZE, pack_int4
-
-        native = load()
-        if (
-            native is None
-            or in_f % DEFAULT_GROUP_SIZE
-            or not int4_fits_native(out_f, DEFAULT_GROUP_SIZE, dtype)
-        ):
-            return None
-        packed = pack_int4(torch.zeros(out_f, in_f, dtype=torch.int32), torch.device("cpu"))
-        q4 = [packed.clone() for _ in range(copies)]
-        sz = torch.ones(in_f // DEFAULT_GROUP_SIZE, out_f, 2, dtype=dtype)
-
-        def run_native4() -> None:
-            threads = torch.get_num_threads()
-            for w in q4:
-                native.int4_matvec(x, w, sz, DEFAULT_GROUP_SIZE, threads)
-
-        return run_native4
-    if kernel == "int4pack":
-        from engine.quant import DEFAULT_GROUP_SIZE, pack_int4
-
-        if in_f % DEFAULT_GROUP_SIZE or out_f % 16:
-            return None
-        packed = pack_int4(torch.zeros(out_f, in_f, dtype=torch.int32), torch.device("cpu"))
-        q4 = [packed.clone() for _ in range(copies)]
-        sz = torch.ones(in_f // DEFAULT_GROUP_SIZE, out_f, 2, dtype=dtype)
-
-        def run_int4() -> None:
-            for w in q4:
-                torch.ops.aten._weight_int4pack_mm_for_cpu(x, w, DEFAULT_GROUP_SIZE, sz)
-
-        return run_int4
+        return run_layers
     return None
+
+
+def _quantized_layers(
+    kernel: str, out_f: int, in_f: int, dtype: torch.dtype, copies: int
+) -> list[nn.Module] | None:
+    """`copies` real int8/int4 layers (zero weights) on `kernel`: the path decode takes."""
+    from engine.native import load
+    from engine.quant import (
+        DEFAULT_GROUP_SIZE,
+        Int4Linear,
+        Int8Linear,
+        int4_fits,
+        int8_fits,
+        pack_int4,
+    )
+
+    layers: list[Int8Linear | Int4Linear] = []
+    if kernel.startswith("int8"):
+        if not int8_fits((out_f, in_f)):
+            return None
+        for _ in range(copies):
+            layer8 = Int8Linear(in_f, out_f, dtype)
+            layer8.weight.zero_()
+            layer8.scales.fill_(1.0)
+            layers.append(layer8)
+    else:
+        if not int4_fits((out_f, in_f), DEFAULT_GROUP_SIZE):
+            return None
+        packed = pack_int4(torch.zeros(out_f, in_f, dtype=torch.int32), torch.device("cpu"))
+        for _ in range(copies):
+            layer4 = Int4Linear(in_f, out_f, dtype, DEFAULT_GROUP_SIZE)
+            layer4.weight.copy_(packed)
+            layer4.scales_zeros.fill_(1.0)
+            layers.append(layer4)
+    if kernel in NATIVE_KERNELS:
+        native = load()
+        for layer in layers:
+            layer.use_native(native)
+        if any(layer.native is None for layer in layers):
+            return None  # not built here, or a shape it does not take
+    return list(layers)
 
 
 def measure(

@@ -487,27 +487,27 @@ static int dtypes_ok(int x_dtype, int y_dtype) {
     return (x_dtype == DT_BF16 || x_dtype == DT_F32) && (y_dtype == DT_BF16 || y_dtype == DT_F32);
 }
 
+/* Run one product described by `request` (weights, output, sizes; group = activation group):
+ * under call_lock it becomes the pool's job, x is rounded, and the chunks are run. */
+static int submit(const Job* request, const void* x, int x_dtype, int threads) {
+    if (request->n <= 0 || request->k <= 0 || request->n >= (1L << 31) || threads < 1 ||
+        !dtypes_ok(x_dtype, request->y_dtype))
+        return -1;
+    pthread_mutex_lock(&call_lock);
+    job = *request;
+    int rc = quantize_x(x, x_dtype, job.k, job.group);
+    if (rc == 0) run_job(threads);
+    pthread_mutex_unlock(&call_lock);
+    return rc;
+}
+
 /* y[r] = scales[r] * sum_i w[r, i] * x[i] for r < n: w int8 [n, k] row-major, scales float32, x and
  * y bfloat16 or float32, at most `threads` threads (the caller's included). */
 int lc_int8_matvec(const int8_t* w, const float* scales, const void* x, int x_dtype, void* y,
                    int y_dtype, long n, long k, int threads) {
-    if (n <= 0 || k <= 0 || n >= (1L << 31) || threads < 1 || !dtypes_ok(x_dtype, y_dtype))
-        return -1;
-    pthread_mutex_lock(&call_lock);
-    int rc = quantize_x(x, x_dtype, k, GROUP);
-    if (rc == 0) {
-        job.kind = KIND_INT8;
-        job.w = w;
-        job.scales = scales;
-        job.y = y;
-        job.y_dtype = y_dtype;
-        job.k = k;
-        job.n = n;
-        job.units = n;
-        run_job(threads);
-    }
-    pthread_mutex_unlock(&call_lock);
-    return rc;
+    Job request = {.kind = KIND_INT8, .w = w, .scales = scales, .group = GROUP, .y = y,
+                   .y_dtype = y_dtype, .k = k, .n = n, .units = n};
+    return submit(&request, x, x_dtype, threads);
 }
 
 /* y = x W^T for torch's CPU int4 layout (`_convert_weight_to_int4pack_for_cpu`, [n / 64][k][32]
@@ -515,25 +515,10 @@ int lc_int8_matvec(const int8_t* w, const float* scales, const void* x, int x_dt
  * n must be a multiple of 64, k of group, group even and at most 256. */
 int lc_int4_matvec(const uint8_t* w, const void* scales_zeros, int sz_dtype, long group,
                    const void* x, int x_dtype, void* y, int y_dtype, long n, long k, int threads) {
-    if (n <= 0 || k <= 0 || n >= (1L << 31) || threads < 1 || !dtypes_ok(x_dtype, y_dtype))
-        return -1;
-    if (n % INT4_BLOCK || group <= 0 || group > 256 || group % 2 || k % group) return -1;
+    if (n <= 0 || n % INT4_BLOCK || group <= 0 || group > 256 || group % 2 || k % group) return -1;
     if (sz_dtype != DT_BF16 && sz_dtype != DT_F32) return -1;
-    pthread_mutex_lock(&call_lock);
-    int rc = quantize_x(x, x_dtype, k, group);
-    if (rc == 0) {
-        job.kind = KIND_INT4;
-        job.w4 = w;
-        job.sz = scales_zeros;
-        job.sz_dtype = sz_dtype;
-        job.group = group;
-        job.y = y;
-        job.y_dtype = y_dtype;
-        job.k = k;
-        job.n = n;
-        job.units = n / INT4_BLOCK;
-        run_job(threads);
-    }
-    pthread_mutex_unlock(&call_lock);
-    return rc;
+    Job request = {.kind = KIND_INT4, .w4 = w, .sz = scales_zeros, .sz_dtype = sz_dtype,
+                   .group = group, .y = y, .y_dtype = y_dtype, .k = k, .n = n,
+                   .units = n / INT4_BLOCK};
+    return submit(&request, x, x_dtype, threads);
 }
