@@ -48,7 +48,8 @@ def test_choice_is_measured_once_then_cached(tiny_model_dir: Path, monkeypatch, 
     # each weight format has its own entry
     monkeypatch.undo()
     monkeypatch.setenv("LOOPCHAT_HOME", str(tmp_path / "home"))
-    assert _load(tiny_model_dir, "int8").describe()["kernel"] == "int8pack"
+    # the int8 kernel is measured too (torch's or the compiled one, whichever is faster here)
+    assert _load(tiny_model_dir, "int8").describe()["kernel"] in tuning.available_kernels("int8")
     assert len(json.loads((tmp_path / "home" / "cache" / "kernel_choice.json").read_text())) == 2
 
 

@@ -163,12 +163,14 @@ def test_quantized_model_stays_close_to_float32(tiny_model_dir: Path, quant: str
 
 def test_quantized_model_reports_its_format(tiny_model_dir: Path) -> None:
     from engine.loader import load_model
+    from engine.tuning import available_kernels
 
     plain = load_model(tiny_model_dir, dtype="bfloat16", device="cpu", quant="none")
     loaded = load_model(tiny_model_dir, dtype="bfloat16", device="cpu", quant="int4")
     info = loaded.describe()
     assert info["quant"] == "int4" and info["group_size"] == 64
-    assert info["kernel"] == "int4pack" and info["threads"] >= 1
+    # which int4 kernel wins is measured on this machine; it must be one that can run here
+    assert info["kernel"] in available_kernels("int4") and info["threads"] >= 1
     assert info["dtype"] == "bfloat16"
     assert info["n_params"] == plain.describe()["n_params"]
     assert info["weights_bytes"] < 0.6 * plain.describe()["weights_bytes"]
@@ -308,18 +310,25 @@ def test_cli_bad_quant_exits_2_with_one_line(tiny_model_dir: Path, tmp_path: Pat
 def test_cli_generates_with_int8_like_bfloat16(tiny_model_dir: Path, tmp_path: Path) -> None:
     import json
 
-    def greedy(quant: str) -> list[int]:
+    def greedy(quant: str) -> list[dict]:
         proc = _cli(
             "generate", "--model", str(tiny_model_dir), "--prompt-ids", "1,5,9,30",
             "--temperature", "0", "--max-new-tokens", "12", "--dtype", "bfloat16",
-            "--quant", quant, "--json", env_home=tmp_path,
+            "--quant", quant, "--report-top", "5", "--json", env_home=tmp_path,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr
-        done = json.loads(proc.stdout.strip().splitlines()[-1])
-        assert done["done"] and done["generated_tokens"] == 12
-        return done["token_ids"]
+        lines = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+        assert lines[-1]["done"] and lines[-1]["generated_tokens"] == 12
+        return lines[:-1]
 
     bf16, int8 = greedy("none"), greedy("int8")
-    # a random tiny model has near-ties, so demand a long common start, not equality
-    same = next((i for i, (a, b) in enumerate(zip(bf16, int8, strict=True)) if a != b), 12)
-    assert same >= 4, (bf16, int8)
+    # The random tiny model has near-ties (top-2 logits 1.5 bfloat16 steps apart at some steps), and
+    # which int8 kernel runs is measured per machine, so equality of all 12 tokens would test luck.
+    # Instead: the outputs agree until bf16 itself was undecided between its token and int8's.
+    for step, (ours, quantized) in enumerate(zip(bf16, int8, strict=True)):
+        if ours["token_id"] == quantized["token_id"]:
+            continue
+        probs = {t["token_id"]: t["prob"] for t in ours["top"]}
+        assert probs.get(quantized["token_id"], 0.0) >= 0.9 * ours["prob"], (step, ours, quantized)
+        break
+    assert bf16[0]["token_id"] == int8[0]["token_id"]  # decided by a clear margin for this prompt
