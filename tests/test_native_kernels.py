@@ -43,8 +43,10 @@ def kernel() -> native.NativeKernel:
 
 @pytest.fixture
 def fresh_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """`native.load()` runs again from scratch in an empty cache folder, then is reset."""
+    """`native.load()` runs again from scratch in an empty cache folder, then is reset; a
+    developer's own LOOPCHAT_NATIVE=0 must not decide these tests."""
     monkeypatch.setenv("LOOPCHAT_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("LOOPCHAT_NATIVE", raising=False)
     native.load.cache_clear()
     yield
     native.load.cache_clear()
@@ -57,7 +59,7 @@ def _case(rows: int, cols: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tens
 
 
 @pytest.mark.skipif(not (BUILDABLE and platform.machine() in ("x86_64", "AMD64")), reason="no cc")
-def test_builds_and_passes_its_self_check_where_there_is_a_compiler() -> None:
+def test_builds_and_passes_its_self_check_where_there_is_a_compiler(fresh_load) -> None:
     # CI has a compiler: a kernel that stops building must fail here, not quietly fall back.
     built = native.load()
     assert built is not None, native.unavailable_reason()
