@@ -229,6 +229,11 @@ def load_model(
         from engine.native import use_native
 
         runtime["native_isa"] = use_native(model)
+    if dev.type == "cpu":
+        from engine.native import load as load_native
+
+        if model.use_native_ops(load_native()):
+            runtime["native_ops"] = True
     if tokenizer.vocab_size > args.vocab_size:
         raise EngineError(
             f"{tokenizer_file} has {tokenizer.vocab_size} tokens but the weights in {folder} only "

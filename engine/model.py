@@ -7,6 +7,7 @@ leaves the batch out. Attention over the KV cache is `engine.attention.attend_to
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,9 @@ from engine.config import ModelArgs
 from engine.errors import EngineError
 from engine.kv_cache import KVCache
 from engine.linear import Linear
+
+if TYPE_CHECKING:
+    from engine.native import NativeKernel
 
 
 class Interrupted(Exception):
@@ -30,8 +34,12 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
+        self.native: NativeKernel | None = None
+        """The compiled kernel computing the same (`Transformer.use_native_ops`), if any."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.native is not None and x.dtype == self.weight.dtype:
+            return self.native.rms_norm(x, self.weight, self.eps)
         # x / sqrt(mean(x²) + eps) in float32 (one fused op), back to x's dtype, then the gain.
         normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         return self.weight * normed.to(x.dtype)
@@ -53,8 +61,10 @@ class Rotary:
         theta: float,
         device: torch.device,
         interleaved: bool,
+        native: NativeKernel | None = None,
     ) -> None:
         self.interleaved = interleaved
+        self.native = native
         inv_freq = 1.0 / (
             theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
         )  # [d/2]
@@ -65,6 +75,8 @@ class Rotary:
 
     def apply(self, x: torch.Tensor, start_pos: int) -> torch.Tensor:
         """Rotate x: [T, n_heads, d] at positions start_pos.. ; returns x's dtype."""
+        if self.native is not None:
+            return self.native.rotary(x, self.cos, self.sin, start_pos, self.interleaved)
         n = x.shape[0]
         cos = self.cos[start_pos : start_pos + n, None, :]  # [T, 1, d/2]
         sin = self.sin[start_pos : start_pos + n, None, :]  # [T, 1, d/2]
@@ -169,6 +181,7 @@ class Transformer(nn.Module):
         self.last_attention: list[torch.Tensor] = []
         self.cache_len = 0
         self._rotary: Rotary | None = None
+        self._native_ops: NativeKernel | None = None
 
     @property
     def device(self) -> torch.device:
@@ -198,6 +211,26 @@ class Transformer(nn.Module):
         for layer in self.layers:
             layer.attention.capture = self._capture
 
+    def use_native_ops(self, kernel: NativeKernel | None) -> bool:
+        """Run the norms and the rotary embedding on the compiled kernel (None: torch's ops).
+
+        Why: in a decode step they are small, and as a dozen cold torch ops each they took a seventh
+        of an int4 step (engine/csrc/decode_kernels.c). Only CPU bfloat16/float32 activations go
+        there; True if they do.
+        """
+        from engine.native import ops_fit
+
+        weight = self.norm.weight
+        self._native_ops = (
+            kernel if kernel is not None and ops_fit(weight.dtype, weight.device) else None
+        )
+        for module in self.modules():
+            if isinstance(module, RMSNorm):
+                module.native = self._native_ops
+        if self._rotary is not None:
+            self._rotary.native = self._native_ops
+        return self._native_ops is not None
+
     def setup_cache(self, max_seq_len: int | None = None) -> None:
         """(Re)allocate every layer's KV cache and the rotary tables for max_seq_len positions."""
         length = max_seq_len or self.args.max_seq_len
@@ -214,6 +247,7 @@ class Transformer(nn.Module):
             self.args.rope_theta,
             self.device,
             interleaved=self.args.rope_interleaved,
+            native=self._native_ops,
         )
         for layer in self.layers:
             layer.attention.rotary = self._rotary

@@ -1,4 +1,5 @@
-"""Loopchat's own batch-1 int8 and int4 kernels (engine/csrc/quant_matvec.c), compiled on first use.
+"""Loopchat's own decode-step kernels (engine/csrc/decode_kernels.c), compiled on first use:
+batch-1 int8 and int4 products, and the step's RMSNorm and rotary embedding.
 
 Why a compiled kernel: int8 decoding is worth having only if it streams the weights faster than
 16-bit does, and torch's `_weight_int8pack_mm` does not on every CPU: on the development machine
@@ -46,9 +47,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ABI = 2
+ABI = 3
 """lc_abi() of the source this module speaks to; a library reporting another is rebuilt."""
-SOURCE = "quant_matvec.c"
+SOURCE = "decode_kernels.c"
 COMPILE_TIMEOUT_S = 120
 X_DTYPES = {torch.bfloat16: 0, torch.float32: 1}
 """Activation dtypes the C code reads and writes directly; float16 goes through float32."""
@@ -74,6 +75,17 @@ class NativeKernel:
         # w (torch's CPU int4 layout), scales_zeros, its dtype, group size
         int4_args = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_long]
         self._int4.argtypes = [*int4_args, *row_args]
+        self._rms_norm = lib.lc_rms_norm
+        self._rms_norm.restype = ctypes.c_int
+        # x, weight, y, dtype, rows, dim, eps
+        self._rms_norm.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int, ctypes.c_long]
+        self._rms_norm.argtypes += [ctypes.c_long, ctypes.c_float]
+        self._rotary = lib.lc_rotary
+        self._rotary.restype = ctypes.c_int
+        # x, y, dtype, cos, sin, start, tokens, heads, dim, interleaved
+        self._rotary.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+        self._rotary.argtypes += [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_long] * 4
+        self._rotary.argtypes += [ctypes.c_int]
         lib.lc_isa.restype = ctypes.c_char_p
         self.isa: str = lib.lc_isa().decode()
         self.path = path
@@ -134,6 +146,36 @@ class NativeKernel:
             max(1, threads),
         )
         return _result(rc, out, x.dtype, "int4")
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        """engine.model.RMSNorm's result for x [..., dim] with a gain of x's dtype (`ops_fit`)."""
+        x = x.contiguous()
+        out = torch.empty_like(x)
+        dim = x.shape[-1]
+        rc = self._rms_norm(
+            x.data_ptr(), weight.data_ptr(), out.data_ptr(), X_DTYPES[x.dtype],
+            x.numel() // dim, dim, eps,
+        )  # fmt: skip
+        return _result(rc, out, x.dtype, "rms_norm")
+
+    def rotary(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int, interleaved: bool
+    ) -> torch.Tensor:
+        """engine.model.Rotary's rotation of x [T, heads, d] at positions start.. with its float32
+        tables cos and sin [positions, d / 2]."""
+        x = x.contiguous()
+        out = torch.empty_like(x)
+        tokens, heads, dim = x.shape
+        rc = self._rotary(
+            x.data_ptr(), out.data_ptr(), X_DTYPES[x.dtype], cos.data_ptr(), sin.data_ptr(),
+            start, tokens, heads, dim, int(interleaved),
+        )  # fmt: skip
+        return _result(rc, out, x.dtype, "rotary")
+
+
+def ops_fit(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether the compiled RMSNorm and rotary take activations of this dtype on this device."""
+    return device.type == "cpu" and dtype in X_DTYPES
 
 
 def int4_fits_native(out_features: int, group_size: int, sz_dtype: torch.dtype) -> bool:
@@ -247,6 +289,22 @@ def _self_check(kernel: NativeKernel) -> str | None:
                 if not err <= CHECK_TOLERANCE:
                     where = f"int4 {rows}x{cols} group {group}, {dtype}, {threads} threads"
                     return f"self-check failed ({where}: error {err:.2g})"
+    from engine.model import RMSNorm, Rotary
+
+    for dtype in (torch.float32, torch.bfloat16):
+        norm = RMSNorm(80, 1e-5).to(dtype)
+        norm.weight.data = (torch.rand(80, generator=gen) + 0.5).to(dtype)
+        x = (torch.randn(3, 80, generator=gen) * 4).to(dtype)
+        reference = norm(x).double()
+        err = (kernel.rms_norm(x, norm.weight, norm.eps).double() - reference).abs().max()
+        if not err <= CHECK_TOLERANCE * reference.abs().max():
+            return f"self-check failed (rms_norm, {dtype}: error {err:.2g})"
+        for interleaved in (False, True):
+            rotary = Rotary(16, 8, 10000.0, torch.device("cpu"), interleaved)
+            x = torch.randn(2, 3, 16, generator=gen).to(dtype)
+            got = kernel.rotary(x, rotary.cos, rotary.sin, 5, interleaved)
+            if not torch.equal(got, rotary.apply(x, 5)):
+                return f"self-check failed (rotary, {dtype}, interleaved={interleaved})"
     return None
 
 
@@ -311,7 +369,7 @@ def library_path(cc: str) -> Path:
     """Where the library built by `cc` from this source for this CPU and torch is cached."""
     identity = f"{_compiler_version(cc)}|{_cpu_key()}|{torch.__version__}".encode()
     key = hashlib.sha256(_source() + identity).hexdigest()[:16]
-    return cache_dir("native") / f"quant_matvec-{key}.so"
+    return cache_dir("native") / f"decode_kernels-{key}.so"
 
 
 def _build(cc: str, source_text: bytes, target: Path) -> str | None:

@@ -356,7 +356,7 @@ def test_other_cpus_code_paths_compute_the_same(tmp_path: Path, arch: str, isa: 
 
     cc = native.compiler()
     assert cc is not None
-    library = tmp_path / f"quant_matvec-{arch}.so"
+    library = tmp_path / f"decode_kernels-{arch}.so"
     source = Path(native.__file__).parent / "csrc" / native.SOURCE
     subprocess.run(
         [

@@ -146,7 +146,7 @@ def test_built_executable_self_test(tiny_model_dir: Path, tmp_path: Path) -> Non
     if sys.platform.startswith("linux"):
         assert any("xcb" in name for name in platforms), platforms
     assert not (contents / "torch" / "test").exists()
-    assert (contents / "engine" / "csrc" / "quant_matvec.c").is_file()  # the native kernels
+    assert (contents / "engine" / "csrc" / "decode_kernels.c").is_file()  # the native kernels
 
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen", LOOPCHAT_HOME=str(tmp_path / "home"))
     env.pop("PYTHONPATH", None)  # the bundle must not lean on the source tree

@@ -1,0 +1,123 @@
+"""The compiled RMSNorm and rotary embedding (engine/csrc/decode_kernels.c) compute what
+engine/model.py's torch code computes, and the loader puts them exactly where they apply."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine import native
+from engine.model import RMSNorm, Rotary
+
+
+@pytest.fixture
+def kernel() -> native.NativeKernel:
+    built = native.load()
+    if built is None:
+        pytest.skip(f"no native kernel here: {native.unavailable_reason()}")
+    return built
+
+
+def _norm(dim: int, dtype: torch.dtype, seed: int) -> RMSNorm:
+    g = torch.Generator().manual_seed(seed)
+    norm = RMSNorm(dim, 1e-5)
+    norm.weight.data = torch.rand(dim, generator=g) * 2 - 0.5  # gains of both signs
+    return norm.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shape", [(1, 2048), (3, 80), (2, 5, 48), (4, 7)])
+def test_rms_norm_equals_torchs(kernel, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    # 7 and 80 values: a tail past the 16-wide partial sums; 3-D: rows of a batch of heads.
+    norm = _norm(shape[-1], dtype, seed=len(shape) + shape[-1])
+    x = (torch.randn(*shape, generator=torch.Generator().manual_seed(1)) * 3).to(dtype)
+    want = norm(x)  # torch's ops: no kernel attached
+    norm.native = kernel
+    got = norm(x)
+    assert got.dtype == dtype and got.shape == x.shape
+    # Only the sum of squares is added in another order: float32 ulps, which bfloat16's rounding
+    # hides almost always.
+    if dtype == torch.bfloat16:
+        assert (got != want).float().mean() <= 0.01
+        assert torch.allclose(got.float(), want.float(), rtol=2**-7, atol=0)
+    else:
+        assert torch.allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_rms_norm_reads_a_strided_view(kernel) -> None:
+    norm = _norm(64, torch.bfloat16, seed=3)
+    x = torch.randn(64, 4).to(torch.bfloat16).T  # not contiguous
+    want = norm(x)
+    norm.native = kernel
+    assert torch.equal(norm(x), want)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("interleaved", [False, True])
+@pytest.mark.parametrize("tokens,start", [(1, 0), (1, 37), (5, 11)])
+def test_rotary_is_bitwise_torchs(
+    kernel, dtype, interleaved: bool, tokens: int, start: int
+) -> None:
+    rotary = Rotary(64, 64, 10000.0, torch.device("cpu"), interleaved)
+    x = torch.randn(tokens, 6, 64, generator=torch.Generator().manual_seed(tokens)).to(dtype)
+    want = rotary.apply(x, start)
+    rotary.native = kernel
+    got = rotary.apply(x, start)
+    # The same float32 operations in the same order (the C is built without contraction to FMA).
+    assert got.dtype == dtype and torch.equal(got, want)
+
+
+def _teacher_forced(loaded, ids: list[int]) -> torch.Tensor:
+    model = loaded.model
+    model.setup_cache(64)
+    with torch.inference_mode():
+        prefill = model(torch.tensor(ids[:4]), 0)
+        steps = [model(torch.tensor([t]), 4 + i)[-1] for i, t in enumerate(ids[4:])]
+    return torch.cat([prefill, torch.stack(steps)]).float()
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_loaded_model_uses_them_and_computes_the_same(
+    kernel, tiny_model_dir: Path, monkeypatch, tmp_path: Path, dtype: str
+) -> None:
+    from engine.loader import load_model
+
+    monkeypatch.setenv("LOOPCHAT_HOME", str(tmp_path))
+    loaded = load_model(tiny_model_dir, dtype=dtype, device="cpu", max_context=64)
+    assert loaded.describe()["native_ops"] is True
+    norms = [m for m in loaded.model.modules() if isinstance(m, RMSNorm)]
+    assert norms and all(m.native is kernel for m in norms)
+    ids = [1] + [3 + (i * 53) % 500 for i in range(19)]
+    mine = _teacher_forced(loaded, ids)
+    assert loaded.model.layers[0].attention.rotary.native is kernel  # survives a new cache
+    loaded.model.use_native_ops(None)
+    assert all(m.native is None for m in norms)
+    theirs = _teacher_forced(loaded, ids)
+    if dtype == "float32":
+        assert torch.allclose(mine, theirs, rtol=1e-4, atol=1e-4)
+    else:
+        assert (mine - theirs).abs().max() <= 0.02 * theirs.abs().max()
+        assert (mine.argmax(-1) == theirs.argmax(-1)).float().mean() >= 0.9
+
+
+def test_float16_and_the_off_switch_keep_torchs_ops(
+    kernel, tiny_model_dir: Path, monkeypatch, tmp_path: Path
+) -> None:
+    from engine.loader import load_model
+
+    monkeypatch.setenv("LOOPCHAT_HOME", str(tmp_path))
+    half = load_model(tiny_model_dir, dtype="float16", device="cpu", max_context=32)
+    assert "native_ops" not in half.describe()
+    assert all(m.native is None for m in half.model.modules() if isinstance(m, RMSNorm))
+    assert half.model.layers[0].attention.rotary.native is None
+
+    monkeypatch.setenv("LOOPCHAT_NATIVE", "0")
+    native.load.cache_clear()
+    try:
+        off = load_model(tiny_model_dir, dtype="bfloat16", device="cpu", max_context=32)
+    finally:
+        native.load.cache_clear()
+    assert "native_ops" not in off.describe()
+    assert off.model.layers[0].attention.rotary.native is None
