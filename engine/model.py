@@ -215,7 +215,7 @@ class Transformer(nn.Module):
         """Run the norms and the rotary embedding on the compiled kernel (None: torch's ops).
 
         Why: in a decode step they are small, and as a dozen cold torch ops each they took a seventh
-        of an int4 step (engine/csrc/decode_kernels.c). Only CPU bfloat16/float32 activations go
+        of an int4 step (engine/csrc/decode_kernels.c). Only CPU 16- and 32-bit float activations go
         there; True if they do.
         """
         from engine.native import ops_fit

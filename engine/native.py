@@ -52,7 +52,9 @@ ABI = 3
 SOURCE = "decode_kernels.c"
 COMPILE_TIMEOUT_S = 120
 X_DTYPES = {torch.bfloat16: 0, torch.float32: 1}
-"""Activation dtypes the C code reads and writes directly; float16 goes through float32."""
+"""Activation dtypes the products read and write directly; float16 goes through float32."""
+OPS_DTYPES = {**X_DTYPES, torch.float16: 2}
+"""Activation dtypes of the RMSNorm and rotary."""
 CHECK_TOLERANCE = 1e-2
 """Largest error, relative to the largest output, the self-check accepts (the kernel's own error
 is ~3e-3 in bfloat16, which is the output's rounding)."""
@@ -153,7 +155,7 @@ class NativeKernel:
         out = torch.empty_like(x)
         dim = x.shape[-1]
         rc = self._rms_norm(
-            x.data_ptr(), weight.data_ptr(), out.data_ptr(), X_DTYPES[x.dtype],
+            x.data_ptr(), weight.data_ptr(), out.data_ptr(), OPS_DTYPES[x.dtype],
             x.numel() // dim, dim, eps,
         )  # fmt: skip
         return _result(rc, out, x.dtype, "rms_norm")
@@ -167,7 +169,7 @@ class NativeKernel:
         out = torch.empty_like(x)
         tokens, heads, dim = x.shape
         rc = self._rotary(
-            x.data_ptr(), out.data_ptr(), X_DTYPES[x.dtype], cos.data_ptr(), sin.data_ptr(),
+            x.data_ptr(), out.data_ptr(), OPS_DTYPES[x.dtype], cos.data_ptr(), sin.data_ptr(),
             start, tokens, heads, dim, int(interleaved),
         )  # fmt: skip
         return _result(rc, out, x.dtype, "rotary")
@@ -175,7 +177,7 @@ class NativeKernel:
 
 def ops_fit(dtype: torch.dtype, device: torch.device) -> bool:
     """Whether the compiled RMSNorm and rotary take activations of this dtype on this device."""
-    return device.type == "cpu" and dtype in X_DTYPES
+    return device.type == "cpu" and dtype in OPS_DTYPES
 
 
 def int4_fits_native(out_features: int, group_size: int, sz_dtype: torch.dtype) -> bool:
@@ -291,7 +293,7 @@ def _self_check(kernel: NativeKernel) -> str | None:
                     return f"self-check failed ({where}: error {err:.2g})"
     from engine.model import RMSNorm, Rotary
 
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in OPS_DTYPES:
         norm = RMSNorm(80, 1e-5).to(dtype)
         norm.weight.data = (torch.rand(80, generator=gen) + 0.5).to(dtype)
         x = (torch.randn(3, 80, generator=gen) * 4).to(dtype)

@@ -532,22 +532,78 @@ int lc_int4_matvec(const uint8_t* w, const void* scales_zeros, int sz_dtype, lon
  * activation dtype at the same points); only the RMSNorm's sum of squares is added in another
  * order. They run on the calling thread and touch no shared state. */
 
+enum { DT_F16 = 2 }; /* the small ops also take float16 (the products read it as float32) */
+
+static inline float f16_to_f32(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exponent = (h >> 10) & 0x1fu;
+    const uint32_t mantissa = h & 0x3ffu;
+    uint32_t u;
+    if (exponent == 0x1f) { /* inf, NaN */
+        u = sign | 0x7f800000u | (mantissa << 13);
+    } else if (exponent) { /* normal: rebias 15 -> 127 */
+        u = sign | ((exponent + 112u) << 23) | (mantissa << 13);
+    } else { /* zero or subnormal: mantissa * 2^-24, exact in float32 */
+        const float magnitude = (float)mantissa * 0x1p-24f;
+        memcpy(&u, &magnitude, 4);
+        u |= sign;
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* float32 -> float16, round to nearest even, as torch's conversion. */
+static inline uint16_t f32_to_f16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    const uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+    const uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return sign | 0x7e00u;   /* NaN */
+    if (a >= 0x477ff000u) return sign | 0x7c00u;  /* at or past halfway above 65504: inf */
+    if (a >= 0x38800000u) {                       /* normal in float16 (>= 2^-14) */
+        uint32_t r = a - 0x38000000u;             /* rebias 127 -> 15 */
+        r += 0xfffu + ((r >> 13) & 1u);           /* round to nearest even; may carry up */
+        return sign | (uint16_t)(r >> 13);
+    }
+    float magnitude;                              /* subnormal: units of 2^-24, rounded */
+    memcpy(&magnitude, &a, 4);
+    return sign | (uint16_t)rintf(magnitude * 0x1p24f); /* 1024 is the smallest normal: right */
+}
+
 static inline float load_at(const void* p, int dtype, long i) {
-    return dtype == DT_BF16 ? bf16_to_f32(((const uint16_t*)p)[i]) : ((const float*)p)[i];
+    switch (dtype) {
+        case DT_BF16: return bf16_to_f32(((const uint16_t*)p)[i]);
+        case DT_F16: return f16_to_f32(((const uint16_t*)p)[i]);
+        default: return ((const float*)p)[i];
+    }
 }
 
 static inline void store_at(void* p, int dtype, long i, float v) {
-    if (dtype == DT_BF16)
-        ((uint16_t*)p)[i] = f32_to_bf16(v);
-    else
-        ((float*)p)[i] = v;
+    switch (dtype) {
+        case DT_BF16: ((uint16_t*)p)[i] = f32_to_bf16(v); break;
+        case DT_F16: ((uint16_t*)p)[i] = f32_to_f16(v); break;
+        default: ((float*)p)[i] = v;
+    }
+}
+
+/* v rounded to dtype and back, as a torch `.to(dtype)` between two float32 steps. */
+static inline float round_to(int dtype, float v) {
+    switch (dtype) {
+        case DT_BF16: return bf16_to_f32(f32_to_bf16(v));
+        case DT_F16: return f16_to_f32(f32_to_f16(v));
+        default: return v;
+    }
+}
+
+static inline int ops_dtype_ok(int dtype) {
+    return dtype == DT_BF16 || dtype == DT_F32 || dtype == DT_F16;
 }
 
 /* y[r] = weight * to_dtype(x[r] / sqrt(mean(x[r]^2) + eps)), in float32, for `rows` rows of `dim`
- * values (x, weight and y all bfloat16 or all float32): RMSNorm as Llama's reference computes it. */
+ * values (x, weight and y all of one dtype): RMSNorm as Llama's reference computes it. */
 int lc_rms_norm(const void* x, const void* weight, void* y, int dtype, long rows, long dim,
                 float eps) {
-    if ((dtype != DT_BF16 && dtype != DT_F32) || rows < 0 || dim <= 0) return -1;
+    if (!ops_dtype_ok(dtype) || rows < 0 || dim <= 0) return -1;
     for (long r = 0; r < rows; r++) {
         const long base = r * dim;
         float partial[16] = {0};
@@ -565,8 +621,7 @@ int lc_rms_norm(const void* x, const void* weight, void* y, int dtype, long rows
         }
         const float inverse = 1.0f / sqrtf(squares / (float)dim + eps);
         for (i = 0; i < dim; i++) {
-            float normed = load_at(x, dtype, base + i) * inverse;
-            if (dtype == DT_BF16) normed = bf16_to_f32(f32_to_bf16(normed));
+            const float normed = round_to(dtype, load_at(x, dtype, base + i) * inverse);
             store_at(y, dtype, base + i, load_at(weight, dtype, i) * normed);
         }
     }
@@ -579,7 +634,7 @@ int lc_rms_norm(const void* x, const void* weight, void* y, int dtype, long rows
  * (i, i + dim / 2) (Hugging Face's). */
 int lc_rotary(const void* x, void* y, int dtype, const float* cos_table, const float* sin_table,
               long start, long tokens, long heads, long dim, int interleaved) {
-    if ((dtype != DT_BF16 && dtype != DT_F32) || dim <= 0 || dim % 2 || start < 0) return -1;
+    if (!ops_dtype_ok(dtype) || dim <= 0 || dim % 2 || start < 0) return -1;
     const long half = dim / 2;
     for (long t = 0; t < tokens; t++) {
         const float* c = cos_table + (start + t) * half;
