@@ -77,6 +77,11 @@ class NativeKernel:
         # w (torch's CPU int4 layout), scales_zeros, its dtype, group size
         int4_args = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_long]
         self._int4.argtypes = [*int4_args, *row_args]
+        self._int4_weights = lib.lc_int4_weights
+        self._int4_weights.restype = ctypes.c_int
+        # w, scales_zeros, its dtype, group, y, y dtype, rows, columns, threads
+        self._int4_weights.argtypes = [*int4_args, ctypes.c_void_p, ctypes.c_int]
+        self._int4_weights.argtypes += [ctypes.c_long, ctypes.c_long, ctypes.c_int]
         self._rms_norm = lib.lc_rms_norm
         self._rms_norm.restype = ctypes.c_int
         # x, weight, y, dtype, rows, dim, eps
@@ -148,6 +153,24 @@ class NativeKernel:
             max(1, threads),
         )
         return _result(rc, out, x.dtype, "int4")
+
+    def int4_weights(
+        self,
+        weight: torch.Tensor,
+        scales_zeros: torch.Tensor,
+        group_size: int,
+        dtype: torch.dtype,
+        threads: int,
+    ) -> torch.Tensor:
+        """The transposed float weight W^T [in, out] in `dtype` (bfloat16 or float32) of an int4
+        layer kept as `int4_matvec` takes it: (q - 8) * scale + zero, rounded once to dtype."""
+        out_f, in_f = weight.shape[0], weight.shape[1] * 2
+        out = torch.empty(in_f, out_f, dtype=dtype)
+        rc = self._int4_weights(
+            weight.data_ptr(), scales_zeros.data_ptr(), X_DTYPES[scales_zeros.dtype], group_size,
+            out.data_ptr(), X_DTYPES[dtype], out_f, in_f, max(1, threads),
+        )  # fmt: skip
+        return _result(rc, out, dtype, "int4 weights")
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         """engine.model.RMSNorm's result for x [..., dim] with a gain of x's dtype (`ops_fit`)."""
@@ -291,6 +314,9 @@ def _self_check(kernel: NativeKernel) -> str | None:
                 if not err <= CHECK_TOLERANCE:
                     where = f"int4 {rows}x{cols} group {group}, {dtype}, {threads} threads"
                     return f"self-check failed ({where}: error {err:.2g})"
+            written = kernel.int4_weights(packed, sz_d, group, dtype, 2)
+            if not torch.equal(written, dequantize_int4(q4, sz_d, group).to(dtype).T):
+                return f"self-check failed (int4 {rows}x{cols} weights written out, {dtype})"
     from engine.model import RMSNorm, Rotary
 
     for dtype in OPS_DTYPES:

@@ -41,6 +41,13 @@ DEFAULT_GROUP_SIZE = 64
 GROUP_SIZES = (32, 64, 128)
 PREFILL_ROWS = 16
 """From this many rows on, an int8 layer casts its weight and runs a GEMM (see Int8Linear)."""
+INT4_GEMM_ROWS = 64
+"""From this many rows on, an int4 layer on the compiled kernel writes its weight out in the
+activation dtype and runs a GEMM. torch's int4 kernel costs about the same per row at any chunk
+size, while writing the weight out costs a fixed ~2.5-4 ms per TinyLlama MLP weight: measured by
+benchmarks/prefill_int4.py (AMD EPYC, 2 threads), the GEMM way takes 0.9x torch's time at 32 rows,
+1.15x faster at 64, 1.6x at 128 and 2.4x at 512. The weight's rounding to bfloat16 is 2^-9 of each
+weight, far below its 4-bit step."""
 INT8_COL_MULTIPLE = 16
 """torch 2.13's `_weight_int8pack_mm` crashes the process (SIGSEGV) for an input size that is not
 a multiple of 16 (checked: 8, 24, 40, 56, 72 crash; 16, 32, 48, 64, 80 run), so such layers are
@@ -212,6 +219,12 @@ class Int4Linear(nn.Module):
             out = torch.ops.aten._weight_int4pack_mm(
                 flat, self.weight, self.group_size, self.scales_zeros
             )
+        elif self.native is not None and flat.shape[0] >= INT4_GEMM_ROWS:
+            # A prefill chunk: the weight written out in x's dtype, then a GEMM (INT4_GEMM_ROWS).
+            weight_t = self.native.int4_weights(
+                self.weight, self.scales_zeros, self.group_size, flat.dtype, torch.get_num_threads()
+            )  # [in, out]
+            out = flat @ weight_t
         else:
             out = torch.ops.aten._weight_int4pack_mm_for_cpu(
                 flat, self.weight, self.group_size, self.scales_zeros

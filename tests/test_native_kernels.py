@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from engine import native
 from engine.quant import (
+    INT4_GEMM_ROWS,
     Int4Linear,
     Int8Linear,
     dequantize_int4,
@@ -120,16 +121,40 @@ def test_int4_layer_runs_one_row_on_it(kernel) -> None:
     layer = Int4Linear(cols, rows, torch.bfloat16, group)
     layer.weight.copy_(pack_int4(q4, torch.device("cpu")))
     layer.scales_zeros.copy_(sz.bfloat16())
-    x = torch.randn(20, cols).bfloat16()
+    x = torch.randn(INT4_GEMM_ROWS + 6, cols).bfloat16()
     torch_rows = layer(x)
     layer.use_native(kernel)
     assert layer.native is kernel
     one = layer(x[:1])
     assert torch.allclose(one.float(), torch_rows[:1].float(), atol=1e-2 * one.abs().max().item())
-    assert torch.equal(layer(x), torch_rows)  # many rows stay on torch's kernel
+    few = x[: INT4_GEMM_ROWS - 1]
+    assert torch.equal(layer(few), torch_rows[: INT4_GEMM_ROWS - 1])  # a few: torch's kernel
+    # A prefill chunk: the weight written out in bfloat16 and a GEMM; the same within rounding.
+    many = layer(x)
+    assert many.dtype == torch.bfloat16 and many.shape == (INT4_GEMM_ROWS + 6, rows)
+    assert torch.allclose(many.float(), torch_rows.float(), atol=1e-2 * many.abs().max().item())
+    weight = dequantize_int4(q4, sz.bfloat16(), group).bfloat16()
+    assert torch.equal(many, x @ weight.T)
     odd = Int4Linear(cols, 80, torch.bfloat16, group)  # not whole 64-row blocks
     odd.use_native(kernel)
     assert odd.native is None
+
+
+@pytest.mark.parametrize("sz_dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shape", [(64, 64, 32), (192, 384, 64), (128, 1024, 128)])
+def test_int4_weights_written_out_are_the_dequantized_weights(kernel, shape, sz_dtype) -> None:
+    rows, cols, group = shape
+    g = torch.Generator().manual_seed(rows * 7 + cols)
+    q4, sz = quantize_int4(torch.randn(rows, cols, generator=g) * 0.05, group)
+    sz = sz.to(sz_dtype).contiguous()
+    packed = pack_int4(q4, torch.device("cpu"))
+    weight = dequantize_int4(q4, sz, group)  # float32, torch's arithmetic
+    for dtype in (torch.bfloat16, torch.float32):
+        for threads in (1, 2, 3):
+            got = kernel.int4_weights(packed, sz, group, dtype, threads)
+            assert got.dtype == dtype and got.shape == (cols, rows)
+            # the same float32 formula, rounded once: bit for bit
+            assert torch.equal(got, weight.to(dtype).T), (dtype, threads)
 
 
 def test_is_exact_where_the_arithmetic_is(kernel) -> None:
@@ -223,6 +248,25 @@ def test_model_decodes_like_torchs_kernel(kernel, tiny_model_dir: Path, monkeypa
     assert other["kernel"] == f"{quant}pack" and "native_isa" not in other
     # Both compute the same int8 weights with bfloat16 activations; they differ by rounding only.
     assert (mine - theirs).abs().max() <= 0.02 * theirs.abs().max()
+    assert (mine.argmax(-1) == theirs.argmax(-1)).float().mean() >= 0.9
+
+
+def test_int4_prefill_chunk_computes_like_torchs_kernel(kernel, tiny_model_dir: Path, monkeypatch):
+    from engine.loader import load_model
+    from engine.quant import Int4Linear
+
+    monkeypatch.setenv("LOOPCHAT_HOME", str(tiny_model_dir.parent / "native-home"))
+    ids = torch.tensor([1] + [3 + (i * 41) % 500 for i in range(INT4_GEMM_ROWS + 15)])
+    logits = {}
+    for name in ("int4native", "int4pack"):
+        monkeypatch.setenv("LOOPCHAT_KERNEL", name)
+        loaded = load_model(tiny_model_dir, dtype="bfloat16", device="cpu", quant="int4")
+        layers = [m for m in loaded.model.modules() if isinstance(m, Int4Linear)]
+        assert any(m.native is kernel for m in layers) == (name == "int4native")
+        with torch.inference_mode():
+            logits[name] = loaded.model(ids, 0).float()  # one chunk of 80 rows
+    mine, theirs = logits["int4native"], logits["int4pack"]
+    assert (mine - theirs).abs().max() <= 0.03 * theirs.abs().max()
     assert (mine.argmax(-1) == theirs.argmax(-1)).float().mean() >= 0.9
 
 
