@@ -79,9 +79,9 @@ class NativeKernel:
         self._int4.argtypes = [*int4_args, *row_args]
         self._int4_weights = lib.lc_int4_weights
         self._int4_weights.restype = ctypes.c_int
-        # w, scales_zeros, its dtype, group, y, y dtype, rows, columns, threads
+        # w, scales_zeros, its dtype, group, y, y dtype, rows, columns, first row, rows, threads
         self._int4_weights.argtypes = [*int4_args, ctypes.c_void_p, ctypes.c_int]
-        self._int4_weights.argtypes += [ctypes.c_long, ctypes.c_long, ctypes.c_int]
+        self._int4_weights.argtypes += [ctypes.c_long] * 4 + [ctypes.c_int]
         self._rms_norm = lib.lc_rms_norm
         self._rms_norm.restype = ctypes.c_int
         # x, weight, y, dtype, rows, dim, eps
@@ -161,14 +161,17 @@ class NativeKernel:
         group_size: int,
         dtype: torch.dtype,
         threads: int,
+        rows: slice = slice(None),
     ) -> torch.Tensor:
-        """The transposed float weight W^T [in, out] in `dtype` (bfloat16 or float32) of an int4
-        layer kept as `int4_matvec` takes it: (q - 8) * scale + zero, rounded once to dtype."""
+        """Rows `rows` (64-row aligned) of an int4 layer's float weight W, kept as `int4_matvec`
+        takes it, written out transposed: [in, rows] in `dtype` (bfloat16 or float32), each
+        weight (q - 8) * scale + zero rounded once to dtype."""
         out_f, in_f = weight.shape[0], weight.shape[1] * 2
-        out = torch.empty(in_f, out_f, dtype=dtype)
+        first, stop, _ = rows.indices(out_f)
+        out = torch.empty(in_f, max(0, stop - first), dtype=dtype)
         rc = self._int4_weights(
             weight.data_ptr(), scales_zeros.data_ptr(), X_DTYPES[scales_zeros.dtype], group_size,
-            out.data_ptr(), X_DTYPES[dtype], out_f, in_f, max(1, threads),
+            out.data_ptr(), X_DTYPES[dtype], out_f, in_f, first, stop - first, max(1, threads),
         )  # fmt: skip
         return _result(rc, out, dtype, "int4 weights")
 

@@ -48,6 +48,9 @@ size, while writing the weight out costs a fixed ~2.5-4 ms per TinyLlama MLP wei
 benchmarks/prefill_int4.py (AMD EPYC, 2 threads), the GEMM way takes 0.9x torch's time at 32 rows,
 1.15x faster at 64, 1.6x at 128 and 2.4x at 512. The weight's rounding to bfloat16 is 2^-9 of each
 weight, far below its 4-bit step."""
+INT4_WRITE_OUT_BYTES = 32 * 2**20
+"""Most bytes of float weight written out at once for a prefill chunk: the 7B shape's MLP weight is
+90 MB in bfloat16, and the 7B int4 target (4.5 GB peak) cannot spare that much on top."""
 INT8_COL_MULTIPLE = 16
 """torch 2.13's `_weight_int8pack_mm` crashes the process (SIGSEGV) for an input size that is not
 a multiple of 16 (checked: 8, 24, 40, 56, 72 crash; 16, 32, 48, 64, 80 run), so such layers are
@@ -220,16 +223,33 @@ class Int4Linear(nn.Module):
                 flat, self.weight, self.group_size, self.scales_zeros
             )
         elif self.native is not None and flat.shape[0] >= INT4_GEMM_ROWS:
-            # A prefill chunk: the weight written out in x's dtype, then a GEMM (INT4_GEMM_ROWS).
-            weight_t = self.native.int4_weights(
-                self.weight, self.scales_zeros, self.group_size, flat.dtype, torch.get_num_threads()
-            )  # [in, out]
-            out = flat @ weight_t
+            out = self._written_out_product(flat)
         else:
             out = torch.ops.aten._weight_int4pack_mm_for_cpu(
                 flat, self.weight, self.group_size, self.scales_zeros
             )
         return out.view(*x.shape[:-1], self.out_features)
+
+    def _written_out_product(self, flat: torch.Tensor) -> torch.Tensor:
+        """A prefill chunk's product (INT4_GEMM_ROWS): the weight written out in x's dtype, a
+        slice of rows at a time so the float copy never exceeds INT4_WRITE_OUT_BYTES, then GEMMs."""
+        assert self.native is not None
+        threads = torch.get_num_threads()
+        per_row = self.in_features * flat.element_size()
+        step = INT4_WRITE_OUT_BYTES // per_row // INT4_PACK_ROWS * INT4_PACK_ROWS
+        step = max(INT4_PACK_ROWS, step)
+        if step >= self.out_features:
+            return flat @ self.native.int4_weights(
+                self.weight, self.scales_zeros, self.group_size, flat.dtype, threads
+            )
+        out = flat.new_empty(flat.shape[0], self.out_features)
+        for first in range(0, self.out_features, step):
+            rows = slice(first, min(first + step, self.out_features))
+            weight_t = self.native.int4_weights(
+                self.weight, self.scales_zeros, self.group_size, flat.dtype, threads, rows
+            )  # [in, rows]
+            out[:, rows] = flat @ weight_t
+        return out
 
 
 class Int8Embedding(nn.Module):

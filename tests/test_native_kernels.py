@@ -157,6 +157,29 @@ def test_int4_weights_written_out_are_the_dequantized_weights(kernel, shape, sz_
             assert torch.equal(got, weight.to(dtype).T), (dtype, threads)
 
 
+def test_int4_weights_are_written_out_a_slice_of_rows_at_a_time(kernel, monkeypatch) -> None:
+    from engine import quant
+
+    rows, cols, group = 320, 256, 64
+    q4, sz = quantize_int4(torch.randn(rows, cols) * 0.05, group)
+    packed, sz = pack_int4(q4, torch.device("cpu")), sz.bfloat16().contiguous()
+    whole = kernel.int4_weights(packed, sz, group, torch.bfloat16, 2)
+    part = kernel.int4_weights(packed, sz, group, torch.bfloat16, 2, slice(128, 256))
+    assert torch.equal(part, whole[:, 128:256])
+    with pytest.raises(RuntimeError, match="failed"):
+        kernel.int4_weights(packed, sz, group, torch.bfloat16, 2, slice(100, 164))  # unaligned
+
+    layer = Int4Linear(cols, rows, torch.bfloat16, group)
+    layer.weight.copy_(packed)
+    layer.scales_zeros.copy_(sz)
+    layer.use_native(kernel)
+    x = torch.randn(INT4_GEMM_ROWS, cols).bfloat16()
+    at_once = layer(x)
+    # 128 rows' worth of float weight at a time: three slices (128, 128, 64 rows), same result
+    monkeypatch.setattr(quant, "INT4_WRITE_OUT_BYTES", 128 * cols * 2)
+    assert torch.equal(layer(x), at_once)
+
+
 def test_is_exact_where_the_arithmetic_is(kernel) -> None:
     # Integer activations within 256x of each group's largest are represented exactly, products
     # and group sums are exact integers, so the result is the exact dot product, rounded once.

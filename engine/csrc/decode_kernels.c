@@ -155,6 +155,8 @@ typedef struct {
     long n;
     long chunk;             /* rows (int8) or 64-row blocks (int4) per claimed chunk */
     long units;             /* rows or blocks */
+    long row0;              /* int4 weights written out: the first row, a multiple of 64 */
+    long y_cols;            /* int4 weights written out: rows written (y's row length) */
     long chunks;
 } Job;
 
@@ -272,10 +274,12 @@ static void int4_block(long b) {
 }
 
 /* One 64-row block of an int4 weight written out as float: w = (q - 8) * scale + zero (float32,
- * as engine/quant.py's dequantize_int4), rounded to y's dtype, into y = W^T [k][n], where the
- * block's 64 rows of one input column are 64 consecutive values (what the layout gives). */
+ * as engine/quant.py's dequantize_int4), rounded to y's dtype, into y = W^T [k][y_cols] (rows
+ * row0.. of W), where the block's 64 rows of one input column are 64 consecutive values (what the
+ * layout gives). */
 static void int4_block_weights(long b) {
-    const long k = job.k, n = job.n, group = job.group, r0 = b * INT4_BLOCK;
+    const long k = job.k, n = job.y_cols, group = job.group, r0 = b * INT4_BLOCK;
+    const long c0 = r0 - job.row0;
     const uint8_t* base = job.w4 + b * k * (INT4_BLOCK / 2);
     float scale[INT4_BLOCK], zero[INT4_BLOCK], w[INT4_BLOCK];
     for (long g = 0; g < k / group; g++) {
@@ -290,10 +294,10 @@ static void int4_block_weights(long b) {
                 w[j + 32] = ((float)(bytes[j] >> 4) - 8.0f) * scale[j + 32] + zero[j + 32];
             }
             if (job.y_dtype == DT_BF16) {
-                uint16_t* out = (uint16_t*)job.y + kk * n + r0;
+                uint16_t* out = (uint16_t*)job.y + kk * n + c0;
                 for (int j = 0; j < INT4_BLOCK; j++) out[j] = f32_to_bf16(w[j]);
             } else {
-                memcpy((float*)job.y + kk * n + r0, w, sizeof w);
+                memcpy((float*)job.y + kk * n + c0, w, sizeof w);
             }
         }
     }
@@ -307,7 +311,7 @@ static void run_chunk(long c) {
         return;
     }
     if (job.kind == KIND_INT4_WEIGHTS) {
-        for (long b = u0; b < u1; b++) int4_block_weights(b);
+        for (long b = u0; b < u1; b++) int4_block_weights(job.row0 / INT4_BLOCK + b);
         return;
     }
     for (long r = u0; r < u1; r++)
@@ -555,18 +559,20 @@ int lc_int4_matvec(const uint8_t* w, const void* scales_zeros, int sz_dtype, lon
     return submit(&request, x, x_dtype, threads);
 }
 
-/* The float weight W^T [k][n] (bfloat16 or float32) of an int4 layer in torch's CPU layout, for a
- * prefill chunk's GEMM: torch's int4 kernel takes ~2.3x as long for 512 rows as a bfloat16 GEMM,
- * and writing the weight out costs a fraction of that GEMM. Same layout rules as lc_int4_matvec. */
+/* Rows row0 .. row0 + rows of the float weight of an int4 layer in torch's CPU layout, written out
+ * transposed as y [k][rows] (bfloat16 or float32), for a prefill chunk's GEMM: torch's int4 kernel
+ * takes ~2.4x as long for 512 rows as a bfloat16 GEMM, and writing the weight out costs a fraction
+ * of that GEMM. row0 and rows are multiples of 64; the layout rules are lc_int4_matvec's. */
 int lc_int4_weights(const uint8_t* w, const void* scales_zeros, int sz_dtype, long group, void* y,
-                    int y_dtype, long n, long k, int threads) {
+                    int y_dtype, long n, long k, long row0, long rows, int threads) {
     if (n <= 0 || n % INT4_BLOCK || n >= (1L << 31) || k <= 0 || group <= 0 || group % 2 ||
-        k % group || threads < 1 || !dtypes_ok(sz_dtype, y_dtype))
+        k % group || threads < 1 || !dtypes_ok(sz_dtype, y_dtype) || row0 < 0 || rows <= 0 ||
+        row0 % INT4_BLOCK || rows % INT4_BLOCK || row0 + rows > n)
         return -1;
     pthread_mutex_lock(&call_lock);
     job = (Job){.kind = KIND_INT4_WEIGHTS, .w4 = w, .sz = scales_zeros, .sz_dtype = sz_dtype,
-                .group = group, .y = y, .y_dtype = y_dtype, .k = k, .n = n,
-                .units = n / INT4_BLOCK};
+                .group = group, .y = y, .y_dtype = y_dtype, .k = k, .n = n, .row0 = row0,
+                .y_cols = rows, .units = rows / INT4_BLOCK};
     run_job(threads);
     pthread_mutex_unlock(&call_lock);
     return 0;
