@@ -42,7 +42,9 @@ def test_tooltip_says_when_loopchats_compiled_kernel_runs_the_weights(
     monkeypatch.setenv("LOOPCHAT_KERNEL", "int8native")
     win = make_window(qtbot, home, **{"engine/dtype": "bfloat16"})
     load(qtbot, win, tiny_model_dir)
-    assert "compiled kernel" not in win.status_line.device_label.toolTip()
+    before = win.status_line.device_label.toolTip()
+    assert "compiled kernel" not in before  # 16-bit weights: torch's products
+    assert "Norms and rotary embedding: Loopchat's compiled C" in before  # but compiled norms
     with qtbot.waitSignal(win.model_ready, timeout=120_000) as ready:
         win.weights_actions["int8"].trigger()
     assert ready.args[0].extra["kernel"] == "int8native"

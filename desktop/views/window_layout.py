@@ -302,6 +302,8 @@ def runtime_tooltip(info: ModelInfo) -> str:
         lines.append(f"Kernel: {extra['kernel']} ({how})")
     if extra.get("native_isa"):
         lines.append(f"Loopchat's compiled kernel, built here for {extra['native_isa']}")
+    if extra.get("native_ops"):
+        lines.append("Norms and rotary embedding: Loopchat's compiled C")
     if extra.get("threads"):
         governed = ", adjusted while decoding" if extra.get("thread_governor") else ""
         lines.append(f"Threads: {extra['threads']}{governed}")
