@@ -18,6 +18,7 @@ from engine.config import ModelArgs
 from engine.errors import EngineError
 from engine.kv_cache import KVCache
 from engine.linear import Linear
+from engine.quant import project
 
 if TYPE_CHECKING:
     from engine.native import NativeKernel
@@ -115,9 +116,10 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, start_pos: int) -> torch.Tensor:
         n = x.shape[0]
-        q = self.wq(x).view(n, self.n_heads, self.head_dim)  # [T, H, d]
-        k = self.wk(x).view(n, self.n_kv_heads, self.head_dim)  # [T, Hkv, d]
-        v = self.wv(x).view(n, self.n_kv_heads, self.head_dim)  # [T, Hkv, d]
+        q, k, v = project((self.wq, self.wk, self.wv), x)
+        q = q.view(n, self.n_heads, self.head_dim)  # [T, H, d]
+        k = k.view(n, self.n_kv_heads, self.head_dim)  # [T, Hkv, d]
+        v = v.view(n, self.n_kv_heads, self.head_dim)  # [T, Hkv, d]
         assert self.cache is not None and self.rotary is not None, "setup_cache() comes first"
         q = self.rotary.apply(q, start_pos)
         k = self.rotary.apply(k, start_pos)
@@ -144,7 +146,8 @@ class FeedForward(nn.Module):
         self.w3 = Linear(args.dim, args.hidden_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        gate, up = project((self.w1, self.w3), x)
+        return self.w2(F.silu(gate) * up)
 
 
 class TransformerBlock(nn.Module):

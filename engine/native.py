@@ -32,7 +32,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ABI = 3
+ABI = 4
 """lc_abi() of the source this module speaks to; a library reporting another is rebuilt."""
 SOURCE = "decode_kernels.c"
 COMPILE_TIMEOUT_S = 120
@@ -77,6 +77,13 @@ class NativeKernel:
         # w (torch's CPU int4 layout), scales_zeros, its dtype, group size
         int4_args = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_long]
         self._int4.argtypes = [*int4_args, *row_args]
+        self._int4_many = lib.lc_int4_matvec_many
+        self._int4_many.restype = ctypes.c_int
+        # count, weights, scales_zeros, outputs, rows (arrays), sz dtype, group, x, x dtype,
+        # y dtype, columns, threads
+        self._int4_many.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 4
+        self._int4_many.argtypes += [ctypes.c_int, ctypes.c_long, ctypes.c_void_p, ctypes.c_int]
+        self._int4_many.argtypes += [ctypes.c_int, ctypes.c_long, ctypes.c_int]
         self._int4_weights = lib.lc_int4_weights
         self._int4_weights.restype = ctypes.c_int
         # w, scales_zeros, its dtype, group, y, y dtype, rows, columns, first row, rows, threads
@@ -153,6 +160,32 @@ class NativeKernel:
             max(1, threads),
         )
         return _result(rc, out, x.dtype, "int4")
+
+    def int4_matvec_many(
+        self,
+        x: torch.Tensor,
+        weights: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        group_size: int,
+        threads: int,
+    ) -> list[torch.Tensor]:
+        """One row x [1, in] times several int4 weights (weight, scales_zeros) of one group size
+        and scale dtype, as `int4_matvec` takes each, in one job (x rounded once); [1, out_i]."""
+        count = len(weights)
+        row = x if x.dtype in X_DTYPES else x.float()
+        row = row.contiguous()
+        code = X_DTYPES[row.dtype]
+        outs = [torch.empty(1, w.shape[0], dtype=row.dtype) for w, _ in weights]
+        pointers = ctypes.c_void_p * count
+        rc = self._int4_many(
+            count,
+            pointers(*(w.data_ptr() for w, _ in weights)),
+            pointers(*(sz.data_ptr() for _, sz in weights)),
+            pointers(*(out.data_ptr() for out in outs)),
+            (ctypes.c_long * count)(*(w.shape[0] for w, _ in weights)),
+            X_DTYPES[weights[0][1].dtype], group_size, row.data_ptr(), code, code,
+            row.shape[-1], max(1, threads),
+        )  # fmt: skip
+        return [_result(rc, out, x.dtype, "int4") for out in outs]
 
     def int4_weights(
         self,

@@ -180,6 +180,60 @@ def test_int4_weights_are_written_out_a_slice_of_rows_at_a_time(kernel, monkeypa
     assert torch.equal(layer(x), at_once)
 
 
+@pytest.mark.parametrize("sz_dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("rows", [(192,), (128, 64, 64), (256, 64, 64, 192)])
+def test_int4_products_of_one_x_in_one_job_equal_each_alone(kernel, rows, sz_dtype) -> None:
+    cols, group = 384, 64
+    g = torch.Generator().manual_seed(sum(rows))
+    weights = []
+    for n in rows:
+        q4, sz = quantize_int4(torch.randn(n, cols, generator=g) * 0.05, group)
+        weights.append((pack_int4(q4, torch.device("cpu")), sz.to(sz_dtype).contiguous()))
+    x = torch.randn(1, cols, generator=g)
+    for x_dtype in (torch.bfloat16, torch.float32):
+        for threads in (1, 2, 3):
+            together = kernel.int4_matvec_many(x.to(x_dtype), weights, group, threads)
+            alone = [kernel.int4_matvec(x.to(x_dtype), w, sz, group, threads) for w, sz in weights]
+            assert [t.shape for t in together] == [(1, n) for n in rows]
+            # the same rounded x and the same arithmetic per block: bit for bit
+            assert all(torch.equal(a, b) for a, b in zip(together, alone, strict=True))
+    with pytest.raises(RuntimeError, match="failed"):
+        kernel.int4_matvec_many(x, weights * 5, group, 2)  # more than one job takes
+
+
+def test_projections_sharing_x_go_as_one_job_only_for_a_decode_row(kernel, monkeypatch) -> None:
+    from engine.quant import project
+
+    cols, group = 256, 64
+    layers = []
+    for n in (128, 64, 64):
+        q4, sz = quantize_int4(torch.randn(n, cols) * 0.05, group)
+        layer = Int4Linear(cols, n, torch.bfloat16, group)
+        layer.weight.copy_(pack_int4(q4, torch.device("cpu")))
+        layer.scales_zeros.copy_(sz.bfloat16())
+        layer.use_native(kernel)
+        layers.append(layer)
+    jobs = []
+    many = kernel.int4_matvec_many
+    monkeypatch.setattr(kernel, "int4_matvec_many", lambda *a: jobs.append(1) or many(*a))
+    row = torch.randn(1, cols).bfloat16()
+    together = project(layers, row)
+    assert len(jobs) == 1
+    assert all(torch.equal(t, layer(row)) for t, layer in zip(together, layers, strict=True))
+    prefill = torch.randn(5, cols).bfloat16()
+    assert all(
+        torch.equal(t, layer(prefill))
+        for t, layer in zip(project(layers, prefill), layers, strict=True)
+    )
+    other = Int8Linear(cols, 64, torch.bfloat16)  # another format: layer by layer
+    q8, s8 = quantize_int8(torch.randn(64, cols))
+    other.weight.copy_(q8)
+    other.scales.copy_(s8.bfloat16())
+    other.use_native(kernel)
+    mixed = project([layers[0], other], row)
+    assert len(jobs) == 1 and torch.equal(mixed[1], other(row))
+
+
 def test_is_exact_where_the_arithmetic_is(kernel) -> None:
     # Integer activations within 256x of each group's largest are represented exactly, products
     # and group sums are exact integers, so the result is the exact dot product, rounded once.

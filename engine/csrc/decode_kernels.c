@@ -35,7 +35,7 @@
 #define CPU_RELAX() ((void)0)
 #endif
 
-#define LC_ABI 3
+#define LC_ABI 4
 #define GROUP 128 /* activation group of the int8 product */
 #define MAX_THREADS 64
 #define SPIN_ROUNDS 20000
@@ -137,6 +137,17 @@ static inline float row_dot(const int8_t* w, const int16_t* xq, const float* gsc
 /* ---------------------------------------------------------------------------------------------
  * The job and the pool. */
 
+#define MAX_PARTS 4 /* weights of one fused int4 product (q, k, v; gate, up) */
+
+/* One int4 weight of a product: its rows are units first .. first + n / 64 - 1 of the job. */
+typedef struct {
+    const uint8_t* w4;      /* torch's CPU layout [n / 64][k][32] */
+    const void* sz;         /* [k / group][n][2] scale and zero, sz_dtype */
+    void* y;                /* its n outputs */
+    long n;
+    long first;
+} Part;
+
 typedef struct {
     int kind;
     const int8_t* w;        /* int8: [n, k] row-major */
@@ -155,6 +166,8 @@ typedef struct {
     long n;
     long chunk;             /* rows (int8) or 64-row blocks (int4) per claimed chunk */
     long units;             /* rows or blocks */
+    Part parts[MAX_PARTS];  /* int4 product: the weights sharing x */
+    int n_parts;
     long row0;              /* int4 weights written out: the first row, a multiple of 64 */
     long y_cols;            /* int4 weights written out: rows written (y's row length) */
     long chunks;
@@ -171,17 +184,16 @@ static atomic_int seats; /* helpers still wanted by the current job (the call's 
 static int n_workers;
 static pthread_mutex_t call_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static inline void store(long r, float v) {
+static inline void store_to(void* y, long r, float v) {
     if (job.y_dtype == DT_BF16)
-        ((uint16_t*)job.y)[r] = f32_to_bf16(v);
+        ((uint16_t*)y)[r] = f32_to_bf16(v);
     else
-        ((float*)job.y)[r] = v;
+        ((float*)y)[r] = v;
 }
 
-static inline float sz_value(long g, long r, int which) {
-    long i = (g * job.n + r) * 2 + which;
-    return job.sz_dtype == DT_BF16 ? bf16_to_f32(((const uint16_t*)job.sz)[i])
-                                   : ((const float*)job.sz)[i];
+static inline float sz_value(const void* sz, long n, long g, long r, int which) {
+    long i = (g * n + r) * 2 + which;
+    return job.sz_dtype == DT_BF16 ? bf16_to_f32(((const uint16_t*)sz)[i]) : ((const float*)sz)[i];
 }
 
 /* One 64-row block of the int4 product. torch's CPU layout keeps, per block and input column k,
@@ -189,9 +201,9 @@ static inline float sz_value(long g, long r, int which) {
  * 64-byte line. Per group of the weights: integer sums of q * xq per row, then
  * w = (q - 8) * scale + zero gives  sum_k w x = xs * (scale * (sum q xq - 8 S) + zero * S)  with
  * S the group's sum of xq and xs its activation scale. */
-static void int4_block(long b) {
+static void int4_block(const Part* part, long b) {
     const long k = job.k, group = job.group, groups = k / group, r0 = b * INT4_BLOCK;
-    const uint8_t* base = job.w4 + b * k * (INT4_BLOCK / 2);
+    const uint8_t* base = part->w4 + b * k * (INT4_BLOCK / 2);
     float out[INT4_BLOCK];
 #if defined(__AVX512BW__) && defined(__AVX512VBMI__)
     /* byte 2i <- byte i (column k, row i), byte 2i+1 <- byte 32+i (column k+1, row i) */
@@ -237,11 +249,11 @@ static void int4_block(long b) {
             __m512 scale, zero;
             if (job.sz_dtype == DT_BF16) {
                 __m512i pairs = _mm512_loadu_si512(
-                    (const void*)((const uint16_t*)job.sz + (g * job.n + r) * 2));
+                    (const void*)((const uint16_t*)part->sz + (g * part->n + r) * 2));
                 scale = _mm512_castsi512_ps(_mm512_slli_epi32(pairs, 16));
                 zero = _mm512_castsi512_ps(_mm512_and_si512(pairs, high16));
             } else {
-                const float* p = (const float*)job.sz + (g * job.n + r) * 2;
+                const float* p = (const float*)part->sz + (g * part->n + r) * 2;
                 __m512 first = _mm512_loadu_ps(p), second = _mm512_loadu_ps(p + 16);
                 const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8,
                                                       6, 4, 2, 0);
@@ -265,12 +277,13 @@ static void int4_block(long b) {
                 uint8_t byte = base[kk * (INT4_BLOCK / 2) + (j & 31)];
                 acc += (int32_t)(j < 32 ? byte & 15 : byte >> 4) * job.xq[kk];
             }
-            float scale = sz_value(g, r0 + j, 0), zero = sz_value(g, r0 + j, 1);
+            float scale = sz_value(part->sz, part->n, g, r0 + j, 0);
+            float zero = sz_value(part->sz, part->n, g, r0 + j, 1);
             out[j] += job.gscale[g] * (scale * (float)(acc - 8 * sum) + zero * (float)sum);
         }
     }
 #endif
-    for (int j = 0; j < INT4_BLOCK; j++) store(r0 + j, out[j]);
+    for (int j = 0; j < INT4_BLOCK; j++) store_to(part->y, r0 + j, out[j]);
 }
 
 /* One 64-row block of an int4 weight written out as float: w = (q - 8) * scale + zero (float32,
@@ -284,8 +297,8 @@ static void int4_block_weights(long b) {
     float scale[INT4_BLOCK], zero[INT4_BLOCK], w[INT4_BLOCK];
     for (long g = 0; g < k / group; g++) {
         for (int j = 0; j < INT4_BLOCK; j++) {
-            scale[j] = sz_value(g, r0 + j, 0);
-            zero[j] = sz_value(g, r0 + j, 1);
+            scale[j] = sz_value(job.sz, job.n, g, r0 + j, 0);
+            zero[j] = sz_value(job.sz, job.n, g, r0 + j, 1);
         }
         for (long kk = g * group; kk < (g + 1) * group; kk++) {
             const uint8_t* bytes = base + kk * (INT4_BLOCK / 2);
@@ -307,7 +320,11 @@ static void run_chunk(long c) {
     long u0 = c * job.chunk;
     long u1 = u0 + job.chunk < job.units ? u0 + job.chunk : job.units;
     if (job.kind == KIND_INT4) {
-        for (long b = u0; b < u1; b++) int4_block(b);
+        int i = 0;
+        for (long u = u0; u < u1; u++) {
+            while (i + 1 < job.n_parts && u >= job.parts[i + 1].first) i++;
+            int4_block(&job.parts[i], u - job.parts[i].first);
+        }
         return;
     }
     if (job.kind == KIND_INT4_WEIGHTS) {
@@ -315,7 +332,7 @@ static void run_chunk(long c) {
         return;
     }
     for (long r = u0; r < u1; r++)
-        store(r, row_dot(job.w + r * job.k, job.xq, job.gscale, job.k) * job.scales[r]);
+        store_to(job.y, r, row_dot(job.w + r * job.k, job.xq, job.gscale, job.k) * job.scales[r]);
 }
 
 /* Claim and run chunks of generation `gen` until none is left. */
@@ -546,17 +563,35 @@ int lc_int8_matvec(const int8_t* w, const float* scales, const void* x, int x_dt
     return submit(&request, x, x_dtype, threads);
 }
 
-/* y = x W^T for torch's CPU int4 layout (`_convert_weight_to_int4pack_for_cpu`, [n / 64][k][32]
- * bytes) with scales_zeros [k / group][n][2] (bfloat16 or float32): w = (q - 8) * scale + zero.
- * n must be a multiple of 64, k of group, group even and at most 256. */
+/* y_i = x W_i^T for `count` int4 weights that read the same x (a layer's q, k and v; its gate and
+ * up projections), as one job: x is rounded once and one hand-out of 64-row blocks covers them all,
+ * so the short k and v products do not each pay a wake-up and a tail of their own. Each W_i is in
+ * torch's CPU int4 layout (`_convert_weight_to_int4pack_for_cpu`, [n_i / 64][k][32] bytes) with
+ * scales_zeros [k / group][n_i][2] (bfloat16 or float32): w = (q - 8) * scale + zero. Every n_i
+ * must be a multiple of 64, k of group, group even and at most 256. */
+int lc_int4_matvec_many(int count, const uint8_t* const* w, const void* const* scales_zeros,
+                        void* const* y, const long* n, int sz_dtype, long group, const void* x,
+                        int x_dtype, int y_dtype, long k, int threads) {
+    if (count < 1 || count > MAX_PARTS || group <= 0 || group > 256 || group % 2 || k <= 0 ||
+        k % group || (sz_dtype != DT_BF16 && sz_dtype != DT_F32))
+        return -1;
+    Job request = {.kind = KIND_INT4, .sz_dtype = sz_dtype, .group = group, .y_dtype = y_dtype,
+                   .k = k, .n_parts = count};
+    for (int i = 0; i < count; i++) {
+        if (n[i] <= 0 || n[i] % INT4_BLOCK) return -1;
+        request.parts[i] = (Part){.w4 = w[i], .sz = scales_zeros[i], .y = y[i], .n = n[i],
+                                  .first = request.units};
+        request.units += n[i] / INT4_BLOCK;
+        request.n += n[i];
+    }
+    return submit(&request, x, x_dtype, threads);
+}
+
+/* The same for one weight. */
 int lc_int4_matvec(const uint8_t* w, const void* scales_zeros, int sz_dtype, long group,
                    const void* x, int x_dtype, void* y, int y_dtype, long n, long k, int threads) {
-    if (n <= 0 || n % INT4_BLOCK || group <= 0 || group > 256 || group % 2 || k % group) return -1;
-    if (sz_dtype != DT_BF16 && sz_dtype != DT_F32) return -1;
-    Job request = {.kind = KIND_INT4, .w4 = w, .sz = scales_zeros, .sz_dtype = sz_dtype,
-                   .group = group, .y = y, .y_dtype = y_dtype, .k = k, .n = n,
-                   .units = n / INT4_BLOCK};
-    return submit(&request, x, x_dtype, threads);
+    return lc_int4_matvec_many(1, &w, &scales_zeros, &y, &n, sz_dtype, group, x, x_dtype, y_dtype,
+                               k, threads);
 }
 
 /* Rows row0 .. row0 + rows of the float weight of an int4 layer in torch's CPU layout, written out
