@@ -116,7 +116,7 @@ class NativeKernel:
 
         `weight` and `scales32` (float32) must be contiguous CPU tensors; the result has x's dtype.
         """
-        row, out, code = _row(x, weight.shape[0])
+        row, (out,), code = _row(x, weight.shape[0])
         rc = self._int8(
             weight.data_ptr(),
             scales32.data_ptr(),
@@ -145,7 +145,7 @@ class NativeKernel:
         keeps them; `int4_fits_native` says which shapes the kernel takes.
         """
         out_f, in_f = weight.shape[0], weight.shape[1] * 2
-        row, out, code = _row(x, out_f)
+        row, (out,), code = _row(x, out_f)
         rc = self._int4(
             weight.data_ptr(),
             scales_zeros.data_ptr(),
@@ -171,10 +171,7 @@ class NativeKernel:
         """One row x [1, in] times several int4 weights (weight, scales_zeros) of one group size
         and scale dtype, as `int4_matvec` takes each, in one job (x rounded once); [1, out_i]."""
         count = len(weights)
-        row = x if x.dtype in X_DTYPES else x.float()
-        row = row.contiguous()
-        code = X_DTYPES[row.dtype]
-        outs = [torch.empty(1, w.shape[0], dtype=row.dtype) for w, _ in weights]
+        row, outs, code = _row(x, *(w.shape[0] for w, _ in weights))
         pointers = ctypes.c_void_p * count
         rc = self._int4_many(
             count,
@@ -249,11 +246,13 @@ def int4_fits_native(out_features: int, group_size: int, sz_dtype: torch.dtype) 
     )
 
 
-def _row(x: torch.Tensor, out_features: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """The activation row as the C code reads it (float16 goes through float32), and its output."""
+def _row(x: torch.Tensor, *out_features: int) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+    """The activation row as the C code reads it (float16 goes through float32), an output row per
+    product, and the row's dtype code."""
     row = x if x.dtype in X_DTYPES else x.float()
     row = row.contiguous()
-    return row, torch.empty(1, out_features, dtype=row.dtype), X_DTYPES[row.dtype]
+    outs = [torch.empty(1, n, dtype=row.dtype) for n in out_features]
+    return row, outs, X_DTYPES[row.dtype]
 
 
 def _result(rc: int, out: torch.Tensor, wanted: torch.dtype, kind: str) -> torch.Tensor:

@@ -90,3 +90,15 @@ def tiny_gqa_meta_dir(_tiny_gqa: dict) -> Path:
 def tiny_model_dir(tiny_gqa_hf_dir: Path) -> Path:
     """The model other parts (desktop, hub, CLI) use."""
     return tiny_gqa_hf_dir
+
+
+@pytest.fixture
+def kernel():
+    """Loopchat's compiled kernels (engine/native.py); the test is skipped where they cannot be
+    built (tests/test_native_kernels.py fails instead where a compiler should have built them)."""
+    from engine import native
+
+    built = native.load()
+    if built is None:
+        pytest.skip(f"no native kernel here: {native.unavailable_reason()}")
+    return built

@@ -35,14 +35,6 @@ BUILDABLE = sys.platform != "win32" and native.compiler() is not None
 
 
 @pytest.fixture
-def kernel() -> native.NativeKernel:
-    built = native.load()
-    if built is None:
-        pytest.skip(f"no native kernel here: {native.unavailable_reason()}")
-    return built
-
-
-@pytest.fixture
 def fresh_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """`native.load()` runs again from scratch in an empty cache folder, then is reset; a
     developer's own LOOPCHAT_NATIVE=0 must not decide these tests."""

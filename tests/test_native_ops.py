@@ -12,14 +12,6 @@ from engine import native
 from engine.model import RMSNorm, Rotary
 
 
-@pytest.fixture
-def kernel() -> native.NativeKernel:
-    built = native.load()
-    if built is None:
-        pytest.skip(f"no native kernel here: {native.unavailable_reason()}")
-    return built
-
-
 def _norm(dim: int, dtype: torch.dtype, seed: int) -> RMSNorm:
     g = torch.Generator().manual_seed(seed)
     norm = RMSNorm(dim, 1e-5)

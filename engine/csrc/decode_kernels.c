@@ -151,10 +151,8 @@ typedef struct {
 typedef struct {
     int kind;
     const int8_t* w;        /* int8: [n, k] row-major */
-    const uint8_t* w4;      /* int4: torch's CPU layout [n / 64][k][32] */
     const float* scales;    /* int8: per row */
-    const void* sz;         /* int4: [k / group][n][2] scale and zero, sz_dtype */
-    int sz_dtype;
+    int sz_dtype;           /* int4: the dtype of every part's scales and zeros */
     long group;             /* activation group (int4: the weights' group) */
     const int16_t* xq;
     const float* gscale;
@@ -166,7 +164,7 @@ typedef struct {
     long n;
     long chunk;             /* rows (int8) or 64-row blocks (int4) per claimed chunk */
     long units;             /* rows or blocks */
-    Part parts[MAX_PARTS];  /* int4 product: the weights sharing x */
+    Part parts[MAX_PARTS];  /* int4: the weights sharing x (written out: the one weight) */
     int n_parts;
     long row0;              /* int4 weights written out: the first row, a multiple of 64 */
     long y_cols;            /* int4 weights written out: rows written (y's row length) */
@@ -293,12 +291,13 @@ static void int4_block(const Part* part, long b) {
 static void int4_block_weights(long b) {
     const long k = job.k, n = job.y_cols, group = job.group, r0 = b * INT4_BLOCK;
     const long c0 = r0 - job.row0;
-    const uint8_t* base = job.w4 + b * k * (INT4_BLOCK / 2);
+    const Part* part = &job.parts[0];
+    const uint8_t* base = part->w4 + b * k * (INT4_BLOCK / 2);
     float scale[INT4_BLOCK], zero[INT4_BLOCK], w[INT4_BLOCK];
     for (long g = 0; g < k / group; g++) {
         for (int j = 0; j < INT4_BLOCK; j++) {
-            scale[j] = sz_value(job.sz, job.n, g, r0 + j, 0);
-            zero[j] = sz_value(job.sz, job.n, g, r0 + j, 1);
+            scale[j] = sz_value(part->sz, part->n, g, r0 + j, 0);
+            zero[j] = sz_value(part->sz, part->n, g, r0 + j, 1);
         }
         for (long kk = g * group; kk < (g + 1) * group; kk++) {
             const uint8_t* bytes = base + kk * (INT4_BLOCK / 2);
@@ -605,9 +604,10 @@ int lc_int4_weights(const uint8_t* w, const void* scales_zeros, int sz_dtype, lo
         row0 % INT4_BLOCK || rows % INT4_BLOCK || row0 + rows > n)
         return -1;
     pthread_mutex_lock(&call_lock);
-    job = (Job){.kind = KIND_INT4_WEIGHTS, .w4 = w, .sz = scales_zeros, .sz_dtype = sz_dtype,
-                .group = group, .y = y, .y_dtype = y_dtype, .k = k, .n = n, .row0 = row0,
-                .y_cols = rows, .units = rows / INT4_BLOCK};
+    job = (Job){.kind = KIND_INT4_WEIGHTS, .sz_dtype = sz_dtype, .group = group, .y = y,
+                .y_dtype = y_dtype, .k = k, .n = n, .row0 = row0, .y_cols = rows,
+                .units = rows / INT4_BLOCK, .n_parts = 1};
+    job.parts[0] = (Part){.w4 = w, .sz = scales_zeros, .n = n};
     run_job(threads);
     pthread_mutex_unlock(&call_lock);
     return 0;
