@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from engine.events import DTYPE_NAMES, GREEDY, GenerationRequest
+from engine.events import DTYPE_NAMES, GREEDY, QUANT_NAMES, GenerationRequest, done_line
 
 SELF_TEST_PROMPT = "Hello"
 SELF_TEST_TOKENS = 16
@@ -26,6 +26,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=DTYPE_NAMES)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--self-test", metavar="MODEL", help="load MODEL headless, generate, exit")
+    parser.add_argument(
+        "--quant",
+        choices=QUANT_NAMES,
+        default="none",
+        help="with --self-test: the weights' format (none: 16-bit; int8, int4: quantized on load)",
+    )
     return parser.parse_args(argv)
 
 
@@ -53,7 +59,7 @@ def log_unhandled_exceptions() -> None:
     sys.excepthook = hook
 
 
-def run_self_test(model: str, dtype: str | None, device: str | None) -> int:
+def run_self_test(model: str, dtype: str | None, device: str | None, quant: str = "none") -> int:
     """Load and generate through the window's own worker thread, headless; print `done`."""
     from PySide6.QtCore import QCoreApplication, QTimer
 
@@ -71,7 +77,7 @@ def run_self_test(model: str, dtype: str | None, device: str | None) -> int:
         ),
     )
     check.done.connect(app.quit)
-    QTimer.singleShot(0, lambda: controller.load(model, dtype or "auto", device or "auto"))
+    QTimer.singleShot(0, lambda: controller.load(model, dtype or "auto", device or "auto", quant))
     app.exec()
     controller.shutdown()
     if check.failure is not None:
@@ -80,7 +86,8 @@ def run_self_test(model: str, dtype: str | None, device: str | None) -> int:
     if check.result is None:
         sys.stderr.write("self-test failed: the engine stopped without an answer\n")
         return 2
-    sys.stdout.write(json.dumps(check.result.to_json(), ensure_ascii=False) + "\n")
+    described = check.info.extra if check.info is not None else {}
+    sys.stdout.write(json.dumps(done_line(check.result, described), ensure_ascii=False) + "\n")
     sys.stdout.flush()
     return 0
 
@@ -112,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.self_test:
         logging.basicConfig(level=logging.WARNING)
-        return run_self_test(args.self_test, args.dtype, args.device)
+        return run_self_test(args.self_test, args.dtype, args.device, args.quant)
 
     from PySide6.QtWidgets import QApplication
 
@@ -130,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     apply_theme(app, os.environ.get("LOOPCHAT_THEME") or saved_theme(settings))
 
     from desktop.main_window import MainWindow
+    from desktop.settings_values import setting_str
 
     if args.dtype:
         settings.setValue("engine/dtype", args.dtype)
@@ -137,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.setValue("engine/device", args.device)
     window = MainWindow(settings)
     window.show()
-    window.start(args.model or settings.value("models/last"))
+    window.start(args.model or setting_str(settings, "models/last", "") or None)
     code = app.exec()
     if window.controller.running:
         # Closed during a cold `import torch`, which nothing can interrupt: everything is saved

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import threading
@@ -53,12 +54,31 @@ class EngineController(QObject):
         self.worker.generation_finished.connect(self._idle)
         self.worker.generation_failed.connect(self._idle)
         self.worker.generation_paused.connect(self._on_paused)
+        self._loads: collections.deque[tuple[str, str]] = collections.deque()
+        self.answered_load: tuple[str, str] = ("", "none")
+        """(path, quant) of the load that the latest `model_loaded`/`load_failed` answers.
+
+        Connected before any other receiver, so it is set when theirs run: with two loads in
+        flight (a model chosen while another loads) an answer still names its own load, and a
+        failed 8-bit load is never mistaken for the 16-bit one queued behind it.
+        """
+        self.worker.model_loaded.connect(self._load_answered)
+        self.worker.load_failed.connect(self._load_answered)
 
     def load(
         self, path: str, dtype: str = "auto", device: str = "auto", quant: str = "none"
     ) -> None:
         self.stop()  # a running (or paused) generation stops before the model is swapped
+        self._loads.append((path, quant))
         self._load_requested.emit(path, dtype, device, quant)
+
+    @property
+    def loading(self) -> bool:
+        """A load was asked for and its answer has not arrived yet."""
+        return bool(self._loads)
+
+    def _load_answered(self, _answer: object) -> None:
+        self.answered_load = self._loads.popleft() if self._loads else ("", "none")
 
     def unload(self) -> None:
         self.stop()

@@ -69,19 +69,47 @@ def clean_sampling(sampling: Any) -> tuple[dict, bool]:
 # -- JSON --------------------------------------------------------------------------------------
 
 
+def parents_first(messages: list[Message]) -> list[Message]:
+    """`messages` reordered so that each comes after its parent, siblings (and separate trees)
+    keeping their order in `messages`.
+
+    Ids usually grow along a branch, but not always (a database merged or repaired by hand, an
+    old import), and an export lists parents first because its import must refuse a forward
+    reference (that is how it knows a file has no cycle). A message whose parent is not among
+    `messages` starts a tree of its own; messages caught in a cycle (only a hand-edited database
+    holds one) come last, in their order.
+    """
+    ids = {m.id for m in messages}
+    children: dict[int | None, list[Message]] = {}
+    for m in messages:
+        children.setdefault(m.parent_id if m.parent_id in ids else None, []).append(m)
+    ordered: list[Message] = []
+    stack = list(reversed(children.get(None, [])))
+    while stack:  # depth first, without recursion (a branch may be 10,000 messages deep)
+        m = stack.pop()
+        ordered.append(m)
+        stack.extend(reversed(children.get(m.id, [])))
+    if len(ordered) < len(messages):
+        placed = {id(m) for m in ordered}
+        ordered += [m for m in messages if id(m) not in placed]
+    return ordered
+
+
 def conversation_to_json(conv: Conversation) -> dict:
     """Everything about a conversation except database ids (they are local to one store).
 
-    `conv.messages` may hold every version (`get_conversation(all_versions=True)`), parents
-    before children; each message's `parent` becomes an index into the exported list, and
-    `shown` says which version of each turn is on screen.
+    `conv.messages` may hold every version (`get_conversation(all_versions=True)`); they are
+    exported parents first (`parents_first`), each message's `parent` an index into the
+    exported list, and `shown` says which version of each turn is on screen.
     """
-    index = {m.id: i for i, m in enumerate(conv.messages)}
+    messages = parents_first(conv.messages)
+    index = {m.id: i for i, m in enumerate(messages)}
 
     def parent_of(i: int, m: Message) -> int | None:
         if m.parent_id is None:
             return None
-        return index.get(m.parent_id, i - 1 if i else None)
+        parent = index.get(m.parent_id, i - 1 if i else None)
+        return parent if parent is None or parent < i else None  # a cycle: cut it here
 
     return {
         "format": EXPORT_FORMAT,
@@ -117,7 +145,7 @@ def conversation_to_json(conv: Conversation) -> dict:
                     for s in m.steps
                 ],
             }
-            for i, m in enumerate(conv.messages)
+            for i, m in enumerate(messages)
         ],
     }
 

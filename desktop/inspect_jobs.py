@@ -201,7 +201,11 @@ class _Names:
 
     def __call__(self, token_id: int) -> str:
         if token_id not in self.cache:
-            self.cache[token_id] = self.tokenizer.display_text(token_id)
+            # A padded vocabulary has rows past the tokenizer's pieces: shown by number.
+            known = 0 <= token_id < self.tokenizer.vocab_size
+            self.cache[token_id] = (
+                self.tokenizer.display_text(token_id) if known else f"<{token_id}>"
+            )
         return self.cache[token_id]
 
 
@@ -236,10 +240,19 @@ class AttentionJob:
     def run(self, loaded: Any, cancel: threading.Event | None = None) -> AttentionResult:
         from engine.chat import Message
         from engine.errors import EngineError
-        from engine.inspect import inspect_tokens
+        from engine.inspect import inspect_tokens, outside_vocabulary
 
         if not 0 <= self.index < len(self.reply_ids):
             raise EngineError(f"token {self.index + 1} is not part of this reply")
+        # The reply's ids were saved with the model that wrote it; the selected token is checked
+        # too, though only the ones before it are run.
+        bad = outside_vocabulary(loaded, self.reply_ids[: self.index + 1])
+        if bad is not None:
+            raise EngineError(
+                f"this reply holds token id {bad}, which the open model's vocabulary "
+                f"(0..{loaded.args.vocab_size - 1}) does not have: it was written by another "
+                "model; open that model to see its attention"
+            )
         messages = [Message(m["role"], m["content"]) for m in self.messages]
         prompt = conversation_ids(loaded, messages)
         ids = prompt + list(self.reply_ids[: self.index])

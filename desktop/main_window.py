@@ -74,6 +74,11 @@ class MainWindow(QMainWindow):
         self.model_info: ModelInfo | None = None
         self._loading = False
         self._pending_model_path = ""
+        self._fallback: tuple[str, str, str] | None = None
+        """(path, format, reason): an 8/4-bit load that failed; the 16-bit load of that path now
+        under way says so once it has an outcome."""
+        self._failed_model_path = ""
+        """The model whose last load failed while no model was open (for Weights' notice)."""
         self._model_path = ""
         self._downloads = None
         self._context_used = 0
@@ -452,17 +457,37 @@ class MainWindow(QMainWindow):
         chooser.show()
         return chooser
 
-    def load_model(self, path: str) -> None:
-        """Load a model in the engine thread; the current one works until the new one is ready."""
+    def load_model(self, path: str, quant: str | None = None) -> None:
+        """Load a model in the engine thread; the current one works until the new one is ready.
+
+        `quant`: the weight format (Models → Weights); by default the one remembered for `path`.
+        """
         self.stop()
         self._loading = True
         self.banner.hide()
         self.status_line.loading(0.0, "Loading…")
         self._pending_model_path = path
+        quant = quant or menus.weights_for(self.settings, path)
         dtype = str(self.settings.value("engine/dtype", "auto"))
         device = str(self.settings.value("engine/device", "auto"))
-        self.controller.load(path, dtype, device, menus.weights_for(self.settings, path))
+        self.controller.load(path, dtype, device, quant)
         self._update_buttons()
+
+    def model_loading(self) -> bool:
+        """A model load is under way (Models → Weights waits for it)."""
+        return self._loading or self.controller.loading
+
+    def loading_model_path(self) -> str:
+        """The model being loaded (as asked for); meaningful while `model_loading()`."""
+        return self._pending_model_path
+
+    def failed_model_path(self) -> str:
+        """The model whose last load failed while no model was open; "" otherwise."""
+        return self._failed_model_path if self.model_info is None else ""
+
+    def loaded_quant(self) -> str:
+        """The weight format of the open model ("none" when none is open)."""
+        return str(self.model_info.extra.get("quant", "none")) if self.model_info else "none"
 
     def unload_model(self) -> None:
         """Free the model's memory; chatting needs a model again."""
@@ -471,7 +496,8 @@ class MainWindow(QMainWindow):
 
     def _loaded_state(self, loading_done: bool = True) -> None:
         """Status bar, title and buttons for the model now loaded (or none)."""
-        self._loading = self._loading and not loading_done
+        # Still loading while another load asked for meanwhile has not answered.
+        self._loading = self._loading and (not loading_done or self.controller.loading)
         info = self.model_info
         self.status_line.loaded(info, loading_done)
         self.setWindowTitle(f"Loopchat — {info.name}" if info else "Loopchat")
@@ -482,16 +508,29 @@ class MainWindow(QMainWindow):
     def _on_model_loaded(self, info: ModelInfo) -> None:
         self.model_info = info
         self._loaded_state()
-        path = self._pending_model_path or info.path
+        path = self.controller.answered_load[0] or self._pending_model_path or info.path
         # A Hub snapshot is remembered by repo id: its folder changes with each new revision.
         self._model_path = info.name if "/snapshots/" in path.replace("\\", "/") else path
         menus.remember_model(self, self._model_path)
+        # Remembered only now that it has loaded: a format that fails is never saved.
+        menus.remember_weights(self.settings, self._model_path, self.loaded_quant())
+        self._failed_model_path = ""
         self.chat.set_model_note(BUILTIN_NOTE if is_builtin(self._model_path) else "")
-        menus.show_weights(self, self._model_path)
+        menus.show_weights(self, self.loaded_quant())
         self.input.setFocus()
+        notices = []
+        fallback = self._take_fallback(path)
+        if fallback is not None:
+            label, reason = fallback
+            notices.append(
+                f"Could not open {info.name} with {label} weights: {reason}. It is open with "
+                f"16-bit weights now; Models → Weights tries {label} again."
+            )
         note = info.extra.get("context_note")
         if note:  # the context was capped to fit memory: say so once, where it is seen
-            self.show_error(str(note)[0].upper() + str(note)[1:], kind="notice")
+            notices.append(str(note)[0].upper() + str(note)[1:])
+        if notices:
+            self.show_error(" ".join(notices), kind="notice")
         self.model_ready.emit(info)
 
     def current_model_path(self) -> str:
@@ -503,9 +542,41 @@ class MainWindow(QMainWindow):
         self._loaded_state(loading_done=False)
 
     def _on_load_failed(self, message: str) -> None:
+        """Say why the load failed; an 8/4-bit load is retried in 16-bit first.
+
+        Whatever made the quantized load fail (the engine, its cache folder, memory), the model
+        itself may well open in 16-bit: the user gets their model and a notice rather than no
+        model at every start. The failed format is forgotten, so the next start does not retry it.
+        """
+        path, quant = self.controller.answered_load
+        reason = message.strip().rstrip(".")
+        if quant != "none" and path:
+            menus.remember_weights(self.settings, path, "none")  # never retried at the next start
+            # Not when another load was asked for meanwhile (it replaces this one anyway), nor
+            # when the window is closing (the load was cancelled).
+            if self.controller.running and not self.controller.loading:
+                log.warning("%s did not load as %s (%s); trying 16-bit", path, quant, reason)
+                self._fallback = (path, quant, reason)
+                self.load_model(path, quant="none")
+                return
+        fallback = self._take_fallback(path)
         self._loaded_state()
+        menus.show_weights(self, self.loaded_quant())
+        if self.model_info is None:
+            self._failed_model_path = path
         kept = f" {self.model_info.name} is still loaded." if self.model_info else ""
+        if fallback is not None:
+            label, first = fallback
+            message = f"With {label} weights: {first}; with 16-bit weights: {message}"
         self.show_error(f"Could not open the model. {message}{kept}")
+
+    def _take_fallback(self, path: str) -> tuple[str, str] | None:
+        """(format's label, reason) when the load of `path` that just answered was the 16-bit
+        retry of a failed 8/4-bit one; the record is used once."""
+        fallback, self._fallback = self._fallback, None
+        if fallback is None or fallback[0] != path:
+            return None
+        return menus.WEIGHT_LABELS.get(fallback[1], fallback[1]), fallback[2]
 
     # -- engine answers ----------------------------------------------------------------------
 

@@ -145,32 +145,82 @@ WEIGHTS = (
 """The weight formats a model can be loaded in (engine/quant.py), remembered per model."""
 
 
+WEIGHT_LABELS = {"none": "16-bit", "int8": "8-bit", "int4": "4-bit"}
+"""How notices name each format (the menu's words, without the explanation)."""
+
+
+def weights_setting(path: str) -> str:
+    """The settings key holding the weight format remembered for the model at `path`."""
+    # QSettings treats "/" as a group separator; keep each model one flat key.
+    return "weights/" + re.sub(r"[^A-Za-z0-9._-]", "_", path.strip())
+
+
 def weights_for(settings, path: str) -> str:
-    """The weight format chosen for the model at `path` ("none" until the user picks one)."""
-    value = str(settings.value(f"weights/{_weights_key(path)}", "none"))
+    """The weight format remembered for the model at `path` ("none" until one has loaded)."""
+    value = str(settings.value(weights_setting(path), "none"))
     return value if value in dict(WEIGHTS) else "none"
 
 
-def _weights_key(path: str) -> str:
-    # QSettings treats "/" as a group separator; keep each model one flat key.
-    return re.sub(r"[^A-Za-z0-9._-]", "_", path.strip())
+def remember_weights(settings, path: str, quant: str) -> None:
+    """Keep `quant` as the format the model at `path` opens in next time.
+
+    Called only once a load in that format has succeeded (or to forget one that failed): a choice
+    saved before loading would, if it failed, stop the model from opening at every start.
+    "none" is the default, so it is stored by leaving no key at all.
+    """
+    if quant in dict(WEIGHTS) and quant != "none":
+        settings.setValue(weights_setting(path), quant)
+    else:
+        settings.remove(weights_setting(path))
 
 
 def choose_weights(w: MainWindow, quant: str) -> None:
-    """Remember `quant` for the open model and reload it that way (the chat stays as it is)."""
-    path = w.current_model_path()
-    if not path:
-        w.weights_actions[weights_for(w.settings, "")].setChecked(True)
-        w.show_error("Open a model first, then choose how its weights are stored.", "notice")
+    """Reload the open model with `quant` weights (the chat stays as it is).
+
+    Nothing is saved here: the window remembers the format once the model has loaded in it, and
+    falls back to 16-bit with a notice if it cannot (MainWindow._on_load_failed). While a load is
+    under way the choice is refused: it would apply to the model being replaced.
+    """
+    refusal = weights_refusal(w)
+    if refusal:
+        show_weights(w, w.loaded_quant())
+        w.show_error(refusal, "notice")
         return
-    w.settings.setValue(f"weights/{_weights_key(path)}", quant)
-    if quant != (w.model_info.extra.get("quant", "none") if w.model_info else "none"):
-        w.load_model(path)
+    if quant != w.loaded_quant():
+        w.load_model(w.current_model_path(), quant=quant)
 
 
-def show_weights(w: MainWindow, path: str) -> None:
-    """Tick the format the model at `path` is loaded in."""
-    w.weights_actions[weights_for(w.settings, path)].setChecked(True)
+def weights_refusal(w: MainWindow) -> str:
+    """Why Models → Weights cannot reload a model now, in words that say what to do; "" if it
+    can (a model is open and no load is under way)."""
+    if w.model_loading():
+        name = model_label(w.loading_model_path())
+        return f"Still loading {name}: choose its weights once it is open."
+    if w.current_model_path():
+        return ""
+    opening = "Models → Recent models or Models → Choose or download a model…"
+    failed = w.failed_model_path()
+    if failed:
+        return (
+            f"No model is open ({model_label(failed)} could not be opened). Open one with "
+            f"{opening}, then choose how its weights are stored."
+        )
+    return f"No model is open. Open one with {opening}, then choose how its weights are stored."
+
+
+def model_label(path: str) -> str:
+    """A model's name for a notice when only its path is known (no ModelInfo yet)."""
+    from engine.builtin import is_builtin
+
+    if is_builtin(path):
+        return "the built-in model"  # the window capitalises a sentence's first word
+    return Path(path).name or path
+
+
+def show_weights(w: MainWindow, quant: str) -> None:
+    """Tick `quant`, the format of the model that is open ("none" when none is, or for a format
+    the menu does not offer)."""
+    w.weights_actions.get(quant, w.weights_actions["none"]).setChecked(True)
 
 
 def remember_model(w: MainWindow, path: str) -> None:

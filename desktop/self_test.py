@@ -18,6 +18,7 @@ class SelfTest(QObject):
         self._controller = controller
         self._request = request
         self.result: GenerationResult | None = None
+        self.info: ModelInfo | None = None
         self.failure: str | None = None
         worker = controller.worker
         worker.model_loaded.connect(self._loaded)
@@ -26,7 +27,8 @@ class SelfTest(QObject):
         worker.generation_failed.connect(self._generation_failed)
 
     @Slot(object)
-    def _loaded(self, _info: ModelInfo) -> None:
+    def _loaded(self, info: ModelInfo) -> None:
+        self.info = info
         self._controller.generate(self._request)
 
     @Slot(str)

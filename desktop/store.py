@@ -63,6 +63,7 @@ from desktop.export import (
     conversation_from_json,
     conversation_to_json,
     conversation_to_markdown,
+    parents_first,
     read_export,
     valid_time,
 )
@@ -193,6 +194,8 @@ class ConversationStore:
         self.path = Path(path) if path is not None else default_path()
         self._migrations = tuple(migrations)
         self._lock = threading.RLock()
+        self._deleted_here: dict[int, float] = {}
+        """Conversation id → the `deleted_at` this instance gave it (see `_keep_alive`)."""
         opened = open_database(self.path, self._migrations, busy_timeout_s)
         self._db = opened.db
         self.read_only = opened.read_only_reason is not None
@@ -300,6 +303,23 @@ class ConversationStore:
             raise StoreError(missing)
         return row
 
+    def _keep_alive(self, db: sqlite3.Connection, conversation_id: int) -> None:
+        """A write into a conversation that another Loopchat deleted undoes that deletion.
+
+        Two instances may share the file: B still shows (and saves into) a conversation that
+        A deleted, and A purges its deleted conversations at close. Without this, A's purge
+        takes B's new messages with it and B is never told. Done in the write's transaction,
+        so against a purge it is all or nothing: the write lands first and the conversation is
+        kept, or the purge does and the write fails with "no longer exists".
+        A deletion made by this instance stands: a reply it is still saving in the background
+        of a conversation the user deleted here must not bring it back.
+        """
+        db.execute(
+            "UPDATE conversations SET deleted_at = NULL "
+            "WHERE id = ? AND deleted_at IS NOT NULL AND deleted_at IS NOT ?",
+            (conversation_id, self._deleted_here.get(conversation_id)),
+        )
+
     @staticmethod
     def _touch(db: sqlite3.Connection, conversation_id: int, when: float) -> None:
         """Mark a conversation active at `when` (the list shows the most recent first)."""
@@ -363,8 +383,8 @@ class ConversationStore:
         `steps=False`, their steps.
 
         Each message says which version it is (`version` of `versions`). With `all_versions`,
-        `messages` holds every message of every branch instead, oldest first (so a parent comes
-        before its children, and an import numbers the versions as they were), for export.
+        `messages` holds every message of every branch instead, for export: each after its
+        parent, siblings oldest first (so an import numbers the versions as they were).
         """
 
         def read(db: sqlite3.Connection) -> Conversation:
@@ -385,6 +405,8 @@ class ConversationStore:
             }
             order = list(rows) if all_versions else path
             conv.messages = [message_from_row(rows[i]) for i in order]
+            if all_versions:  # ids need not grow along a branch (merged, repaired files)
+                conv.messages = parents_first(conv.messages)
             if steps:
                 by_id = {m.id: m for m in conv.messages}
                 for r in db.execute(
@@ -421,6 +443,7 @@ class ConversationStore:
 
         def write(db: sqlite3.Connection) -> None:
             self._require_conversation(db, conversation_id)
+            self._keep_alive(db, conversation_id)
             if title:
                 db.execute(
                     "UPDATE conversations SET title = ?, title_is_custom = 1 WHERE id = ?",
@@ -450,6 +473,7 @@ class ConversationStore:
     def set_system_prompt(self, conversation_id: int, system_prompt: str) -> None:
         def write(db: sqlite3.Connection) -> None:
             self._require_conversation(db, conversation_id)
+            self._keep_alive(db, conversation_id)
             db.execute(
                 "UPDATE conversations SET system_prompt = ? WHERE id = ?",
                 (system_prompt, conversation_id),
@@ -458,21 +482,35 @@ class ConversationStore:
         self._write(write)
 
     def delete_conversation(self, conversation_id: int) -> None:
-        """Hide a conversation; `restore` undoes it until `purge_deleted` removes it for good."""
-        self._write(
-            lambda db: db.execute(
+        """Hide a conversation; `restore` undoes it until `purge_deleted` removes it for good.
+
+        Remembers the deletion as this instance's (`_keep_alive`): writes from here leave it
+        deleted, a write from another Loopchat on the same file undoes it.
+        """
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
                 "UPDATE conversations SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL",
                 (time.time(), conversation_id),
             )
-        )
+            row = db.execute(
+                "SELECT deleted_at FROM conversations WHERE id = ?", (conversation_id,)
+            ).fetchone()
+            if row is not None:
+                self._deleted_here[conversation_id] = row[0]
+
+        self._write(write)
 
     def restore(self, conversation_id: int) -> None:
         """Undo `delete_conversation`."""
-        self._write(
-            lambda db: db.execute(
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
                 "UPDATE conversations SET deleted_at = NULL WHERE id = ?", (conversation_id,)
             )
-        )
+            self._deleted_here.pop(conversation_id, None)
+
+        self._write(write)
 
     restore_conversation = restore
 
@@ -536,6 +574,7 @@ class ConversationStore:
 
         def write(db: sqlite3.Connection) -> int:
             self._require_conversation(db, conversation_id)
+            self._keep_alive(db, conversation_id)
             parent = parent_id
             if parent == SHOWN_END:
                 path = db.execute(_SHOWN_PATH, (conversation_id,)).fetchall()
@@ -606,9 +645,12 @@ class ConversationStore:
         records = [StepRecord.coerce(s) for s in steps]
 
         def write(db: sqlite3.Connection) -> None:
-            (finished,) = self._require_message(db, message_id, "finished", _REPLY_GONE)
+            finished, conversation_id = self._require_message(
+                db, message_id, "finished, conversation_id", _REPLY_GONE
+            )
             if finished:
                 raise StoreError("This reply is already finished; nothing more can be added.")
+            self._keep_alive(db, conversation_id)
             start = db.execute(
                 "SELECT COALESCE(MAX(idx) + 1, 0) FROM steps WHERE message_id = ?", (message_id,)
             ).fetchone()[0]
@@ -627,6 +669,7 @@ class ConversationStore:
             (conversation_id,) = self._require_message(
                 db, message_id, "conversation_id", _REPLY_GONE
             )
+            self._keep_alive(db, conversation_id)
             db.execute(
                 "UPDATE messages SET content = ?, finished = 1, stop_reason = ?, timings = ? "
                 "WHERE id = ?",
@@ -645,6 +688,7 @@ class ConversationStore:
 
         def write(db: sqlite3.Connection) -> int:
             self._require_conversation(db, conversation_id)
+            self._keep_alive(db, conversation_id)
             path = [r[0] for r in db.execute(_SHOWN_PATH, (conversation_id,))]
             kept = db.execute(
                 f"SELECT id FROM messages WHERE id IN ({','.join('?' * len(path))}) "
@@ -681,7 +725,17 @@ class ConversationStore:
         For a version that came to nothing (a reply stopped before its first token): its other
         versions stay, and the newest of them is shown until `show_version` says otherwise.
         """
-        return self._write(lambda db: self._delete_where(db, "id = ?", (message_id,)))
+
+        def write(db: sqlite3.Connection) -> int:
+            found = db.execute(
+                "SELECT conversation_id FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
+            if found is None:
+                return 0
+            self._keep_alive(db, found[0])
+            return self._delete_where(db, "id = ?", (message_id,))
+
+        return self._write(write)
 
     def versions_of(self, message_id: int) -> list[int]:
         """Ids of a message's versions (itself and its siblings), oldest first."""
@@ -712,6 +766,7 @@ class ConversationStore:
                 "conversation_id, parent_id",
                 "This version of the message no longer exists.",
             )
+            self._keep_alive(db, row[0])
             db.execute(
                 "UPDATE messages SET shown = (id = ?) WHERE conversation_id = ? AND parent_id IS ?",
                 (message_id, *row),

@@ -188,6 +188,12 @@ class _Opener:
                 if _is_busy(exc) or _is_corrupt(exc) or _code(exc) in _ENVIRONMENT:
                     raise
                 raise _Unusable("upgrade-failed", f"upgrading it failed ({exc})") from None
+            except Exception as exc:  # noqa: BLE001 - a migration meeting data it did not foresee
+                # Rolled back, so the file is as it was; failing here would stop every start.
+                log.exception("upgrading %s failed", self.path)
+                raise _Unusable(
+                    "upgrade-failed", f"upgrading it failed ({type(exc).__name__}: {exc})"
+                ) from None
             if found < self.schema_version:
                 log.info("conversations upgraded from v%d to v%d", found, self.schema_version)
             # A file that opens but cannot take a write lock (read-only file, -wal or -shm) is

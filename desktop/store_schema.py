@@ -232,11 +232,54 @@ _V1 = sql_migration(
 )
 
 
+UNREADABLE_TOP_IDS = b"\xff"
+"""The `top_ids` of a step whose version 1 top-k could not be converted: no reader unpacks it
+(its length is not a multiple of 4), so the step reads back as damaged (`Message.damaged`),
+while `top_texts` keeps the original JSON in the file for whoever wants to recover it."""
+
+
+def _v1_top_entry(entry: Any) -> tuple[int, str, float]:
+    """One candidate as v1 stored it (a dict, or a [id, text, prob] list), checked the way
+    import checks it today; ValueError/TypeError when it is not one."""
+    if isinstance(entry, Mapping):
+        token_id, text, prob = entry.get("token_id"), entry.get("text"), entry.get("prob")
+    elif isinstance(entry, list) and len(entry) == 3:
+        token_id, text, prob = entry
+    else:
+        raise ValueError("not a top-k entry")
+    if isinstance(token_id, bool) or not isinstance(text, str):
+        raise ValueError("not a top-k entry")
+    token_id, prob = int(token_id), float(prob)  # "0.75" (v1 kept strings) is a number
+    if not (0 <= token_id < 2**31 and 0.0 <= prob <= 1.0):
+        raise ValueError("out of range")
+    return token_id, text, prob
+
+
+def _v1_top_packed(raw: Any) -> tuple[bytes, bytes, Any]:
+    """A v1 step's JSON top-k, packed for v2.
+
+    v1's import stored it unchecked (null, entries without text, lists, probabilities as
+    strings, not JSON at all). A failed upgrade would stop the app at every start, so one odd
+    step must not fail it: what converts is packed, anything else is kept verbatim behind
+    UNREADABLE_TOP_IDS (a damaged step).
+    """
+    try:
+        entries = json.loads(raw)
+        if entries is None:  # no top-k given: nothing to show, nothing lost
+            entries = []
+        if not isinstance(entries, list):
+            raise ValueError("not a list")
+        return pack_top([_v1_top_entry(e) for e in entries])
+    except (TypeError, ValueError, OverflowError, RecursionError, struct.error):
+        return UNREADABLE_TOP_IDS, b"", raw
+
+
 def _v2(db: sqlite3.Connection) -> None:
     """Model path, system messages, ids never reused, stop_reason NULL until known, and the
     top-k of each step packed (JSON dicts took ~3x the space).
 
     Tables are rebuilt (create new, copy, drop old, rename), SQLite's way to change constraints.
+    A step whose old top-k cannot be converted is kept as a damaged step (`_v1_top_packed`).
     """
     for statement in (
         # AUTOINCREMENT: a purged conversation's id is never handed out again, so an id held by
@@ -294,13 +337,7 @@ def _v2(db: sqlite3.Connection) -> None:
     while batch := rows.fetchmany(2000):
         db.executemany(
             "INSERT INTO new_steps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    *r[:6],
-                    *pack_top([(t["token_id"], t["text"], t["prob"]) for t in json.loads(r[6])]),
-                )
-                for r in batch
-            ],
+            [(*r[:6], *_v1_top_packed(r[6])) for r in batch],
         )
     for statement in (
         "DROP TABLE steps",

@@ -3,8 +3,14 @@ View menu's setting forces one (useful on desktops whose Qt style ignores the sy
 
 from __future__ import annotations
 
+import logging
+
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QApplication
+
+from desktop.settings_values import setting_str
+
+log = logging.getLogger(__name__)
 
 THEMES = ("system", "light", "dark")
 
@@ -64,8 +70,11 @@ THEME_KEY = "view/theme"
 
 def saved_theme(settings) -> str:
     """The theme chosen in View → Theme ("system" unless one of THEMES was saved)."""
-    value = str(settings.value(THEME_KEY, "system") or "system")
-    return value if value in THEMES else "system"
+    value = setting_str(settings, THEME_KEY, "system")
+    if value not in THEMES:
+        log.warning("settings: %s=%r is not one of %s; using system", THEME_KEY, value, THEMES)
+        return "system"
+    return value
 
 
 def apply_theme(app: QApplication, theme: str) -> None:

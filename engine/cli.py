@@ -23,6 +23,8 @@ from engine.events import (
     CLI_SAMPLING,
     DEFAULT_REPORT_TOP,
     DTYPE_NAMES,
+    QUANT_NAMES,
+    done_line,
 )
 from engine.progress_text import DownloadProgress, format_progress
 
@@ -95,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-context", type=int, default=None, help="cap the KV cache length")
     gen.add_argument(
         "--quant",
-        choices=["none", "int8", "int4"],
+        choices=QUANT_NAMES,
         default="none",
         help="weight-only quantization on load (activations stay in --dtype)",
     )
@@ -263,7 +265,8 @@ def run_generate(ns: argparse.Namespace) -> int:
     if result is None:  # the stream was cut short by an error already reported
         raise EngineError("generation ended without a result")
     if ns.json:
-        out.write(json.dumps(result.to_json(), ensure_ascii=False, allow_nan=False) + "\n")
+        line = done_line(result, loaded.describe())
+        out.write(json.dumps(line, ensure_ascii=False, allow_nan=False) + "\n")
     else:
         shown = "".join(streamed)
         if result.text.startswith(shown):
@@ -322,7 +325,7 @@ def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     parser.add_argument(
         "--quant",
-        choices=["none", "int8", "int4"],
+        choices=QUANT_NAMES,
         default="none",
         help="weight-only quantization on load (activations stay in --dtype)",
     )

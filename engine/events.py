@@ -19,6 +19,8 @@ from engine.errors import EngineError
 
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
 """Every dtype a user may ask for (CLI, settings, `--dtype`); "auto" lets the device choose."""
+QUANT_NAMES = ("none", "int8", "int4")
+"""Every weight format a user may ask for (`--quant`, Models → Weights): 16-bit, or quantized."""
 
 
 def _plain(value: Any) -> Any:
@@ -304,6 +306,17 @@ class GenerationResult(_Record):
             "decode_tokens_per_s": round(self.decode_tokens_per_s, 3),
             "stop_reason": self.stop_reason,
         }
+
+
+def done_line(result: GenerationResult, described: dict) -> dict:
+    """The CLI's and the self-test's last JSON line: the result, then the weight kernel that ran
+    (`kernel`) and the compiled build that ran, if any (`native`, e.g. "avx2"; null if none),
+    from the loaded model's `describe()` (or a ModelInfo's `extra`)."""
+    return {
+        **result.to_json(),
+        "kernel": str(described.get("kernel", "")),
+        "native": described.get("native"),
+    }
 
 
 @dataclass(frozen=True)

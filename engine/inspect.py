@@ -59,15 +59,25 @@ class Inspection:
         }
 
 
+def outside_vocabulary(loaded: LoadedModel, ids: Sequence[int]) -> int | None:
+    """The first id the model has no embedding row for, or None if it can run them all.
+
+    Checked before any forward pass or tokenizer lookup: ids saved with another model (a larger
+    vocabulary) would otherwise fail deep inside as an IndexError.
+    """
+    vocab = loaded.args.vocab_size
+    return next((int(t) for t in ids if not 0 <= int(t) < vocab), None)
+
+
 def check_ids(loaded: LoadedModel, ids: Sequence[int]) -> list[int]:
     """The ids as ints, refused with a message fit for the user if the model cannot run them."""
     tokens = [int(t) for t in ids]
     vocab = loaded.args.vocab_size
     if not tokens:
         raise EngineError("the prompt is empty: give at least one token")
-    bad = [t for t in tokens if not 0 <= t < vocab]
-    if bad:
-        raise EngineError(f"prompt token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
+    bad = outside_vocabulary(loaded, tokens)
+    if bad is not None:
+        raise EngineError(f"prompt token id {bad} is outside the vocabulary (0..{vocab - 1})")
     if len(tokens) > loaded.max_context:
         raise EngineError(
             f"the prompt is {len(tokens)} tokens but the model's context holds "

@@ -7,7 +7,6 @@ dtype choice and thread count are decided in one place.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -156,18 +155,12 @@ def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
 def configure_threads() -> int:
     """Use every physical core for the matmuls (hyper-threads only add contention).
 
-    LOOPCHAT_THREADS overrides it, e.g. to leave a core free for other work.
+    LOOPCHAT_THREADS overrides it, e.g. to leave a core free for other work; it is read by
+    `engine.tuning.forced_threads`, the one parser of it (checked and clamped there).
     """
-    wanted = os.environ.get("LOOPCHAT_THREADS")
-    if wanted and wanted.isdigit() and int(wanted) > 0:
-        n = int(wanted)
-    else:
-        try:
-            import psutil
+    from engine.tuning import forced_threads, physical_cores
 
-            n = psutil.cpu_count(logical=False) or os.cpu_count() or 1
-        except ImportError:  # pragma: no cover - psutil is a dependency, but be forgiving
-            n = os.cpu_count() or 1
+    n = forced_threads() or physical_cores()
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
@@ -232,8 +225,15 @@ def load_model(
     if dev.type == "cpu":
         from engine.native import load as load_native
 
-        if model.use_native_ops(load_native()):
+        kernel = load_native()
+        if model.use_native_ops(kernel):
             runtime["native_ops"] = True
+        if kernel is not None and (runtime.get("native_ops") or runtime.get("native_isa")):
+            runtime["native"] = kernel.isa  # the compiled build that runs (done line, tooltip)
+        elif kernel is None:
+            from engine.native import unavailable_reason
+
+            runtime["native_unavailable"] = unavailable_reason() or "not loaded"
     if tokenizer.vocab_size > args.vocab_size:
         raise EngineError(
             f"{tokenizer_file} has {tokenizer.vocab_size} tokens but the weights in {folder} only "

@@ -10,14 +10,15 @@ activations with the CPU's integer multiply-add (pmaddwd / VNNI) and reaches ~30
 (~53 G weights/s against torch's ~33 on 2 threads), and both hand out rows from one counter, so a
 thread that a busy neighbour deschedules does not stall the others at a barrier.
 
-Why compile at run time rather than ship a binary: `-march=native` picks the best instructions of
-the machine it runs on, and a C file of a few hundred lines compiles in about a second with the
-system's C compiler. Where there is none (most Windows and many macOS machines, a frozen app on a
-bare system), `load()` returns None, the reason is logged, and quantized layers keep torch's
-kernels; the measured kernel choice (engine/tuning.py) never offers a kernel that is not there.
-The library is cached next to the other rebuildable files, keyed by the source, the compiler and
-the CPU, and checked against a float reference before it is trusted. LOOPCHAT_NATIVE=0 turns it
-off.
+Why built with the package, not on the user's machine: see native_build.py. The builds
+(engine/native_variants.py: baseline, AVX2+FMA, AVX-512 with VNNI/VBMI; plain C elsewhere) lie in
+the package; `load()` asks the baseline build which ones this CPU can execute, verifies the best
+one's SHA-256 (written by the build) before the dynamic loader maps it, and checks it against
+float arithmetic before it is trusted. Nothing is compiled at run time and no code is loaded from
+outside the package. Where no build is there (installed without a C compiler, Windows) `load()`
+returns None, the reason is kept for the status bar, and quantized layers run on torch's kernels;
+the measured kernel choice (engine/tuning.py) never offers a kernel that is not there.
+LOOPCHAT_NATIVE=0 turns them off; LOOPCHAT_NATIVE=<build> (e.g. avx2) picks a lower build.
 """
 
 from __future__ import annotations
@@ -28,29 +29,26 @@ import hashlib
 import logging
 import os
 import platform
-import shutil
-import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from engine.paths import cache_dir
+from engine import native_variants
 
 if TYPE_CHECKING:
     from engine.tuning import ThreadGovernor
 
 log = logging.getLogger(__name__)
 
-ABI = 4
-"""lc_abi() of the source this module speaks to; a library reporting another is rebuilt."""
+ABI = 5
+"""lc_abi() of the source this module speaks to; a library reporting another is refused."""
 SOURCE = "decode_kernels.c"
-COMPILE_TIMEOUT_S = 120
+LIBRARY_DIR = Path(__file__).resolve().parent / native_variants.LIBRARY_FOLDER
+"""Where the builds are: inside the installed (or frozen) package, written only by its installer."""
 X_DTYPES = {torch.bfloat16: 0, torch.float32: 1}
 """Activation dtypes the products read and write directly; float16 goes through float32."""
 OPS_DTYPES = {**X_DTYPES, torch.float16: 2}
@@ -236,10 +234,38 @@ def ops_fit(dtype: torch.dtype, device: torch.device) -> bool:
     return device.type == "cpu" and dtype in OPS_DTYPES
 
 
+@functools.cache
+def torch_int4_layout_fits() -> bool:
+    """Whether torch's packed CPU int4 layout is the one the compiled int4 product reads.
+
+    Why ask: torch packs int4 weights for its own kernel, and the packing depends on the CPU
+    capability torch runs with. With AVX-512 a block is 64 rows (per input column, 32 bytes: low
+    nibbles rows 0-31, high nibbles rows 32-63), which the C code reads; with AVX2 or none it is
+    32 rows (16 bytes: rows 0-15 and 16-31). Found by packing one probe value, not assumed from
+    the CPU, so an `ATEN_CPU_CAPABILITY` override is honoured too."""
+    probe = torch.zeros(64, 2, dtype=torch.int32)
+    probe[32, 0] = 15  # the 64-row layout puts row 32 in the high nibble of block 0's byte 0
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(probe, 1)
+    return int(packed[0, 0]) == 0xF0 and int(packed.count_nonzero()) == 1
+
+
+def pack_int4_blocks64(q: torch.Tensor) -> torch.Tensor:
+    """int4 values q [out, in] (0..15, out a multiple of 64) in the layout the C code reads:
+    per 64-row block and input column, 32 bytes whose low nibbles are rows 0-31 and high nibbles
+    rows 32-63; [out, in / 2] uint8, as torch packs them when it runs with AVX-512. The
+    self-check and the tests use it, so the kernel's arithmetic is checked on every CPU."""
+    out_f, in_f = q.shape
+    blocks = q.to(torch.uint8).reshape(out_f // 64, 64, in_f).transpose(1, 2)  # [blocks, in, 64]
+    packed = blocks[..., :32] | (blocks[..., 32:] << 4)  # [blocks, in, 32]
+    return packed.reshape(out_f, in_f // 2).contiguous()
+
+
 def int4_fits_native(out_features: int, group_size: int, sz_dtype: torch.dtype) -> bool:
-    """Whether the compiled int4 product takes this layer (64-row blocks, its scale dtypes)."""
+    """Whether the compiled int4 product takes this layer (torch's 64-row layout and blocks, its
+    scale dtypes)."""
     return (
-        out_features % 64 == 0
+        torch_int4_layout_fits()
+        and out_features % 64 == 0
         and group_size % 2 == 0
         and group_size <= 256
         and (sz_dtype in X_DTYPES)
@@ -261,64 +287,6 @@ def _result(rc: int, out: torch.Tensor, wanted: torch.dtype, kind: str) -> torch
     return out if out.dtype == wanted else out.to(wanted)
 
 
-def compiler() -> str | None:
-    """The C compiler to build with: $CC, else cc, gcc or clang on PATH."""
-    for name in (os.environ.get("CC", "").strip(), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return name
-    return None
-
-
-def _compiler_version(cc: str) -> str:
-    try:
-        done = subprocess.run(
-            [cc, "--version"], capture_output=True, text=True, timeout=30, check=False
-        )
-        return done.stdout.splitlines()[0] if done.stdout else cc
-    except (OSError, subprocess.SubprocessError):
-        return cc
-
-
-def _cpu_key() -> str:
-    from engine.tuning import cpu_model
-
-    flags = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            flags = next((line for line in cpuinfo if line.startswith("flags")), "")
-    except OSError:
-        pass
-    return f"{cpu_model()}|{platform.machine()}|{flags}"
-
-
-def _compile(cc: str, source: Path, target: Path) -> str | None:
-    """Compile source into target; None on success, else the compiler's complaint (one line)."""
-    base = [cc, "-O3", "-shared", "-fPIC", "-pthread", "-std=c11", "-o"]
-    last = ""
-    # -march=native picks the machine's vector instructions; compilers that do not know it
-    # (some ARM toolchains) get a plain build.
-    for arch in (["-march=native"], ["-mcpu=native"], []):
-        with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as tmp:
-            partial = Path(tmp.name)
-        try:
-            done = subprocess.run(
-                [*base, str(partial), *arch, str(source), "-lm"],
-                capture_output=True,
-                text=True,
-                timeout=COMPILE_TIMEOUT_S,
-                check=False,
-            )
-            if done.returncode == 0:
-                os.replace(partial, target)
-                return None
-            last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-        except (OSError, subprocess.SubprocessError) as exc:
-            last = str(exc)
-        finally:
-            partial.unlink(missing_ok=True)
-    return last[:200]
-
-
 def _self_check(kernel: NativeKernel) -> str | None:
     """Compare the library with float arithmetic on awkward shapes; None if it agrees."""
     gen = torch.Generator().manual_seed(0)
@@ -334,11 +302,11 @@ def _self_check(kernel: NativeKernel) -> str | None:
                 if not err <= CHECK_TOLERANCE:
                     where = f"int8 {rows}x{cols}, {dtype}, {threads} threads"
                     return f"self-check failed ({where}: error {err:.2g})"
-    from engine.quant import dequantize_int4, pack_int4, quantize_int4
+    from engine.quant import dequantize_int4, quantize_int4
 
     for rows, cols, group in ((64, 64, 32), (192, 384, 64), (128, 256, 128)):
         q4, sz = quantize_int4(torch.randn(rows, cols, generator=gen), group)
-        packed = pack_int4(q4, torch.device("cpu"))
+        packed = pack_int4_blocks64(q4)
         x = torch.randn(1, cols, generator=gen)
         for dtype in (torch.float32, torch.bfloat16):
             sz_d = sz.to(dtype).contiguous()
@@ -424,23 +392,67 @@ def decoding(kernel: NativeKernel | None, governor: ThreadGovernor | None) -> It
         torch.set_num_threads(n)
 
 
-def _source() -> bytes:
-    return resources.files("engine").joinpath("csrc", SOURCE).read_bytes()
+class Unavailable(Exception):
+    """Why a build cannot be used here (one line, shown in the status bar's tooltip)."""
 
 
-def library_path(cc: str) -> Path:
-    """Where the library built by `cc` from this source for this CPU and torch is cached."""
-    identity = f"{_compiler_version(cc)}|{_cpu_key()}|{torch.__version__}".encode()
-    key = hashlib.sha256(_source() + identity).hexdigest()[:16]
-    return cache_dir("native") / f"decode_kernels-{key}.so"
+def _verified_library(variant: str, folder: Path) -> ctypes.CDLL:
+    """The build, loaded only once its bytes match the digest the build wrote beside it."""
+    path = folder / native_variants.library_filename(variant)
+    digest_path = folder / native_variants.digest_filename(variant)
+    try:
+        data = path.read_bytes()
+        expected = digest_path.read_text(encoding="ascii").strip()
+    except FileNotFoundError as exc:
+        raise Unavailable(f"{Path(exc.filename or path).name} is missing") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Unavailable(f"cannot read {path.name}: {exc}") from exc
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise Unavailable(
+            f"{path.name} is damaged (its checksum does not match); reinstall Loopchat"
+        )
+    try:
+        lib = ctypes.CDLL(str(path))
+        abi = lib.lc_abi()
+    except (OSError, AttributeError) as exc:
+        raise Unavailable(f"cannot load {path.name}: {exc}") from exc
+    if abi != ABI:
+        raise Unavailable(f"{path.name} speaks ABI {abi}, this engine {ABI}; reinstall Loopchat")
+    return lib
 
 
-def _build(cc: str, source_text: bytes, target: Path) -> str | None:
-    with tempfile.TemporaryDirectory() as tmp:
-        source = Path(tmp) / SOURCE
-        source.write_bytes(source_text)
-        problem = _compile(cc, source, target)
-    return f"{cc} could not build it: {problem}" if problem else None
+def cpu_level(folder: Path | None = None) -> int:
+    """The highest build level (native_variants) this CPU executes, asked of the baseline build."""
+    if not native_variants.is_x86_64(platform.machine()):
+        return 0
+    lib = _verified_library("baseline", folder or LIBRARY_DIR)
+    lib.lc_cpu_level.restype = ctypes.c_int
+    return int(lib.lc_cpu_level())
+
+
+def runnable_variants(folder: Path | None = None) -> list[str]:
+    """The builds this CPU can execute, best first (whether or not they are installed)."""
+    level = cpu_level(folder)
+    return [v.name for v in native_variants.variants_for(platform.machine()) if v.level <= level]
+
+
+def load_variant(variant: str, folder: Path | None = None) -> NativeKernel:
+    """One build, verified, loaded and self-checked; raises Unavailable with the reason."""
+    folder = folder or LIBRARY_DIR
+    if variant not in runnable_variants(folder):
+        known = [v.name for v in native_variants.variants_for(platform.machine())]
+        if variant not in known:
+            raise Unavailable(f"no build named {variant!r} (builds: {', '.join(known)})")
+        raise Unavailable(f"this CPU cannot run the {variant} build")
+    lib = _verified_library(variant, folder)
+    try:
+        kernel = NativeKernel(lib, folder / native_variants.library_filename(variant))
+    except AttributeError as exc:
+        raise Unavailable(f"the {variant} build lacks a function: {exc}") from exc
+    problem = _self_check(kernel)
+    if problem:
+        raise Unavailable(f"the {variant} build failed its {problem}")
+    return kernel
 
 
 def unavailable_reason() -> str | None:
@@ -450,49 +462,41 @@ def unavailable_reason() -> str | None:
 
 @functools.cache
 def load() -> NativeKernel | None:
-    """The compiled kernel, building it on first use; None where it cannot run (reason logged)."""
+    """The best build this CPU runs, once per process; None where none can run (reason kept)."""
     global _unavailable
-    if os.environ.get("LOOPCHAT_NATIVE", "").strip() == "0":
+    wanted = os.environ.get("LOOPCHAT_NATIVE", "").strip().lower()
+    if wanted == "0":
         _unavailable = "turned off by LOOPCHAT_NATIVE=0"
         return None
     if sys.platform == "win32":
-        _unavailable = "not built on Windows"
+        _unavailable = "not built for Windows"
         return None
-    cc = compiler()
-    if cc is None:
-        _unavailable = "no C compiler (cc, gcc or clang) on PATH"
-        log.info("native int8 kernel unavailable: %s; torch's kernel is used", _unavailable)
-        return None
-    source_text = _source()
-    target = library_path(cc)
-    problem: str | None = None
-    for _attempt in (1, 2):  # a corrupt cached library is rebuilt once
-        if not target.exists():
-            problem = _build(cc, source_text, target)
-            if problem:
-                break
-        try:
-            lib = ctypes.CDLL(str(target))
-        except OSError as exc:
-            # A truncated or corrupt cached library: deleted and built again, once.
-            problem = f"cannot load {target.name}: {exc}"
-            target.unlink(missing_ok=True)
-            continue
-        try:
-            if lib.lc_abi() != ABI:
-                raise OSError(f"ABI {lib.lc_abi()} instead of {ABI}")
-            kernel = NativeKernel(lib, target)
-            problem = _self_check(kernel)
-        except (OSError, AttributeError, RuntimeError) as exc:
-            problem = f"{target.name} is not usable: {exc}"
-        if problem:
-            # Loaded but wrong: this process keeps torch's kernel (the loader would hand back
-            # the same library), the next one builds afresh.
-            target.unlink(missing_ok=True)
-        break
-    if problem:
-        _unavailable = problem
-        log.warning("native int8 kernel unavailable: %s; torch's kernel is used", problem)
-        return None
-    log.info("native int8 kernel ready (%s, %s)", kernel.isa, target)
-    return kernel
+    problems: list[str] = []
+    try:
+        choices = runnable_variants()
+        if wanted and wanted != "1":
+            choices = [wanted]  # load_variant says why, if it is not one this CPU runs
+        for variant in choices:
+            try:
+                kernel = load_variant(variant)
+            except Unavailable as exc:
+                problems.append(str(exc))
+                continue
+            if problems:  # a better build was refused: worth a line in the log
+                log.warning("compiled kernels: %s; the %s build runs", "; ".join(problems), variant)
+            log.info("compiled kernels ready (%s build, %s)", variant, kernel.isa)
+            _unavailable = None
+            return kernel
+    except Unavailable as exc:
+        problems.append(str(exc))
+    missing = all(p.endswith(" is missing") for p in problems)
+    _unavailable = (
+        "not built when Loopchat was installed (no C compiler then); reinstall with one for "
+        "faster 8/4-bit weights"
+        if problems and missing
+        else "; ".join(problems) or "no build for this CPU"
+    )
+    # Installed without a compiler is a normal state (told in the tooltip); damage is not.
+    report = log.info if missing else log.warning
+    report("compiled kernels unavailable: %s; torch's kernels are used", _unavailable)
+    return None

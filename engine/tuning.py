@@ -84,9 +84,37 @@ def physical_cores() -> int:
 
 
 def forced_threads() -> int | None:
-    """LOOPCHAT_THREADS as a positive int, or None."""
-    wanted = os.environ.get("LOOPCHAT_THREADS", "")
-    return int(wanted) if wanted.isdigit() and int(wanted) > 0 else None
+    """LOOPCHAT_THREADS as a thread count from 1 to os.cpu_count(), or None when it is not set
+    or not usable (then the measured count is used). The one reader of the variable.
+
+    Parsed strictly, as ASCII digits: str.isdigit() also says yes to "²", which int() then
+    refuses. Clamped to the logical CPUs: more threads than CPUs only wait on each other, and
+    tens of thousands make libgomp abort or segfault when it cannot create them. Either way
+    one warning says what was done.
+    """
+    raw = os.environ.get("LOOPCHAT_THREADS", "")
+    text = raw.strip()
+    if not text:
+        return None
+    shown = text if len(text) <= 12 else text[:12] + "…"
+    if not (text.isascii() and text.isdigit()) or not text.strip("0"):
+        log.warning(
+            "LOOPCHAT_THREADS=%r is not a whole number of threads (1 or more); ignored, the "
+            "measured thread count is used",
+            shown,
+        )
+        return None
+    most = os.cpu_count() or 1
+    # Compared by length first: int() refuses strings of over 4300 digits with an error.
+    if len(text.lstrip("0")) > len(str(most)) or int(text) > most:
+        log.warning(
+            "LOOPCHAT_THREADS=%s is more than this computer's %d CPUs; using %d threads",
+            shown,
+            most,
+            most,
+        )
+        return most
+    return int(text)
 
 
 def tuning_key(dtype: torch.dtype, device: torch.device, quant: str) -> str:
@@ -100,12 +128,21 @@ def tuning_key(dtype: torch.dtype, device: torch.device, quant: str) -> str:
             "cpu": cpu_model(),
             "cores": physical_cores(),
             "torch": torch.__version__,
-            # the candidates: a kernel that becomes available (a C compiler installed) or goes
+            # the candidates: a kernel that becomes available (a reinstall with a compiler) or goes
             # away makes the old choice stale
             "kernels": list(available_kernels(quant)) if device.type == "cpu" else [],
+            "native": _native_isa() if device.type == "cpu" and quant != "none" else None,
         },
         sort_keys=True,
     )
+
+
+def _native_isa() -> str | None:
+    """The compiled build in use: another build (a reinstall, LOOPCHAT_NATIVE=avx2) re-measures."""
+    from engine.native import load
+
+    kernel = load()
+    return kernel.isa if kernel is not None else None
 
 
 def _choices_file() -> Path:
@@ -271,10 +308,12 @@ def available_kernels(quant: str) -> tuple[str, ...]:
     """The candidates for this weight format that can run in this process."""
     kernels = KERNELS[quant]
     if any(k in NATIVE_KERNELS for k in kernels):
-        from engine.native import load
+        from engine.native import load, torch_int4_layout_fits
 
         if load() is None:
             kernels = tuple(k for k in kernels if k not in NATIVE_KERNELS)
+        elif not torch_int4_layout_fits():  # torch packs int4 in 32-row blocks on this CPU
+            kernels = tuple(k for k in kernels if k != "int4native")
     return kernels
 
 

@@ -292,7 +292,10 @@ def test_cli_json_contract(loaded, tiny_model_dir: Path) -> None:
         "prefill_s",
         "decode_tokens_per_s",
         "stop_reason",
+        "kernel",
+        "native",
     }
+    assert done["kernel"] in ("packed", "plain")  # float32 weights: a 16/32-bit GEMV path
     assert done["prompt_tokens"] == 3
     assert [t["token_id"] for t in tokens] == done["token_ids"]
     for t in tokens:

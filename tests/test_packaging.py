@@ -12,6 +12,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import platform
 import struct
 import subprocess
 import sys
@@ -146,7 +147,13 @@ def test_built_executable_self_test(tiny_model_dir: Path, tmp_path: Path) -> Non
     if sys.platform.startswith("linux"):
         assert any("xcb" in name for name in platforms), platforms
     assert not (contents / "torch" / "test").exists()
-    assert (contents / "engine" / "csrc" / "decode_kernels.c").is_file()  # the native kernels
+    if sys.platform != "win32":  # the compiled kernels, one build per CPU level, with digests
+        from engine import native_variants
+
+        libs = contents / "engine" / native_variants.LIBRARY_FOLDER
+        for variant in native_variants.variants_for(platform.machine()):
+            assert (libs / native_variants.library_filename(variant.name)).is_file()
+            assert (libs / native_variants.digest_filename(variant.name)).is_file()
 
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen", LOOPCHAT_HOME=str(tmp_path / "home"))
     env.pop("PYTHONPATH", None)  # the bundle must not lean on the source tree
@@ -178,6 +185,26 @@ def test_built_executable_self_test(tiny_model_dir: Path, tmp_path: Path) -> Non
     assert builtin.returncode == 0, builtin.stderr[-3000:]
     done = json.loads(builtin.stdout.strip().splitlines()[-1])
     assert done["token_ids"] == engine_greedy(Path("builtin"))["token_ids"]
+
+    # 4-bit weights on a machine with no C compiler: the bundle's own compiled kernels run (no
+    # numpy either: the bundle leaves it out), and the done line names what ran.
+    no_tools = tmp_path / "no-tools"
+    no_tools.mkdir()
+    four_bit = subprocess.run(
+        [str(exe), "--self-test", "builtin", "--quant", "int4"],
+        capture_output=True,
+        text=True,
+        env=dict(env, PATH=str(no_tools), HF_HOME=str(tmp_path / "empty-hf"), HF_HUB_OFFLINE="1"),
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert four_bit.returncode == 0, four_bit.stderr[-3000:]
+    done = json.loads(four_bit.stdout.strip().splitlines()[-1])
+    assert done["generated_tokens"] >= 1 and done["kernel"] in ("int4pack", "int4native")
+    if sys.platform != "win32":
+        from engine import native
+
+        assert done["native"] == native.load().isa, done  # the CPU's best build, from the bundle
 
     bad = subprocess.run(
         [str(exe), "--self-test", str(tmp_path / "missing")],

@@ -8,6 +8,7 @@ prompt field shows the open conversation's prompt; the default for new chats is 
 from __future__ import annotations
 
 from PySide6.QtCore import QSettings, Signal
+from PySide6.QtGui import QValidator
 from PySide6.QtWidgets import (
     QAbstractSpinBox,
     QDoubleSpinBox,
@@ -20,6 +21,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.session import ReplyOptions
+from desktop.settings_values import setting_float, setting_int, setting_str
 from desktop.views.wheel_guard import guard_wheel
 from engine.events import DEFAULT_MAX_NEW_TOKENS, DEFAULT_REPORT_TOP, SamplingParams
 
@@ -36,6 +38,29 @@ DEFAULTS = {
 }
 """The panel's field values when nothing is saved: SamplingParams' own defaults."""
 DEFAULT_SYSTEM_PROMPT_KEY = "chat/system_prompt"
+SEED_MAX = 2**63 - 1
+"""The largest seed the panel takes: QSettings keeps a signed 64-bit int (2**64 raised
+OverflowError on save), and -1 is kept for "random"."""
+
+
+def parse_seed(text: str) -> int | None:
+    """The seed typed, or None (random) unless it is ASCII digits from 0 to SEED_MAX.
+
+    Strict, because int() takes "²" as 2 after str.isdigit() said yes to it.
+    """
+    text = text.strip()
+    if not (0 < len(text) <= len(str(SEED_MAX)) and text.isascii() and text.isdigit()):
+        return None
+    value = int(text)
+    return value if value <= SEED_MAX else None
+
+
+class SeedValidator(QValidator):
+    """Refuses a keystroke or paste that would make the seed anything but 0..SEED_MAX."""
+
+    def validate(self, text: str, pos: int) -> tuple[QValidator.State, str, int]:
+        ok = not text.strip() or parse_seed(text) is not None
+        return (QValidator.State.Acceptable if ok else QValidator.State.Invalid), text, pos
 
 
 class SamplingPanel(QWidget):
@@ -87,7 +112,8 @@ class SamplingPanel(QWidget):
         form.addRow("Max new tokens", self.max_new_tokens)
         self.seed = QLineEdit()
         self.seed.setPlaceholderText("random")
-        self.seed.setToolTip("A number makes sampling repeatable; empty = random")
+        self.seed.setToolTip("A whole number (0 or more) makes sampling repeatable; empty = random")
+        self.seed.setValidator(SeedValidator(self.seed))
         form.addRow("Seed", self.seed)
         self.report_top = QSpinBox()
         self.report_top.setRange(1, 50)
@@ -111,22 +137,25 @@ class SamplingPanel(QWidget):
         self.seed.editingFinished.connect(self._save)
 
     def load(self) -> None:
+        """The saved values; a damaged one (a hand-edited file) gives its field's default."""
         s = self._settings
-        get = lambda key, kind: kind(s.value(f"sampling/{key}", DEFAULTS[key]))  # noqa: E731
-        self.temperature.setValue(get("temperature", float))
-        self.top_k.setValue(get("top_k", int))
-        self.top_p.setValue(get("top_p", float))
-        self.min_p.setValue(get("min_p", float))
-        self.repetition_penalty.setValue(get("repetition_penalty", float))
-        self.max_new_tokens.setValue(get("max_new_tokens", int))
-        seed = get("seed", int)
+        for key in ("temperature", "top_p", "min_p", "repetition_penalty"):
+            box = getattr(self, key)
+            box.setValue(
+                setting_float(s, f"sampling/{key}", DEFAULTS[key], box.minimum(), box.maximum())
+            )
+        for key in ("top_k", "max_new_tokens", "report_top"):
+            box = getattr(self, key)
+            box.setValue(
+                setting_int(s, f"sampling/{key}", DEFAULTS[key], box.minimum(), box.maximum())
+            )
+        seed = setting_int(s, "sampling/seed", DEFAULTS["seed"], -1, SEED_MAX)
         self.seed.setText("" if seed < 0 else str(seed))
-        self.report_top.setValue(get("report_top", int))
         self.system_prompt.setPlainText(self.default_system_prompt())
 
     def default_system_prompt(self) -> str:
         """The system prompt a new chat starts with."""
-        return str(self._settings.value(DEFAULT_SYSTEM_PROMPT_KEY, "") or "")
+        return setting_str(self._settings, DEFAULT_SYSTEM_PROMPT_KEY, "")
 
     def save_default_system_prompt(self) -> None:
         """Make the prompt shown now the one new chats start with."""
@@ -151,8 +180,7 @@ class SamplingPanel(QWidget):
 
     def values(self) -> dict:
         """The request fields these settings decide (plain data for the worker)."""
-        seed_text = self.seed.text().strip()
-        seed = int(seed_text) if seed_text.lstrip("-").isdigit() else None
+        seed = parse_seed(self.seed.text())
         return {
             "params": {
                 "temperature": round(self.temperature.value(), 4),

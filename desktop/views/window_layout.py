@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from desktop.settings_values import setting_bytes
 from desktop.views.banner import Banner
 from desktop.views.conversation_list import ConversationList
 from desktop.views.conversation_view import ConversationView
@@ -149,11 +150,11 @@ def build_layout(w: QMainWindow) -> None:
 
 def restore_layout(w) -> None:
     """Window geometry and splitter positions as the user left them."""
-    geometry = w.settings.value("window/geometry")
+    geometry = setting_bytes(w.settings, "window/geometry")
     if geometry is not None:
         w.restoreGeometry(geometry)
     for key, splitter in (("window/splitter", w.splitter), ("window/side", w.side)):
-        state = w.settings.value(key)
+        state = setting_bytes(w.settings, key)
         if state is not None:
             splitter.restoreState(state)
 
@@ -301,9 +302,11 @@ def runtime_tooltip(info: ModelInfo) -> str:
         how = source.get(str(extra.get("kernel_source")), str(extra.get("kernel_source", "")))
         lines.append(f"Kernel: {extra['kernel']} ({how})")
     if extra.get("native_isa"):
-        lines.append(f"Loopchat's compiled kernel, built here for {extra['native_isa']}")
+        lines.append(f"Loopchat's compiled kernel, its {extra['native_isa']} build")
     if extra.get("native_ops"):
         lines.append("Norms and rotary embedding: Loopchat's compiled C")
+    if extra.get("native_unavailable"):
+        lines.append(f"Loopchat's compiled kernels: {extra['native_unavailable']}")
     if extra.get("threads"):
         governed = ", adjusted while decoding" if extra.get("thread_governor") else ""
         lines.append(f"Threads: {extra['threads']}{governed}")

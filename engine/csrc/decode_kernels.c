@@ -35,7 +35,7 @@
 #define CPU_RELAX() ((void)0)
 #endif
 
-#define LC_ABI 4
+#define LC_ABI 5
 #define GROUP 128 /* activation group of the int8 product */
 #define MAX_THREADS 64
 #define SPIN_ROUNDS 20000
@@ -47,6 +47,23 @@ enum { KIND_INT8 = 0, KIND_INT4 = 1, KIND_INT4_WEIGHTS = 2 };
 #define INT4_BLOCK 64 /* rows per block of torch's CPU int4 layout */
 
 int lc_abi(void) { return LC_ABI; }
+
+/* Which build (engine/native_variants.py) this CPU can run: 2 = AVX-512 F/BW/VL/DQ with VNNI and
+ * VBMI, 1 = AVX2 with FMA, 0 = the baseline. Asked of the baseline build, which any x86-64 runs; the
+ * compiler's CPU detection also checks that the operating system saves the wider registers. */
+int lc_cpu_level(void) {
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) return 0;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi"))
+        return 2;
+    return 1;
+#else
+    return 0;
+#endif
+}
 
 const char* lc_isa(void) {
 #if defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__AVX512VBMI__)
