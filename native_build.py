@@ -1,5 +1,5 @@
 """Build Loopchat's compiled decode kernels: one shared library per CPU level
-(engine/native_variants.py), for `pip install` (setup.py's build_ext) and for the frozen
+(engine/kernels/native_variants.py), for `pip install` (setup.py's build_ext) and for the frozen
 executable (build.spec).
 
 Why at build time: compiling on the user's machine needed a C compiler there (most Windows and
@@ -25,14 +25,14 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-SOURCE = ROOT / "engine" / "csrc" / "decode_kernels.c"
+SOURCE = ROOT / "engine" / "kernels" / "csrc" / "decode_kernels.c"
 COMPILE_TIMEOUT_S = 600
 BASE_FLAGS = ("-O3", "-shared", "-fPIC", "-pthread", "-std=c11")
 
 
 def _variants_module():
     spec = importlib.util.spec_from_file_location(
-        "_loopchat_native_variants", ROOT / "engine" / "native_variants.py"
+        "_loopchat_native_variants", ROOT / "engine" / "kernels" / "native_variants.py"
     )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -116,7 +116,7 @@ def build_all(folder: Path) -> dict[str, str | None]:
 
 
 if __name__ == "__main__":
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "engine" / variants.LIBRARY_FOLDER
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT.joinpath(*variants.library_dir_parts())
     results = build_all(out)
     for variant, problem in results.items():
         print(f"{variant}: {problem or 'built'}")

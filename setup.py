@@ -1,7 +1,8 @@
 """Build hook: pip builds Loopchat's compiled decode kernels (native_build.py) as an optional part.
 
 Everything else about the package is in pyproject.toml. The kernels are plain shared libraries
-loaded with ctypes (engine/native.py), one per CPU level, so they are declared as extensions only
+loaded with ctypes (engine/kernels/native.py), one per CPU level, so they are declared as
+extensions only
 to ride setuptools' build and install steps (wheel tag, editable installs); the compiling is
 native_build.py's, the same code build.spec uses for the executable. Without a C compiler the
 install still succeeds: the build says so, and the engine runs torch's kernels and tells why.
@@ -25,10 +26,11 @@ variants = native_build.variants
 
 
 class KernelLibrary(Extension):
-    """One build of engine/csrc/decode_kernels.c (not a Python module)."""
+    """One build of engine/kernels/csrc/decode_kernels.c (not a Python module)."""
 
     def __init__(self, variant: str) -> None:
-        super().__init__(f"engine.{variants.LIBRARY_FOLDER}.{variant}", sources=[], optional=True)
+        name = ".".join((*variants.library_dir_parts(), variant))
+        super().__init__(name, sources=[], optional=True)
         self.variant = variant
 
 
@@ -57,13 +59,14 @@ class BuildKernels(build_ext):
 
     def copy_extensions_to_source(self) -> None:
         """Editable installs: the libraries, and their digests, go into the source tree's
-        engine/native_libs (a folder with no __init__.py, which setuptools does not create)."""
-        folder = Path("engine", variants.LIBRARY_FOLDER)
+        engine/kernels/native_libs (a folder with no __init__.py, which setuptools does not
+        create)."""
+        folder = Path(*variants.library_dir_parts())
         folder.mkdir(exist_ok=True)
         super().copy_extensions_to_source()
         for ext in self.extensions:
             if isinstance(ext, KernelLibrary):
-                built = Path(self.build_lib, "engine", variants.LIBRARY_FOLDER, _library(ext))
+                built = Path(self.build_lib, *variants.library_dir_parts(), _library(ext))
                 digest = built.with_name(built.name + ".sha256")
                 if digest.is_file():
                     shutil.copyfile(digest, folder / digest.name)

@@ -210,9 +210,9 @@ def measure_engine(folder: str, dtype: str, quant: str, tokens: int, contexts: l
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from engine.generate import Generator
-    from engine.loader import load_model
-    from engine.sampling import SamplingParams
+    from engine.generation.generate import Generator
+    from engine.generation.sampling import SamplingParams
+    from engine.loading.loader import load_model
 
     t0 = time.perf_counter()
     loaded = load_model(
@@ -466,7 +466,7 @@ def seven_b(args: argparse.Namespace, folder: Path, home: Path) -> None:
 
 def cpu_name() -> str:
     sys.path.insert(0, str(ROOT))
-    from engine.tuning import cpu_model
+    from engine.kernels.tuning import cpu_model
 
     return cpu_model()
 

@@ -22,7 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.tuning import _make_matvec, cpu_model  # noqa: E402
+from engine.kernels.tuning import _make_matvec, cpu_model  # noqa: E402
 
 DIM, HIDDEN, HEADS, KV_HEADS, LAYERS, VOCAB = 2048, 5632, 32, 4, 22, 32000
 HEAD_DIM = DIM // HEADS
@@ -46,7 +46,8 @@ KERNELS: dict[str, tuple[str, torch.dtype, float]] = {
     "int_mm W8A8 (int8 act.; not used)": ("int_mm", torch.int8, 1.0),
 }
 HEAD_INT8 = "int8pack (bf16 act.)"
-"""The quantized formats keep the output head in int8 (engine/quant.py): int4 on torch's kernel,
+"""The quantized formats keep the output head in int8 (engine/kernels/quant.py): int4 on torch's
+kernel,
 int8 on the kernel of its own row."""
 WORKING_SET = 200 * 2**20
 

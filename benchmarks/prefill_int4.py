@@ -5,7 +5,7 @@ Why: batch-1 decode streams weights, but a prefill chunk of T rows is a GEMM; to
 kernel (`_weight_int4pack_mm_for_cpu`) took ~2.3x as long as bf16 for 512 rows, which makes a
 long pasted prompt twice as slow to start answering with 4-bit weights. This prints, per chunk
 size, the time of one TinyLlama-shaped MLP product (5632 x 2048, group 64) each way and the
-ratios, measured in the same run; `engine/quant.py`'s INT4_GEMM_ROWS comes from it.
+ratios, measured in the same run; `engine/kernels/quant.py`'s INT4_GEMM_ROWS comes from it.
 
     python benchmarks/prefill_int4.py [--threads 2] [--rounds 5]
 """
@@ -20,9 +20,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from engine import native
-from engine.quant import dequantize_int4, pack_int4, quantize_int4
-from engine.tuning import cpu_model
+from engine.kernels import native
+from engine.kernels.quant_math import dequantize_int4, pack_int4, quantize_int4
+from engine.kernels.tuning import cpu_model
 
 OUT, IN, GROUP = 5632, 2048, 64
 ROWS = (2, 4, 8, 16, 32, 64, 128, 512)

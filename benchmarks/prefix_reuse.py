@@ -20,10 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.decode import write_checkpoint  # noqa: E402
-from engine.chat import Message, chat_prompt_ids  # noqa: E402
-from engine.generate import Generator  # noqa: E402
-from engine.loader import load_model  # noqa: E402
-from engine.sampling import SamplingParams  # noqa: E402
+from engine.generation.generate import Generator  # noqa: E402
+from engine.generation.sampling import SamplingParams  # noqa: E402
+from engine.loading.loader import load_model  # noqa: E402
+from engine.text.chat import Message, chat_prompt_ids  # noqa: E402
 from tests.fixtures.tokenizer import corpus_lines  # noqa: E402
 
 GREEDY = SamplingParams(temperature=0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)

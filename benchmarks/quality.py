@@ -40,9 +40,9 @@ def prompts(count: int, length: int) -> list[list[int]]:
 
 def trained_prompts(model: str, count: int, length: int) -> list[list[int]]:
     """Held-out dialogues of a trained model (text it never saw), as the engine encodes them."""
-    from engine.builtin import held_out_dialogues
-    from engine.model_folder import resolve_model
-    from engine.tokenizer import Tokenizer
+    from engine.loading.builtin import held_out_dialogues
+    from engine.loading.model_folder import resolve_model
+    from engine.text.tokenizer import Tokenizer
 
     folder = resolve_model(model)
     tokenizer = Tokenizer(folder / "tokenizer.model")
@@ -69,9 +69,9 @@ def main() -> None:
     import torch
 
     from benchmarks.decode import write_checkpoint
-    from engine.generate import Generator
-    from engine.loader import load_model
-    from engine.sampling import SamplingParams
+    from engine.generation.generate import Generator
+    from engine.generation.sampling import SamplingParams
+    from engine.loading.loader import load_model
 
     if args.model:
         texts = trained_prompts(args.model, args.prompts, args.length)

@@ -11,7 +11,7 @@ log = logging.getLogger(__name__)
 
 
 class DownloadWorker(QObject):
-    """Runs engine.download.download_model; reports plain-data progress."""
+    """Runs engine.hub.download.download_model; reports plain-data progress."""
 
     progress = Signal(dict)
     finished = Signal(str)
@@ -24,8 +24,8 @@ class DownloadWorker(QObject):
 
     @Slot(str, str, bool)
     def download(self, repo_id: str, token: str, remember: bool) -> None:
-        from engine.download import DownloadCancelled, download_model, format_progress
         from engine.errors import EngineError
+        from engine.hub.download import DownloadCancelled, download_model, format_progress
 
         def report(p) -> None:
             self.progress.emit(

@@ -1,7 +1,8 @@
 """Inspection requests the engine thread runs for the window: surprisal and attention.
 
 A job is a frozen record the GUI builds from plain data (messages, token ids) and sends to the
-worker; `run(loaded, cancel)` executes in the worker thread with `engine.inspect.inspect_tokens`,
+worker; `run(loaded, cancel)` executes in the worker thread with
+`engine.generation.inspect.inspect_tokens`,
 the same function as `python -m engine inspect`, and returns a frozen result of plain Python data.
 Nothing here touches Qt, so the jobs are tested without a window and never run on the GUI thread.
 `cancel` (set when the app closes) stops a long prompt between chunks.
@@ -69,7 +70,7 @@ class SurprisalJob:
         half the context before where the previous window stopped (a strided sliding window, as
         the chat itself leaves out the oldest turns once the conversation outgrows the context).
         """
-        from engine.chat import Message
+        from engine.text.chat import Message
 
         messages = [Message(m["role"], m["content"]) for m in self.messages]
         system = 1 if messages and messages[0].role == "system" else 0
@@ -97,8 +98,8 @@ class SurprisalJob:
         self, loaded: Any, messages: list, names: _Names, cancel: threading.Event | None
     ) -> tuple[list[int], list[tuple[TokenInfo, ...] | None]]:
         """One pass: the ids read, and each message's tokens with their numbers."""
-        from engine.inspect import inspect_tokens
-        from engine.token_spans import message_spans, token_texts
+        from engine.generation.inspect import inspect_tokens
+        from engine.text.token_spans import message_spans, token_texts
 
         ids = conversation_ids(loaded, messages)
         found = inspect_tokens(loaded, ids, attention=False, top=self.top, cancel=cancel)
@@ -184,7 +185,7 @@ def conversation_ids(loaded: Any, messages: list) -> list[int]:
     """The prompt ids of a conversation; one that ends with a reply gets the reply's tokens
     appended after the prompt that asked for it (templates only render prompts ending in a
     user turn)."""
-    from engine.chat import chat_prompt_ids
+    from engine.text.chat import chat_prompt_ids
 
     if messages and messages[-1].role == "assistant":
         prompt = chat_prompt_ids(loaded.tokenizer, messages[:-1], loaded.chat_template)
@@ -238,9 +239,9 @@ class AttentionJob:
     job_id: int = 0
 
     def run(self, loaded: Any, cancel: threading.Event | None = None) -> AttentionResult:
-        from engine.chat import Message
         from engine.errors import EngineError
-        from engine.inspect import inspect_tokens, outside_vocabulary
+        from engine.generation.inspect import inspect_tokens, outside_vocabulary
+        from engine.text.chat import Message
 
         if not 0 <= self.index < len(self.reply_ids):
             raise EngineError(f"token {self.index + 1} is not part of this reply")

@@ -31,8 +31,8 @@ from desktop.views.input_hint import hint_text, max_tokens_warning
 from desktop.views.message_edit import BUSY_NOTICE, MessageEdit
 from desktop.views.topk_panel import visible_token
 from desktop.views.window_layout import build_layout, restore_layout, save_layout
-from engine.builtin import BUILTIN_NAME, is_builtin
 from engine.events import GenerationResult, GenerationStarted, ModelInfo, PrefillProgress, Step
+from engine.loading.builtin import BUILTIN_NAME, is_builtin
 
 log = logging.getLogger(__name__)
 UNDO_WINDOW_S = 60

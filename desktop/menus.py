@@ -142,7 +142,7 @@ WEIGHTS = (
     ("int8", "&8-bit (half the memory)"),
     ("int4", "&4-bit (a third of the memory, less exact)"),
 )
-"""The weight formats a model can be loaded in (engine/quant.py), remembered per model."""
+"""The weight formats a model can be loaded in (engine/kernels/quant.py), remembered per model."""
 
 
 WEIGHT_LABELS = {"none": "16-bit", "int8": "8-bit", "int4": "4-bit"}
@@ -210,7 +210,7 @@ def weights_refusal(w: MainWindow) -> str:
 
 def model_label(path: str) -> str:
     """A model's name for a notice when only its path is known (no ModelInfo yet)."""
-    from engine.builtin import is_builtin
+    from engine.loading.builtin import is_builtin
 
     if is_builtin(path):
         return "the built-in model"  # the window capitalises a sentence's first word

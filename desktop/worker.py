@@ -64,7 +64,7 @@ def room_for_another(path: str) -> bool:
     switch loads first (keeping the old model if the new one fails) only when the new weights
     fit in the available memory with a margin; otherwise the old model is freed first.
     """
-    from engine.model_folder import resolve_model
+    from engine.loading.model_folder import resolve_model
 
     try:
         folder = resolve_model(path)
@@ -156,7 +156,7 @@ class EngineWorker(QObject):
                 self._release()
                 self.model_unloaded.emit()
                 loaded = self._load(path, dtype, device, quant)
-            from engine.generate import Generator
+            from engine.generation.generate import Generator
 
             generator = Generator(loaded)
             self._release()
@@ -178,7 +178,7 @@ class EngineWorker(QObject):
         preload_torch_libraries()  # so that importing torch below hardly holds the GIL
         if self._load_cancel.is_set():
             raise LoadCancelled
-        from engine.loader import load_model
+        from engine.loading.loader import load_model
 
         def progress(fraction: float, message: str) -> None:
             if self._load_cancel.is_set():
@@ -218,8 +218,8 @@ class EngineWorker(QObject):
         rid = request.request_id
         self._end_held()
         try:
-            from engine.chat import Message
             from engine.errors import EngineError
+            from engine.text.chat import Message
 
             if self._generator is None:
                 raise EngineError(
@@ -349,8 +349,8 @@ class EngineWorker(QObject):
         The system prompt is always kept; turns go in user/assistant pairs so roles still
         alternate. Room is left for the reply (max_new_tokens, up to half the context).
         """
-        from engine.chat import chat_prompt_ids
         from engine.errors import EngineError
+        from engine.text.chat import chat_prompt_ids
 
         loaded = self._loaded
         limit = loaded.max_context

@@ -26,7 +26,7 @@ from engine.events import (
     QUANT_NAMES,
     done_line,
 )
-from engine.progress_text import DownloadProgress, format_progress
+from engine.hub.progress_text import DownloadProgress, format_progress
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
@@ -175,7 +175,7 @@ def check_generate_args(ns: argparse.Namespace) -> None:
 
 def sampling_params(ns: argparse.Namespace):
     """The sampler settings the flags describe."""
-    from engine.sampling import SamplingParams
+    from engine.generation.sampling import SamplingParams
 
     return SamplingParams(
         temperature=ns.temperature,
@@ -189,7 +189,7 @@ def sampling_params(ns: argparse.Namespace):
 
 def prompt_from_args(ns: argparse.Namespace, loaded) -> list[int]:
     """Token ids for the prompt the user asked for (plain, chat-wrapped or given as ids)."""
-    from engine.chat import Message, chat_prompt_ids
+    from engine.text.chat import Message, chat_prompt_ids
 
     if ns.prompt_ids is not None:
         if ns.chat or ns.system:
@@ -231,8 +231,8 @@ def cancel_on_sigint(cancel: threading.Event) -> Iterator[None]:
 
 def run_generate(ns: argparse.Namespace) -> int:
     """Load, generate, and print either streamed text or the JSON-lines contract."""
-    from engine.generate import Generator
-    from engine.loader import load_model
+    from engine.generation.generate import Generator
+    from engine.loading.loader import load_model
 
     check_generate_args(ns)
     params = sampling_params(ns)
@@ -335,8 +335,8 @@ def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_inspect(ns: argparse.Namespace) -> int:
     """Load, prefill the prompt once with attention capture, print the inspection."""
-    from engine.inspect import inspect_tokens
-    from engine.loader import load_model
+    from engine.generation.inspect import inspect_tokens
+    from engine.loading.loader import load_model
 
     if ns.prompt_file is not None:
         ns.prompt = read_prompt_file(ns.prompt_file)
@@ -415,7 +415,7 @@ class _TerminalProgress:
 def run_download(ns: argparse.Namespace) -> int:
     """Run `download`: progress on stderr, the snapshot folder as the last line of stdout, exit 0;
     a problem is one line on stderr and exit 2."""
-    from engine.download import download_model
+    from engine.hub.download import download_model
 
     show = _TerminalProgress(sys.stderr)
     try:

@@ -213,7 +213,8 @@ class SamplerStage(_Record):
 
 @dataclass(frozen=True)
 class SamplerStages(_Record):
-    """How the sampler chose one token, stage by stage (`engine.sampler_stages.explain_choice`).
+    """How the sampler chose one token, stage by stage
+    (`engine.generation.sampler_stages.explain_choice`).
 
     `draw` is the uniform number in [0, 1) that picked the token from the last stage's
     cumulative distribution and `span` the picked token's [start, end) on it; both are None for a

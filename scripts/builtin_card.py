@@ -20,11 +20,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.builtin import held_out_perplexity  # noqa: E402
-from engine.chat import Message, chat_prompt_ids  # noqa: E402
-from engine.generate import Generator  # noqa: E402
-from engine.loader import load_model  # noqa: E402
-from engine.sampling import SamplingParams  # noqa: E402
+from engine.generation.generate import Generator  # noqa: E402
+from engine.generation.inspect import held_out_perplexity  # noqa: E402
+from engine.generation.sampling import SamplingParams  # noqa: E402
+from engine.loading.loader import load_model  # noqa: E402
+from engine.text.chat import Message, chat_prompt_ids  # noqa: E402
 
 PROMPTS = [
     'What does "ephemeral" mean?',

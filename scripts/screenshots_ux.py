@@ -113,7 +113,7 @@ def sharded_copy(model: Path, out: Path) -> Path:
 
 def model_folder(model: str) -> Path:
     if model == "builtin":
-        from engine.builtin import builtin_dir
+        from engine.loading.builtin import builtin_dir
 
         return builtin_dir()
     return Path(model)

@@ -90,7 +90,7 @@ def train_tokenizer(texts: list[str], out: Path, vocab_size: int, seed: int) -> 
 
 def encode_dialogues(tokenizer, pairs: list[tuple[str, str]]) -> list[list[int]]:
     """Each exchange exactly as the engine's chat format encodes a finished turn."""
-    from engine.chat import B_INST, E_INST
+    from engine.text.chat import B_INST, E_INST
 
     return [
         tokenizer.encode(f"{B_INST} {q.strip()} {E_INST} {a.strip()} ", bos=True, eos=True)
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from engine.tokenizer import Tokenizer
+    from engine.text.tokenizer import Tokenizer
 
     train_pairs, held_pairs = builtin_corpus.build(ns.wordnet, ns.seed)
     log.info("corpus: %d training dialogues, %d held out", len(train_pairs), len(held_pairs))

@@ -94,9 +94,10 @@ def tiny_model_dir(tiny_gqa_hf_dir: Path) -> Path:
 
 @pytest.fixture
 def kernel():
-    """Loopchat's compiled kernels (engine/native.py); the test is skipped where they cannot be
+    """Loopchat's compiled kernels (engine/kernels/native.py); the test is skipped where they
+    cannot be
     built (tests/test_native_kernels.py fails instead where a compiler should have built them)."""
-    from engine import native
+    from engine.kernels import native
 
     built = native.load()
     if built is None:

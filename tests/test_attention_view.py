@@ -10,8 +10,8 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QTextCursor
 
 from desktop.views.attention_view import AVERAGE, MAXIMUM, combine, head_focus
-from engine.chat import Message, chat_prompt_ids
-from engine.loader import load_model
+from engine.loading.loader import load_model
+from engine.text.chat import Message, chat_prompt_ids
 from tests.window_helpers import ask, greedy, load, make_window
 
 

@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.chat import Message, chat_prompt_ids, load_chat_template
-from engine.config import ModelArgs
 from engine.errors import EngineError
-from engine.generate import Generator
-from engine.loader import load_model
-from engine.sampling import SamplingParams
-from engine.tokenizer import Tokenizer
+from engine.generation.generate import Generator
+from engine.generation.sampling import SamplingParams
+from engine.loading.loader import load_model
+from engine.model.config import ModelArgs
+from engine.text.chat import Message, chat_prompt_ids, load_chat_template
+from engine.text.tokenizer import Tokenizer
 
 
 def copy_model(src: Path, dst: Path) -> Path:
@@ -153,7 +153,7 @@ def test_huge_context_is_capped_not_allocated(tiny_hf_dir: Path, tmp_path: Path)
 
 
 def test_context_is_capped_to_available_memory() -> None:
-    from engine.memory import bytes_per_position, choose_context
+    from engine.loading.memory import bytes_per_position, choose_context
 
     llama7b = ModelArgs(dim=4096, n_layers=32, n_heads=32, vocab_size=32000, hidden_dim=11008)
     per_position = bytes_per_position(llama7b, torch.float16)

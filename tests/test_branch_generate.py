@@ -13,8 +13,8 @@ import pytest
 
 from engine.errors import EngineError
 from engine.events import GREEDY
-from engine.generate import Generator
-from engine.loader import load_model
+from engine.generation.generate import Generator
+from engine.loading.loader import load_model
 from tests.test_generate import hf_greedy, run_all
 
 

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from engine.builtin import builtin_dir, held_out_perplexity, is_builtin, resolve_builtin
-from engine.chat import Message, chat_prompt_ids
-from engine.generate import Generator
-from engine.loader import load_model
-from engine.sampling import SamplingParams
+from engine.generation.generate import Generator
+from engine.generation.inspect import held_out_perplexity
+from engine.generation.sampling import SamplingParams
+from engine.loading.builtin import builtin_dir, is_builtin, resolve_builtin
+from engine.loading.loader import load_model
+from engine.text.chat import Message, chat_prompt_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.chat import (
+from engine.errors import EngineError
+from engine.text.chat import (
     B_INST,
     B_SYS,
     E_INST,
@@ -18,8 +19,7 @@ from engine.chat import (
     llama2_prompt_ids,
     load_chat_template,
 )
-from engine.errors import EngineError
-from engine.tokenizer import Tokenizer
+from engine.text.tokenizer import Tokenizer
 from tests.fixtures.models import LLAMA2_CHAT_TEMPLATE
 
 CHATML = (

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.chat import B_INST, B_SYS, E_INST, E_SYS, Message, chat_prompt_ids
-from engine.loader import load_model
-from engine.prefix_rule import prefix_rule, rule_from_tokenizer_json
+from engine.loading.loader import load_model
+from engine.text.chat import B_INST, B_SYS, E_INST, E_SYS, Message, chat_prompt_ids
+from engine.text.prefix_rule import prefix_rule, rule_from_tokenizer_json
 from tests.fixtures.models import LLAMA2_CHAT_TEMPLATE
 
 CONVERSATIONS = [

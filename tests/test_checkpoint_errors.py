@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from engine.errors import EngineError
-from engine.loader import load_model
+from engine.loading.loader import load_model
 
 
 def copy_model(src: Path, dst: Path) -> Path:

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from engine.errors import EngineError
-from engine.generate import Generator
-from engine.loader import load_model
-from engine.sampling import SamplingParams
+from engine.generation.generate import Generator
+from engine.generation.sampling import SamplingParams
+from engine.loading.loader import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--dtype", "float32", "--device", "cpu"]
@@ -229,8 +229,8 @@ def test_kv_cache_allocation_failure_is_one_line(tiny_model_dir: Path, tmp_path:
 
     import psutil
 
-    from engine.config import ModelArgs
-    from engine.memory import MEMORY_SHARE, bytes_per_position
+    from engine.loading.memory import MEMORY_SHARE, bytes_per_position
+    from engine.model.config import ModelArgs
     from tests.fixtures.models import DIM, HEADS, LAYERS, VOCAB
 
     limit = 4 * 2**30  # room for Python and torch, not for the cache asked for below

@@ -13,10 +13,10 @@ import pytest
 from PySide6.QtCore import QSettings, Qt, QTimer
 from PySide6.QtGui import QFontDatabase, QFontInfo, QGuiApplication, QTextCursor
 
-from engine.chat import Message, chat_prompt_ids
 from engine.events import GREEDY
-from engine.generate import Generator
-from engine.loader import load_model
+from engine.generation.generate import Generator
+from engine.loading.loader import load_model
+from engine.text.chat import Message, chat_prompt_ids
 from tests.window_helpers import broken_model_folder, greedy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -341,7 +341,7 @@ def test_every_default_comes_from_one_place(qtbot, tmp_path: Path) -> None:
     from desktop.views.sampling_panel import SamplingPanel
     from engine.cli import build_parser
     from engine.events import CLI_SAMPLING, DTYPE_NAMES, SamplingParams
-    from engine.loader import DTYPES
+    from engine.loading.loader import DTYPES
 
     panel = SamplingPanel(QSettings(str(tmp_path / "fresh.ini"), QSettings.Format.IniFormat))
     qtbot.addWidget(panel)

@@ -9,7 +9,7 @@ import pytest
 from PySide6.QtCore import QObject, QSettings, Qt, Slot
 
 from engine.errors import EngineError
-from engine.model_folder import list_cached_models, resolve_model
+from engine.loading.model_folder import list_cached_models, resolve_model
 from tests.hub_server import FakeHub
 
 DEFAULT = "TinyLlama/TinyLlama-1.1B-Chat-v1.0"

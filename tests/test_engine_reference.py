@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.checkpoint import load_transformer
-from engine.generate import Generator
-from engine.linear import can_pack
-from engine.loader import load_model
-from engine.sampling import SamplingParams
+from engine.generation.generate import Generator
+from engine.generation.sampling import SamplingParams
+from engine.kernels.linear import can_pack
+from engine.loading.checkpoint import load_transformer
+from engine.loading.loader import load_model
 
 CPU = torch.device("cpu")
 GREEDY = SamplingParams(temperature=0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)

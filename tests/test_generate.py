@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.chat import Message, chat_prompt_ids
 from engine.errors import EngineError
-from engine.generate import Generator, common_prefix_len
-from engine.loader import load_model
-from engine.sampling import SamplingParams
+from engine.generation.generate import Generator, common_prefix_len
+from engine.generation.sampling import SamplingParams
+from engine.loading.loader import load_model
+from engine.text.chat import Message, chat_prompt_ids
 
 GREEDY = SamplingParams(temperature=0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
 ROOT = Path(__file__).resolve().parents[1]

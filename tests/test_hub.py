@@ -26,16 +26,16 @@ import pytest
 
 from desktop.catalogue import load_catalogue
 from engine.cli import add_download_arguments, run_download
-from engine.download import (
+from engine.errors import EngineError
+from engine.hub.download import (
     DownloadCancelled,
     DownloadProgress,
     download_model,
     format_duration,
     format_progress,
 )
-from engine.errors import EngineError
-from engine.loader import load_model
-from engine.model_folder import is_model_complete, list_cached_models, resolve_model
+from engine.loading.loader import load_model
+from engine.loading.model_folder import is_model_complete, list_cached_models, resolve_model
 from tests.hub_server import FakeHub
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,7 +159,7 @@ def test_cut_transfer_resumes_where_it_stopped(hub: FakeHub, big_files: dict[str
 
 def test_reset_connection_is_tried_again(hub: FakeHub, caplog) -> None:
     hub.reset_once.add("tokenizer.model")  # RST mid-file: huggingface_hub gives up this call
-    with caplog.at_level(logging.WARNING, logger="engine.download"):
+    with caplog.at_level(logging.WARNING, logger="engine.hub.download"):
         folder = download_model(REPO)
     assert is_model_complete(folder)
     assert len(hub.gets("tokenizer.model")) == 2
@@ -202,7 +202,7 @@ def test_cached_model_is_found_offline(hub: FakeHub, monkeypatch, tiny_model_dir
 def test_unreachable_hub_falls_back_to_a_cached_copy(hub: FakeHub, monkeypatch, caplog) -> None:
     folder = download_model(REPO)
     monkeypatch.setenv("HF_ENDPOINT", closed_port_url())
-    with caplog.at_level(logging.WARNING, logger="engine.download"):
+    with caplog.at_level(logging.WARNING, logger="engine.hub.download"):
         assert download_model(REPO) == folder
     assert "using the copy already in the cache" in caplog.text
 

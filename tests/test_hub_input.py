@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.download import download_model
 from engine.errors import EngineError
-from engine.model_folder import find_cached_model
+from engine.hub.download import download_model
+from engine.loading.model_folder import find_cached_model
 from tests.hub_server import FakeHub
 
 ROOT = Path(__file__).resolve().parents[1]

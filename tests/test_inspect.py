@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from engine.errors import EngineError
-from engine.inspect import inspect_tokens
-from engine.loader import load_model
+from engine.generation.inspect import inspect_tokens
+from engine.loading.loader import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ["tiny_hf_dir", "tiny_meta_dir", "tiny_gqa_hf_dir", "tiny_gqa_meta_dir"]

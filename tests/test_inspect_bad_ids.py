@@ -14,7 +14,7 @@ import pytest
 
 from desktop.inspect_jobs import AttentionJob
 from engine.errors import EngineError
-from engine.loader import load_model
+from engine.loading.loader import load_model
 from tests.fixtures.models import VOCAB
 from tests.window_helpers import ask, greedy, load, make_window
 

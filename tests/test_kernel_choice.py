@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import tuning
-from engine.tuning import ThreadGovernor, pick
+from engine.kernels import tuning
+from engine.kernels.tuning import ThreadGovernor, pick
 
 
 @pytest.fixture(autouse=True)
@@ -24,7 +24,7 @@ def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def _load(folder: Path, quant: str = "none"):
-    from engine.loader import load_model
+    from engine.loading.loader import load_model
 
     return load_model(folder, dtype="bfloat16", device="cpu", quant=quant)
 
@@ -78,7 +78,7 @@ def test_unreadable_or_foreign_choice_is_measured_again(tiny_model_dir: Path, tm
 
 @pytest.mark.parametrize("kernel", ["plain", "packed"])
 def test_loopchat_kernel_forces_the_kernel(tiny_model_dir: Path, monkeypatch, kernel: str):
-    from engine.linear import can_pack
+    from engine.kernels.linear import can_pack
 
     if kernel == "packed" and not can_pack(torch.bfloat16):
         pytest.skip("oneDNN cannot pack bf16 on this machine")
@@ -98,7 +98,7 @@ def test_loopchat_kernel_that_does_not_apply_is_ignored(tiny_model_dir: Path, mo
 def test_loopchat_threads_forces_threads_and_turns_the_governor_off(
     tiny_model_dir: Path, monkeypatch
 ) -> None:
-    from engine.generate import Generator
+    from engine.generation.generate import Generator
 
     monkeypatch.setenv("LOOPCHAT_THREADS", "1")
     loaded = _load(tiny_model_dir)
@@ -151,7 +151,7 @@ def test_governor_finds_one_thread_early_when_the_machine_is_busy_from_the_start
 
 
 def test_float16_prefill_rows_run_in_float32_where_half_gemms_are_slow(monkeypatch) -> None:
-    from engine import linear
+    from engine.kernels import linear
 
     calls = []
     real = linear.half_via_float

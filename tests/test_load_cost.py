@@ -14,7 +14,7 @@ def test_loading_does_not_import_torch_dynamo(tiny_model_dir: Path) -> None:
     # on the first model load; a fresh process shows whether anything on the load path pulls it.
     code = (
         "import sys\n"
-        "from engine.loader import load_model\n"
+        "from engine.loading.loader import load_model\n"
         f"load_model({str(tiny_model_dir)!r}, dtype='float32', device='cpu')\n"
         "print('torch._dynamo' in sys.modules)\n"
     )

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.attention import DEFAULT_BLOCK, attend_to
+from engine.model.attention import DEFAULT_BLOCK, attend_to
 
 
 def sdpa_reference(q, k, v, start_pos):

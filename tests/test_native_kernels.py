@@ -1,4 +1,5 @@
-"""Loopchat's compiled int8 and int4 kernels (engine/native.py): they compute what the dequantized
+"""Loopchat's compiled int8 and int4 kernels (engine/kernels/native.py): they compute what the
+dequantized
 weights compute, exactly where the arithmetic allows, from any number of threads and callers; the
 engine uses them only where they were built and chosen, hands them the decode loop's cores, and
 falls back to torch's kernels, with a reason, where they cannot be built."""
@@ -19,18 +20,16 @@ import torch
 import torch.nn.functional as F
 
 import native_build
-from engine import native, native_variants
-from engine.quant import (
-    INT4_GEMM_ROWS,
-    Int4Linear,
-    Int8Linear,
+from engine.kernels import native, native_variants
+from engine.kernels.quant import INT4_GEMM_ROWS, Int4Linear, Int8Linear
+from engine.kernels.quant_math import (
     dequantize_int4,
     dequantize_int8,
     pack_int4,
     quantize_int4,
     quantize_int8,
 )
-from engine.tuning import ThreadGovernor, available_kernels
+from engine.kernels.tuning import ThreadGovernor, available_kernels, decoding
 
 X86_64 = platform.machine() in ("x86_64", "AMD64")
 BUILT = sys.platform != "win32" and native_build.compiler() is not None
@@ -162,7 +161,7 @@ def test_int4_weights_written_out_are_the_dequantized_weights(kernel, shape, sz_
 
 @TORCH_INT4_LAYOUT
 def test_int4_weights_are_written_out_a_slice_of_rows_at_a_time(kernel, monkeypatch) -> None:
-    from engine import quant
+    from engine.kernels import quant
 
     rows, cols, group = 320, 256, 64
     q4, sz = quantize_int4(torch.randn(rows, cols) * 0.05, group)
@@ -207,7 +206,7 @@ def test_int4_products_of_one_x_in_one_job_equal_each_alone(kernel, rows, sz_dty
 
 @TORCH_INT4_LAYOUT
 def test_projections_sharing_x_go_as_one_job_only_for_a_decode_row(kernel, monkeypatch) -> None:
-    from engine.quant import project
+    from engine.kernels.quant import project
 
     cols, group = 256, 64
     layers = []
@@ -311,7 +310,7 @@ def _decode_logits(
     folder: Path, kernel_name: str, monkeypatch, quant: str = "int8"
 ) -> tuple[torch.Tensor, dict]:
     """Logits of 24 one-token decode steps (the path the kernel serves)."""
-    from engine.loader import load_model
+    from engine.loading.loader import load_model
 
     monkeypatch.setenv("LOOPCHAT_KERNEL", kernel_name)
     loaded = load_model(folder, dtype="bfloat16", device="cpu", quant=quant, max_context=64)
@@ -335,8 +334,8 @@ def test_model_decodes_like_torchs_kernel(kernel, tiny_model_dir: Path, monkeypa
 
 @TORCH_INT4_LAYOUT
 def test_int4_prefill_chunk_computes_like_torchs_kernel(kernel, tiny_model_dir: Path, monkeypatch):
-    from engine.loader import load_model
-    from engine.quant import Int4Linear
+    from engine.kernels.quant import Int4Linear
+    from engine.loading.loader import load_model
 
     monkeypatch.setenv("LOOPCHAT_HOME", str(tiny_model_dir.parent / "native-home"))
     ids = torch.tensor([1] + [3 + (i * 41) % 500 for i in range(INT4_GEMM_ROWS + 15)])
@@ -358,14 +357,14 @@ def test_decode_loop_hands_its_cores_to_the_kernel_and_back(kernel) -> None:
     governor = ThreadGovernor([1, 2], start=2)
     try:
         torch.set_num_threads(2)
-        with native.decoding(kernel, governor):
+        with decoding(kernel, governor):
             assert torch.get_num_threads() == 1 and kernel.threads == 2
             governor._set(1)  # what the governor does when another process takes a core
             assert kernel.threads == 1 and torch.get_num_threads() == 1
         # the next prefill's GEMMs run on torch with the count the governor settled on
         assert torch.get_num_threads() == 1 and kernel.threads == 0 and governor.setter is None
         torch.set_num_threads(2)
-        with pytest.raises(RuntimeError), native.decoding(kernel, None):
+        with pytest.raises(RuntimeError), decoding(kernel, None):
             raise RuntimeError("a failed step")
         assert torch.get_num_threads() == 2 and kernel.threads == 0
     finally:
@@ -374,8 +373,8 @@ def test_decode_loop_hands_its_cores_to_the_kernel_and_back(kernel) -> None:
 
 def test_a_generator_decodes_with_torch_on_one_thread(kernel, tiny_model_dir, monkeypatch):
     from engine.events import SamplingParams
-    from engine.generate import Generator
-    from engine.loader import load_model
+    from engine.generation.generate import Generator
+    from engine.loading.loader import load_model
 
     monkeypatch.setenv("LOOPCHAT_KERNEL", "int8native")
     loaded = load_model(tiny_model_dir, dtype="bfloat16", device="cpu", quant="int8")
@@ -453,7 +452,7 @@ def test_no_compiler_is_run_and_no_code_loaded_from_outside_the_package(
     watching = True
     sys.addaudithook(watch)
     try:
-        from engine.loader import load_model
+        from engine.loading.loader import load_model
 
         started = time.monotonic()
         built = native.load()
@@ -470,7 +469,7 @@ def test_no_compiler_is_run_and_no_code_loaded_from_outside_the_package(
 def test_an_unusable_cache_folder_does_not_stop_a_model_loading(fresh_load, tmp_path) -> None:
     # The cache folder left owned by root after one `sudo` run (here: a file where it should be)
     # once made every model load fail, the built-in one included; the kernels need no cache now.
-    from engine.loader import load_model
+    from engine.loading.loader import load_model
 
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "cache").write_text("not a folder")

@@ -1,5 +1,6 @@
-"""The compiled RMSNorm and rotary embedding (engine/csrc/decode_kernels.c) compute what
-engine/model.py's torch code computes, and the loader puts them exactly where they apply."""
+"""The compiled RMSNorm and rotary embedding (engine/kernels/csrc/decode_kernels.c) compute what
+engine/model/transformer.py's torch code computes, and the loader puts them exactly where they
+apply."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import native
-from engine.model import RMSNorm, Rotary
+from engine.kernels import native
+from engine.kernels.compiled_ops import CompiledRMSNorm, CompiledRotary, use_compiled_ops
+from engine.model.transformer import RMSNorm, Rotary
 
 
 def _norm(dim: int, dtype: torch.dtype, seed: int) -> RMSNorm:
@@ -25,9 +27,8 @@ def test_rms_norm_equals_torchs(kernel, shape: tuple[int, ...], dtype: torch.dty
     # 7 and 80 values: a tail past the 16-wide partial sums; 3-D: rows of a batch of heads.
     norm = _norm(shape[-1], dtype, seed=len(shape) + shape[-1])
     x = (torch.randn(*shape, generator=torch.Generator().manual_seed(1)) * 3).to(dtype)
-    want = norm(x)  # torch's ops: no kernel attached
-    norm.native = kernel
-    got = norm(x)
+    want = norm(x)  # torch's ops
+    got = CompiledRMSNorm(norm, kernel)(x)
     assert got.dtype == dtype and got.shape == x.shape
     # Only the sum of squares is added in another order: float32 ulps, which bfloat16's rounding
     # hides almost always.
@@ -42,8 +43,7 @@ def test_rms_norm_reads_a_strided_view(kernel) -> None:
     norm = _norm(64, torch.bfloat16, seed=3)
     x = torch.randn(64, 4).to(torch.bfloat16).T  # not contiguous
     want = norm(x)
-    norm.native = kernel
-    assert torch.equal(norm(x), want)
+    assert torch.equal(CompiledRMSNorm(norm, kernel)(x), want)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
@@ -53,10 +53,10 @@ def test_rotary_is_bitwise_torchs(
     kernel, dtype, interleaved: bool, tokens: int, start: int
 ) -> None:
     rotary = Rotary(64, 64, 10000.0, torch.device("cpu"), interleaved)
+    compiled = CompiledRotary(kernel, 64, 64, 10000.0, torch.device("cpu"), interleaved)
     x = torch.randn(tokens, 6, 64, generator=torch.Generator().manual_seed(tokens)).to(dtype)
     want = rotary.apply(x, start)
-    rotary.native = kernel
-    got = rotary.apply(x, start)
+    got = compiled.apply(x, start)
     # The same float32 operations in the same order (the C is built without contraction to FMA).
     assert got.dtype == dtype and torch.equal(got, want)
 
@@ -70,6 +70,7 @@ def test_every_16_bit_value_converts_as_torchs(kernel, dtype: torch.dtype) -> No
     values = values[torch.isfinite(values.float())]
     values = values[: values.numel() // 128 * 128].view(1, -1, 128)
     rotary = Rotary(128, 4, 10000.0, torch.device("cpu"), interleaved=False)
+    compiled = CompiledRotary(kernel, 128, 4, 10000.0, torch.device("cpu"), interleaved=False)
     g = torch.Generator().manual_seed(5)
     rotary.cos = torch.exp2(torch.empty(4, 64).uniform_(-20, 12, generator=g))
     rotary.sin = torch.exp2(torch.empty(4, 64).uniform_(-20, 12, generator=g)) * -1
@@ -79,9 +80,8 @@ def test_every_16_bit_value_converts_as_torchs(kernel, dtype: torch.dtype) -> No
     rotary.sin[1] = 0.0
     for start in range(4):
         want = rotary.apply(values, start)
-        rotary.native = kernel
-        got = rotary.apply(values, start)
-        rotary.native = None
+        compiled.cos, compiled.sin = rotary.cos, rotary.sin
+        got = compiled.apply(values, start)
         # Bit for bit, except NaN's payload (inf - inf in float32 where bfloat16 overflows it).
         nan = want.isnan()
         assert torch.equal(got.isnan(), nan), start
@@ -102,18 +102,21 @@ def _teacher_forced(loaded, ids: list[int]) -> torch.Tensor:
 def test_loaded_model_uses_them_and_computes_the_same(
     kernel, tiny_model_dir: Path, monkeypatch, tmp_path: Path, dtype: str
 ) -> None:
-    from engine.loader import load_model
+    from engine.loading.loader import load_model
 
     monkeypatch.setenv("LOOPCHAT_HOME", str(tmp_path))
     loaded = load_model(tiny_model_dir, dtype=dtype, device="cpu", max_context=64)
     assert loaded.describe()["native_ops"] is True
     norms = [m for m in loaded.model.modules() if isinstance(m, RMSNorm)]
-    assert norms and all(m.native is kernel for m in norms)
+    assert norms and all(isinstance(m, CompiledRMSNorm) and m.kernel is kernel for m in norms)
     ids = [1] + [3 + (i * 53) % 500 for i in range(19)]
     mine = _teacher_forced(loaded, ids)
-    assert loaded.model.layers[0].attention.rotary.native is kernel  # survives a new cache
-    loaded.model.use_native_ops(None)
-    assert all(m.native is None for m in norms)
+    rotary = loaded.model.layers[0].attention.rotary
+    assert isinstance(rotary, CompiledRotary) and rotary.kernel is kernel  # survives a new cache
+    assert use_compiled_ops(loaded.model, None) is False
+    norms = [m for m in loaded.model.modules() if isinstance(m, RMSNorm)]
+    assert norms and not any(isinstance(m, CompiledRMSNorm) for m in norms)
+    assert not isinstance(loaded.model.layers[0].attention.rotary, CompiledRotary)
     theirs = _teacher_forced(loaded, ids)
     if dtype == "float32":
         assert torch.allclose(mine, theirs, rtol=1e-4, atol=1e-4)
@@ -125,7 +128,7 @@ def test_loaded_model_uses_them_and_computes_the_same(
 def test_the_off_switch_keeps_torchs_ops(
     kernel, tiny_model_dir: Path, monkeypatch, tmp_path: Path
 ) -> None:
-    from engine.loader import load_model
+    from engine.loading.loader import load_model
 
     monkeypatch.setenv("LOOPCHAT_HOME", str(tmp_path))
     monkeypatch.setenv("LOOPCHAT_NATIVE", "0")
@@ -135,4 +138,4 @@ def test_the_off_switch_keeps_torchs_ops(
     finally:
         native.load.cache_clear()
     assert "native_ops" not in off.describe()
-    assert off.model.layers[0].attention.rotary.native is None
+    assert not isinstance(off.model.layers[0].attention.rotary, CompiledRotary)

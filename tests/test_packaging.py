@@ -100,9 +100,9 @@ def test_desktop_entry_is_valid() -> None:
 
 def engine_greedy(folder: Path) -> dict:
     """What the engine itself generates for the self-test's request (16 greedy tokens, "Hello")."""
-    from engine.generate import Generator
-    from engine.loader import load_model
-    from engine.sampling import SamplingParams
+    from engine.generation.generate import Generator
+    from engine.generation.sampling import SamplingParams
+    from engine.loading.loader import load_model
 
     greedy = SamplingParams(temperature=0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
     loaded = load_model(folder, dtype="float32", device="cpu")
@@ -148,9 +148,9 @@ def test_built_executable_self_test(tiny_model_dir: Path, tmp_path: Path) -> Non
         assert any("xcb" in name for name in platforms), platforms
     assert not (contents / "torch" / "test").exists()
     if sys.platform != "win32":  # the compiled kernels, one build per CPU level, with digests
-        from engine import native_variants
+        from engine.kernels import native_variants
 
-        libs = contents / "engine" / native_variants.LIBRARY_FOLDER
+        libs = contents.joinpath(*native_variants.library_dir_parts())
         for variant in native_variants.variants_for(platform.machine()):
             assert (libs / native_variants.library_filename(variant.name)).is_file()
             assert (libs / native_variants.digest_filename(variant.name)).is_file()
@@ -202,7 +202,7 @@ def test_built_executable_self_test(tiny_model_dir: Path, tmp_path: Path) -> Non
     done = json.loads(four_bit.stdout.strip().splitlines()[-1])
     assert done["generated_tokens"] >= 1 and done["kernel"] in ("int4pack", "int4native")
     if sys.platform != "win32":
-        from engine import native
+        from engine.kernels import native
 
         assert done["native"] == native.load().isa, done  # the CPU's best build, from the bundle
 

@@ -12,18 +12,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.quant import (
-    Int4Linear,
-    Int8Embedding,
-    Int8Linear,
+from engine.kernels.quant import Int4Linear, Int8Embedding, Int8Linear, int4_fits
+from engine.kernels.quant_load import make_plan
+from engine.kernels.quant_math import (
     dequantize_int4,
     dequantize_int8,
-    int4_fits,
     pack_int4,
     quantize_int4,
     quantize_int8,
 )
-from engine.quant_load import make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,7 +127,7 @@ def test_int8_embedding_dequantizes_looked_up_rows() -> None:
 
 
 def _teacher_forced_logits(folder: Path, dtype: str, quant: str) -> torch.Tensor:
-    from engine.loader import load_model
+    from engine.loading.loader import load_model
 
     loaded = load_model(folder, dtype=dtype, device="cpu", quant=quant, max_context=64)
     ids = torch.tensor([1] + [3 + (i * 37) % 400 for i in range(40)])
@@ -162,8 +159,8 @@ def test_quantized_model_stays_close_to_float32(tiny_model_dir: Path, quant: str
 
 
 def test_quantized_model_reports_its_format(tiny_model_dir: Path) -> None:
-    from engine.loader import load_model
-    from engine.tuning import available_kernels
+    from engine.kernels.tuning import available_kernels
+    from engine.loading.loader import load_model
 
     plain = load_model(tiny_model_dir, dtype="bfloat16", device="cpu", quant="none")
     loaded = load_model(tiny_model_dir, dtype="bfloat16", device="cpu", quant="int4")
@@ -180,7 +177,7 @@ def test_quantized_model_reports_its_format(tiny_model_dir: Path) -> None:
 
 def test_bad_quant_is_refused(tiny_model_dir: Path) -> None:
     from engine.errors import EngineError
-    from engine.loader import load_model
+    from engine.loading.loader import load_model
 
     with pytest.raises(EngineError, match="unknown quantization 'int3'"):
         load_model(tiny_model_dir, device="cpu", quant="int3")
@@ -191,7 +188,7 @@ def test_bad_quant_is_refused(tiny_model_dir: Path) -> None:
 
 
 def _load_int8(folder: Path) -> dict:
-    from engine.loader import load_model
+    from engine.loading.loader import load_model
 
     return load_model(folder, dtype="bfloat16", device="cpu", quant="int8").describe()
 
@@ -248,7 +245,7 @@ def test_damaged_cache_is_rebuilt_not_trusted(tiny_model_dir: Path, tmp_path: Pa
 def test_cache_folder_keeps_the_most_recently_loaded_within_its_limit(tmp_path: Path) -> None:
     import os
 
-    from engine.quant_load import prune_cache
+    from engine.kernels.quant_load import prune_cache
 
     folder = tmp_path / "weights"
     folder.mkdir()

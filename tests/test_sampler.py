@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from engine.errors import EngineError
-from engine.sampling import Sampler, SamplingParams
+from engine.generation.sampler import Sampler
+from engine.generation.sampling import SamplingParams
 
 OFF = dict(top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
 

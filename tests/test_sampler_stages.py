@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from engine.events import GREEDY, SamplingParams
-from engine.generate import Generator
-from engine.loader import load_model
-from engine.sampler_stages import explain_choice
-from engine.sampling import Sampler
+from engine.generation.generate import Generator
+from engine.generation.sampler import Sampler
+from engine.generation.sampler_stages import explain_choice
+from engine.loading.loader import load_model
 
 CASES = [
     GREEDY,

@@ -62,10 +62,10 @@ def _fake_steps():
 
 def _model_steps(model_dir: str):
     """Real tokens from the tiny model, one generation after another (so EOS never ends it)."""
-    from engine.chat import Message, chat_prompt_ids
-    from engine.generate import Generator
-    from engine.loader import load_model
-    from engine.sampling import SamplingParams
+    from engine.generation.generate import Generator
+    from engine.generation.sampling import SamplingParams
+    from engine.loading.loader import load_model
+    from engine.text.chat import Message, chat_prompt_ids
 
     loaded = load_model(model_dir, dtype="float32", device="cpu")
     generator = Generator(loaded)

@@ -10,11 +10,11 @@ from PySide6.QtCore import QSettings
 
 from desktop.inspect_jobs import AttentionJob, SurprisalJob
 from desktop.views.surprisal import SURPRISAL_INDEX, EntropySparkline, tint, tooltip
-from engine.chat import Message, chat_prompt_ids
 from engine.events import GREEDY
-from engine.generate import Generator
-from engine.inspect import inspect_tokens
-from engine.loader import load_model
+from engine.generation.generate import Generator
+from engine.generation.inspect import inspect_tokens
+from engine.loading.loader import load_model
+from engine.text.chat import Message, chat_prompt_ids
 from tests.window_helpers import ask, greedy, load, make_window
 
 CONVERSATION = (
@@ -128,7 +128,7 @@ def test_toggling_surprisal_colours_tokens(qtbot, home: Path, tiny_model_dir):
 
 
 def test_message_spans_find_each_message_in_order(loaded) -> None:
-    from engine.token_spans import find_run, message_spans, token_texts
+    from engine.text.token_spans import find_run, message_spans, token_texts
 
     assert find_run([5, 1, 2, 1, 2], [1, 2], 2) == 3
     assert find_run([5, 1, 2], [2, 1], 0) == -1

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.tuning import forced_threads
+from engine.kernels.tuning import forced_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 CPUS = os.cpu_count() or 1
@@ -26,7 +26,7 @@ CLAMPED = ["20000", "100000", "9" * 5000]
 @pytest.mark.parametrize("value", REFUSED)
 def test_refused_values_fall_back_with_a_warning(monkeypatch, caplog, value: str) -> None:
     monkeypatch.setenv("LOOPCHAT_THREADS", value)
-    with caplog.at_level(logging.WARNING, logger="engine.tuning"):
+    with caplog.at_level(logging.WARNING, logger="engine.kernels.tuning"):
         assert forced_threads() is None
     assert [r for r in caplog.records if "LOOPCHAT_THREADS" in r.getMessage()], caplog.text
 
@@ -34,7 +34,7 @@ def test_refused_values_fall_back_with_a_warning(monkeypatch, caplog, value: str
 @pytest.mark.parametrize("value", CLAMPED)
 def test_more_threads_than_cpus_is_clamped(monkeypatch, caplog, value: str) -> None:
     monkeypatch.setenv("LOOPCHAT_THREADS", value)
-    with caplog.at_level(logging.WARNING, logger="engine.tuning"):
+    with caplog.at_level(logging.WARNING, logger="engine.kernels.tuning"):
         assert forced_threads() == CPUS
     assert [r for r in caplog.records if "LOOPCHAT_THREADS" in r.getMessage()], caplog.text
 
@@ -42,16 +42,17 @@ def test_more_threads_than_cpus_is_clamped(monkeypatch, caplog, value: str) -> N
 def test_good_values_are_taken_quietly(monkeypatch, caplog) -> None:
     for value, want in (("1", 1), (f" {CPUS} ", CPUS), ("", None)):
         monkeypatch.setenv("LOOPCHAT_THREADS", value)
-        with caplog.at_level(logging.WARNING, logger="engine.tuning"):
+        with caplog.at_level(logging.WARNING, logger="engine.kernels.tuning"):
             assert forced_threads() == want
     assert not caplog.records
 
 
 def test_loader_uses_the_same_parser(monkeypatch) -> None:
-    """engine.loader.configure_threads read the variable with its own, equally loose, check."""
+    """engine.loading.loader.configure_threads read the variable with its own, equally loose,
+    check."""
     import torch
 
-    from engine.loader import configure_threads
+    from engine.loading.loader import configure_threads
 
     before = torch.get_num_threads()
     try:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.tokenizer import REPLACEMENT, StreamDecoder, Tokenizer
+from engine.text.tokenizer import REPLACEMENT, StreamDecoder, Tokenizer
 
 
 @pytest.fixture(scope="module")

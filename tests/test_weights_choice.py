@@ -35,7 +35,7 @@ def test_tooltip_says_when_loopchats_compiled_kernel_runs_the_weights(
 ) -> None:
     import pytest
 
-    from engine import native
+    from engine.kernels import native
 
     if native.load() is None:
         pytest.skip(f"no compiled kernel here: {native.unavailable_reason()}")

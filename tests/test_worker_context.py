@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from engine.chat import Message, chat_prompt_ids
 from engine.events import GREEDY, GenerationRequest
-from engine.loader import load_model
+from engine.loading.loader import load_model
+from engine.text.chat import Message, chat_prompt_ids
 
 
 def test_oldest_turns_are_dropped_to_fit(qtbot, tiny_model_dir: Path) -> None:

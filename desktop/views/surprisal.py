@@ -2,7 +2,8 @@
 
 Surprisal is −log₂ p(token | what came before): 0 bits for a token the model was sure of, 10 bits
 for a 1-in-1000 token. The numbers come from the engine thread (`SurprisalJob`, which calls
-`engine.inspect.inspect_tokens`); this module only paints them. Hovering a token shows p, its rank
+`engine.generation.inspect.inspect_tokens`); this module only paints them. Hovering a token shows
+p, its rank
 and the alternatives the model expected. Each reply gets a thin sparkline of the entropy at every
 step: where the model was unsure, whatever it picked.
 """

@@ -294,7 +294,8 @@ def device_text(info: ModelInfo) -> str:
 
 
 def runtime_tooltip(info: ModelInfo) -> str:
-    """The kernel and thread choice (engine/tuning.py) and why it was made, for the curious."""
+    """The kernel and thread choice (engine/kernels/tuning.py) and why it was made, for the
+    curious."""
     extra = info.extra
     lines = []
     if extra.get("kernel"):

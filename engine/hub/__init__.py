@@ -1,0 +1,1 @@
+"""The Hugging Face Hub: downloads with progress, resume and cancel, and what their errors mean."""

@@ -1,0 +1,48 @@
+"""The model Loopchat ships: where it is, and how well it predicts text it never saw.
+
+`builtin` names it wherever a model path is accepted (CLI, self-test, the app's chooser), so a fresh
+install chats offline at once. The weights live in resources/builtin, found both installed and
+frozen by PyInstaller (sys._MEIPASS), like every other shipped resource.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from engine.errors import EngineError
+
+BUILTIN_NAME = "builtin"
+DISPLAY_NAME = "Built-in: Loopchat dictionary"
+
+
+def builtin_dir() -> Path:
+    """The shipped model's folder (HF layout)."""
+    frozen = getattr(sys, "_MEIPASS", None)
+    if frozen:
+        return Path(frozen) / "resources" / "builtin"
+    import resources
+
+    return Path(resources.__file__).resolve().parent / "builtin"
+
+
+def is_builtin(name: str | Path) -> bool:
+    return str(name).strip().lower() == BUILTIN_NAME
+
+
+def resolve_builtin() -> Path:
+    folder = builtin_dir()
+    if not (folder / "model.safetensors").is_file():
+        raise EngineError(
+            f"the built-in model is missing from this installation ({folder}); "
+            "reinstall Loopchat or choose another model"
+        )
+    return folder
+
+
+def held_out_dialogues(folder: Path) -> list[tuple[str, str]]:
+    """The (question, answer) pairs kept out of training and shipped with the model."""
+    lines = (folder / "held_out.jsonl").read_text(encoding="utf-8").splitlines()
+    pairs = [json.loads(line) for line in lines if line.strip()]
+    return [(p["user"], p["assistant"]) for p in pairs]
