@@ -21,11 +21,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def percent_text(progress: dict) -> str:
-    """The percentage as both the bar and the text line show it ("42%")."""
-    return f"{100 * progress.get('fraction', 0.0):.0f}%"
-
-
 class BackgroundDownloads(QObject):
     """The window's side of downloads (a GUI-thread QObject: worker signals arrive queued)."""
 

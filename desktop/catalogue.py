@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 from typing import TypedDict
 
-from engine.errors import EngineError
-from engine.loading.model_folder import Layout
+from engine.front_door import EngineError, Layout
 
 
 class CatalogueEntry(TypedDict):
@@ -67,7 +66,7 @@ def load_catalogue() -> list[CatalogueEntry]:
 
 def builtin_entry() -> dict | None:
     """The shipped model as a chooser row (already on this computer: opens at once, offline)."""
-    from engine.loading.builtin import BUILTIN_NAME, DISPLAY_NAME, builtin_dir
+    from engine.front_door import BUILTIN_NAME, DISPLAY_NAME, builtin_dir
 
     folder = builtin_dir()
     weights = folder / "model.safetensors"
@@ -92,7 +91,7 @@ def builtin_entry() -> dict | None:
 def first_run_model() -> str | None:
     """What to open when the user has never chosen a model: the built-in model if no other model
     is on this computer, else None (the chooser lists what is there)."""
-    from engine.loading.model_folder import list_cached_models
+    from engine.front_door import list_cached_models
 
     if builtin_entry() is None:
         return None

@@ -24,8 +24,12 @@ class DownloadWorker(QObject):
 
     @Slot(str, str, bool)
     def download(self, repo_id: str, token: str, remember: bool) -> None:
-        from engine.errors import EngineError
-        from engine.hub.download import DownloadCancelled, download_model, format_progress
+        from engine.front_door import (
+            DownloadCancelled,
+            EngineError,
+            download_model,
+            format_progress,
+        )
 
         def report(p) -> None:
             self.progress.emit(

@@ -1,9 +1,9 @@
 """Inspection requests the engine thread runs for the window: surprisal and attention.
 
 A job is a frozen record the GUI builds from plain data (messages, token ids) and sends to the
-worker; `run(loaded, cancel)` executes in the worker thread with
-`engine.generation.inspect.inspect_tokens`,
-the same function as `python -m engine inspect`, and returns a frozen result of plain Python data.
+worker; `run(engine, cancel)` executes in the worker thread with the open model's front door
+(`engine.front_door.Engine.inspect`, what `python -m engine inspect` runs) and returns a frozen
+result of plain Python data.
 Nothing here touches Qt, so the jobs are tested without a window and never run on the GUI thread.
 `cancel` (set when the app closes) stops a long prompt between chunks.
 """
@@ -44,7 +44,7 @@ class SurprisalResult:
     tokens: tuple[tuple[TokenInfo, ...] | None, ...]
     """Per message of the job (same order); None where the message's tokens were not found."""
     context_ids: tuple[int, ...] = field(default=(), repr=False)
-    """The ids now in the KV cache (the worker lets the generator reuse them)."""
+    """The ids the last pass read (the KV cache holds them now, and the next reply reuses them)."""
     windows: int = 1
     """Passes over the conversation: more than 1 when it is longer than the model's context."""
     window_starts: tuple[int, ...] = ()
@@ -62,7 +62,7 @@ class SurprisalJob:
     top: int = 5
     job_id: int = 0
 
-    def run(self, loaded: Any, cancel: threading.Event | None = None) -> SurprisalResult:
+    def run(self, engine: Any, cancel: threading.Event | None = None) -> SurprisalResult:
         """Score every message; a conversation longer than the context is read in windows.
 
         Each window is a run of whole turns that fits the context; every message is scored in
@@ -70,18 +70,17 @@ class SurprisalJob:
         half the context before where the previous window stopped (a strided sliding window, as
         the chat itself leaves out the oldest turns once the conversation outgrows the context).
         """
-        from engine.text.chat import Message
+        from engine.front_door import Message
 
         messages = [Message(m["role"], m["content"]) for m in self.messages]
         system = 1 if messages and messages[0].role == "system" else 0
-        plan = window_plan(loaded, messages, system)
-        names = _Names(loaded.tokenizer)
+        plan = window_plan(engine, messages, system)
         out: list[tuple[TokenInfo, ...] | None] = [None] * len(messages)
         starts = [0] * len(messages)
         ids: list[int] = []
         for start, first, end in plan.windows:
             window = messages[:system] + messages[start:end]
-            ids, scored = self._score(loaded, window, names, cancel)
+            ids, scored = self._score(engine, window, cancel)
             for i in range(first, end):
                 out[i] = scored[system + i - start]
                 starts[i] = start
@@ -95,22 +94,19 @@ class SurprisalJob:
         )
 
     def _score(
-        self, loaded: Any, messages: list, names: _Names, cancel: threading.Event | None
+        self, engine: Any, messages: list, cancel: threading.Event | None
     ) -> tuple[list[int], list[tuple[TokenInfo, ...] | None]]:
         """One pass: the ids read, and each message's tokens with their numbers."""
-        from engine.generation.inspect import inspect_tokens
-        from engine.text.token_spans import message_spans, token_texts
-
-        ids = conversation_ids(loaded, messages)
-        found = inspect_tokens(loaded, ids, attention=False, top=self.top, cancel=cancel)
-        spans = message_spans(loaded.tokenizer, ids, [m.content for m in messages])
+        ids = engine.conversation_ids(messages)
+        found = engine.inspect(ids, attention=False, top=self.top, cancel=cancel)
+        spans = engine.message_spans(ids, [m.content for m in messages])
         out: list[tuple[TokenInfo, ...] | None] = []
         for message, span in zip(messages, spans, strict=True):
             if span is None or message.role == "system":
                 out.append(None)
                 continue
             start, end = span
-            texts = token_texts(loaded.tokenizer, ids[start:end])
+            texts = engine.token_texts(ids[start:end])
             out.append(
                 tuple(
                     TokenInfo(
@@ -118,7 +114,7 @@ class SurprisalJob:
                         prob=None if found.logprobs[i] is None else math.exp(found.logprobs[i]),
                         rank=found.ranks[i],
                         top=tuple(
-                            (names(t), p)
+                            (engine.token_name(t), p)
                             for t, p in zip(found.top_ids[i], found.top_probs[i], strict=True)
                         ),
                         entropy=found.entropy[i - 1] if i > 0 else 0.0,
@@ -139,15 +135,15 @@ class WindowPlan:
     too_long: list[int] = field(default_factory=list)
 
 
-def window_plan(loaded: Any, messages: list, system: int) -> WindowPlan:
+def window_plan(engine: Any, messages: list, system: int) -> WindowPlan:
     """Plan the passes over `messages` (system prompt first when `system` is 1; then turns that
     alternate, a user turn first). A window always starts at a user turn, so the chat template
     renders it; the system prompt goes with every window (the chat always keeps it too)."""
-    limit = loaded.max_context
+    limit = engine.max_context
     head = messages[:system]
 
     def size(start: int, end: int) -> int:
-        return len(conversation_ids(loaded, head + messages[start:end]))
+        return len(engine.conversation_ids(head + messages[start:end]))
 
     n = len(messages)
     plan = WindowPlan()
@@ -181,35 +177,6 @@ def _user_turn_at_or_before(index: int, system: int) -> int:
     return index - (index - system) % 2
 
 
-def conversation_ids(loaded: Any, messages: list) -> list[int]:
-    """The prompt ids of a conversation; one that ends with a reply gets the reply's tokens
-    appended after the prompt that asked for it (templates only render prompts ending in a
-    user turn)."""
-    from engine.text.chat import chat_prompt_ids
-
-    if messages and messages[-1].role == "assistant":
-        prompt = chat_prompt_ids(loaded.tokenizer, messages[:-1], loaded.chat_template)
-        return prompt + loaded.tokenizer.encode(messages[-1].content.strip(), bos=False)
-    return chat_prompt_ids(loaded.tokenizer, messages, loaded.chat_template)
-
-
-class _Names:
-    """Readable text of single tokens, memoised (the same alternatives recur)."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-        self.cache: dict[int, str] = {}
-
-    def __call__(self, token_id: int) -> str:
-        if token_id not in self.cache:
-            # A padded vocabulary has rows past the tokenizer's pieces: shown by number.
-            known = 0 <= token_id < self.tokenizer.vocab_size
-            self.cache[token_id] = (
-                self.tokenizer.display_text(token_id) if known else f"<{token_id}>"
-            )
-        return self.cache[token_id]
-
-
 @dataclass(frozen=True)
 class AttentionResult:
     job_id: int
@@ -221,7 +188,7 @@ class AttentionResult:
     """Positions before the reply (the rest are the reply's own earlier tokens)."""
     token_text: str
     context_ids: tuple[int, ...] = field(default=(), repr=False)
-    """The ids now in the KV cache (the worker lets the generator reuse them)."""
+    """The ids the pass read (the KV cache holds them now, and the next reply reuses them)."""
 
 
 @dataclass(frozen=True)
@@ -238,33 +205,30 @@ class AttentionJob:
     index: int
     job_id: int = 0
 
-    def run(self, loaded: Any, cancel: threading.Event | None = None) -> AttentionResult:
-        from engine.errors import EngineError
-        from engine.generation.inspect import inspect_tokens, outside_vocabulary
-        from engine.text.chat import Message
+    def run(self, engine: Any, cancel: threading.Event | None = None) -> AttentionResult:
+        from engine.front_door import EngineError, Message
 
         if not 0 <= self.index < len(self.reply_ids):
             raise EngineError(f"token {self.index + 1} is not part of this reply")
         # The reply's ids were saved with the model that wrote it; the selected token is checked
         # too, though only the ones before it are run.
-        bad = outside_vocabulary(loaded, self.reply_ids[: self.index + 1])
+        bad = engine.outside_vocabulary(self.reply_ids[: self.index + 1])
         if bad is not None:
             raise EngineError(
                 f"this reply holds token id {bad}, which the open model's vocabulary "
-                f"(0..{loaded.args.vocab_size - 1}) does not have: it was written by another "
+                f"(0..{engine.vocab_size - 1}) does not have: it was written by another "
                 "model; open that model to see its attention"
             )
         messages = [Message(m["role"], m["content"]) for m in self.messages]
-        prompt = conversation_ids(loaded, messages)
+        prompt = engine.conversation_ids(messages)
         ids = prompt + list(self.reply_ids[: self.index])
-        found = inspect_tokens(loaded, ids, attention=True, cancel=cancel)
-        names = _Names(loaded.tokenizer)
+        found = engine.inspect(ids, attention=True, cancel=cancel)
         return AttentionResult(
             job_id=self.job_id,
-            texts=tuple(names(t) for t in ids),
+            texts=tuple(engine.token_name(t) for t in ids),
             weights=tuple(tuple(tuple(row) for row in layer) for layer in found.attention),
             prompt_tokens=len(prompt),
-            token_text=names(self.reply_ids[self.index]),
+            token_text=engine.token_name(self.reply_ids[self.index]),
             context_ids=tuple(ids),
         )
 

@@ -24,7 +24,9 @@ from desktop.catalogue import first_run_model
 from desktop.controller import EngineController
 from desktop.opener import ConversationOpener
 from desktop.session import ChatSession, SessionListener
-from desktop.store import ConversationStore, StoreError, read_export
+from desktop.store.conversations import ConversationStore
+from desktop.store.export import read_export
+from desktop.store.schema import StoreError
 from desktop.views import attention_view, surprisal
 from desktop.views.chat_view import BUILTIN_NOTE, MessageWidget
 from desktop.views.input_hint import hint_text, max_tokens_warning
@@ -32,7 +34,7 @@ from desktop.views.message_edit import BUSY_NOTICE, MessageEdit
 from desktop.views.topk_panel import visible_token
 from desktop.views.window_layout import build_layout, restore_layout, save_layout
 from engine.events import GenerationResult, GenerationStarted, ModelInfo, PrefillProgress, Step
-from engine.loading.builtin import BUILTIN_NAME, is_builtin
+from engine.front_door import BUILTIN_NAME, is_builtin
 
 log = logging.getLogger(__name__)
 UNDO_WINDOW_S = 60
@@ -242,8 +244,8 @@ class MainWindow(QMainWindow):
 
     def send(self, text: str, step: bool = False) -> None:
         """Post the user's message (saved at once) and ask for a reply (`step`: in step mode);
-        while a message is being edited, the text replaces that message (and the turns after it)
-        instead."""
+        while a message is being edited, the text becomes a new version of that message instead
+        (the old one and the turns after it stay, one ‹ › away)."""
         if text and self.step_mode.defer_send(text):
             return  # a paused step-mode reply ends first; the message goes once it has
         if not text or not self._can_ask():
@@ -258,14 +260,14 @@ class MainWindow(QMainWindow):
             self.input.clear()
 
     def regenerate(self, step: bool = False) -> None:
-        """Answer the last user message again (it replaces the last reply, if any)."""
+        """Answer the last user message again (a new version of the last reply, if any)."""
         if self.session.can_regenerate and self._can_ask():
             options = dataclasses.replace(self.sampling.options(), step=step)
             self._ask(lambda: self.session.regenerate(options))
 
     def edit_message(self, card: MessageWidget) -> None:
         """Edit a sent message in the message box; nothing changes until it is sent. While a
-        reply is written it cannot be (the edit would replace the turns the reply answers)."""
+        reply is written it cannot be (the edit would branch from the turns the reply answers)."""
         if self.session.busy:
             self.show_error(BUSY_NOTICE, kind="notice")
             return

@@ -210,7 +210,7 @@ def weights_refusal(w: MainWindow) -> str:
 
 def model_label(path: str) -> str:
     """A model's name for a notice when only its path is known (no ModelInfo yet)."""
-    from engine.loading.builtin import is_builtin
+    from engine.front_door import is_builtin
 
     if is_builtin(path):
         return "the built-in model"  # the window capitalises a sentence's first word

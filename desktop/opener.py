@@ -10,7 +10,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from PySide6.QtCore import QObject, Signal
 
 from desktop.session import ChatSession, Engine, message_count
-from desktop.store import ConversationStore, StoreError
+from desktop.store.conversations import ConversationStore
+from desktop.store.schema import StoreError
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from desktop import store as _store
-from desktop.store import Autosaver, ConversationStore, StepRecord, StoreError
+from desktop.store.autosave import Autosaver
+from desktop.store.conversations import ConversationStore
+from desktop.store.rows import DAMAGED_TEXT
+from desktop.store.schema import StepRecord, StoreError
 from engine.events import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_REPORT_TOP,
@@ -37,7 +39,6 @@ from engine.events import (
 log = logging.getLogger(__name__)
 
 USER, ASSISTANT = "user", "assistant"
-DAMAGED_TEXT = getattr(_store, "DAMAGED_TEXT", "[This message could not be read.]")
 
 
 def message_count(store: ConversationStore, conversation_id: int) -> int:

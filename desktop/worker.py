@@ -21,7 +21,6 @@ from engine.events import (
     GenerationRequest,
     GenerationResult,
     GenerationStarted,
-    ModelInfo,
     PrefillProgress,
 )
 
@@ -64,7 +63,7 @@ def room_for_another(path: str) -> bool:
     switch loads first (keeping the old model if the new one fails) only when the new weights
     fit in the available memory with a margin; otherwise the old model is freed first.
     """
-    from engine.loading.model_folder import resolve_model
+    from engine.front_door import resolve_model
 
     try:
         folder = resolve_model(path)
@@ -91,8 +90,8 @@ class _Held:
     text decoder live inside it), so a paused step-mode reply continues where it stopped."""
 
     request_id: int
-    generation: Any
-    stream: Any
+    reply: Any
+    """engine.front_door.Reply"""
     max_context: int
     dropped: int
     ended: threading.Event
@@ -126,8 +125,8 @@ class EngineWorker(QObject):
         self._load_cancel = load_cancel or threading.Event()
         self._pause = pause or threading.Event()
         """Set from the GUI thread: a running reply pauses (step mode) after its next token."""
-        self._loaded: Any = None
-        self._generator: Any = None
+        self._engine: Any = None
+        """engine.front_door.Engine: the open model (imported in this thread, lazily)."""
         self._held: _Held | None = None
 
     # -- models ----------------------------------------------------------------------------
@@ -143,30 +142,27 @@ class EngineWorker(QObject):
         """
         self.load_progress.emit(0.0, "Starting the engine")
         try:
-            if self._loaded is not None and not room_for_another(path):
+            if self._engine is not None and not room_for_another(path):
                 log.info("not enough memory to keep the old model while loading %s", path)
                 self._release()
                 self.model_unloaded.emit()
             try:
                 loaded = self._load(path, dtype, device, quant)
             except Exception as exc:
-                if self._loaded is None or not _out_of_memory(exc):
+                if self._engine is None or not _out_of_memory(exc):
                     raise
                 log.warning("not enough memory for two models; freeing the old one first")
                 self._release()
                 self.model_unloaded.emit()
                 loaded = self._load(path, dtype, device, quant)
-            from engine.generation.generate import Generator
-
-            generator = Generator(loaded)
             self._release()
-            self._loaded, self._generator = loaded, generator
-            self.model_loaded.emit(ModelInfo.from_dict(loaded.describe()))
+            self._engine = loaded
+            self.model_loaded.emit(loaded.info)
         except LoadCancelled:
             log.info("model load cancelled")
             self.load_failed.emit("Loading the model was cancelled.")
         except Exception as exc:  # noqa: BLE001 - the window must survive anything
-            from engine.errors import EngineError
+            from engine.front_door import EngineError
 
             if not isinstance(exc, EngineError):
                 log.error("model load failed:\n%s", traceback.format_exc())
@@ -178,20 +174,14 @@ class EngineWorker(QObject):
         preload_torch_libraries()  # so that importing torch below hardly holds the GIL
         if self._load_cancel.is_set():
             raise LoadCancelled
-        from engine.loading.loader import load_model
+        from engine.front_door import Engine
 
         def progress(fraction: float, message: str) -> None:
             if self._load_cancel.is_set():
                 raise LoadCancelled
             self.load_progress.emit(float(fraction), str(message))
 
-        return load_model(
-            path,
-            dtype=dtype or "auto",
-            device=device or None,
-            progress=progress,
-            quant=quant or "none",
-        )
+        return Engine.open(path, dtype=dtype, device=device, quant=quant, progress=progress)
 
     @Slot()
     def unload(self) -> None:
@@ -202,10 +192,11 @@ class EngineWorker(QObject):
     def _release(self) -> None:
         """Drop the model; collect only if there was one (a full collection holds the GIL for
         hundreds of ms once torch is imported, and the GUI thread would wait for it)."""
-        had_model = self._loaded is not None
+        had_model = self._engine is not None
         self._end_held()  # a paused reply belongs to the model going away
-        self._generator = None
-        self._loaded = None
+        if had_model:
+            self._engine.close()
+        self._engine = None
         if had_model:
             gc.collect()
 
@@ -218,27 +209,27 @@ class EngineWorker(QObject):
         rid = request.request_id
         self._end_held()
         try:
-            from engine.errors import EngineError
-            from engine.text.chat import Message
+            from engine.front_door import EngineError, Message
 
-            if self._generator is None:
+            engine = self._engine
+            if engine is None:
                 raise EngineError(
                     "No model is loaded: open a model first (File → Open model folder…)"
                 )
-            loaded = self._loaded
             dropped = 0
             if request.prompt is not None:
-                ids = loaded.tokenizer.encode(request.prompt, bos=True)
+                ids = engine.tokenize(request.prompt, bos=True)
             else:
                 messages = [Message(m["role"], m["content"]) for m in request.messages]
                 reserve = request.max_new_tokens + len(request.reply_prefix)
-                ids, dropped = self._fit(messages, reserve)
+                plan = engine.fit_prompt(messages, reserve)
+                ids, dropped = plan.ids, plan.dropped
             prompt_tokens = len(ids) + len(request.reply_prefix)
             self.generation_started.emit(
-                GenerationStarted(rid, prompt_tokens, loaded.max_context, dropped)
+                GenerationStarted(rid, prompt_tokens, engine.max_context, dropped)
             )
             ended = threading.Event()
-            generation = self._generator.generate(
+            reply = engine.reply(
                 ids,
                 request.params,
                 max_new_tokens=request.max_new_tokens,
@@ -254,8 +245,7 @@ class EngineWorker(QObject):
         except Exception as exc:  # noqa: BLE001 - the window must survive anything
             self._failed(rid, exc)
             return
-        stream = iter(generation)
-        self._held = _Held(rid, generation, stream, loaded.max_context, dropped, ended)
+        self._held = _Held(rid, reply, engine.max_context, dropped, ended)
         self._advance(one=request.step)
 
     @Slot(int, bool)
@@ -273,22 +263,21 @@ class EngineWorker(QObject):
         when the GUI asked for a pause. Step mode explains each pick (`stages`)."""
         held = self._held
         assert held is not None
-        rid, generation = held.request_id, held.generation
-        generation.sampler.explain = one
+        rid, reply = held.request_id, held.reply
         try:
-            for step in held.stream:
+            while (step := reply.next_step(explain=one)) is not None:
                 self.token.emit(dataclasses.replace(step, request_id=rid))
-                if one and generation.last_stages is not None:
-                    self.stages.emit(dataclasses.replace(generation.last_stages, request_id=rid))
-                if generation.last_step_yielded:
+                if one and reply.stages is not None:
+                    self.stages.emit(dataclasses.replace(reply.stages, request_id=rid))
+                if reply.ends_after_this_step:
                     continue  # the stream ends on the next pull, without another forward pass
                 if one or self._pause.is_set():
                     self._pause.clear()
                     self.generation_paused.emit(rid)
                     return
             self._held = None
-            result = generation.result
-            stages = generation.last_stages
+            result = reply.result
+            stages = reply.stages
             if one and result.stop_reason == "eos" and stages is not None and stages.is_eos:
                 self.stages.emit(dataclasses.replace(stages, request_id=rid))
             self.generation_finished.emit(
@@ -307,7 +296,7 @@ class EngineWorker(QObject):
             self._advance(one=False)
 
     def _failed(self, rid: int, exc: Exception) -> None:
-        from engine.errors import EngineError
+        from engine.front_door import EngineError
 
         if not isinstance(exc, EngineError):
             log.error("generation failed:\n%s", traceback.format_exc())
@@ -318,55 +307,23 @@ class EngineWorker(QObject):
     def inspect(self, job: Any) -> None:
         """Run an inspection job (desktop.inspect_jobs) with the loaded model.
 
-        It prefills from position 0 and so overwrites the KV cache: the generator adopts what is
-        there now (the job's context ids), so the next chat turn still reuses its shared prefix.
+        It prefills from position 0 and so overwrites the KV cache; the engine keeps track of
+        what the cache then holds, so the next chat turn still reuses its shared prefix.
         """
         from desktop.inspect_jobs import InspectFailed
-        from engine.errors import EngineError
+        from engine.front_door import EngineError
 
         if self._held is not None:  # refused before touching the cache the paused reply uses
             message = "a reply is paused in step mode: press Continue or Stop to finish it first"
             self.inspected.emit(InspectFailed(job.job_id, message))
             return
         try:
-            if self._loaded is None:
+            if self._engine is None:
                 raise EngineError("No model is loaded: open a model first")
-            result = job.run(self._loaded, cancel=self._load_cancel)  # set when the app closes
-            if self._generator is not None:
-                self._generator.adopt_cache(result.context_ids)
+            result = job.run(self._engine, cancel=self._load_cancel)  # set when the app closes
         except Exception as exc:  # noqa: BLE001 - the window must survive anything
             if not isinstance(exc, EngineError):
                 log.error("inspection failed:\n%s", traceback.format_exc())
             message = str(exc) if isinstance(exc, EngineError) else _friendly(exc)
             result = InspectFailed(job.job_id, message)
-            if self._generator is not None:
-                self._generator.forget_cache()  # the cache may hold part of a failed prefill
         self.inspected.emit(result)
-
-    def _fit(self, messages: list, max_new_tokens: int) -> tuple[list[int], int]:
-        """Prompt ids for the conversation, leaving out the oldest turns if it would not fit.
-
-        The system prompt is always kept; turns go in user/assistant pairs so roles still
-        alternate. Room is left for the reply (max_new_tokens, up to half the context).
-        """
-        from engine.errors import EngineError
-        from engine.text.chat import chat_prompt_ids
-
-        loaded = self._loaded
-        limit = loaded.max_context
-        reserve = min(int(max_new_tokens), limit // 2)
-        system = [m for m in messages[:1] if m.role == "system"]
-        turns = messages[len(system) :]
-        dropped = 0
-        while True:
-            ids = chat_prompt_ids(loaded.tokenizer, system + turns, loaded.chat_template)
-            if len(ids) + reserve <= limit or len(turns) <= 1:
-                break
-            turns = turns[2:]
-            dropped += 2
-        if len(ids) >= limit:
-            raise EngineError(
-                f"The message is {len(ids)} tokens but the model's context holds {limit}: "
-                "shorten it or start a new chat"
-            )
-        return ids, dropped

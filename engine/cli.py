@@ -187,9 +187,9 @@ def sampling_params(ns: argparse.Namespace):
     )
 
 
-def prompt_from_args(ns: argparse.Namespace, loaded) -> list[int]:
+def prompt_from_args(ns: argparse.Namespace, engine) -> list[int]:
     """Token ids for the prompt the user asked for (plain, chat-wrapped or given as ids)."""
-    from engine.text.chat import Message, chat_prompt_ids
+    from engine.front_door import Message
 
     if ns.prompt_ids is not None:
         if ns.chat or ns.system:
@@ -200,10 +200,10 @@ def prompt_from_args(ns: argparse.Namespace, loaded) -> list[int]:
         if ns.system:
             messages.append(Message("system", ns.system))
         messages.append(Message("user", ns.prompt))
-        return chat_prompt_ids(loaded.tokenizer, messages, loaded.chat_template)
+        return engine.conversation_ids(messages)
     if ns.system:
         raise EngineError("--system only applies with --chat")
-    return loaded.tokenizer.encode(ns.prompt, bos=True)
+    return engine.tokenize(ns.prompt, bos=True)
 
 
 @contextlib.contextmanager
@@ -231,19 +231,18 @@ def cancel_on_sigint(cancel: threading.Event) -> Iterator[None]:
 
 def run_generate(ns: argparse.Namespace) -> int:
     """Load, generate, and print either streamed text or the JSON-lines contract."""
-    from engine.generation.generate import Generator
-    from engine.loading.loader import load_model
+    from engine.front_door import Engine
 
     check_generate_args(ns)
     params = sampling_params(ns)
-    loaded = load_model(
+    engine = Engine.open(
         ns.model, dtype=ns.dtype, device=ns.device, max_context=ns.max_context, quant=ns.quant
     )
-    if loaded.context_note:
-        sys.stderr.write(f"note: {loaded.context_note}\n")
-    prompt = prompt_from_args(ns, loaded)
+    if engine.context_note:
+        sys.stderr.write(f"note: {engine.context_note}\n")
+    prompt = prompt_from_args(ns, engine)
     cancel = threading.Event()
-    generation = Generator(loaded).generate(
+    reply = engine.reply(
         prompt,
         params,
         max_new_tokens=ns.max_new_tokens,
@@ -254,18 +253,18 @@ def run_generate(ns: argparse.Namespace) -> int:
     out = sys.stdout
     streamed = []
     with cancel_on_sigint(cancel):
-        for step in generation:
+        for step in reply:
             if ns.json:
                 out.write(json.dumps(step.to_json(), ensure_ascii=False, allow_nan=False) + "\n")
             else:
                 out.write(step.text)
                 streamed.append(step.text)
             out.flush()
-    result = generation.result
+    result = reply.result
     if result is None:  # the stream was cut short by an error already reported
         raise EngineError("generation ended without a result")
     if ns.json:
-        line = done_line(result, loaded.describe())
+        line = done_line(result, engine.describe())
         out.write(json.dumps(line, ensure_ascii=False, allow_nan=False) + "\n")
     else:
         shown = "".join(streamed)
@@ -335,24 +334,23 @@ def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_inspect(ns: argparse.Namespace) -> int:
     """Load, prefill the prompt once with attention capture, print the inspection."""
-    from engine.generation.inspect import inspect_tokens
-    from engine.loading.loader import load_model
+    from engine.front_door import Engine
 
     if ns.prompt_file is not None:
         ns.prompt = read_prompt_file(ns.prompt_file)
     check_text(ns.prompt, "--prompt")
     if ns.max_context is not None and ns.max_context < 2:
         raise EngineError(f"--max-context {ns.max_context} is too small; use at least 2 tokens")
-    loaded = load_model(
+    engine = Engine.open(
         ns.model, dtype=ns.dtype, device=ns.device, max_context=ns.max_context, quant=ns.quant
     )
-    if loaded.context_note:
-        sys.stderr.write(f"note: {loaded.context_note}\n")
+    if engine.context_note:
+        sys.stderr.write(f"note: {engine.context_note}\n")
     if ns.prompt_ids is not None:
         ids = list(ns.prompt_ids)
     else:
-        ids = loaded.tokenizer.encode(ns.prompt, bos=True)
-    result = inspect_tokens(loaded, ids)
+        ids = engine.tokenize(ns.prompt, bos=True)
+    result = engine.inspect(ids)
     out = sys.stdout
     if ns.json:
         out.write(json.dumps(result.to_json(), ensure_ascii=False, allow_nan=False) + "\n")

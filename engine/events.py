@@ -321,6 +321,23 @@ def done_line(result: GenerationResult, described: dict) -> dict:
 
 
 @dataclass(frozen=True)
+class Capabilities(_Record):
+    """What a backend can do beyond streaming text, so the app offers only what works: a model
+    served elsewhere may give no logits (no step mode) or no attention weights."""
+
+    step_mode: bool = False
+    """Pause after each token and explain the sampler's pick."""
+    branches: bool = False
+    """Continue a reply from any of its tokens with another one forced there."""
+    surprisal: bool = False
+    """The probability of every token of a conversation (the tint)."""
+    attention: bool = False
+    """Attention weights of a position (the attention view)."""
+    exact_logits: bool = False
+    """The numbers shown are the model's own, computed here (not a server's rounded ones)."""
+
+
+@dataclass(frozen=True)
 class ModelInfo(_Record):
     """A loaded model as the window shows it (status bar, title, context limit)."""
 

@@ -134,3 +134,45 @@ def test_the_checks_can_fail() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     transformer = _imports(ROOT / "engine" / "model" / "transformer.py", "engine.model.transformer")
     assert "engine.model.attention" in transformer and "torch" in transformer
+
+
+def test_the_store_has_no_import_cycles() -> None:
+    store = {
+        name: {t for t in targets if t.startswith("desktop.store.")}
+        for name, targets in _graph("desktop").items()
+        if name.startswith("desktop.store.")
+    }
+    assert "desktop.store.conversations" in store  # the walk sees the package's modules
+    assert _cycles(store) == []
+
+
+def test_the_store_package_re_exports_only_its_entry_point() -> None:
+    # Every name is imported from the module that defines it; `desktop.store.ConversationStore`
+    # is the one documented exception (DESIGN.md names it), so the package file holds only that.
+    tree = ast.parse((ROOT / "desktop" / "store" / "__init__.py").read_text(encoding="utf-8"))
+    docstring, *rest = tree.body
+    assert isinstance(docstring, ast.Expr) and isinstance(docstring.value, ast.Constant)
+    assert [ast.dump(node) for node in rest] == [
+        ast.dump(
+            ast.ImportFrom(
+                module="desktop.store.conversations",
+                names=[ast.alias(name="ConversationStore", asname="ConversationStore")],
+                level=0,
+            )
+        )
+    ]
+
+
+def test_the_desktop_reaches_the_engine_only_through_its_front_door() -> None:
+    # engine.front_door (Engine and the model-finding/download functions) and the events the
+    # engine sends: what a second backend implements, and nothing of the engine's insides.
+    allowed = {"engine", "engine.front_door", "engine.events"}
+    wrong = []
+    for name, path in _modules("desktop").items():
+        for module in _imports(path, name):
+            if module.split(".")[0] != "engine":
+                continue
+            if module in allowed or module.rpartition(".")[0] in allowed - {"engine"}:
+                continue  # `from engine.events import Step` names engine.events.Step too
+            wrong.append(f"{name} -> {module}")
+    assert wrong == []

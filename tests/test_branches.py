@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt
 
-from desktop.store import ConversationStore
+from desktop.store.conversations import ConversationStore
 from tests.window_helpers import ask, greedy, load, make_window
 
 

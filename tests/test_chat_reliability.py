@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import Qt, QTimer
 
-from desktop.store import ConversationStore, StoreError
+from desktop.store.conversations import ConversationStore
+from desktop.store.schema import StoreError
 from desktop.views.conversation_view import CHUNK, PAGE
 from tests.window_helpers import ask, broken_model_folder, greedy, load, make_window
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QTextCursor
 
-from desktop.store import ConversationStore
+from desktop.store.conversations import ConversationStore
 from tests.window_helpers import ask, load, make_window
 from tests.window_helpers import greedy as _greedy
 

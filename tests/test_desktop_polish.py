@@ -182,7 +182,7 @@ def test_reading_a_long_message_is_shown_before_the_tokens(
     win = make_window(qtbot, home)
     load(qtbot, win, tiny_model_dir)
     greedy(win, 3)
-    win.controller.worker._generator.prefill_chunk = 16  # several chunks from a short prompt
+    win.controller.worker._engine.prefill_chunk = 16  # several chunks from a short prompt
     seen: list[tuple[int, int, str]] = []
 
     def record(progress) -> None:
@@ -229,7 +229,7 @@ def test_reading_progress_is_not_cut_off_in_the_reply_card(
     win.splitter.setSizes(split_sizes(size[0]))
     load(qtbot, win, tiny_model_dir)
     greedy(win, 2)
-    win.controller.worker._generator.prefill_chunk = 4
+    win.controller.worker._engine.prefill_chunk = 4
     problems: list[str] = []
 
     def check(_progress) -> None:

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from desktop.store import ConversationStore, StoreError, read_export
+from desktop.store.conversations import ConversationStore
+from desktop.store.export import read_export
+from desktop.store.schema import StoreError
 
 REPLY = {"role": "assistant", "content": "hi", "timings": {"decode_tokens_per_s": 12.5}}
 

@@ -14,6 +14,7 @@ import pytest
 
 from desktop.inspect_jobs import AttentionJob
 from engine.errors import EngineError
+from engine.front_door import Engine
 from engine.loading.loader import load_model
 from tests.fixtures.models import VOCAB
 from tests.window_helpers import ask, greedy, load, make_window
@@ -54,7 +55,7 @@ def test_attention_job_refuses_a_reply_from_another_model(
 ) -> None:
     loaded = load_model(tiny_hf_dir, dtype="float32", device="cpu")
     with pytest.raises(EngineError, match="vocabulary") as caught:
-        AttentionJob(PROMPT, reply, index).run(loaded)
+        AttentionJob(PROMPT, reply, index).run(Engine(loaded))
     message = str(caught.value)
     assert "\n" not in message and "another model" in message, message
 
@@ -69,9 +70,9 @@ def test_attention_job_names_rows_the_tokenizer_lacks(tmp_path: Path, tokenizer_
     )
     loaded = load_model(folder, dtype="float32", device="cpu")
     padded = VOCAB + 3
-    result = AttentionJob(PROMPT, (5, padded, 7), 2).run(loaded)
+    result = AttentionJob(PROMPT, (5, padded, 7), 2).run(Engine(loaded))
     assert result.texts[-1] == f"<{padded}>"
-    assert AttentionJob(PROMPT, (5, padded), 1).run(loaded).token_text == f"<{padded}>"
+    assert AttentionJob(PROMPT, (5, padded), 1).run(Engine(loaded)).token_text == f"<{padded}>"
 
 
 def test_window_shows_a_message_for_a_reply_of_another_model(

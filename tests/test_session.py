@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from desktop.session import ChatSession, ReplyOptions, SessionListener
-from desktop.store import ConversationStore, StoreError
+from desktop.store.conversations import ConversationStore
+from desktop.store.schema import StoreError
 from engine.events import GREEDY, GenerationRequest
 
 OPTIONS = ReplyOptions(GREEDY, max_new_tokens=8, report_top=4)

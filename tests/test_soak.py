@@ -18,7 +18,7 @@ import psutil
 import pytest
 from PySide6.QtCore import QSettings, Qt
 
-from desktop.store import ConversationStore, default_path
+from desktop.store.conversations import ConversationStore, default_path
 from tests.test_desktop import Heartbeat
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication
 
-from desktop.store import ConversationStore
+from desktop.store.conversations import ConversationStore
 from tests.window_helpers import ask, greedy, load, make_window
 
 PROMPT = "Hello loop"

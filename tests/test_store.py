@@ -15,17 +15,10 @@ from types import SimpleNamespace
 import platformdirs
 import pytest
 
-from desktop.store import (
-    MIGRATIONS,
-    Autosaver,
-    ConversationStore,
-    StepRecord,
-    StoreError,
-    default_path,
-    make_title,
-    read_export,
-)
-from desktop.store_schema import migrate, pack_top
+from desktop.store.autosave import Autosaver
+from desktop.store.conversations import ConversationStore, default_path, make_title
+from desktop.store.export import read_export
+from desktop.store.schema import MIGRATIONS, StepRecord, StoreError, migrate, pack_top
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -601,7 +594,7 @@ def test_default_path_is_the_user_data_dir(tmp_path: Path, monkeypatch) -> None:
 
 def test_store_imports_neither_qt_nor_torch() -> None:
     code = (
-        "import sys, desktop.store, desktop.export, desktop.store_schema; "
+        "import sys, desktop.store.autosave, desktop.store.conversations, desktop.store.export; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('PySide6', 'torch')]; "
         "assert not bad, bad"
     )

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from desktop.store import Autosaver, ConversationStore, StepRecord, StoreError
+from desktop.store.autosave import Autosaver
+from desktop.store.conversations import ConversationStore
+from desktop.store.schema import StepRecord, StoreError
 
 
 class Clock:

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from desktop.store import Autosaver, ConversationStore, StepRecord
+from desktop.store.autosave import Autosaver
+from desktop.store.conversations import ConversationStore
+from desktop.store.schema import StepRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "Tell me everything about loops"

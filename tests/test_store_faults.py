@@ -14,14 +14,9 @@ from pathlib import Path
 import pytest
 
 from desktop.session import ChatSession
-from desktop.store import (
-    MIGRATIONS,
-    Autosaver,
-    ConversationStore,
-    StepRecord,
-    StoreError,
-)
-from desktop.store_schema import migrate
+from desktop.store.autosave import Autosaver
+from desktop.store.conversations import ConversationStore
+from desktop.store.schema import MIGRATIONS, StepRecord, StoreError, migrate
 
 # -- item 2: a version 1 file holding what v1's import stored unchecked ------------------------
 

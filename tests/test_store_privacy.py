@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from desktop.store import Autosaver, ConversationStore, StepRecord
+from desktop.store.autosave import Autosaver
+from desktop.store.conversations import ConversationStore
+from desktop.store.schema import StepRecord
 
 SECRET = "zq-private-7731-"
 

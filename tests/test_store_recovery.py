@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from desktop.store import ConversationStore
+from desktop.store.conversations import ConversationStore
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(
@@ -30,7 +30,8 @@ pytestmark = pytest.mark.skipif(
 CHILD = r"""
 import json, sys
 from pathlib import Path
-from desktop.store import ConversationStore, StoreError
+from desktop.store.conversations import ConversationStore
+from desktop.store.schema import StoreError
 path = Path(sys.argv[1])
 out = {}
 try:

@@ -11,6 +11,7 @@ from PySide6.QtCore import QSettings
 from desktop.inspect_jobs import AttentionJob, SurprisalJob
 from desktop.views.surprisal import SURPRISAL_INDEX, EntropySparkline, tint, tooltip
 from engine.events import GREEDY
+from engine.front_door import Engine
 from engine.generation.generate import Generator
 from engine.generation.inspect import inspect_tokens
 from engine.loading.loader import load_model
@@ -31,7 +32,7 @@ def loaded(tiny_model_dir: Path):
 
 
 def test_surprisal_job_covers_every_message(loaded) -> None:
-    result = SurprisalJob(CONVERSATION, top=4).run(loaded)
+    result = SurprisalJob(CONVERSATION, top=4).run(Engine(loaded))
     assert result.tokens[0] is None  # the system prompt has no card
     ids = chat_prompt_ids(
         loaded.tokenizer,
@@ -52,7 +53,7 @@ def test_surprisal_job_covers_every_message(loaded) -> None:
 
 def test_attention_job_rows_sum_to_one(loaded) -> None:
     reply = tuple(loaded.tokenizer.encode("the loop attends", bos=False))
-    result = AttentionJob(CONVERSATION[:2], reply, index=2).run(loaded)
+    result = AttentionJob(CONVERSATION[:2], reply, index=2).run(Engine(loaded))
     n = result.prompt_tokens + 2
     assert len(result.texts) == n
     assert len(result.weights) == loaded.args.n_layers
@@ -189,7 +190,7 @@ def test_a_conversation_longer_than_the_context_is_tinted_in_sliding_windows(loa
     )
     assert len(all_ids) > 2 * limit  # the old job refused this ("the prompt is ... tokens")
 
-    result = SurprisalJob(conversation, top=3).run(loaded)
+    result = SurprisalJob(conversation, top=3).run(Engine(loaded))
     assert result.windows > 2 and result.too_long == ()
     assert result.tokens[0] is None  # the system prompt
     assert all(tokens is not None for tokens in result.tokens[1:])
@@ -198,7 +199,7 @@ def test_a_conversation_longer_than_the_context_is_tinted_in_sliding_windows(loa
         assert start >= 1 and (start - 1) % 2 == 0  # a window starts at a user turn
         window = system + list(conversation[start : i + 1])
         # The model is causal: this message's numbers are those of the window that ends with it.
-        alone = SurprisalJob(tuple(window), top=3).run(loaded).tokens[-1]
+        alone = SurprisalJob(tuple(window), top=3).run(Engine(loaded)).tokens[-1]
         got = result.tokens[i]
         assert [t.text for t in got] == [t.text for t in alone]
         assert [t.prob for t in got] == pytest.approx([t.prob for t in alone], abs=1e-5)
@@ -209,17 +210,17 @@ def test_a_conversation_longer_than_the_context_is_tinted_in_sliding_windows(loa
 
 
 def conversation_ids_of(loaded, messages: list[dict]) -> int:
-    from desktop.inspect_jobs import conversation_ids
 
     if not messages or all(m["role"] == "system" for m in messages):
         return 0
-    return len(conversation_ids(loaded, [Message(m["role"], m["content"]) for m in messages]))
+    engine = Engine(loaded)
+    return len(engine.conversation_ids([Message(m["role"], m["content"]) for m in messages]))
 
 
 def test_a_message_longer_than_the_context_is_left_untinted_and_named(loaded) -> None:
     huge = {"role": "user", "content": " ".join(["loop"] * (2 * loaded.max_context))}
     conversation = tuple(long_turns(2) + [huge])
-    result = SurprisalJob(conversation).run(loaded)
+    result = SurprisalJob(conversation).run(Engine(loaded))
     assert result.too_long == (4,)
     assert result.tokens[4] is None
     assert all(tokens is not None for tokens in result.tokens[:4])

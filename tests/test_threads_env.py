@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,21 +48,18 @@ def test_good_values_are_taken_quietly(monkeypatch, caplog) -> None:
     assert not caplog.records
 
 
-def test_loader_uses_the_same_parser(monkeypatch) -> None:
-    """engine.loading.loader.configure_threads read the variable with its own, equally loose,
-    check."""
-    import torch
-
-    from engine.loading.loader import configure_threads
-
-    before = torch.get_num_threads()
-    try:
-        monkeypatch.setenv("LOOPCHAT_THREADS", "100000")
-        assert configure_threads() == CPUS
-        monkeypatch.setenv("LOOPCHAT_THREADS", "1")
-        assert configure_threads() == 1
-    finally:
-        torch.set_num_threads(before)
+def test_one_parser_of_the_variable() -> None:
+    """Only engine.kernels.tuning.forced_threads reads LOOPCHAT_THREADS: the loader once read it
+    with its own, equally loose, check."""
+    readers = []
+    for folder in ("engine", "desktop"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            text = path.read_text(encoding="utf-8")
+            if re.search(r"(environ|getenv)[^\n]*[\"']LOOPCHAT_THREADS[\"']", text):
+                readers.append(path.relative_to(ROOT).as_posix())
+    assert readers == ["engine/kernels/tuning.py"], readers
+    source = (ROOT / "engine/kernels/tuning.py").read_text(encoding="utf-8")
+    assert source.count('environ.get("LOOPCHAT_THREADS"') == 1
 
 
 @pytest.mark.parametrize("value", ["²", "20000", "100000", "0", "-3", "abc"])

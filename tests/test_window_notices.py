@@ -9,7 +9,7 @@ from pathlib import Path
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QToolButton
 
-from desktop.store import ConversationStore
+from desktop.store.conversations import ConversationStore
 from tests.window_helpers import load, make_window
 
 

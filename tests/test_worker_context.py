@@ -55,7 +55,7 @@ def test_note_and_stats_are_shown_live_and_on_reopening(
     from PySide6.QtCore import QSettings
 
     from desktop.main_window import MainWindow
-    from desktop.store import ConversationStore
+    from desktop.store.conversations import ConversationStore
 
     monkeypatch.setenv("LOOPCHAT_HOME", str(tmp_path / "home"))
     settings = QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat)

@@ -44,7 +44,7 @@ class MessageEdit(QObject):
 
     @property
     def turn(self):
-        """The session's turn being edited (what `ChatSession.edit` replaces)."""
+        """The session's turn being edited (`ChatSession.edit` adds a version of it)."""
         return getattr(self.card, "turn", None)
 
     def begin(self, card: MessageWidget) -> None:

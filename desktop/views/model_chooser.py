@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
 
 from desktop.app_text import for_the_app
 from desktop.download import DownloadController
-from engine.hub.progress_text import format_bytes
+from engine.front_door import format_bytes
 
 
 class ModelChooser(QDialog):
@@ -128,7 +128,7 @@ class ModelChooser(QDialog):
 
     def refresh(self) -> None:
         from desktop.catalogue import builtin_entry, load_catalogue
-        from engine.loading.model_folder import list_cached_models
+        from engine.front_door import list_cached_models
 
         self.items.clear()
         cached = {m["repo_id"]: m for m in list_cached_models()}

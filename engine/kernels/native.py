@@ -1,5 +1,5 @@
-"""Loopchat's own decode-step kernels (engine/kernels/csrc/decode_kernels.c), compiled on first use:
-batch-1 int8 and int4 products, and the step's RMSNorm and rotary embedding.
+"""Loopchat's own decode-step kernels (engine/kernels/csrc/decode_kernels.c), built with the
+package: batch-1 int8 and int4 products, and the step's RMSNorm and rotary embedding.
 
 Why a compiled kernel: int8 decoding is worth having only if it streams the weights faster than
 16-bit does, and torch's `_weight_int8pack_mm` does not on every CPU: on the development machine
@@ -12,9 +12,8 @@ thread that a busy neighbour deschedules does not stall the others at a barrier.
 
 Why built with the package, not on the user's machine: see native_build.py. The builds
 (engine/kernels/native_variants.py: baseline, AVX2+FMA, AVX-512 with VNNI/VBMI; plain C elsewhere)
-lie in
-the package; `load()` asks the baseline build which ones this CPU can execute, verifies the best
-one's SHA-256 (written by the build) before the dynamic loader maps it, and checks it against
+lie in the package; `load()` asks the baseline build which ones this CPU can execute, verifies the
+best one's SHA-256 (written by the build) before the dynamic loader maps it, and checks it against
 float arithmetic before it is trusted. Nothing is compiled at run time and no code is loaded from
 outside the package. Where no build is there (installed without a C compiler, Windows) `load()`
 returns None, the reason is kept for the status bar, and quantized layers run on torch's kernels;

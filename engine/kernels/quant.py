@@ -39,7 +39,6 @@ QUANT_MODES = ("none", "int8", "int4")
 """What `--quant` and `load_model(quant=...)` accept."""
 
 DEFAULT_GROUP_SIZE = 64
-GROUP_SIZES = (32, 64, 128)
 PREFILL_ROWS = 16
 """From this many rows on, an int8 layer casts its weight and runs a GEMM (see Int8Linear)."""
 INT4_GEMM_ROWS = 64

@@ -98,7 +98,6 @@ _ST_DTYPES: dict[torch.dtype, str] = {
     torch.float16: "F16",
     torch.float32: "F32",
 }
-_ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
 
 
 class StaleCache(Exception):

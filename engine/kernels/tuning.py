@@ -428,7 +428,6 @@ class ThreadGovernor:
     ) -> None:
         self.counts = sorted(set(counts))
         self.current = start if start in self.counts else self.counts[-1]
-        self.home = self.current
         self.average: dict[int, float] = {}
         self.probe_every = probe_every
         self.probe_steps = probe_steps

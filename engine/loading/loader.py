@@ -153,20 +153,6 @@ def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
         raise EngineError(f"unknown dtype '{name}'; use one of {', '.join(DTYPES)}") from None
 
 
-def configure_threads() -> int:
-    """Use every physical core for the matmuls (hyper-threads only add contention).
-
-    LOOPCHAT_THREADS overrides it, e.g. to leave a core free for other work; it is read by
-    `engine.kernels.tuning.forced_threads`, the one parser of it (checked and clamped there).
-    """
-    from engine.kernels.tuning import forced_threads, physical_cores
-
-    n = forced_threads() or physical_cores()
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-    return n
-
-
 def load_model(
     path: str | Path,
     dtype: str | None = "auto",

@@ -1,6 +1,6 @@
 """What the conversation store keeps: the record types, the SQL schema and its forward migrations.
 
-Kept apart from `desktop.store` so export/import code can use the record types without the
+Kept apart from `conversations` so export/import code can use the record types without the
 database, and so the history of the schema reads as one ordered list.
 
 No Qt and no torch here (the worker thread, tests and a crash-test subprocess import it).

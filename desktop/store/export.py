@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from desktop.store_schema import ROLES, Conversation, Message, StepRecord, StoreError
+from desktop.store.schema import ROLES, Conversation, Message, StepRecord, StoreError
 
 EXPORT_FORMAT = "loopchat-conversation"
 EXPORT_VERSION = 2

@@ -1,21 +1,29 @@
 """Saving a streaming reply in batches, so the stream never waits on a commit per token.
 
-Kept apart from `desktop.store`: the batching and back-off policy is pure Python with no SQL of
-its own; it only calls `ConversationStore.append_steps` and `finish_reply`.
+Kept apart from `conversations`: the batching and back-off policy is pure Python with no SQL of
+its own. It needs only the two calls in `ReplyStore` (which `ConversationStore` has), so it does
+not import the store and the store does not import it: no cycle between them.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
-from desktop.store_schema import StepRecord, StoreError
+from desktop.store.schema import StepRecord, StoreError
 
-if TYPE_CHECKING:  # only for the type hint: desktop.store imports this module
-    from desktop.store import ConversationStore
+__all__ = ["Autosaver", "ReplyStore"]
 
-__all__ = ["Autosaver"]
+
+class ReplyStore(Protocol):
+    """What an Autosaver writes to: `ConversationStore`, or a stand-in in a test."""
+
+    def append_steps(self, message_id: int, steps: Iterable[Any], content_so_far: str) -> None: ...
+
+    def finish_reply(
+        self, message_id: int, content: str, stop_reason: str, timings: dict | None = None
+    ) -> None: ...
 
 
 class Autosaver:
@@ -34,7 +42,7 @@ class Autosaver:
 
     def __init__(
         self,
-        store: ConversationStore,
+        store: ReplyStore,
         message_id: int,
         *,
         max_pending: int = 32,

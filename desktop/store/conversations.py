@@ -9,7 +9,7 @@ Choices, and why:
   message, then one save point a second at most while a reply streams.
 * **Steps in an append-only table** keyed (message_id, idx): a save point inserts the new steps
   and rewrites only the reply's text, never what was saved before, so its cost does not grow
-  with the reply. Top-k ids/probabilities are packed (see `store_schema.pack_top`).
+  with the reply. Top-k ids/probabilities are packed (see `schema.pack_top`).
 * **Search** is a case-insensitive substring match over titles, system prompts and messages,
   done by a small SQL function with Python's `str.casefold` (right for any language, unlike
   LIKE's ASCII-only case folding, and it has no wildcards, so `%` and `_` are literal).
@@ -18,7 +18,7 @@ Choices, and why:
 * **One connection, one lock**: the GUI and the worker thread may both call any method; each
   call holds the lock for one short transaction.
 * Only a **damaged** database (SQLITE_CORRUPT / NOTADB, a failed quick_check), one from a newer
-  Loopchat, or one whose upgrade fails on its data is **moved aside** (`store_recovery`, with its
+  Loopchat, or one whose upgrade fails on its data is **moved aside** (`recovery`, with its
   -wal/-shm, so it can still be opened), never deleted; `recovery_notice` says where, at every
   start until `dismiss_moved_aside_notice()`. A healthy file is never moved for the machine's
   sake: not writable (file, -wal, -shm or folder) → opened `read_only`, saying why; disk full or
@@ -29,15 +29,7 @@ Choices, and why:
   back as a safe default with `damaged=True` instead of an exception; import checks the same
   ranges and types up front and names the bad field.
 
-Where the parts live (none of them imports this module at run time; it re-exports what was
-importable from it before the split, so `from desktop.store import ...` keeps working):
-
-* `desktop.store` (here): `ConversationStore`, conversations, messages and their versions.
-* `desktop.store_recovery`: opening the file, moving a damaged one aside, read-only mode.
-* `desktop.store_rows`: column lists, rows → records (lenient), the shared INSERTs.
-* `desktop.store_import`: writing a validated import (validation: `desktop.export`).
-* `desktop.store_schema`: records, StoreError, the schema and its migrations.
-* `desktop.autosave`: `Autosaver`, batching a streaming reply's saves.
+The other parts of the store, one job each, are listed in `desktop/store/__init__.py`.
 
 No Qt and no torch here: the worker, tests and a crash-test subprocess all use it directly.
 """
@@ -54,24 +46,16 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from desktop.autosave import Autosaver
-from desktop.export import (
-    EXPORT_FORMAT,
-    EXPORT_VERSION,
-    clean_sampling,
-    clean_timings,
+from desktop.store.export import (
     conversation_from_json,
     conversation_to_json,
     conversation_to_markdown,
     parents_first,
-    read_export,
-    valid_time,
 )
-from desktop.store_import import insert_conversation
-from desktop.store_recovery import open_database
-from desktop.store_rows import (
+from desktop.store.importing import insert_conversation
+from desktop.store.recovery import open_database
+from desktop.store.rows import (
     CONV_COLUMNS,
-    DAMAGED_TEXT,
     MSG_COLUMNS,
     STEP_COLUMNS,
     VERSION_COLUMNS,
@@ -81,49 +65,14 @@ from desktop.store_rows import (
     message_from_row,
     step_from_row,
 )
-from desktop.store_schema import (
+from desktop.store.schema import (
     MIGRATIONS,
     ROLES,
     Conversation,
-    Message,
     Migration,
-    NewerSchemaError,
     StepRecord,
     StoreError,
-    migrate,
-    pack_top,
-    unpack_top,
 )
-
-__all__ = [
-    "EXPORT_FORMAT",
-    "EXPORT_VERSION",
-    "MIGRATIONS",
-    "Autosaver",
-    "Conversation",
-    "ConversationStore",
-    "Message",
-    "StepRecord",
-    "StoreError",
-    "default_path",
-    "make_title",
-    "read_export",
-    # Also importable from here since before the store was split into modules; kept so that no
-    # caller has to learn where each one lives now.
-    "DAMAGED_TEXT",
-    "ROLES",
-    "Migration",
-    "NewerSchemaError",
-    "clean_sampling",
-    "clean_timings",
-    "conversation_from_json",
-    "conversation_to_json",
-    "conversation_to_markdown",
-    "migrate",
-    "pack_top",
-    "unpack_top",
-    "valid_time",
-]
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ still be opened), never deleted. A healthy file is never moved for the machine's
 writable (file, -wal, -shm or folder) → opened read-only, saying why; disk full or an I/O error →
 StoreError naming the cause, the file untouched.
 
-Kept apart from `desktop.store` because none of it is about conversations: it classifies SQLite
+Kept apart from `conversations` because none of it is about conversations: it classifies SQLite
 errors and files, and hands the store a ready connection (`open_database`) plus what to tell
-the user. It never imports `desktop.store`.
+the user. It never imports `conversations`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from desktop.store_schema import Migration, NewerSchemaError, StoreError, migrate
+from desktop.store.schema import Migration, NewerSchemaError, StoreError, migrate
 
 __all__ = ["OpenedDatabase", "open_database"]
 

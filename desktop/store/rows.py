@@ -20,8 +20,8 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from desktop.export import clean_sampling, clean_timings, valid_time
-from desktop.store_schema import Conversation, Message, StepRecord, pack_top, unpack_top
+from desktop.store.export import clean_sampling, clean_timings, valid_time
+from desktop.store.schema import Conversation, Message, StepRecord, pack_top, unpack_top
 
 CONV_COLUMNS = (
     "id, title, created_at, updated_at, system_prompt, model, model_path, title_is_custom, "

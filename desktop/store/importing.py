@@ -1,17 +1,17 @@
 """Writing an imported conversation into the database, as a new conversation.
 
-The file is validated before this runs (`desktop.export.conversation_from_json`, format v1 and
+The file is validated before this runs (`export.conversation_from_json`, format v1 and
 v2, naming the first bad field); what is left here is mapping the file's message indexes to new
-row ids. Kept apart from `desktop.store` so the store's core holds only what the app does while
-chatting; this module never imports `desktop.store`.
+row ids. Kept apart from `conversations` so the store's core holds only what the app does while
+chatting; this module never imports `conversations`.
 """
 
 from __future__ import annotations
 
 import sqlite3
 
-from desktop.store_rows import insert_message, insert_steps
-from desktop.store_schema import Conversation
+from desktop.store.rows import insert_message, insert_steps
+from desktop.store.schema import Conversation
 
 __all__ = ["insert_conversation"]
 
