@@ -1,42 +1,57 @@
-"""Engine messages reworded for the window: what to click, not which command-line flag to pass.
+"""Engine errors worded for the window: what to click, not which command-line flag to pass.
 
-The engine's errors are written for its CLI (`python -m engine download …`, `--token`,
-`--max-context`); the same exceptions reach the window. Rather than fork the engine's wording,
-the window maps those phrases here, in one place, and starts each sentence with a capital.
+An engine error that ends in advice carries it as data (engine/errors.py: a `Remedy` and its
+facts); its `str()` is the CLI's wording (`python -m engine download …`, `--token`,
+`--max-context`). The window words the same remedy here, from the table below, and starts each
+sentence with a capital. Nothing here reads the engine's sentences, so rewording the CLI cannot
+change the window's text.
 """
 
 from __future__ import annotations
 
 import re
 
+from engine.front_door import EngineError, Remedy
+
 CHOOSER = "Models → Choose or download a model…"
 TOKEN_FIELD = "paste an access token in the model chooser's Token field"
 
-_REWORD: tuple[tuple[str, str], ...] = (
-    (r"download it with `python -m engine download [^`]+`", f"download it with {CHOOSER}"),
-    (
-        r"finish it with `python -m engine download [^`]+`",
-        f"finish it with {CHOOSER} (files already fetched are kept)",
+WINDOW_ADVICE: dict[Remedy, str] = {
+    Remedy.DOWNLOAD: f"{{problem}}; download it with {CHOOSER} or pick a folder",
+    Remedy.FINISH_DOWNLOAD: (
+        f"{{problem}}; finish it with {CHOOSER} (files already fetched are kept)"
     ),
-    (r"`python -m engine download ([^`]+)`", rf"{CHOOSER} (\1)"),
-    (r"give an access token with --token or log in with `hf auth login` \([^)]*\)", TOKEN_FIELD),
-    (r"give an access token with --token", TOKEN_FIELD),
-    (r"give it with --token or `hf auth login`", "paste it in the model chooser's Token field"),
-    (r"the token given with --token", "the access token"),
-    (r";? ?use --max-context for more", ""),
-    (
-        r"use a smaller --max-context \(about \d+ fits\) or close other programs",
-        "close other programs or choose a smaller model",
+    Remedy.LOG_IN: "{problem}: accept its licence at {page} while logged in, then " + TOKEN_FIELD,
+    Remedy.TOKEN_IF_PRIVATE: "{problem}; if it is private, " + TOKEN_FIELD,
+    Remedy.NEW_TOKEN: (
+        "{problem}: create a read token at {tokens_page} and paste it in the model chooser's "
+        "Token field"
     ),
-    (r"use a smaller --max-context or dtype", "choose a smaller model"),
-    (r"check --revision", "check the revision"),
-    (r"--revision is empty", "The revision is empty"),
-)
+    Remedy.RETYPE_TOKEN: "{problem}; copy it again from {tokens_page}",
+    Remedy.CHECK_REVISION: "{problem}; check the revision (a branch, tag or commit of the repo)",
+    Remedy.FIX_REVISION_NAME: "{problem}; check the revision",
+    Remedy.GIVE_REVISION: "{problem}; give a branch, tag or commit of the repo",
+    Remedy.SMALLER_CONTEXT: "{problem}; close other programs or choose a smaller model",
+    Remedy.LESS_MEMORY: "{problem}; choose a smaller model",
+    Remedy.MORE_CONTEXT: "{problem}",
+}
+"""The window's words for each remedy: `{problem}` and the hint's facts are filled in."""
+
 _SENTENCE_START = re.compile(r"(^|(?<!\be\.g)(?<!\bi\.e)[.!?]\s+)([a-z])")
 
 
-def for_the_app(message: str) -> str:
-    """`message` with CLI advice replaced by the window's own, each sentence capitalised."""
-    for pattern, replacement in _REWORD:
-        message = re.sub(pattern, replacement, message)
-    return _SENTENCE_START.sub(lambda m: m.group(1) + m.group(2).upper(), message)
+def worded(error: EngineError) -> str:
+    """The error's problem with the window's advice for its remedy (uncapitalised)."""
+    if error.hint is None:
+        return str(error)
+    return WINDOW_ADVICE[error.hint.remedy].format(problem=error.problem, **error.hint.facts)
+
+
+def for_the_app(message: str | BaseException) -> str:
+    """An engine error worded for the window, or a message as it is, each sentence capitalised.
+
+    The worker threads send `worded(error)` (plain text crosses the thread boundary); the
+    window applies this to every message it shows, which only capitalises such text.
+    """
+    text = worded(message) if isinstance(message, EngineError) else str(message)
+    return _SENTENCE_START.sub(lambda m: m.group(1) + m.group(2).upper(), text)

@@ -9,24 +9,39 @@ open it, so the reply is not cut.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from PySide6.QtCore import QObject
 
 from desktop.download import DownloadController
-
-if TYPE_CHECKING:
-    from desktop.main_window import MainWindow
+from desktop.views.banner import Banner
+from desktop.views.window_layout import StatusLine
 
 log = logging.getLogger(__name__)
 
 
 class BackgroundDownloads(QObject):
-    """The window's side of downloads (a GUI-thread QObject: worker signals arrive queued)."""
+    """The window's side of downloads (a GUI-thread QObject: worker signals arrive queued).
 
-    def __init__(self, window: MainWindow) -> None:
-        super().__init__(window)
-        self.window = window
+    It shows progress in `status`, tells problems with `show_error`, and opens the downloaded
+    model with `open_model`, or offers it in `banner` while `replying()` (not to cut a reply).
+    `chooser_open()`: the model chooser is on screen (it then opens the model itself).
+    """
+
+    def __init__(
+        self,
+        status: StatusLine,
+        banner: Banner,
+        open_model: Callable[[str], None],
+        show_error: Callable[[str], None],
+        replying: Callable[[], bool],
+        chooser_open: Callable[[], bool],
+        parent: QObject,
+    ) -> None:
+        super().__init__(parent)
+        self.status, self.banner = status, banner
+        self.open_model, self.show_error = open_model, show_error
+        self.replying, self.chooser_open = replying, chooser_open
         self.controller = DownloadController(self)
         self.repo_id = ""
         self.last: dict | None = None
@@ -48,7 +63,7 @@ class BackgroundDownloads(QObject):
 
     def start(self, repo_id: str, token: str = "", remember: bool = False) -> None:
         self.repo_id, self.last = repo_id, None
-        self.window.status_line.download(repo_id, None)
+        self.status.download(repo_id, None)
         self.controller.start(repo_id, token, remember)
 
     def cancel(self) -> None:
@@ -57,37 +72,30 @@ class BackgroundDownloads(QObject):
     def shutdown(self) -> None:
         self.controller.shutdown()
 
-    def _chooser_open(self) -> bool:
-        chooser = getattr(self.window, "chooser", None)
-        try:
-            return chooser is not None and chooser.isVisible()
-        except RuntimeError:  # closed, and deleted with it
-            return False
-
     def _progress(self, progress: dict) -> None:
         self.last = progress
-        self.window.status_line.download(self.repo_id, progress)
+        self.status.download(self.repo_id, progress)
 
     def _finished(self, path: str) -> None:
-        self.window.status_line.download_ended()
-        if self._chooser_open():
+        self.status.download_ended()
+        if self.chooser_open():
             return  # the chooser opens it (and closes)
         name = self.repo_id or path
-        if self.window.controller.busy:
-            self.window.banner.show_message(
-                f"{name} is downloaded.", "notice", "Open it", lambda: self.window.load_model(path)
+        if self.replying():
+            self.banner.show_message(
+                f"{name} is downloaded.", "notice", "Open it", lambda: self.open_model(path)
             )
             return
         log.info("download of %s finished in the background; opening it", name)
-        self.window.load_model(path)
+        self.open_model(path)
 
     def _failed(self, message: str) -> None:
-        self.window.status_line.download_ended()
-        if not self._chooser_open():
-            self.window.show_error(
+        self.status.download_ended()
+        if not self.chooser_open():
+            self.show_error(
                 f"Could not download {self.repo_id}. {message.rstrip('.')}. Open the model chooser "
                 "(Models → Choose or download a model…) to try again."
             )
 
     def _cancelled(self) -> None:
-        self.window.status_line.download_ended()
+        self.status.download_ended()

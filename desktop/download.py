@@ -7,6 +7,8 @@ import threading
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
+from desktop.app_text import worded
+
 log = logging.getLogger(__name__)
 
 
@@ -53,7 +55,7 @@ class DownloadWorker(QObject):
             self.cancelled.emit()
             return
         except EngineError as exc:
-            self.failed.emit(str(exc))
+            self.failed.emit(worded(exc))  # the window's advice (Token field), not the CLI's
             return
         except Exception as exc:  # noqa: BLE001 - the window must survive anything
             log.exception("download failed")

@@ -14,10 +14,17 @@ too (saved, stopped), exactly as they end a streaming reply. The worst moments:
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import QPushButton
+from PySide6.QtWidgets import QMenu, QPushButton, QSplitter, QWidget
 
+from desktop.controller import EngineController
+from desktop.model_loading import ModelLoading
+from desktop.session import ChatSession
+from desktop.views.chat_pane import ChatPane
+from desktop.views.side_panel import SidePanel
 from desktop.views.step_view import IDLE_TEXT, StepView
 
 NEXT_SHORTCUT = "F10"
@@ -30,19 +37,49 @@ PAUSED_TEXT = (
 )
 
 
+class StepHost(Protocol):
+    """What step mode asks of the chat on screen (the main window answers)."""
+
+    @property
+    def session(self) -> ChatSession: ...
+    @property
+    def streaming(self) -> ChatSession | None:
+        """The session whose reply the engine is writing (maybe not the one shown)."""
+
+    def send(self, text: str, step: bool = False) -> None: ...
+    def regenerate(self, step: bool = False) -> None: ...
+    def branch_from(self, turn, step: int, token_id: int, step_mode: bool = False) -> None: ...
+    def stop(self) -> None: ...
+    def update_buttons(self) -> None: ...
+    def show_error(self, message: str, kind: str = "error") -> None: ...
+
+
 class StepMode(QObject):
-    """The window's step mode: its toggle, Next token and Continue, and the stage panel."""
+    """The window's step mode: its toggle, Next token and Continue, and the stage panel.
+
+    It drives the widgets it is given (the chat pane's buttons row, the side panel, the window's
+    columns) and asks `host` for the chat; the window connects `on_finished` and `on_model_ready`.
+    """
 
     shown = Signal(object)
     """`engine.events.SamplerStages`, after the panel shows them (one per Next token)."""
 
-    def __init__(self, window) -> None:
+    def __init__(
+        self,
+        host: StepHost,
+        controller: EngineController,
+        models: ModelLoading,
+        pane: ChatPane,
+        side: SidePanel,
+        columns: QSplitter,
+        window: QWidget,
+    ) -> None:
         super().__init__(window)
-        self.window = window
+        self.host, self.controller, self.models = host, controller, models
+        self.pane, self.side, self.columns = pane, side, columns
         self.view = StepView()
         self.view.hide()
-        window.side.insertWidget(0, self.view)
-        window.side.setStretchFactor(0, 2)
+        side.add_on_top(self.view, stretch=2)
         self.action = QAction("Step &mode", window)
         self.action.setCheckable(True)
         self.action.setShortcut(QKeySequence(TOGGLE_SHORTCUT))
@@ -62,8 +99,8 @@ class StepMode(QObject):
         self.continue_button = QPushButton("Continue")
         self.continue_button.setToolTip(f"Write the rest as usual ({CONTINUE_SHORTCUT})")
         self.continue_button.clicked.connect(self.continue_reply)
-        for i, button in enumerate((self.next_token_button, self.continue_button)):
-            window.actions_row.insertWidget(1 + i, button)
+        for button in (self.next_token_button, self.continue_button):
+            pane.add_button(button)
             button.hide()
         self._queued = 0
         """Next token clicks made while the engine was still busy with the previous one."""
@@ -79,33 +116,40 @@ class StepMode(QObject):
         self._shown_at: tuple | None = None
         """(reply turn, 0-based step) whose pick the panel shows: where a click branches."""
         self.view.alternative_chosen.connect(self._take_instead)
-        worker = window.controller.worker
+        worker = controller.worker
         worker.generation_paused.connect(self._on_paused)
         worker.stages.connect(self._on_stages)
-        window.reply_finished.connect(self._on_finished)
-        window.model_ready.connect(lambda _info: self.view.clear())
+
+    def add_to(self, menu: QMenu) -> None:
+        """Step mode, Next token and Continue in `menu` (the Chat menu), after its first two."""
+        first = menu.actions()[2] if len(menu.actions()) > 2 else None
+        menu.insertSeparator(first)
+        for entry in (self.action, self.next_action, self.continue_action):
+            menu.insertAction(first, entry)
+
+    def on_model_ready(self, _info) -> None:
+        self.view.clear()
 
     @property
     def enabled(self) -> bool:
         return self.action.isChecked()
 
     def _toggled(self, on: bool) -> None:
-        w = self.window
         self.view.setVisible(on)
         # The model's distribution is the panel's first stage: the top-k list makes way for it.
-        w.topk.parentWidget().parentWidget().setVisible(not on)  # its scroll area
+        self.side.show_top_k(not on)
         self.next_token_button.setVisible(on)
         self.continue_button.setVisible(on)
         if on:
-            self._sizes_before = (w.splitter.sizes(), w.side.sizes())
-            make_room(w)
+            self._sizes_before = (self.columns.sizes(), self.side.sizes())
+            make_room(self.columns, self.side)
         else:
             if self._sizes_before is not None:  # the chat gets its width back
                 columns, side = self._sizes_before
-                w.splitter.setSizes(columns)
-                w.side.setSizes(side)
+                self.columns.setSizes(columns)
+                self.side.setSizes(side)
                 self._sizes_before = None
-            if w.controller.paused is not None:
+            if self.controller.paused is not None:
                 self.continue_reply()  # leaving step mode lets a paused reply finish as usual
         self.update_buttons()
 
@@ -114,23 +158,23 @@ class StepMode(QObject):
     def next_token(self) -> None:
         """Exactly one more token of the reply (starting one from the typed message if none is
         paused); see the module docstring for the moments when that cannot be done."""
-        w = self.window
-        if w.model_info is None:
+        w = self.host
+        if self.models.info is None:
             w.show_error(
                 "No model is loaded yet: open a model first (Models → Choose or download a "
                 "model…), then press Next token."
             )
             return
-        if getattr(w, "_loading", False):
+        if self.models.in_progress:
             w.show_error("The model is still loading: press Next token once it is ready.", "notice")
             return
         if not self.enabled:
             self.action.setChecked(True)
-        controller = w.controller
+        controller = self.controller
         if controller.paused is not None:
             self._stepping = True
             controller.resume(one=True)
-            w._update_buttons()
+            w.update_buttons()
             return
         if controller.busy:
             if self._stepping:
@@ -139,7 +183,7 @@ class StepMode(QObject):
                 self._stepping = True
                 controller.pause()
             return
-        text = w.input.toPlainText().strip()
+        text = self.pane.typed_text()
         if text:
             w.send(text, step=True)
         elif w.session.unanswered:
@@ -155,7 +199,7 @@ class StepMode(QObject):
     def _take_instead(self, token_id: int, text: str) -> None:
         """A click on another token in the stage tables: the reply goes on from that token (a new
         version, the shown one kept), still one token per click when step mode is on."""
-        w = self.window
+        w = self.host
         if self._shown_at is None:
             w.show_error(
                 "The reply ended at that pick: Regenerate writes another version of it.",
@@ -174,35 +218,35 @@ class StepMode(QObject):
     def continue_reply(self) -> None:
         """Write the rest of the paused reply at normal speed."""
         self._queued = 0
-        if self.window.controller.resume(one=False):
+        if self.controller.resume(one=False):
             self._stepping = False
             self.view.set_status("Continuing at normal speed…")
-            self.window._update_buttons()
+            self.host.update_buttons()
 
     def defer_send(self, text: str) -> bool:
         """Sending while a reply is paused: end that reply (saved as it is), then send `text`.
 
         True when the send was deferred (the window sends it once the reply has ended).
         """
-        if self.window.controller.paused is None:
+        if self.controller.paused is None:
             return False
         self._send_after = text
-        self.window.stop()
+        self.host.stop()
         return True
 
     # -- what the engine answers -----------------------------------------------------------
 
     def _on_paused(self, request_id: int) -> None:
-        w = self.window
-        session = w._streaming
+        w = self.host
+        session = w.streaming
         if session is None or not session.on_paused(request_id):
             return
-        w._update_buttons()
-        if w.controller.paused != request_id:
+        w.update_buttons()
+        if self.controller.paused != request_id:
             return  # Stop came meanwhile: the reply is ending
         if self._queued and session is w.session:
             self._queued -= 1
-            w.controller.resume(one=True)
+            self.controller.resume(one=True)
             return
         self._stepping = False
         self._queued = 0
@@ -220,8 +264,8 @@ class StepMode(QObject):
                 self.view.set_status(PAUSED_TEXT)
 
     def _on_stages(self, stages) -> None:
-        w = self.window
-        session = w._streaming
+        w = self.host
+        session = w.streaming
         if session is None or session is not w.session or stages.request_id != session.request_id:
             return
         index = len(session.reply.steps) if session.reply is not None else None
@@ -235,7 +279,7 @@ class StepMode(QObject):
         self.view.show_stages(stages, index)
         self.shown.emit(stages)
 
-    def _on_finished(self, result) -> None:
+    def on_finished(self, result) -> None:
         self._queued = 0
         self._stepping = False
         reason = getattr(result, "stop_reason", "")
@@ -251,18 +295,18 @@ class StepMode(QObject):
         self.update_buttons()
         text, self._send_after = self._send_after, None
         if text is not None:
-            self.window.send(text)
+            self.host.send(text)
 
     def update_buttons(self) -> None:
         """Enable Next token while a model is ready; Continue while a reply is paused here."""
-        w = self.window
+        w = self.host
         if self._shown_session is not None and self._shown_session is not w.session:
             self._shown_session = None
             self.view.clear()
-        ready = w.model_info is not None and not getattr(w, "_loading", False)
+        ready = self.models.info is not None and not self.models.in_progress
         self.next_token_button.setEnabled(ready)
         self.next_action.setEnabled(True)  # says why when it cannot step
-        paused = w.controller.paused is not None and w._streaming is w.session
+        paused = self.controller.paused is not None and w.streaming is w.session
         self.continue_button.setEnabled(paused)
         self.continue_action.setEnabled(paused)
 
@@ -271,18 +315,17 @@ PANEL_WIDTH = 260
 """The side panel's width at which the stage tables read well (token, percentage)."""
 
 
-def make_room(window) -> None:
+def make_room(columns: QSplitter, side: QSplitter) -> None:
     """Widen the side panel to `PANEL_WIDTH` if it is narrower, taking the room from the
     conversation list first, then the chat; give the stage tables most of the panel's height."""
-    sizes = window.splitter.sizes()
+    sizes = columns.sizes()
     if len(sizes) == 3 and sizes[2] < PANEL_WIDTH:
         need = PANEL_WIDTH - sizes[2]
         from_list = min(need, max(0, sizes[0] - 120))
         from_chat = min(need - from_list, max(0, sizes[1] - 320))
-        window.splitter.setSizes(
+        columns.setSizes(
             [sizes[0] - from_list, sizes[1] - from_chat, sizes[2] + from_list + from_chat]
         )
-    side = window.side
     total = sum(side.sizes())
     if total > 0:
         shown = [0 if not side.widget(i).isVisible() else 1 for i in range(side.count())]
@@ -292,16 +335,3 @@ def make_room(window) -> None:
         for i in rest:
             sizes[i] = (total - sizes[0]) // max(1, len(rest))
         side.setSizes(sizes)
-
-
-def install(window) -> StepMode:
-    """Add step mode to the window: Chat menu entries, buttons beside Regenerate, the panel."""
-    mode = StepMode(window)
-    for action in window.menuBar().actions():
-        if action.text().replace("&", "") == "Chat" and action.menu() is not None:
-            menu = action.menu()
-            first = menu.actions()[2] if len(menu.actions()) > 2 else None
-            menu.insertSeparator(first)
-            for entry in (mode.action, mode.next_action, mode.continue_action):
-                menu.insertAction(first, entry)
-    return mode

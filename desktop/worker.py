@@ -17,6 +17,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal, Slot
 
+from desktop.app_text import worded
 from engine.events import (
     GenerationRequest,
     GenerationResult,
@@ -166,7 +167,7 @@ class EngineWorker(QObject):
 
             if not isinstance(exc, EngineError):
                 log.error("model load failed:\n%s", traceback.format_exc())
-            self.load_failed.emit(str(exc) if isinstance(exc, EngineError) else _friendly(exc))
+            self.load_failed.emit(worded(exc) if isinstance(exc, EngineError) else _friendly(exc))
 
     def _load(self, path: str, dtype: str, device: str, quant: str = "none") -> Any:
         from desktop.native_preload import preload_torch_libraries
@@ -300,7 +301,7 @@ class EngineWorker(QObject):
 
         if not isinstance(exc, EngineError):
             log.error("generation failed:\n%s", traceback.format_exc())
-        message = str(exc) if isinstance(exc, EngineError) else _friendly(exc)
+        message = worded(exc) if isinstance(exc, EngineError) else _friendly(exc)
         self.generation_failed.emit(GenerationResult.failed(rid, message))
 
     @Slot(object)
@@ -324,6 +325,6 @@ class EngineWorker(QObject):
         except Exception as exc:  # noqa: BLE001 - the window must survive anything
             if not isinstance(exc, EngineError):
                 log.error("inspection failed:\n%s", traceback.format_exc())
-            message = str(exc) if isinstance(exc, EngineError) else _friendly(exc)
+            message = worded(exc) if isinstance(exc, EngineError) else _friendly(exc)
             result = InspectFailed(job.job_id, message)
         self.inspected.emit(result)

@@ -338,6 +338,53 @@ class Capabilities(_Record):
 
 
 @dataclass(frozen=True)
+class RuntimeInfo(_Record):
+    """How a loaded model runs: the weight kernel and threads (engine/kernels/tuning.py), the
+    compiled build (engine/kernels/native.py) and the quantized weights' cache.
+
+    A field left None was not reported (a GPU has no thread count, 16-bit weights no cache) and
+    reads as absent (`in`, `keys()`, `to_dict()`), so `describe()` lists what applies."""
+
+    kernel: str | None = None
+    """The weight kernel: "default" on a GPU, else "plain", "packed", "int8native"..."""
+    kernel_source: str | None = None
+    """Why that kernel: "measured", "cached", "LOOPCHAT_KERNEL" or "device"."""
+    threads: int | None = None
+    threads_source: str | None = None
+    """Why that many threads: "measured", "cached" or "LOOPCHAT_THREADS"."""
+    thread_governor: bool | None = None
+    """The thread count is adjusted while decoding (threads not forced, several cores)."""
+    cpu: str | None = None
+    """The CPU's model name."""
+    native_isa: str | None = None
+    """The build of Loopchat's compiled quantized kernel that runs the weights ("avx2"...)."""
+    native_ops: bool | None = None
+    """Norms and rotary embedding run in Loopchat's compiled C."""
+    native: str | None = None
+    """The compiled build that runs, if any (the CLI's done line, the tooltip)."""
+    native_unavailable: str | None = None
+    """Why the compiled kernels could not load on this CPU machine."""
+    quant: str = "none"
+    """Weight format: "none", "int8" or "int4"."""
+    group_size: int | None = None
+    """int4's quantization group size."""
+    quant_cache: str | None = None
+    """The file the quantized weights were cached in."""
+    quant_cache_hit: bool | None = None
+    """The quantized weights came from that cache (not built now)."""
+    quant_load_s: float | None = None
+
+    def keys(self) -> list[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RuntimeInfo:
+        """The runtime fields of `data` (a `describe()`), ignoring the model's other facts."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known and v is not None})
+
+
+@dataclass(frozen=True)
 class ModelInfo(_Record):
     """A loaded model as the window shows it (status bar, title, context limit)."""
 
@@ -351,13 +398,17 @@ class ModelInfo(_Record):
     vocab_size: int = 0
     n_layers: int = 0
     has_chat_template: bool = False
+    runtime: RuntimeInfo = field(default_factory=RuntimeInfo)
+    """How it runs (kernel, threads, compiled build, weight format), typed."""
     extra: dict = field(default_factory=dict, compare=False)
-    """Anything else the loader reports (kept, not interpreted)."""
+    """Everything else the loader reports, kept as it came (the runtime's keys too, as plain
+    data: the self-test's done line reads `kernel` and `native` from it)."""
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelInfo:
-        known = {f.name for f in fields(cls)} - {"extra"}
+        known = {f.name for f in fields(cls)} - {"extra", "runtime"}
         return cls(
             **{k: v for k, v in data.items() if k in known},
+            runtime=RuntimeInfo.from_dict(data),
             extra={k: v for k, v in data.items() if k not in known},
         )

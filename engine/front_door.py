@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.errors import EngineError
+from engine.errors import EngineError, Hint, Remedy, cli_text
 from engine.events import (
     Capabilities,
     GenerationResult,
     ModelInfo,
+    RuntimeInfo,
     SamplerStages,
     SamplingParams,
     Step,
@@ -50,9 +51,11 @@ __all__ = [
     "DownloadCancelled",
     "Engine",
     "EngineError",
+    "Hint",
     "Layout",
     "Message",
     "PromptPlan",
+    "Remedy",
     "Reply",
     "builtin_dir",
     "download_model",
@@ -159,6 +162,11 @@ class Engine:
         return ModelInfo.from_dict(self.describe())
 
     @property
+    def runtime(self) -> RuntimeInfo:
+        """How it runs: kernel, threads, compiled build, weight format."""
+        return self._loaded.runtime
+
+    @property
     def capabilities(self) -> Capabilities:
         """What this engine can do beyond generating text (a remote backend may do less)."""
         return Capabilities(
@@ -185,8 +193,10 @@ class Engine:
 
     @property
     def context_note(self) -> str | None:
-        """Set when the context was capped below the model's own to fit memory."""
-        return self._loaded.context_note
+        """Set when the context was capped below the model's own to fit memory, with the CLI's
+        advice (`info.extra["context_note"]` has the note alone, for the window)."""
+        note = self._loaded.context_note
+        return cli_text(note, self._loaded.context_hint) if note else None
 
     # -- text ----------------------------------------------------------------------------------
 

@@ -176,3 +176,10 @@ def test_the_desktop_reaches_the_engine_only_through_its_front_door() -> None:
                 continue  # `from engine.events import Step` names engine.events.Step too
             wrong.append(f"{name} -> {module}")
     assert wrong == []
+
+
+def test_the_desktop_has_no_import_cycles() -> None:
+    # The window is made of parts: features get a narrow interface (a Protocol, explicit
+    # arguments), never `MainWindow`, so nothing imports back up into the window.
+    assert "desktop.main_window" in _graph("desktop")
+    assert _cycles(_graph("desktop")) == []

@@ -155,7 +155,7 @@ def test_a_failed_model_switch_keeps_the_old_model(qtbot, home, chat, tmp_path: 
     with qtbot.waitSignal(chat.error_shown, timeout=60_000) as error:
         chat.load_model(str(broken))
     assert f"{name} is still loaded" in error.args[0]
-    assert chat.model_info["name"] == name and chat.model_label.text() == name
+    assert chat.model_info["name"] == name and chat.status_line.model_label.text() == name
     assert chat.send_button.isEnabled()
     result = ask(qtbot, chat, "still there?")
     assert "error" not in result and result["generated_tokens"] > 0
@@ -171,7 +171,7 @@ def test_a_failed_switch_without_room_for_two_models_shows_no_model(
     with qtbot.waitSignal(chat.error_shown, timeout=60_000) as error:
         chat.load_model(str(broken))
     assert "still loaded" not in error.args[0]
-    assert chat.model_info is None and chat.model_label.text().startswith("No model")
+    assert chat.model_info is None and chat.status_line.model_label.text().startswith("No model")
     assert not chat.send_button.isEnabled() and not chat.regenerate_button.isEnabled()
     chat.input.setPlainText("hello")
     chat.send("hello")
@@ -207,9 +207,9 @@ def test_system_prompt_is_per_conversation_with_a_default_for_new_chats(qtbot, h
 def test_deleted_conversations_are_purged_after_undo_window_and_on_quit(
     qtbot, home, monkeypatch
 ) -> None:
-    import desktop.main_window as main_window
+    import desktop.library as library
 
-    monkeypatch.setattr(main_window, "UNDO_WINDOW_S", 0.2, raising=False)
+    monkeypatch.setattr(library, "UNDO_WINDOW_S", 0.2)
     win = make_window(qtbot, home)
     first = win.store.create_conversation("", "m")
     win.store.add_message(first, "user", "secret one")
@@ -227,7 +227,7 @@ def test_deleted_conversations_are_purged_after_undo_window_and_on_quit(
     win.conversations.delete_requested.emit(first)
     assert not gone(first)  # undo is still possible
     qtbot.waitUntil(lambda: gone(first), timeout=5000)
-    monkeypatch.setattr(main_window, "UNDO_WINDOW_S", 3600, raising=False)
+    monkeypatch.setattr(library, "UNDO_WINDOW_S", 3600)
     win.conversations.delete_requested.emit(second)
     win.close()  # at the latest on quit
     db = sqlite3.connect(db_path(home))

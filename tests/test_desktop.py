@@ -118,10 +118,10 @@ def test_prompt_streams_the_engines_greedy_reply(qtbot, window, tiny_model_dir: 
         assert sum(r[2] for r in rows) <= 1.0 + 1e-6
         assert any(r[3] for r in rows)
     # Status bar reports prompt size, time to first token, speed and context.
-    status = window.speed_label.text()
+    status = window.status_line.speed_label.text()
     assert f"prompt {result['prompt_tokens']} tok" in status
     assert "first token" in status and "tok/s" in status
-    assert f"/ {info['max_context']}" in window.context_label.text()
+    assert f"/ {info['max_context']}" in window.status_line.context_label.text()
 
     print(
         f"worst GUI heartbeat gap: load {1000 * load_beat.worst:.0f} ms, "

@@ -78,16 +78,19 @@ def test_status_bar_is_cleared_on_new_chat_and_unload(
     load(qtbot, win, tiny_model_dir)
     greedy(win, 4)
     ask(qtbot, win, "Hello")
-    assert "tok/s" in win.speed_label.text() and "context" in win.context_label.text()
+    assert (
+        "tok/s" in win.status_line.speed_label.text()
+        and "context" in win.status_line.context_label.text()
+    )
     win.new_chat_action.trigger()
-    assert win.speed_label.text() == "" and win.context_label.text() == ""
+    assert win.status_line.speed_label.text() == "" and win.status_line.context_label.text() == ""
     ask(qtbot, win, "Hello again")
-    assert "tok/s" in win.speed_label.text()
+    assert "tok/s" in win.status_line.speed_label.text()
     with qtbot.waitSignal(win.controller.worker.model_unloaded, timeout=10_000):
         win.unload_model()
     qtbot.waitUntil(lambda: win.model_info is None, timeout=5000)
-    assert win.speed_label.text() == "" and win.context_label.text() == ""
-    assert win.device_label.text() == ""
+    assert win.status_line.speed_label.text() == "" and win.status_line.context_label.text() == ""
+    assert win.status_line.device_label.text() == ""
     win.close()
 
 
@@ -98,14 +101,14 @@ def test_theme_is_chosen_in_the_view_menu_applied_and_kept(qtbot, home: Path) ->
     style, palette, sheet = app.style().name(), app.palette(), app.styleSheet()
     try:
         win = make_window(qtbot, home)
-        assert win.theme_actions["system"].isChecked()
-        win.theme_actions["dark"].trigger()
+        assert win.menus.theme_actions["system"].isChecked()
+        win.menus.theme_actions["dark"].trigger()
         assert app.palette().color(QPalette.ColorRole.Window).lightness() < 80
         assert win.settings.value("view/theme") == "dark"
         win.close()
         again = make_window(qtbot, home)  # the same settings file: the next start
-        assert again.theme_actions["dark"].isChecked()
-        again.theme_actions["light"].trigger()
+        assert again.menus.theme_actions["dark"].isChecked()
+        again.menus.theme_actions["light"].trigger()
         assert app.palette().color(QPalette.ColorRole.Window).lightness() > 200
         again.close()
         from PySide6.QtCore import QSettings
@@ -263,10 +266,10 @@ def test_keyboard_search_rename_delete_with_undo(qtbot, home: Path, monkeypatch)
     win.store.add_message(cid, "user", "hi")
     with qtbot.waitSignal(win.opener.ready, timeout=10_000):
         win.open_conversation(cid)
-    win.search_action.trigger()
+    win.menus.search_action.trigger()
     qtbot.waitUntil(win.conversations.search.hasFocus, timeout=2000)
     monkeypatch.setattr(QInputDialog, "getText", lambda *a, **k: ("New name", True))
-    win.rename_action.trigger()
+    win.menus.rename_action.trigger()
     assert win.conversations.titles() == ["New name"]
     win.conversations.items.setFocus()
     qtbot.waitUntil(win.conversations.items.hasFocus, timeout=2000)
@@ -280,21 +283,15 @@ def test_keyboard_search_rename_delete_with_undo(qtbot, home: Path, monkeypatch)
 
 def test_messages_are_written_for_the_app() -> None:
     from desktop.app_text import for_the_app
+    from engine.front_door import EngineError, Remedy
 
     text = for_the_app(
-        "no folder or cached Hub model named a/b; download it with "
-        "`python -m engine download a/b` or pick a folder"
+        EngineError("no folder or cached Hub model named a/b", Remedy.DOWNLOAD, repo_id="a/b")
     )
     assert "python -m" not in text and "Models → Choose or download a model…" in text
     assert text.startswith("No folder")
-    gated = for_the_app(
-        "x is gated: accept its licence at u while logged in, then give an access token with "
-        "--token or log in with `hf auth login` (`huggingface-cli login`)"
-    )
+    gated = for_the_app(EngineError("x is gated", Remedy.LOG_IN, page="u"))
     assert "--token" not in gated and "Token field" in gated
-    assert "--max-context" not in for_the_app(
-        "context capped to 4096 tokens; use --max-context for more"
-    )
     assert for_the_app("Could not open the model. the file is bad") == (
         "Could not open the model. The file is bad"
     )
@@ -401,7 +398,7 @@ def test_right_click_keeps_the_highlight_on_the_open_chat(qtbot) -> None:
 def test_undo_banner_goes_when_the_deleted_chat_is_purged(qtbot, home: Path) -> None:
     """After the undo window the chat is purged: an Undo that can no longer undo must go too."""
     win = make_window(qtbot, home)
-    win.undo_window_s = 0.3
+    win.library.undo_window_s = 0.3
     first = win.store.create_conversation(title="First")
     win.store.add_message(first, "user", "one")
     second = win.store.create_conversation(title="Second")
@@ -542,7 +539,7 @@ def _check_narrow_and_tall(qtbot, home: Path, split_sizes) -> None:
     label = win.status_line.download_label
     assert label.text().startswith("Downloading 74% · ")
     bar = win.statusBar()
-    for child in (win.model_label, label, win.device_label):
+    for child in (win.status_line.model_label, label, win.status_line.device_label):
         assert child.mapTo(bar, child.rect().topRight()).x() <= bar.width(), child.text()
 
     win.resize(1400, 900)

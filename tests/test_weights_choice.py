@@ -13,20 +13,20 @@ def test_weights_choice_reloads_and_is_remembered_per_model(
 ) -> None:
     win = make_window(qtbot, home, **{"engine/dtype": "bfloat16"})
     info = load(qtbot, win, tiny_model_dir)
-    assert info.extra["quant"] == "none" and win.weights_actions["none"].isChecked()
+    assert info.extra["quant"] == "none" and win.menus.weights_actions["none"].isChecked()
     assert "Kernel:" in win.status_line.device_label.toolTip()
     with qtbot.waitSignal(win.model_ready, timeout=120_000) as ready:
-        win.weights_actions["int8"].trigger()
+        win.menus.weights_actions["int8"].trigger()
     assert ready.args[0].extra["quant"] == "int8"
     assert "8-bit" in win.status_line.device_label.text()
     assert "Weights: int8" in win.status_line.device_label.toolTip()
     other = load(qtbot, win, tiny_hf_dir)  # another model keeps its own (default) choice
-    assert other.extra["quant"] == "none" and win.weights_actions["none"].isChecked()
+    assert other.extra["quant"] == "none" and win.menus.weights_actions["none"].isChecked()
     win.close()
 
     again = make_window(qtbot, home, **{"engine/dtype": "bfloat16"})
     info = load(qtbot, again, tiny_model_dir)
-    assert info.extra["quant"] == "int8" and again.weights_actions["int8"].isChecked()
+    assert info.extra["quant"] == "int8" and again.menus.weights_actions["int8"].isChecked()
     again.close()
 
 
@@ -46,7 +46,7 @@ def test_tooltip_says_when_loopchats_compiled_kernel_runs_the_weights(
     assert "compiled kernel" not in before  # 16-bit weights: torch's products
     assert "Norms and rotary embedding: Loopchat's compiled C" in before  # but compiled norms
     with qtbot.waitSignal(win.model_ready, timeout=120_000) as ready:
-        win.weights_actions["int8"].trigger()
+        win.menus.weights_actions["int8"].trigger()
     assert ready.args[0].extra["kernel"] == "int8native"
     tip = win.status_line.device_label.toolTip()
     assert "Kernel: int8native" in tip and f"its {native.load().isa} build" in tip

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from desktop import menus
+from desktop import model_loading
 from tests.window_helpers import greedy, load, make_window
 
 WAIT_MS = 60_000
@@ -42,7 +42,7 @@ def leave_no_room_to_quantize(monkeypatch, tmp_path: Path):
 def remembered(win, folder: Path) -> str:
     """The weights the settings file holds for `folder`, as the next start would read them."""
     win.settings.sync()
-    return menus.weights_for(win.settings, str(folder))
+    return model_loading.weights_for(win.settings, str(folder))
 
 
 def test_a_failed_weights_choice_is_not_remembered_and_falls_back_to_16_bit(
@@ -54,10 +54,10 @@ def test_a_failed_weights_choice_is_not_remembered_and_falls_back_to_16_bit(
     notices: list[str] = []
     win.error_shown.connect(notices.append)
     with qtbot.waitSignal(win.model_ready, timeout=WAIT_MS) as ready:
-        win.weights_actions["int8"].trigger()
+        win.menus.weights_actions["int8"].trigger()
     assert ready.args[0].extra["quant"] == "none"
     assert remembered(win, tiny_model_dir) == "none"
-    assert win.weights_actions["none"].isChecked()
+    assert win.menus.weights_actions["none"].isChecked()
     # One notice: what failed (8-bit, and the engine's reason) and what runs now.
     (notice,) = notices
     assert "8-bit" in notice and "16-bit" in notice and "cannot write quantized weights" in notice
@@ -77,7 +77,7 @@ def test_a_stored_bad_choice_falls_back_at_start_and_is_cleared(
     """A choice remembered by an older version (or a cache broken since) must not stop the app
     from opening the model at every start."""
     leave_no_room_to_quantize(monkeypatch, home)
-    key = menus.weights_setting(str(tiny_model_dir))
+    key = model_loading.weights_setting(str(tiny_model_dir))
     win = make_window(qtbot, home, **{key: "int8"})
     with qtbot.waitSignal(win.model_ready, timeout=WAIT_MS) as ready:
         win.start(str(tiny_model_dir))
@@ -92,14 +92,14 @@ def test_weights_work_after_the_fallback(
     qtbot, home: Path, tiny_model_dir: Path, monkeypatch
 ) -> None:
     repair = leave_no_room_to_quantize(monkeypatch, home)
-    key = menus.weights_setting(str(tiny_model_dir))
+    key = model_loading.weights_setting(str(tiny_model_dir))
     win = make_window(qtbot, home, **{key: "int8"})
     with qtbot.waitSignal(win.model_ready, timeout=WAIT_MS):
         win.start(str(tiny_model_dir))
     repair()  # the user fixed their folders; 8-bit can load now
     with qtbot.waitSignal(win.model_ready, timeout=WAIT_MS) as ready:
-        win.weights_actions["int8"].trigger()
-    assert ready.args[0].extra["quant"] == "int8" and win.weights_actions["int8"].isChecked()
+        win.menus.weights_actions["int8"].trigger()
+    assert ready.args[0].extra["quant"] == "int8" and win.menus.weights_actions["int8"].isChecked()
     assert remembered(win, tiny_model_dir) == "int8"  # loaded, so now remembered
     win.close()
 
@@ -112,10 +112,10 @@ def test_recent_models_opens_the_model_after_a_failed_choice(
     load(qtbot, win, tiny_hf_dir)
     leave_no_room_to_quantize(monkeypatch, home)
     with qtbot.waitSignal(win.error_shown, timeout=WAIT_MS):
-        win.weights_actions["int4"].trigger()
+        win.menus.weights_actions["int4"].trigger()
     qtbot.waitUntil(lambda: not win.model_loading(), timeout=WAIT_MS)
     load(qtbot, win, tiny_model_dir)  # another model, then back through Recent models
-    (recent,) = [a for a in win.recent_menu.actions() if a.text() == str(tiny_hf_dir)]
+    (recent,) = [a for a in win.menus.recent_menu.actions() if a.text() == str(tiny_hf_dir)]
     with qtbot.waitSignal(win.model_ready, timeout=WAIT_MS) as ready:
         recent.trigger()
     assert ready.args[0].path == str(tiny_hf_dir) and ready.args[0].extra["quant"] == "none"
@@ -133,12 +133,12 @@ def test_weights_while_a_model_loads_say_to_wait_and_keep_that_load(
     win.error_shown.connect(notices.append)
     with qtbot.waitSignal(win.model_ready, timeout=WAIT_MS) as ready:
         win.load_model(str(tiny_hf_dir))
-        win.weights_actions["int8"].trigger()  # still loading
+        win.menus.weights_actions["int8"].trigger()  # still loading
     assert ready.args[0].path == str(tiny_hf_dir)
     assert notices and "loading" in notices[0].lower()
     qtbot.wait(300)  # nothing else was queued behind that load
     assert win.current_model_path() == str(tiny_hf_dir) and win.model_info.extra["quant"] == "none"
-    assert win.weights_actions["none"].isChecked()
+    assert win.menus.weights_actions["none"].isChecked()
     assert remembered(win, tiny_model_dir) == "none" and remembered(win, tiny_hf_dir) == "none"
     win.close()
 
@@ -151,11 +151,11 @@ def test_weights_with_no_model_open_say_what_to_do(qtbot, home: Path) -> None:
     with qtbot.waitSignal(win.error_shown, timeout=WAIT_MS):
         win.load_model(str(broken))
     with qtbot.waitSignal(win.error_shown, timeout=5_000) as shown:
-        win.weights_actions["int4"].trigger()
+        win.menus.weights_actions["int4"].trigger()
     message = shown.args[0]
     # Names the model that failed and where to open one; the choice is not kept.
     assert "broken" in message and "Models → Choose or download a model" in message
-    assert win.weights_actions["none"].isChecked()
+    assert win.menus.weights_actions["none"].isChecked()
     assert remembered(win, broken) == "none"
     win.close()
 
@@ -173,7 +173,7 @@ def test_weights_while_a_reply_streams_keep_the_chat(
     with qtbot.waitSignal(win.token_shown, timeout=WAIT_MS):
         win.send(win.input.toPlainText())
     with qtbot.waitSignal(win.model_ready, timeout=WAIT_MS) as ready:
-        win.weights_actions["int8"].trigger()
+        win.menus.weights_actions["int8"].trigger()
     assert ready.args[0].extra["quant"] == "int8"
     qtbot.waitUntil(lambda: bool(finished), timeout=WAIT_MS)
     assert finished[0]["stop_reason"] == "cancelled" and not finished[0].get("error")
@@ -189,7 +189,7 @@ def test_a_model_that_fails_in_16_bit_too_says_both_and_forgets_the_choice(
     from tests.window_helpers import broken_model_folder
 
     broken = broken_model_folder(home)
-    win = make_window(qtbot, home, **{menus.weights_setting(str(broken)): "int4"})
+    win = make_window(qtbot, home, **{model_loading.weights_setting(str(broken)): "int4"})
     errors: list[str] = []
     win.error_shown.connect(errors.append)
     win.start(str(broken))

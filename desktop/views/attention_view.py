@@ -29,15 +29,19 @@ from PySide6.QtWidgets import (
     QDockWidget,
     QHBoxLayout,
     QLabel,
+    QMainWindow,
+    QMenu,
     QTextBrowser,
     QToolTip,
     QVBoxLayout,
     QWidget,
 )
 
+from desktop.controller import EngineController
 from desktop.inspect_jobs import AttentionJob, AttentionResult, InspectFailed
 from desktop.views.chat_view import MessageWidget
-from desktop.views.surprisal import model_turns
+from desktop.views.conversation_view import ConversationView
+from desktop.views.surprisal import OpenChat, model_turns
 from desktop.views.topk_panel import visible_token
 
 log = logging.getLogger(__name__)
@@ -225,13 +229,27 @@ class AttentionView(QWidget):
 
 
 class AttentionInspector(QObject):
-    """Wires the view into the window: a dock, a View-menu toggle, and the engine requests."""
+    """Wires the view into the window: a dock, a View-menu toggle, and the engine requests.
+
+    `window` only gives the dock its place; a click on a token of `chat` asks about it.
+    """
 
     shown = Signal(object)  # AttentionResult, after the view shows it
 
-    def __init__(self, window) -> None:
+    def __init__(
+        self,
+        open_chat: OpenChat,
+        controller: EngineController,
+        chat: ConversationView,
+        window: QMainWindow,
+    ) -> None:
         super().__init__(window)
-        self.window = window
+        self.open_chat, self.controller, self.chat, self.window = (
+            open_chat,
+            controller,
+            chat,
+            window,
+        )
         self.view = AttentionView()
         self.dock = QDockWidget("Attention", window)
         self.dock.setObjectName("attention_dock")
@@ -245,8 +263,13 @@ class AttentionInspector(QObject):
         self.action.toggled.connect(self.dock.setVisible)
         self.dock.visibilityChanged.connect(self._dock_visibility)
         self._job: int | None = None
-        window.chat.token_clicked.connect(self.select)
-        window.controller.worker.inspected.connect(self._on_result)
+        chat.token_clicked.connect(self.select)
+        controller.worker.inspected.connect(self._on_result)
+        window.addAction(self.action)
+
+    def add_to(self, menu: QMenu) -> None:
+        """The toggle in `menu` (the View menu)."""
+        menu.addAction(self.action)
 
     def _dock_visibility(self, visible: bool) -> None:
         # Closed with its own button: uncheck the toggle (hidden with a minimised window: keep);
@@ -256,10 +279,10 @@ class AttentionInspector(QObject):
 
     def select(self, card: MessageWidget, index: int) -> int | None:
         """Ask what token `index` of `card`'s reply attended to (only while the view is open)."""
-        if not self.dock.isVisible() or self.window.model_info is None:
+        if not self.dock.isVisible() or self.open_chat.model_info is None:
             return None
-        session = self.window.session
-        turn = next((t for t in session.turns if self.window.chat.card(t) is card), None)
+        session = self.open_chat.session
+        turn = next((t for t in session.turns if self.chat.card(t) is card), None)
         if turn is None or index >= len(card.steps):
             return None
         before = [t for t in model_turns(session) if t.position < turn.position]
@@ -269,7 +292,7 @@ class AttentionInspector(QObject):
         ]
         reply_ids = tuple(int(step["token_id"]) for step in card.steps)
         self.view.title.setText("Computing attention…")
-        self._job = self.window.controller.inspect(AttentionJob(tuple(messages), reply_ids, index))
+        self._job = self.controller.inspect(AttentionJob(tuple(messages), reply_ids, index))
         return self._job
 
     def _on_result(self, result: object) -> None:
@@ -282,13 +305,3 @@ class AttentionInspector(QObject):
         assert isinstance(result, AttentionResult)
         self.view.show_result(result)
         self.shown.emit(result)
-
-
-def install(window) -> AttentionInspector:
-    """Add the attention dock and its toggle (View menu when there is one; a window action)."""
-    inspector = AttentionInspector(window)
-    window.addAction(inspector.action)
-    for action in window.menuBar().actions():
-        if action.text().replace("&", "") == "View" and action.menu() is not None:
-            action.menu().addAction(inspector.action)
-    return inspector

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Protocol
 
 from PySide6.QtCore import QEvent, QObject, QPointF, Signal
 from PySide6.QtGui import (
@@ -24,12 +25,15 @@ from PySide6.QtGui import (
     QTextCursor,
     QTextFormat,
 )
-from PySide6.QtWidgets import QToolTip, QWidget
+from PySide6.QtWidgets import QMenu, QToolTip, QWidget
 
+from desktop.controller import EngineController
 from desktop.inspect_jobs import InspectFailed, SurprisalJob, SurprisalResult, TokenInfo
 from desktop.session import ASSISTANT, USER, ChatSession, Turn
 from desktop.views.chat_view import MessageWidget
+from desktop.views.conversation_view import ConversationView
 from desktop.views.topk_panel import visible_token
+from engine.events import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -188,15 +192,34 @@ def clear_card(card: MessageWidget, rerender: bool = True) -> None:
             card.set_text(card.text)
 
 
+class OpenChat(Protocol):
+    """The chat on screen, as the see-inside views read it (the main window answers)."""
+
+    @property
+    def session(self) -> ChatSession: ...
+    @property
+    def model_info(self) -> ModelInfo | None: ...
+    @property
+    def conversation_id(self) -> int | None: ...
+    def show_error(self, message: str, kind: str = "error") -> None: ...
+
+
 class SurprisalTint(QObject):
-    """The window's surprisal toggle: asks the engine thread for numbers, paints the cards."""
+    """The window's surprisal toggle: asks the engine thread for numbers, paints the cards of
+    `chat`; the window calls `refresh` after a reply, a model load and opening a conversation."""
 
     applied = Signal(int)
     """Emitted after a result was painted, with the number of cards tinted."""
 
-    def __init__(self, window) -> None:
+    def __init__(
+        self,
+        open_chat: OpenChat,
+        controller: EngineController,
+        chat: ConversationView,
+        window: QWidget,
+    ) -> None:
         super().__init__(window)
-        self.window = window
+        self.open_chat, self.chat = open_chat, chat
         self.action = QAction("Tint tokens by &surprisal", window)
         self.action.setCheckable(True)
         self.action.setShortcut("Ctrl+Shift+S")
@@ -207,10 +230,14 @@ class SurprisalTint(QObject):
         self._offset = 0
         """1 when the job's first message is the system prompt (it has no card)."""
         self._told: tuple | None = None
-        window.controller.worker.inspected.connect(self._on_result)
-        window.reply_finished.connect(lambda _result: self.refresh())
-        window.model_ready.connect(lambda _info: self.refresh())
-        window.opener.ready.connect(lambda _session: self.refresh())
+        self.controller = controller
+        controller.worker.inspected.connect(self._on_result)
+        window.addAction(self.action)
+
+    def add_to(self, menu: QMenu) -> None:
+        """The toggle in `menu` (the View menu), after a separator."""
+        menu.addSeparator()
+        menu.addAction(self.action)
 
     @property
     def enabled(self) -> bool:
@@ -222,16 +249,16 @@ class SurprisalTint(QObject):
         else:
             self._job = None
             self._told = None
-            for card in self.window.chat.messages:
+            for card in self.chat.messages:
                 clear_card(card)
                 if card.toolTip() == TOO_LONG_TIP:
                     card.setToolTip("")
 
     def refresh(self) -> None:
         """Ask for the open conversation's numbers again (after a reply, on opening one)."""
-        if not self.enabled or self.window.model_info is None:
+        if not self.enabled or self.open_chat.model_info is None:
             return
-        session = self.window.session
+        session = self.open_chat.session
         self._turns = model_turns(session)
         if not self._turns:
             return
@@ -240,7 +267,7 @@ class SurprisalTint(QObject):
             {"role": t.role, "content": t.content} for t in self._turns
         ]
         self._offset = 1 if system else 0
-        self._job = self.window.controller.inspect(SurprisalJob(tuple(messages)))
+        self._job = self.controller.inspect(SurprisalJob(tuple(messages)))
 
     def _on_result(self, result: object) -> None:
         if getattr(result, "job_id", None) != self._job or not self.enabled:
@@ -249,7 +276,7 @@ class SurprisalTint(QObject):
         if isinstance(result, InspectFailed):
             # Said once: the tint goes off rather than failing again after every reply.
             self.action.setChecked(False)
-            self.window.show_error(f"Surprisal tint turned off: {result.message}", kind="notice")
+            self.open_chat.show_error(f"Surprisal tint turned off: {result.message}", kind="notice")
             return
         assert isinstance(result, SurprisalResult)
         painted = 0
@@ -257,7 +284,7 @@ class SurprisalTint(QObject):
         for i, (turn, tokens) in enumerate(
             zip(self._turns, result.tokens[self._offset :], strict=True)
         ):
-            card = self.window.chat.card(turn)
+            card = self.chat.card(turn)
             if card is None:
                 continue
             if i in too_long:
@@ -273,20 +300,9 @@ class SurprisalTint(QObject):
 
     def _tell_coverage(self, result: SurprisalResult) -> None:
         """Say once per conversation when it was read in passes or some messages are untinted."""
-        info = self.window.model_info
+        info = self.open_chat.model_info
         note = coverage_note(result, info.max_context if info is not None else 0)
-        key = (self.window.conversation_id, note)
+        key = (self.open_chat.conversation_id, note)
         if note and key != self._told:
             self._told = key
-            self.window.show_error(note, kind="notice")
-
-
-def install(window) -> SurprisalTint:
-    """Add the toggle to the window (View menu when there is one, and as a window action)."""
-    tint_control = SurprisalTint(window)
-    window.addAction(tint_control.action)
-    for action in window.menuBar().actions():
-        if action.text().replace("&", "") == "View" and action.menu() is not None:
-            action.menu().addSeparator()
-            action.menu().addAction(tint_control.action)
-    return tint_control
+            self.open_chat.show_error(note, kind="notice")

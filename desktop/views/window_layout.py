@@ -1,121 +1,20 @@
-"""Where the main window's widgets sit, and what its status bar says.
+"""Where the main window's parts sit, and what its status bar says.
 
-Kept apart from `desktop.main_window` (the wiring) so each reads on its own: `build_layout` makes
-the widgets the window and the tests use (`input`, `send_button`, `chat`, `sampling`, ...) and
-sets them as attributes of the window; `StatusLine` words the status bar.
+The parts themselves are widgets of their own (`ChatPane`, `SidePanel`, `ConversationList`);
+`columns` lays them side by side, `restore_layout`/`save_layout` keep the sizes the user chose,
+and `StatusLine` words the status bar.
 """
 
 from __future__ import annotations
 
-from PySide6.QtCore import QObject, Qt, Slot
-from PySide6.QtWidgets import (
-    QFrame,
-    QHBoxLayout,
-    QLabel,
-    QMainWindow,
-    QProgressBar,
-    QPushButton,
-    QScrollArea,
-    QSplitter,
-    QStatusBar,
-    QVBoxLayout,
-    QWidget,
-)
+from PySide6.QtCore import QObject, QSettings, Qt, Slot
+from PySide6.QtWidgets import QLabel, QProgressBar, QSplitter, QStatusBar, QWidget
 
 from desktop.settings_values import setting_bytes
-from desktop.views.banner import Banner
-from desktop.views.conversation_list import ConversationList
-from desktop.views.conversation_view import ConversationView
 from desktop.views.elided_label import ElidedLabel
-from desktop.views.input_box import InputBox
-from desktop.views.sampling_panel import SamplingPanel
-from desktop.views.topk_panel import TopKPanel
 from engine.events import GenerationResult, GenerationStarted, ModelInfo, Step
 
 NO_MODEL = "No model — Models → Choose or download a model…"
-
-
-def _button(text: str, tip: str = "") -> QPushButton:
-    button = QPushButton(text)
-    button.setToolTip(tip)
-    return button
-
-
-def _chat_column(w) -> QWidget:
-    """Banner, conversation, Regenerate, then the input with Send and Stop."""
-    w.chat = ConversationView()
-    w.banner = Banner()
-    w.input = InputBox()
-    w.send_button = _button("Send")
-    w.send_button.setObjectName("primary")
-    w.send_button.setDefault(True)
-    w.stop_button = _button("Stop", "Stop generating (Esc)")
-    w.regenerate_button = _button("Regenerate", "Answer the last message again")
-    buttons = QVBoxLayout()
-    buttons.setSpacing(6)
-    buttons.addWidget(w.send_button)
-    buttons.addWidget(w.stop_button)
-    buttons.addStretch(1)
-    input_row = QHBoxLayout()
-    input_row.setContentsMargins(18, 8, 18, 14)
-    input_row.setSpacing(8)
-    input_row.addWidget(w.input, 1)
-    input_row.addLayout(buttons)
-    actions_row = QHBoxLayout()
-    actions_row.setContentsMargins(18, 0, 18, 0)
-    actions_row.addStretch(1)
-    actions_row.addWidget(w.regenerate_button)
-    w.actions_row = actions_row  # step mode adds Next token and Continue here
-    w.input_hint = QLabel("")
-    w.input_hint.setObjectName("meta")
-    w.input_hint.setContentsMargins(20, 0, 18, 6)
-    column = QWidget()
-    layout = QVBoxLayout(column)
-    layout.setContentsMargins(0, 0, 0, 0)
-    layout.setSpacing(0)
-    layout.addWidget(w.banner)
-    layout.addWidget(w.chat, 1)
-    layout.addLayout(actions_row)
-    layout.addLayout(input_row)
-    layout.addWidget(w.input_hint)
-    return column
-
-
-def _side(w) -> QSplitter:
-    """The top-k panel above the generation settings."""
-    w.topk = TopKPanel()
-    w.sampling = SamplingPanel(w.settings)
-    w.topk.set_k(w.sampling.report_top.value())
-    scroll = QScrollArea()
-    scroll.setWidgetResizable(True)
-    scroll.setFrameShape(QFrame.Shape.NoFrame)
-    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # one scrollbar
-    fields = QWidget()  # the fields packed at the top, not spread over a tall pane
-    fields_layout = QVBoxLayout(fields)
-    fields_layout.setContentsMargins(0, 0, 0, 0)
-    fields_layout.addWidget(w.sampling)
-    fields_layout.addStretch(1)
-    scroll.setWidget(fields)
-    title = QLabel("Generation settings")
-    title.setObjectName("section")
-    bottom = QWidget()
-    bottom_layout = QVBoxLayout(bottom)
-    bottom_layout.setContentsMargins(0, 6, 0, 0)
-    bottom_layout.addWidget(title)
-    bottom_layout.addWidget(scroll, 1)
-    rows = QScrollArea()  # every requested row, scrolled when the panel is short
-    rows.setWidgetResizable(True)
-    rows.setFrameShape(QFrame.Shape.NoFrame)
-    rows.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-    rows.setWidget(w.topk)
-    side = QSplitter(Qt.Orientation.Vertical)
-    side.setObjectName("side")
-    side.addWidget(rows)
-    side.addWidget(bottom)
-    side.setStretchFactor(0, 1)  # settings get as much room as the panel
-    side.setStretchFactor(1, 1)
-    side.setCollapsible(0, False)
-    return side
 
 
 MIN_WINDOW = (760, 520)
@@ -129,41 +28,36 @@ def split_sizes(width: int) -> list[int]:
     return [listing, max(320, width - listing - side), side]
 
 
-def build_layout(w: QMainWindow) -> None:
-    """Conversation list | chat column | side panel, and the status bar."""
-    w.conversations = ConversationList()
-    column = _chat_column(w)
-    w.side = _side(w)
-    w.splitter = QSplitter(Qt.Orientation.Horizontal)
-    for i, (widget, stretch) in enumerate(((w.conversations, 0), (column, 3), (w.side, 1))):
-        w.splitter.addWidget(widget)
-        w.splitter.setStretchFactor(i, stretch)
-    w.splitter.setCollapsible(0, True)
-    w.splitter.setSizes(split_sizes(w.width()))
-    w.setCentralWidget(w.splitter)
-    w.setMinimumSize(*MIN_WINDOW)
-    w.status_line = StatusLine(w.statusBar())
-    for name in ("model_label", "device_label", "speed_label", "context_label", "progress"):
-        setattr(w, name, getattr(w.status_line, name))
-    w.progress_label = w.status_line.progress_label
+def columns(conversations: QWidget, pane: QWidget, side: QWidget, width: int) -> QSplitter:
+    """Conversation list | chat column | side panel, sized for a window `width` wide."""
+    splitter = QSplitter(Qt.Orientation.Horizontal)
+    for i, (widget, stretch) in enumerate(((conversations, 0), (pane, 3), (side, 1))):
+        splitter.addWidget(widget)
+        splitter.setStretchFactor(i, stretch)
+    splitter.setCollapsible(0, True)
+    splitter.setSizes(split_sizes(width))
+    return splitter
 
 
-def restore_layout(w) -> None:
+SPLITTER_KEYS = ("window/splitter", "window/side")
+
+
+def restore_layout(window: QWidget, settings: QSettings, splitters: tuple[QSplitter, ...]) -> None:
     """Window geometry and splitter positions as the user left them."""
-    geometry = setting_bytes(w.settings, "window/geometry")
+    geometry = setting_bytes(settings, "window/geometry")
     if geometry is not None:
-        w.restoreGeometry(geometry)
-    for key, splitter in (("window/splitter", w.splitter), ("window/side", w.side)):
-        state = setting_bytes(w.settings, key)
+        window.restoreGeometry(geometry)
+    for key, splitter in zip(SPLITTER_KEYS, splitters, strict=True):
+        state = setting_bytes(settings, key)
         if state is not None:
             splitter.restoreState(state)
 
 
-def save_layout(w) -> None:
-    w.settings.setValue("window/geometry", w.saveGeometry())
-    w.settings.setValue("window/splitter", w.splitter.saveState())
-    w.settings.setValue("window/side", w.side.saveState())
-    w.settings.sync()
+def save_layout(window: QWidget, settings: QSettings, splitters: tuple[QSplitter, ...]) -> None:
+    settings.setValue("window/geometry", window.saveGeometry())
+    for key, splitter in zip(SPLITTER_KEYS, splitters, strict=True):
+        settings.setValue(key, splitter.saveState())
+    settings.sync()
 
 
 def context_text(used: int, max_context: int, dropped: int = 0) -> str:
@@ -288,32 +182,31 @@ class StatusLine(QObject):
 
 def device_text(info: ModelInfo) -> str:
     """Where and how the model runs: "cpu · bfloat16", plus the weight format when quantized."""
-    quant = info.extra.get("quant", "none")
-    weights = {"int8": " · 8-bit weights", "int4": " · 4-bit weights"}.get(quant, "")
+    weights = {"int8": " · 8-bit weights", "int4": " · 4-bit weights"}.get(info.runtime.quant, "")
     return f"{info.device} · {info.dtype}{weights}"
 
 
 def runtime_tooltip(info: ModelInfo) -> str:
     """The kernel and thread choice (engine/kernels/tuning.py) and why it was made, for the
     curious."""
-    extra = info.extra
+    run = info.runtime
     lines = []
-    if extra.get("kernel"):
+    if run.kernel:
         source = {"measured": "measured on this machine", "cached": "measured earlier, cached"}
-        how = source.get(str(extra.get("kernel_source")), str(extra.get("kernel_source", "")))
-        lines.append(f"Kernel: {extra['kernel']} ({how})")
-    if extra.get("native_isa"):
-        lines.append(f"Loopchat's compiled kernel, its {extra['native_isa']} build")
-    if extra.get("native_ops"):
+        how = source.get(str(run.kernel_source), run.kernel_source or "")
+        lines.append(f"Kernel: {run.kernel} ({how})")
+    if run.native_isa:
+        lines.append(f"Loopchat's compiled kernel, its {run.native_isa} build")
+    if run.native_ops:
         lines.append("Norms and rotary embedding: Loopchat's compiled C")
-    if extra.get("native_unavailable"):
-        lines.append(f"Loopchat's compiled kernels: {extra['native_unavailable']}")
-    if extra.get("threads"):
-        governed = ", adjusted while decoding" if extra.get("thread_governor") else ""
-        lines.append(f"Threads: {extra['threads']}{governed}")
-    if extra.get("cpu"):
-        lines.append(f"CPU: {extra['cpu']}")
-    if extra.get("quant", "none") != "none":
-        cached = " (from the cache)" if extra.get("quant_cache_hit") else ""
-        lines.append(f"Weights: {extra['quant']}{cached}")
+    if run.native_unavailable:
+        lines.append(f"Loopchat's compiled kernels: {run.native_unavailable}")
+    if run.threads:
+        governed = ", adjusted while decoding" if run.thread_governor else ""
+        lines.append(f"Threads: {run.threads}{governed}")
+    if run.cpu:
+        lines.append(f"CPU: {run.cpu}")
+    if run.quant != "none":
+        cached = " (from the cache)" if run.quant_cache_hit else ""
+        lines.append(f"Weights: {run.quant}{cached}")
     return "\n".join(lines)

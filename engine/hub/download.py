@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from engine.errors import EngineError
+from engine.errors import EngineError, Remedy
 from engine.hub.download_errors import explain_failure, free_bytes, is_network_error, is_transient
 from engine.hub.download_progress import DownloadCancelled, ProgressTracker
 from engine.hub.progress_text import (
@@ -70,7 +70,7 @@ def _token(explicit: str | None) -> str | Literal[False]:
     Each is checked before it is sent: a token is one line of printable ASCII.
     """
     if explicit and explicit.strip():
-        return check_token(explicit.strip(), "the token given with --token")
+        return check_token(explicit.strip(), None)
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
         env = os.environ.get(name)
         if env and env.strip():
@@ -89,8 +89,11 @@ def _token(explicit: str | None) -> str | Literal[False]:
     return check_token(stored, f"the token saved in {path}") if stored else False
 
 
-def check_token(token: str, where: str) -> str:
+def check_token(token: str, where: str | None) -> str:
     """The token, or EngineError saying why it cannot be one (without showing it).
+
+    `where` names where it was found (an environment variable, a file); None: the caller gave it
+    (`--token`, the window's Token field), and each front end names that itself.
 
     Hub tokens are printable ASCII; a newline or a non-ASCII character (a copy-paste accident)
     would otherwise surface as "cannot reach the Hub" or an encoding traceback.
@@ -103,9 +106,17 @@ def check_token(token: str, where: str) -> str:
         problem = "contains spaces or control characters"
     else:
         return token
+    tokens_page = "https://huggingface.co/settings/tokens"
+    if where is None:
+        raise EngineError(
+            f"the access token {problem}, so it is not a Hugging Face access token",
+            Remedy.RETYPE_TOKEN,
+            flaw=problem,
+            tokens_page=tokens_page,
+        )
     raise EngineError(
         f"{where} {problem}, so it is not a Hugging Face access token; copy it again from "
-        "https://huggingface.co/settings/tokens"
+        f"{tokens_page}"
     )
 
 

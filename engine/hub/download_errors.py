@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from types import ModuleType
 
-from engine.errors import EngineError
+from engine.errors import EngineError, Remedy
 from engine.hub.progress_text import format_bytes
 from engine.loading.model_folder import HubSettings
 
@@ -86,24 +86,19 @@ def explain_failure(
                 f"at {page} with the account of this token (approval can take a while), then "
                 "try again"
             )
-        return EngineError(
-            f"{repo_id} is gated: accept its licence at {page} while logged in, then give an "
-            "access token with --token or log in with `hf auth login` (`huggingface-cli login`)"
-        )
+        return EngineError(f"{repo_id} is gated", Remedy.LOG_IN, page=page)
     if isinstance(exc, errors.RevisionNotFoundError):
-        return EngineError(
-            f"{repo_id} has no revision '{revision}'; check --revision (a branch, tag or commit "
-            "of the repo)"
-        )
+        return EngineError(f"{repo_id} has no revision '{revision}'", Remedy.CHECK_REVISION)
     if isinstance(exc, errors.RepositoryNotFoundError):
-        private = "" if sent_token else "; if it is private, give an access token with --token"
         return EngineError(
-            f"no model '{repo_id}' on {settings.endpoint}: check the repo id (owner/name){private}"
+            f"no model '{repo_id}' on {settings.endpoint}: check the repo id (owner/name)",
+            None if sent_token else Remedy.TOKEN_IF_PRIVATE,
         )
     if status == 401 and sent_token:
         return EngineError(
-            f"the Hub rejected the access token (invalid or expired): create a read token at "
-            f"{settings.endpoint}/settings/tokens and give it with --token or `hf auth login`"
+            "the Hub rejected the access token (invalid or expired)",
+            Remedy.NEW_TOKEN,
+            tokens_page=f"{settings.endpoint}/settings/tokens",
         )
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         free = free_bytes(settings.cache_dir)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from engine.errors import EngineError
+from engine.errors import EngineError, Hint, Remedy
+from engine.events import RuntimeInfo
 from engine.files import require_regular_file
 from engine.kernels.quant import check_quant
 from engine.loading.checkpoint import detect_layout, load_transformer, read_args
@@ -54,13 +55,15 @@ class LoadedModel:
     max_context: int
     """Positions the KV cache holds: the most tokens a prompt plus its reply can use."""
     context_note: str | None = None
-    """Set when the context was capped below the model's own to fit memory (shown to the user)."""
+    """Set when the context was capped below the model's own to fit memory (shown to the user,
+    without advice: `context_hint` says what may be done about it)."""
     quant: str = "none"
     """Weight format: "none" (the dtype), "int8" or "int4" (engine/kernels/quant.py)."""
-    runtime: dict = field(default_factory=dict)
+    runtime: RuntimeInfo = field(default_factory=RuntimeInfo)
     """How it runs: kernel, threads and whether they were measured or cached
-    (engine/kernels/tuning.py),
-    and the quantized cache's facts."""
+    (engine/kernels/tuning.py), the compiled build, and the quantized cache's facts."""
+    context_hint: Hint | None = None
+    """What the user may do about `context_note` (ask for more context)."""
 
     def describe(self) -> dict:
         """Plain data about the model for status bars and logs (safe to send across threads)."""
@@ -77,7 +80,7 @@ class LoadedModel:
             "has_chat_template": self.chat_template is not None,
             "context_note": self.context_note,
             "quant": self.quant,
-            **self.runtime,
+            **self.runtime.to_dict(),
         }
 
 
@@ -240,7 +243,8 @@ def load_model(
     except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
         raise EngineError(
             f"not enough memory for the KV cache of {context.length} tokens on {dev} "
-            f"({str(exc).splitlines()[0][:120]}); use a smaller --max-context or dtype"
+            f"({str(exc).splitlines()[0][:120]})",
+            Remedy.LESS_MEMORY,
         ) from None
 
     weights_bytes = _weights_bytes(model)
@@ -268,7 +272,8 @@ def load_model(
         max_context=context.length,
         context_note=context.note,
         quant=quant,
-        runtime=runtime,
+        runtime=RuntimeInfo(**{"quant": quant, **runtime}),
+        context_hint=context.hint,
     )
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.errors import EngineError
+from engine.errors import EngineError, Hint, Remedy, cli_text
 from engine.model.config import ModelArgs
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,9 @@ class ContextChoice:
 
     length: int
     note: str | None = None
+    """What happened, without advice (the window shows it as it is)."""
+    hint: Hint | None = None
+    """What the user may do about it (asking for more context), for `cli_text`."""
 
 
 def choose_context(
@@ -79,23 +82,23 @@ def choose_context(
     ceiling_note = None
     if requested is None and length > DEFAULT_CONTEXT_CEILING:
         length = DEFAULT_CONTEXT_CEILING
-        ceiling_note = (
-            f"context capped to {length} tokens (the model's config claims {model_max}); "
-            "use --max-context for more"
-        )
+        ceiling_note = f"context capped to {length} tokens (the model's config claims {model_max})"
     free = available_bytes(device) if available is None else available
     per_position = bytes_per_position(args, dtype)
     fits = length if free is None else int(free * MEMORY_SHARE) // per_position
     if length <= fits:
         if ceiling_note:
-            log.info("%s", ceiling_note)
-        return ContextChoice(length, ceiling_note)
+            hint = Hint(Remedy.MORE_CONTEXT)
+            log.info("%s", cli_text(ceiling_note, hint))
+            return ContextChoice(length, ceiling_note, hint)
+        return ContextChoice(length)
     need = _gib(length * per_position)
     if requested is not None or fits < 2:
         raise EngineError(
             f"a context of {length} tokens needs {need} for the KV cache but only "
-            f"{_gib(free)} of memory is available; use a smaller --max-context (about {fits} "
-            "fits) or close other programs"
+            f"{_gib(free)} of memory is available",
+            Remedy.SMALLER_CONTEXT,
+            fits=fits,
         )
     capped = fits // CONTEXT_GRANULE * CONTEXT_GRANULE if fits >= CONTEXT_GRANULE else fits
     note = (

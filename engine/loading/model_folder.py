@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
-from engine.errors import EngineError
+from engine.errors import EngineError, Remedy
 from engine.files import is_regular_file, member_name, read_json
 from engine.loading.builtin import is_builtin, resolve_builtin
 
@@ -54,7 +54,7 @@ def check_revision(revision: str | None) -> str | None:
     if revision is None:
         return None
     if not isinstance(revision, str) or not revision.strip():
-        raise EngineError("--revision is empty; give a branch, tag or commit of the repo")
+        raise EngineError("the revision is empty", Remedy.GIVE_REVISION)
     segments = re.split(r"[/\\]", revision)
     if (
         revision[0] in "/\\"
@@ -64,7 +64,8 @@ def check_revision(revision: str | None) -> str | None:
     ):
         raise EngineError(
             f"revision {revision!r} is not a branch, tag or commit name (no '..' segments, "
-            "leading slash or backslash, or control characters); check --revision"
+            "leading slash or backslash, or control characters)",
+            Remedy.FIX_REVISION_NAME,
         )
     return revision
 
@@ -265,13 +266,11 @@ def resolve_model(path_or_repo: str | Path) -> Path:
         return folder
     if _snapshots_newest_first(_repo_cache_folder(settings, text)):
         raise EngineError(
-            f"the download of {text} in the Hugging Face cache is incomplete; finish it with "
-            f"`python -m engine download {text}`"
+            f"the download of {text} in the Hugging Face cache is incomplete",
+            Remedy.FINISH_DOWNLOAD,
+            repo_id=text,
         )
-    raise EngineError(
-        f"no folder or cached Hub model named {text}; download it with "
-        f"`python -m engine download {text}` or pick a folder"
-    )
+    raise EngineError(f"no folder or cached Hub model named {text}", Remedy.DOWNLOAD, repo_id=text)
 
 
 def list_cached_models() -> list[CachedModel]:

@@ -1,0 +1,222 @@
+"""Opening models: which one is open or loading, the weight format remembered per model, the
+recent list, and the 16-bit retry when an 8/4-bit load fails.
+
+The window asks `ModelLoading.load` and shows what it answers (`loaded`, `failed`, `unloaded`);
+the load itself runs in the engine thread behind the controller.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from PySide6.QtCore import QObject, QSettings, Signal
+
+from desktop.controller import EngineController
+from engine.events import ModelInfo
+from engine.front_door import is_builtin
+
+log = logging.getLogger(__name__)
+MAX_RECENT = 8
+
+WEIGHTS = (
+    ("none", "&16-bit (as the model ships)"),
+    ("int8", "&8-bit (half the memory)"),
+    ("int4", "&4-bit (a third of the memory, less exact)"),
+)
+"""The weight formats a model can be loaded in (engine/kernels/quant.py), remembered per model."""
+
+
+WEIGHT_LABELS = {"none": "16-bit", "int8": "8-bit", "int4": "4-bit"}
+"""How notices name each format (the menu's words, without the explanation)."""
+
+
+def weights_setting(path: str) -> str:
+    """The settings key holding the weight format remembered for the model at `path`."""
+    # QSettings treats "/" as a group separator; keep each model one flat key.
+    return "weights/" + re.sub(r"[^A-Za-z0-9._-]", "_", path.strip())
+
+
+def weights_for(settings: QSettings, path: str) -> str:
+    """The weight format remembered for the model at `path` ("none" until one has loaded)."""
+    value = str(settings.value(weights_setting(path), "none"))
+    return value if value in dict(WEIGHTS) else "none"
+
+
+def remember_weights(settings: QSettings, path: str, quant: str) -> None:
+    """Keep `quant` as the format the model at `path` opens in next time.
+
+    Called only once a load in that format has succeeded (or to forget one that failed): a choice
+    saved before loading would, if it failed, stop the model from opening at every start.
+    "none" is the default, so it is stored by leaving no key at all.
+    """
+    if quant in dict(WEIGHTS) and quant != "none":
+        settings.setValue(weights_setting(path), quant)
+    else:
+        settings.remove(weights_setting(path))
+
+
+def recent_models(settings: QSettings) -> list[str]:
+    value = settings.value("models/recent", [])
+    if isinstance(value, str):
+        value = [value]
+    return [str(v) for v in (value or [])]
+
+
+def remember_recent(settings: QSettings, path: str) -> None:
+    recent = [p for p in recent_models(settings) if p != path]
+    settings.setValue("models/recent", [path, *recent][:MAX_RECENT])
+    settings.setValue("models/last", path)
+
+
+def model_label(path: str) -> str:
+    """A model's name for a notice when only its path is known (no ModelInfo yet)."""
+    if is_builtin(path):
+        return "the built-in model"  # the window capitalises a sentence's first word
+    return Path(path).name or path
+
+
+class ModelLoading(QObject):
+    """The open model (`info`), the load under way, and the 8/4-bit → 16-bit fallback."""
+
+    loaded = Signal(object, str)
+    """ModelInfo, and a notice to show ("" when there is none): the fallback, a capped context."""
+    failed = Signal(str)
+    """Why the load failed, as the window shows it (the model still open named)."""
+    unloaded = Signal()
+    retry = Signal(str, str)
+    """(path, "none"): an 8/4-bit load failed; the window loads it again in 16-bit."""
+
+    def __init__(self, controller: EngineController, settings: QSettings, parent: QObject) -> None:
+        super().__init__(parent)
+        self.controller = controller
+        self.settings = settings
+        self.info: ModelInfo | None = None
+        self.in_progress = False
+        """A load asked for here has not answered yet (the window's buttons wait for it)."""
+        self._pending_path = ""
+        self._fallback: tuple[str, str, str] | None = None
+        """(path, format, reason): an 8/4-bit load that failed; the 16-bit load of that path now
+        under way says so once it has an outcome."""
+        self._failed_path = ""
+        """The model whose last load failed while no model was open (for Weights' notice)."""
+        self._path = ""
+        worker = controller.worker
+        worker.model_loaded.connect(self._on_loaded)
+        worker.load_failed.connect(self._on_failed)
+        worker.model_unloaded.connect(self._on_unloaded)
+
+    def load(self, path: str, quant: str | None = None) -> None:
+        """Load `path` in the engine thread (`quant`: by default the one remembered for it)."""
+        self.in_progress = True
+        self._pending_path = path
+        quant = quant or weights_for(self.settings, path)
+        dtype = str(self.settings.value("engine/dtype", "auto"))
+        device = str(self.settings.value("engine/device", "auto"))
+        self.controller.load(path, dtype, device, quant)
+
+    def loading(self) -> bool:
+        """A model load is under way (Models → Weights waits for it)."""
+        return self.in_progress or self.controller.loading
+
+    def loading_path(self) -> str:
+        """The model being loaded (as asked for); meaningful while `loading()`."""
+        return self._pending_path
+
+    def failed_path(self) -> str:
+        """The model whose last load failed while no model was open; "" otherwise."""
+        return self._failed_path if self.info is None else ""
+
+    def loaded_quant(self) -> str:
+        """The weight format of the open model ("none" when none is open)."""
+        return str(self.info.extra.get("quant", "none")) if self.info else "none"
+
+    def current_path(self) -> str:
+        """What the loaded model was opened as (folder, repo id or "builtin"); "" if none."""
+        return self._path if self.info is not None else ""
+
+    def refusal(self) -> str:
+        """Why Models → Weights cannot reload a model now, in words that say what to do; "" if
+        it can (a model is open and no load is under way)."""
+        if self.loading():
+            name = model_label(self.loading_path())
+            return f"Still loading {name}: choose its weights once it is open."
+        if self.current_path():
+            return ""
+        opening = "Models → Recent models or Models → Choose or download a model…"
+        failed = self.failed_path()
+        if failed:
+            return (
+                f"No model is open ({model_label(failed)} could not be opened). Open one with "
+                f"{opening}, then choose how its weights are stored."
+            )
+        return f"No model is open. Open one with {opening}, then choose how its weights are stored."
+
+    def _answered(self, done: bool = True) -> None:
+        # Still loading while another load asked for meanwhile has not answered.
+        self.in_progress = self.in_progress and (not done or self.controller.loading)
+
+    def _on_loaded(self, info: ModelInfo) -> None:
+        self.info = info
+        self._answered()
+        path = self.controller.answered_load[0] or self._pending_path or info.path
+        # A Hub snapshot is remembered by repo id: its folder changes with each new revision.
+        self._path = info.name if "/snapshots/" in path.replace("\\", "/") else path
+        remember_recent(self.settings, self._path)
+        # Remembered only now that it has loaded: a format that fails is never saved.
+        remember_weights(self.settings, self._path, self.loaded_quant())
+        self._failed_path = ""
+        notices = []
+        fallback = self._take_fallback(path)
+        if fallback is not None:
+            label, reason = fallback
+            notices.append(
+                f"Could not open {info.name} with {label} weights: {reason}. It is open with "
+                f"16-bit weights now; Models → Weights tries {label} again."
+            )
+        note = info.extra.get("context_note")
+        if note:  # the context was capped to fit memory: say so once, where it is seen
+            notices.append(str(note)[0].upper() + str(note)[1:])
+        self.loaded.emit(info, " ".join(notices))
+
+    def _on_unloaded(self) -> None:
+        self.info = None
+        self._answered(done=False)
+        self.unloaded.emit()
+
+    def _on_failed(self, message: str) -> None:
+        """Say why the load failed; an 8/4-bit load is retried in 16-bit first.
+
+        Whatever made the quantized load fail (the engine, its cache folder, memory), the model
+        itself may well open in 16-bit: the user gets their model and a notice rather than no
+        model at every start. The failed format is forgotten, so the next start does not retry it.
+        """
+        path, quant = self.controller.answered_load
+        reason = message.strip().rstrip(".")
+        if quant != "none" and path:
+            remember_weights(self.settings, path, "none")  # never retried at the next start
+            # Not when another load was asked for meanwhile (it replaces this one anyway), nor
+            # when the window is closing (the load was cancelled).
+            if self.controller.running and not self.controller.loading:
+                log.warning("%s did not load as %s (%s); trying 16-bit", path, quant, reason)
+                self._fallback = (path, quant, reason)
+                self.retry.emit(path, "none")
+                return
+        fallback = self._take_fallback(path)
+        self._answered()
+        if self.info is None:
+            self._failed_path = path
+        kept = f" {self.info.name} is still loaded." if self.info else ""
+        if fallback is not None:
+            label, first = fallback
+            message = f"With {label} weights: {first}; with 16-bit weights: {message}"
+        self.failed.emit(f"Could not open the model. {message}{kept}")
+
+    def _take_fallback(self, path: str) -> tuple[str, str] | None:
+        """(format's label, reason) when the load of `path` that just answered was the 16-bit
+        retry of a failed 8/4-bit one; the record is used once."""
+        fallback, self._fallback = self._fallback, None
+        if fallback is None or fallback[0] != path:
+            return None
+        return WEIGHT_LABELS.get(fallback[1], fallback[1]), fallback[2]
