@@ -18,6 +18,7 @@ from desktop.controller import EngineController
 from desktop.library import ConversationLibrary
 from desktop.model_loading import ModelLoading
 from desktop.opener import ConversationOpener
+from desktop.reply_state import ReplyState
 from desktop.session import ChatSession, SessionListener
 from desktop.store.conversations import ConversationStore
 from desktop.store.schema import StoreError
@@ -74,12 +75,13 @@ class ChatScreen(QObject):
         self._context_used = 0
         """Prompt plus reply tokens of the last reply in this window (for the input hint)."""
         self._streaming: ChatSession | None = None
-        """The session whose request the engine is answering (maybe not the one shown)."""
+        """Where the engine's answers go: the session whose request it is answering (maybe not
+        the one shown). Routing only: whether a reply runs is the controller's `state`."""
         self._panel_turn = None
         """The reply whose step the top-k panel shows (a click there branches from it)."""
         self._pending_branch: tuple | None = None
         """(session, turn, step, token id, step mode): a branch asked for while a reply streamed;
-        it starts once that reply has stopped."""
+        it starts when the controller's state next becomes IDLE."""
         self.opener = ConversationOpener(store, controller, self)
         self.message_edit = MessageEdit(self.input, self.banner, self.chat, parent)
         self._prompt_timer = QTimer(self, singleShot=True, interval=400)
@@ -88,12 +90,13 @@ class ChatScreen(QObject):
         self._connect()
 
     def _connect(self) -> None:
-        worker = self.controller.worker
-        worker.generation_started.connect(self._on_generation_started)
-        worker.prefill_progress.connect(self._on_prefill)
-        worker.token.connect(self._on_token)
-        worker.generation_finished.connect(self._on_finished)
-        worker.generation_failed.connect(self._on_failed)
+        engine = self.controller  # its relayed answers come with its state already updated
+        engine.generation_started.connect(self._on_generation_started)
+        engine.prefill_progress.connect(self._on_prefill)
+        engine.token.connect(self._on_token)
+        engine.generation_finished.connect(self._on_finished)
+        engine.generation_failed.connect(self._on_failed)
+        engine.state_changed.connect(self._on_state)
         self.input.submitted.connect(self.send)
         self.pane.send_button.clicked.connect(lambda: self.send(self.pane.typed_text()))
         self.pane.stop_button.clicked.connect(self.stop)
@@ -120,7 +123,7 @@ class ChatScreen(QObject):
     @property
     def streaming(self) -> ChatSession | None:
         """The session whose reply the engine is writing (maybe not the one shown)."""
-        return self._streaming
+        return self._streaming if self.controller.state.active else None
 
     @property
     def model_info(self) -> ModelInfo | None:
@@ -265,7 +268,7 @@ class ChatScreen(QObject):
         if self.model_info is None:
             self._can_ask()  # says to load a model
             return
-        if self.controller.busy or self.session.busy:  # streaming, or paused in step mode
+        if self.controller.state.active:  # streaming, stopping, or paused in step mode
             self._pending_branch = (self.session, turn, step, token_id, step_mode)
             self.stop()
             return
@@ -294,12 +297,7 @@ class ChatScreen(QObject):
         if pending is None:
             return
         session, turn, step, token_id, step_mode = pending
-        if (
-            session is self.session
-            and turn in session.turns
-            and not self.controller.busy
-            and not session.busy
-        ):
+        if session is self.session and turn in session.turns and not session.busy:
             self.branch_from(turn, step, token_id, step_mode)
 
     def show_version(self, turn, version: int) -> None:
@@ -317,7 +315,7 @@ class ChatScreen(QObject):
 
     def escape(self) -> None:
         """Esc, wherever the focus is: stop the reply being written, or else cancel an edit."""
-        if self._streaming is not None:
+        if self.controller.state.active:
             self.stop()
         else:
             self.message_edit.cancel()
@@ -380,7 +378,13 @@ class ChatScreen(QObject):
         self.library.refresh()
         self.buttons_changed.emit()
         self.reply_finished.emit(result)
-        self._start_pending_branch()
+
+    def _on_state(self, state: ReplyState) -> None:
+        """The controller's state changed (after the answer that changed it was routed): a
+        branch asked for while a reply ran starts once the engine is IDLE."""
+        self.buttons_changed.emit()
+        if state is ReplyState.IDLE and self.controller.state is ReplyState.IDLE:
+            self._start_pending_branch()
 
     def _inspect_token(self, widget: MessageWidget, index: int) -> None:
         step = widget.steps[index]

@@ -63,18 +63,14 @@ class SurprisalJob:
     job_id: int = 0
 
     def run(self, engine: Any, cancel: threading.Event | None = None) -> SurprisalResult:
-        """Score every message; a conversation longer than the context is read in windows.
-
-        Each window is a run of whole turns that fits the context; every message is scored in
-        the first window that ends with it, which starts as early as fits while keeping about
-        half the context before where the previous window stopped (a strided sliding window, as
-        the chat itself leaves out the oldest turns once the conversation outgrows the context).
-        """
+        """Score every message; a conversation longer than the context is read in the
+        sliding windows the engine plans (`Engine.plan_windows`, beside the chat's own context
+        fitter): each message is scored in the first window that ends with it."""
         from engine.front_door import Message
 
         messages = [Message(m["role"], m["content"]) for m in self.messages]
         system = 1 if messages and messages[0].role == "system" else 0
-        plan = window_plan(engine, messages, system)
+        plan = engine.plan_windows(messages)
         out: list[tuple[TokenInfo, ...] | None] = [None] * len(messages)
         starts = [0] * len(messages)
         ids: list[int] = []
@@ -123,58 +119,6 @@ class SurprisalJob:
                 )
             )
         return ids, out
-
-
-@dataclass
-class WindowPlan:
-    """How to read a conversation in context-sized passes."""
-
-    windows: list[tuple[int, int, int]] = field(default_factory=list)
-    """(start, first, end): read messages [start, end) (after the system prompt, if any) and
-    score [first, end) from that pass."""
-    too_long: list[int] = field(default_factory=list)
-
-
-def window_plan(engine: Any, messages: list, system: int) -> WindowPlan:
-    """Plan the passes over `messages` (system prompt first when `system` is 1; then turns that
-    alternate, a user turn first). A window always starts at a user turn, so the chat template
-    renders it; the system prompt goes with every window (the chat always keeps it too)."""
-    limit = engine.max_context
-    head = messages[:system]
-
-    def size(start: int, end: int) -> int:
-        return len(engine.conversation_ids(head + messages[start:end]))
-
-    n = len(messages)
-    plan = WindowPlan()
-    if n == system or size(system, n) <= limit:
-        plan.windows.append((system, system, n))
-        return plan
-    start = first = system
-    while first < n:
-        end = first
-        while end < n and size(start, end + 1) <= limit:
-            end += 1
-        if end > first:
-            plan.windows.append((start, first, end))
-            first = end
-            # Slide: the next pass keeps about half the context of what came before.
-            start = _user_turn_at_or_before(first, system)
-            while start - 2 >= system and size(start - 2, first) <= limit // 2:
-                start -= 2
-            continue
-        if start < _user_turn_at_or_before(first, system):
-            start = _user_turn_at_or_before(first, system)  # no room for older turns: drop them
-            continue
-        plan.too_long.append(first)  # too long even with only the turn it answers
-        first += 1
-        start = _user_turn_at_or_before(first, system)
-    return plan
-
-
-def _user_turn_at_or_before(index: int, system: int) -> int:
-    """The user turn that `index` is (even offset after the system prompt) or answers."""
-    return index - (index - system) % 2
 
 
 @dataclass(frozen=True)

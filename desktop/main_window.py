@@ -321,7 +321,7 @@ class MainWindow(QMainWindow):
         busy = self.controller.busy
         ready = self.model_info is not None and not self.models.in_progress
         self.send_button.setEnabled(ready and not busy)
-        self.stop_button.setEnabled(busy or self.controller.paused is not None)
+        self.stop_button.setEnabled(self.controller.state.active)  # paused: Stop ends it
         can_regenerate = ready and not busy and self.session.can_regenerate
         self.regenerate_button.setEnabled(can_regenerate)
         self.regenerate_action.setEnabled(can_regenerate)

@@ -93,8 +93,6 @@ class ModelLoading(QObject):
         self.controller = controller
         self.settings = settings
         self.info: ModelInfo | None = None
-        self.in_progress = False
-        """A load asked for here has not answered yet (the window's buttons wait for it)."""
         self._pending_path = ""
         self._fallback: tuple[str, str, str] | None = None
         """(path, format, reason): an 8/4-bit load that failed; the 16-bit load of that path now
@@ -102,14 +100,12 @@ class ModelLoading(QObject):
         self._failed_path = ""
         """The model whose last load failed while no model was open (for Weights' notice)."""
         self._path = ""
-        worker = controller.worker
-        worker.model_loaded.connect(self._on_loaded)
-        worker.load_failed.connect(self._on_failed)
-        worker.model_unloaded.connect(self._on_unloaded)
+        controller.model_loaded.connect(self._on_loaded)  # relayed: `answered_load` is set
+        controller.load_failed.connect(self._on_failed)
+        controller.worker.model_unloaded.connect(self._on_unloaded)
 
     def load(self, path: str, quant: str | None = None) -> None:
         """Load `path` in the engine thread (`quant`: by default the one remembered for it)."""
-        self.in_progress = True
         self._pending_path = path
         quant = quant or weights_for(self.settings, path)
         dtype = str(self.settings.value("engine/dtype", "auto"))
@@ -118,7 +114,12 @@ class ModelLoading(QObject):
 
     def loading(self) -> bool:
         """A model load is under way (Models → Weights waits for it)."""
-        return self.in_progress or self.controller.loading
+        return self.controller.loading
+
+    @property
+    def in_progress(self) -> bool:
+        """A load has not answered yet (the window's buttons wait for it): the controller's."""
+        return self.controller.loading
 
     def loading_path(self) -> str:
         """The model being loaded (as asked for); meaningful while `loading()`."""
@@ -153,13 +154,8 @@ class ModelLoading(QObject):
             )
         return f"No model is open. Open one with {opening}, then choose how its weights are stored."
 
-    def _answered(self, done: bool = True) -> None:
-        # Still loading while another load asked for meanwhile has not answered.
-        self.in_progress = self.in_progress and (not done or self.controller.loading)
-
     def _on_loaded(self, info: ModelInfo) -> None:
         self.info = info
-        self._answered()
         path = self.controller.answered_load[0] or self._pending_path or info.path
         # A Hub snapshot is remembered by repo id: its folder changes with each new revision.
         self._path = info.name if "/snapshots/" in path.replace("\\", "/") else path
@@ -182,7 +178,6 @@ class ModelLoading(QObject):
 
     def _on_unloaded(self) -> None:
         self.info = None
-        self._answered(done=False)
         self.unloaded.emit()
 
     def _on_failed(self, message: str) -> None:
@@ -204,7 +199,6 @@ class ModelLoading(QObject):
                 self.retry.emit(path, "none")
                 return
         fallback = self._take_fallback(path)
-        self._answered()
         if self.info is None:
             self._failed_path = path
         kept = f" {self.info.name} is still loaded." if self.info else ""

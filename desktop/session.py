@@ -259,23 +259,33 @@ class ChatSession:
             return True
         return turns[-1].role == ASSISTANT and len(turns) > 1 and turns[-2].role == USER
 
-    def prompt_messages(self) -> list[dict]:
-        """What the model is asked to continue: roles alternate, whatever the history holds.
+    def model_turns(self) -> list[Turn]:
+        """The turns the model reads, in order: roles alternate, whatever the history holds.
 
-        A user message left unanswered (stopped before the first token, or too long for the
-        context) stays in the conversation but is left out of later prompts; only the last
-        turn is always included, as it is the one to answer.
+        The one choice of what the model sees (the chat's prompt, the surprisal tint and the
+        attention view all use it). A user message left unanswered (stopped before the first
+        token, or too long for the context) stays in the conversation but is left out of later
+        prompts; only the last turn is always included, as it is the one to answer. The reply
+        in progress is not part of it.
         """
         turns = [t for t in self.turns if not t.damaged and t is not self.reply]
-        out: list[dict] = []
+        out: list[Turn] = []
         for i, turn in enumerate(turns):
             later = turns[i + 1] if i + 1 < len(turns) else None
             if turn.role == USER and (later is None or later.role == ASSISTANT):
-                out.append({"role": USER, "content": turn.content})
-            elif turn.role == ASSISTANT and out and out[-1]["role"] == USER:
-                out.append({"role": ASSISTANT, "content": turn.content})
+                out.append(turn)
+            elif turn.role == ASSISTANT and out and out[-1].role == USER:
+                out.append(turn)
+        return out
+
+    def prompt_messages(self, turns: list[Turn] | None = None) -> list[dict]:
+        """What the model is asked to continue, as {"role", "content"} messages: the system
+        prompt (if any), then `turns` (default: `model_turns()`, all the model reads)."""
+        turns = self.model_turns() if turns is None else turns
         system = self.system_prompt.strip()
-        return ([{"role": "system", "content": system}] if system else []) + out
+        return ([{"role": "system", "content": system}] if system else []) + [
+            {"role": t.role, "content": t.content} for t in turns
+        ]
 
     # -- what the user does ----------------------------------------------------------------
 

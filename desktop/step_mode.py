@@ -104,8 +104,6 @@ class StepMode(QObject):
             button.hide()
         self._queued = 0
         """Next token clicks made while the engine was still busy with the previous one."""
-        self._stepping = False
-        """A step (or a pause) is asked for and its token has not come yet."""
         self._send_after: str | None = None
         """A message sent while a reply was paused: it goes once that reply has ended."""
         self._shown_session = None
@@ -116,9 +114,8 @@ class StepMode(QObject):
         self._shown_at: tuple | None = None
         """(reply turn, 0-based step) whose pick the panel shows: where a click branches."""
         self.view.alternative_chosen.connect(self._take_instead)
-        worker = controller.worker
-        worker.generation_paused.connect(self._on_paused)
-        worker.stages.connect(self._on_stages)
+        controller.generation_paused.connect(self._on_paused)  # relayed: `paused` is set
+        controller.worker.stages.connect(self._on_stages)
 
     def add_to(self, menu: QMenu) -> None:
         """Step mode, Next token and Continue in `menu` (the Chat menu), after its first two."""
@@ -172,15 +169,13 @@ class StepMode(QObject):
             self.action.setChecked(True)
         controller = self.controller
         if controller.paused is not None:
-            self._stepping = True
             controller.resume(one=True)
             w.update_buttons()
             return
         if controller.busy:
-            if self._stepping:
+            if controller.stepping:
                 self._queued += 1
             else:  # a normal reply is streaming: pause it after the token in flight
-                self._stepping = True
                 controller.pause()
             return
         text = self.pane.typed_text()
@@ -194,7 +189,6 @@ class StepMode(QObject):
                 kind="notice",
             )
             return
-        self._stepping = controller.busy
 
     def _take_instead(self, token_id: int, text: str) -> None:
         """A click on another token in the stage tables: the reply goes on from that token (a new
@@ -219,7 +213,6 @@ class StepMode(QObject):
         """Write the rest of the paused reply at normal speed."""
         self._queued = 0
         if self.controller.resume(one=False):
-            self._stepping = False
             self.view.set_status("Continuing at normal speed…")
             self.host.update_buttons()
 
@@ -248,7 +241,6 @@ class StepMode(QObject):
             self._queued -= 1
             self.controller.resume(one=True)
             return
-        self._stepping = False
         self._queued = 0
         if session is w.session:
             taken, self._taken = self._taken, None
@@ -281,7 +273,6 @@ class StepMode(QObject):
 
     def on_finished(self, result) -> None:
         self._queued = 0
-        self._stepping = False
         reason = getattr(result, "stop_reason", "")
         ends = {
             "eos": "The reply ended: the model picked end-of-sequence.",

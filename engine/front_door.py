@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,7 +37,8 @@ from engine.hub.download import DownloadCancelled, download_model, format_progre
 from engine.hub.progress_text import format_bytes
 from engine.loading.builtin import BUILTIN_NAME, DISPLAY_NAME, builtin_dir, is_builtin
 from engine.loading.model_folder import Layout, list_cached_models, resolve_model
-from engine.text.chat import Message, chat_prompt_ids
+from engine.text.chat import Message
+from engine.text.prompt import PromptPlan, WindowPlan, conversation_ids, fit_prompt, plan_windows
 
 if TYPE_CHECKING:  # torch and the model's code load with the first model, not with this module
     from engine.generation.generate import Generation
@@ -57,6 +57,7 @@ __all__ = [
     "PromptPlan",
     "Remedy",
     "Reply",
+    "WindowPlan",
     "builtin_dir",
     "download_model",
     "format_bytes",
@@ -67,15 +68,6 @@ __all__ = [
 ]
 
 Progress = Callable[[float, str], None]
-
-
-@dataclass(frozen=True)
-class PromptPlan:
-    """A conversation's prompt as it fits the context: its ids and how many of the oldest turns
-    were left out (always in user/assistant pairs, never the system prompt)."""
-
-    ids: list[int]
-    dropped: int
 
 
 class Reply:
@@ -233,35 +225,20 @@ class Engine:
     def conversation_ids(self, messages: Sequence[Message]) -> list[int]:
         """The ids of a conversation in the model's chat format: a prompt when it ends with a
         user turn; one that ends with a reply gets the reply's tokens after the prompt that asked
-        for it (templates render only prompts that end with a user turn)."""
-        messages = list(messages)
+        for it (engine.text.prompt, the one prompt builder)."""
         loaded = self._loaded
-        if messages and messages[-1].role == "assistant":
-            prompt = chat_prompt_ids(loaded.tokenizer, messages[:-1], loaded.chat_template)
-            return prompt + loaded.tokenizer.encode(messages[-1].content.strip(), bos=False)
-        return chat_prompt_ids(loaded.tokenizer, messages, loaded.chat_template)
+        return conversation_ids(loaded.tokenizer, messages, loaded.chat_template)
 
     def fit_prompt(self, messages: Sequence[Message], reserve: int) -> PromptPlan:
         """The chat prompt for `messages`, leaving out the oldest turns if it would not fit with
         `reserve` tokens (the reply; at most half the context) after it. The system prompt is
         always kept; turns go in user/assistant pairs so roles still alternate."""
-        limit = self.max_context
-        room = min(int(reserve), limit // 2)
-        system = [m for m in messages[:1] if m.role == "system"]
-        turns = list(messages[len(system) :])
-        dropped = 0
-        while True:
-            ids = self.conversation_ids(system + turns)
-            if len(ids) + room <= limit or len(turns) <= 1:
-                break
-            turns = turns[2:]
-            dropped += 2
-        if len(ids) >= limit:
-            raise EngineError(
-                f"The message is {len(ids)} tokens but the model's context holds {limit}: "
-                "shorten it or start a new chat"
-            )
-        return PromptPlan(ids, dropped)
+        return fit_prompt(self.conversation_ids, messages, self.max_context, reserve)
+
+    def plan_windows(self, messages: Sequence[Message]) -> WindowPlan:
+        """The context-sized passes that score every message of a conversation longer than the
+        context (surprisal): whole turns, sliding forward, the system prompt in each."""
+        return plan_windows(self.conversation_ids, messages, self.max_context)
 
     # -- generating ----------------------------------------------------------------------------
 

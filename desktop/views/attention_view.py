@@ -41,7 +41,7 @@ from desktop.controller import EngineController
 from desktop.inspect_jobs import AttentionJob, AttentionResult, InspectFailed
 from desktop.views.chat_view import MessageWidget
 from desktop.views.conversation_view import ConversationView
-from desktop.views.surprisal import OpenChat, model_turns
+from desktop.views.surprisal import OpenChat
 from desktop.views.topk_panel import visible_token
 
 log = logging.getLogger(__name__)
@@ -285,11 +285,8 @@ class AttentionInspector(QObject):
         turn = next((t for t in session.turns if self.chat.card(t) is card), None)
         if turn is None or index >= len(card.steps):
             return None
-        before = [t for t in model_turns(session) if t.position < turn.position]
-        system = session.system_prompt.strip()
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": t.role, "content": t.content} for t in before
-        ]
+        before = [t for t in session.model_turns() if t.position < turn.position]
+        messages = session.prompt_messages(before)
         reply_ids = tuple(int(step["token_id"]) for step in card.steps)
         self.view.title.setText("Computing attention…")
         self._job = self.controller.inspect(AttentionJob(tuple(messages), reply_ids, index))

@@ -54,10 +54,8 @@ class ConversationView(ChatView):
         """Index in `_turns` of the oldest turn that has a card."""
         self._target = 0
         """Index down to which cards are being built."""
-        self._live: Turn | None = None
-        """The shown session's reply in progress, if any."""
-        self._streaming_now = False
-        """A reply of the shown session streams: version arrows are off."""
+        self._session: ChatSession | None = None
+        """The session shown: its `reply` says which turn streams (read, never copied)."""
         self._cards: dict[int, MessageWidget] = {}
         self._notes: dict[int, MessageWidget] = {}
         self.verticalScrollBar().valueChanged.connect(self._maybe_load_earlier)
@@ -67,8 +65,7 @@ class ConversationView(ChatView):
     def show_session(self, session: ChatSession) -> None:
         """Show a session from its latest page (the list is the session's own, not a copy)."""
         self.clear()
-        self._live = session.reply
-        self._streaming_now = session.reply is not None
+        self._session = session
         self._turns = session.turns
         self._first = len(self._turns)
         self._target = max(0, self._first - PAGE)
@@ -76,6 +73,11 @@ class ConversationView(ChatView):
         # its last few turns and the rest of the page follows, a chunk per event-loop turn.
         self._build_chunk(PAGE if self._first <= PAGE else CHUNK)
         QTimer.singleShot(0, self, self._scroll_to_end)
+
+    @property
+    def _live(self) -> Turn | None:
+        """The shown session's reply in progress, if any (the session owns it)."""
+        return self._session.reply if self._session is not None else None
 
     def clear(self) -> None:
         super().clear()
@@ -140,7 +142,7 @@ class ConversationView(ChatView):
                 card.finish(turn.content, turn.stats)
         card.turn = turn
         card.position = turn.position
-        card.set_versions(turn.version, turn.versions, enabled=not self._streaming_now)
+        card.set_versions(turn.version, turn.versions, enabled=self._live is None)
         self._cards[id(turn)] = card
         cards.append(card)
         return cards
@@ -165,7 +167,6 @@ class ConversationView(ChatView):
 
     def turn_added(self, session: ChatSession, turn: Turn) -> None:
         if turn is session.reply:  # a new reply (a branch may start with its old tokens)
-            self._live = turn
             self.enable_versions(False)
         for widget in self._cards_for(turn):
             self._insert(len(self.messages), widget)
@@ -210,7 +211,6 @@ class ConversationView(ChatView):
 
     def enable_versions(self, enabled: bool) -> None:
         """Version arrows are off while a reply streams (the conversation must stay put)."""
-        self._streaming_now = not enabled
         for card in self._cards.values():
             card.enable_versions(enabled)
 

@@ -2,9 +2,9 @@
 
 Surprisal is −log₂ p(token | what came before): 0 bits for a token the model was sure of, 10 bits
 for a 1-in-1000 token. The numbers come from the engine thread (`SurprisalJob`, which calls
-`engine.generation.inspect.inspect_tokens`); this module only paints them. Hovering a token shows
-p, its rank
-and the alternatives the model expected. Each reply gets a thin sparkline of the entropy at every
+`Engine.inspect` on the messages `ChatSession.prompt_messages` gives, as the chat sends them);
+this module only paints them. Hovering a token shows p, its rank and the alternatives the model
+expected. Each reply gets a thin sparkline of the entropy at every
 step: where the model was unsure, whatever it picked.
 """
 
@@ -29,7 +29,7 @@ from PySide6.QtWidgets import QMenu, QToolTip, QWidget
 
 from desktop.controller import EngineController
 from desktop.inspect_jobs import InspectFailed, SurprisalJob, SurprisalResult, TokenInfo
-from desktop.session import ASSISTANT, USER, ChatSession, Turn
+from desktop.session import ASSISTANT, ChatSession, Turn
 from desktop.views.chat_view import MessageWidget
 from desktop.views.conversation_view import ConversationView
 from desktop.views.topk_panel import visible_token
@@ -65,20 +65,6 @@ def tooltip(token: TokenInfo) -> str:
     ]
     lines += [f"  {visible_token(text)}  {p:.3f}" for text, p in token.top[:TOP_SHOWN]]
     return "\n".join(lines)
-
-
-def model_turns(session: ChatSession) -> list[Turn]:
-    """The turns the model reads, in order: the same choice `ChatSession.prompt_messages` makes
-    (an unanswered user message is left out unless it is last; the reply in progress too)."""
-    turns = [t for t in session.turns if not t.damaged and t is not session.reply]
-    out: list[Turn] = []
-    for i, turn in enumerate(turns):
-        later = turns[i + 1] if i + 1 < len(turns) else None
-        if turn.role == USER and (later is None or later.role == ASSISTANT):
-            out.append(turn)
-        elif turn.role == ASSISTANT and out and out[-1].role == USER:
-            out.append(turn)
-    return out
 
 
 TOO_LONG_TIP = (
@@ -259,14 +245,11 @@ class SurprisalTint(QObject):
         if not self.enabled or self.open_chat.model_info is None:
             return
         session = self.open_chat.session
-        self._turns = model_turns(session)
+        self._turns = session.model_turns()
         if not self._turns:
             return
-        system = session.system_prompt.strip()
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": t.role, "content": t.content} for t in self._turns
-        ]
-        self._offset = 1 if system else 0
+        messages = session.prompt_messages(self._turns)
+        self._offset = len(messages) - len(self._turns)
         self._job = self.controller.inspect(SurprisalJob(tuple(messages)))
 
     def _on_result(self, result: object) -> None:

@@ -10,6 +10,8 @@ token instead (`alternative_chosen`); the window decides what that means for the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from PySide6.QtCore import QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPalette
 from PySide6.QtWidgets import QSizePolicy, QWidget
@@ -24,7 +26,7 @@ def percent(prob: float) -> str:
     return f"{100 * prob:.1f}%"
 
 
-def choice_note(step: dict, params) -> str:
+def choice_note(step: Mapping, params) -> str:
     """Why the chosen token is not the top row, or "" when it is (or nothing was reported)."""
     top = step.get("top") or []
     if not top or top[0]["token_id"] == step.get("token_id"):
@@ -59,8 +61,9 @@ class TopKPanel(QWidget):
         super().__init__(parent)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setMinimumWidth(180)
-        self._pending: dict | None = None
-        self._step: dict | None = None
+        self._pending: tuple[Mapping, str | None] | None = None
+        """The newest step queued for display, with the title it is shown under."""
+        self._step: Mapping | None = None
         self._title = "Next-token probabilities"
         self._subtitle = "Generate a reply to see what the model considers at each step."
         self._k = 10
@@ -102,9 +105,14 @@ class TopKPanel(QWidget):
         rows = self._k if self._step else 0
         self.setMinimumHeight(header + rows * self._row_height())
 
-    def show_step(self, step: dict, title: str | None = None) -> None:
-        """Queue a step for display (the newest one wins at the next repaint)."""
-        self._pending = dict(step, _title=title)
+    def show_step(self, step: Mapping, title: str | None = None) -> None:
+        """Queue a step for display (the newest one wins at the next repaint).
+
+        `step` is an engine `Step` as it streams, or a stored step (`StepRecord`) read back:
+        both read alike (`step["top"]`, `step.get("piece")`). `title` names a stored step
+        looked at again ("Token 3 of 12"); without it the panel says "Step N" and why the
+        sampler may not have taken the top row."""
+        self._pending = (step, title)
 
     def clear(self) -> None:
         self._pending = None
@@ -189,9 +197,8 @@ class TopKPanel(QWidget):
     def _flush(self) -> None:
         if self._pending is None:
             return
-        step, self._pending = self._pending, None
+        (step, title), self._pending = self._pending, None
         self._step = step
-        title = step.get("_title")
         index = step.get("index", 0)
         self._title = title or f"Step {index + 1}"
         chosen = visible_token(step.get("piece", ""))
