@@ -281,7 +281,7 @@ class ChatScreen(QObject):
         except ValueError as exc:
             self.show_error(f"Cannot branch from there: {exc}.", kind="notice")
 
-    def _branch_from_panel(self, step: dict, token_id: int) -> None:
+    def _branch_from_panel(self, step: Step, token_id: int) -> None:
         turn = self._panel_turn
         if turn is None or turn not in self.session.turns:
             self.show_error(
@@ -290,7 +290,7 @@ class ChatScreen(QObject):
                 kind="notice",
             )
             return
-        self.branch_from(turn, int(step.get("index", 0)), token_id)
+        self.branch_from(turn, step.index, token_id)
 
     def _start_pending_branch(self) -> None:
         pending, self._pending_branch = self._pending_branch, None
@@ -388,9 +388,9 @@ class ChatScreen(QObject):
 
     def _inspect_token(self, widget: MessageWidget, index: int) -> None:
         step = widget.steps[index]
-        title = f"Token {index + 1} of {len(widget.steps)}: “{visible_token(step['piece'])}”"
+        title = f"Token {index + 1} of {len(widget.steps)}: “{visible_token(step.piece)}”"
         self._panel_turn = getattr(widget, "turn", None)
-        self.topk.show_step({**dict(step), "index": index}, title=title)
+        self.topk.show_step(dataclasses.replace(step, index=index), title=title)
         self.topk.flush_now()
 
     # -- saving problems ---------------------------------------------------------------------

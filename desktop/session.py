@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from desktop.store.autosave import Autosaver
 from desktop.store.conversations import ConversationStore
 from desktop.store.rows import DAMAGED_TEXT
-from desktop.store.schema import StepRecord, StoreError
+from desktop.store.schema import StoreError
 from engine.events import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_REPORT_TOP,
@@ -84,7 +84,7 @@ class Turn:
     timings: dict = field(default_factory=dict)
     damaged: bool = False
     loader: Callable[[], list] | None = field(default=None, repr=False)
-    _steps: list | None = field(default=None, repr=False)
+    _steps: list[Step] | None = field(default=None, repr=False)
     parent_id: int | None = None
     """The message this one follows on its branch (None for the first message)."""
     version: int = 1
@@ -93,7 +93,7 @@ class Turn:
     """How many versions its turn has (1: no `‹ ›` to show)."""
 
     @property
-    def steps(self) -> list:
+    def steps(self) -> list[Step]:
         if self._steps is None:
             try:
                 self._steps = list(self.loader()) if self.loader else []
@@ -342,7 +342,7 @@ class ChatSession:
         before = [t for t in self.turns[:index] if not t.damaged]
         if not before or before[-1].role != USER:
             raise ValueError("only a reply to a message of yours can be branched")
-        prefix = [StepRecord.coerce(s) for s in steps[:step]]
+        prefix = steps[:step]
         self._set_aside(index)
         try:
             self._request_reply(options, prefix=prefix, forced=(int(token_id),))
@@ -551,7 +551,7 @@ class ChatSession:
     def _request_reply(
         self,
         options: ReplyOptions,
-        prefix: list[StepRecord] | None = None,
+        prefix: list[Step] | None = None,
         forced: tuple[int, ...] = (),
     ) -> None:
         """Start a reply to the shown path's last turn (a new version if it has replies).

@@ -164,18 +164,21 @@ class TopToken(_Record):
 
 @dataclass(frozen=True)
 class Step(_Record):
-    """One sampled token: what the chat view appends and what the top-k panel shows."""
+    """One sampled token: what the chat view appends, what the top-k panel shows and what the
+    desktop store keeps and reads back (a stored step has `elapsed_s` 0.0 and `request_id` 0)."""
 
     index: int
+    """Place in its reply (0-based)."""
     token_id: int
     text: str
     """Text this token adds to the reply as streamed (may be "" while a character is incomplete)."""
     piece: str
     """The token on its own, readable (for the inspector)."""
     prob: float
-    top: list[TopToken]
-    elapsed_s: float
-    """Seconds since generate() was called."""
+    top: list[TopToken] = field(default_factory=list)
+    """The model's most likely candidates at this step, most likely first."""
+    elapsed_s: float = 0.0
+    """Seconds since generate() was called (0.0 for a step read back from a store)."""
     request_id: int = 0
     """Which desktop request this step answers (0 outside the desktop worker)."""
 

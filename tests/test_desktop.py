@@ -13,7 +13,7 @@ import pytest
 from PySide6.QtCore import QSettings, Qt, QTimer
 from PySide6.QtGui import QFontDatabase, QFontInfo, QGuiApplication, QTextCursor
 
-from engine.events import GREEDY
+from engine.events import GREEDY, Step
 from engine.generation.generate import Generator
 from engine.loading.loader import load_model
 from engine.text.chat import Message, chat_prompt_ids
@@ -215,7 +215,7 @@ def test_finished_reply_renders_markdown_and_copies(qtbot, window) -> None:
     reply = window.chat.add_message("assistant", author="m")
     text = "Some **bold** words.\n\n```python\nfor t in range(pos + 1):\n    pass\n```\n"
     for i, piece in enumerate(["Some ", "**bold** words.", text[len("Some **bold** words.") :]]):
-        reply.append_step({"index": i, "text": piece, "token_id": 3, "piece": piece, "top": []})
+        reply.append_step(Step(i, 3, piece, piece, 0.5))
     reply.finish(text, "3 tokens")
     doc = reply.body.document()
     assert "```" not in doc.toPlainText() and "**" not in doc.toPlainText()

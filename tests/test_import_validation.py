@@ -18,6 +18,7 @@ import pytest
 from desktop.store.conversations import ConversationStore
 from desktop.store.export import read_export
 from desktop.store.schema import StoreError
+from engine.events import Step
 
 REPLY = {"role": "assistant", "content": "hi", "timings": {"decode_tokens_per_s": 12.5}}
 
@@ -112,7 +113,7 @@ def test_bad_rows_already_stored_are_shown_damaged_never_raised(tmp_path: Path) 
         good = s.import_json(export(REPLY))
         bad = s.import_json(export(REPLY))
         reply_id = s.get_conversation(bad).messages[1].id
-        s.append_steps(s.start_reply(bad), [{"token_id": 1, "text": "a", "prob": 0.5}], "a")
+        s.append_steps(s.start_reply(bad), [Step(0, 1, "a", "a", 0.5)], "a")
     db = sqlite3.connect(path)
     db.execute(
         "UPDATE conversations SET created_at = 1e300, updated_at = 1e300 WHERE id = ?", (bad,)

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import platformdirs
 import pytest
@@ -18,19 +17,25 @@ import pytest
 from desktop.store.autosave import Autosaver
 from desktop.store.conversations import ConversationStore, default_path, make_title
 from desktop.store.export import read_export
-from desktop.store.schema import MIGRATIONS, StepRecord, StoreError, migrate, pack_top
+from desktop.store.schema import MIGRATIONS, StoreError, migrate, pack_top
+from engine.events import Step, TopToken
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def step(i: int, text: str) -> StepRecord:
-    """A step whose numbers are exact in float32 (as the engine's are)."""
-    return StepRecord(
+def step(i: int, text: str) -> Step:
+    """Step `i` as a store reads it back; its numbers are exact in float32 (as the engine's are)."""
+    return Step(
+        index=i,
         token_id=100 + i,
         text=text,
-        prob=0.5,
-        top=[(100 + i, text.strip() or "·", 0.5), (7, "x", 0.25), (8, "<0xE2>", 0.125)],
         piece=text.replace(" ", "▁"),
+        prob=0.5,
+        top=[
+            TopToken(100 + i, text.strip() or "·", 0.5),
+            TopToken(7, "x", 0.25),
+            TopToken(8, "<0xE2>", 0.125),
+        ],
     )
 
 
@@ -84,34 +89,27 @@ def test_conversation_reads_back_with_messages_and_steps(store: ConversationStor
     assert reply.steps == [step(0, "A"), step(1, " loop"), step(2, " repeats.")]
     assert [s.index for s in reply.steps] == [0, 1, 2]
     assert reply.token_ids == [100, 101, 102]
-    # Stored steps also read like the worker's step dicts, which the views consume.
-    assert reply.steps[1]["top"][1] == {"token_id": 7, "text": "x", "prob": 0.25}
-    assert reply.steps[1].get("piece") == "▁loop" and reply.steps[1]["index"] == 1
-    assert dict(reply.steps[0])["text"] == "A"
+    # Stored steps are the engine's own records, as the views get them live.
+    assert reply.steps[1].top[1] == TopToken(7, "x", 0.25)
+    assert reply.steps[1].piece == "▁loop" and reply.steps[1].index == 1
 
 
-def test_steps_come_from_engine_steps_dicts_or_records(store: ConversationStore) -> None:
+def test_streamed_steps_read_back_numbered_by_arrival(store: ConversationStore) -> None:
+    """The engine's steps are saved as they stream; read back, each is numbered by its place in
+    the reply (whatever index it streamed with) and has no timing or request id."""
     conv = store.create_conversation()
     reply = store.start_reply(conv)
-    top = [SimpleNamespace(token_id=5, text="a", prob=0.75)]
-    engine_step = SimpleNamespace(index=0, token_id=5, text="a", piece="a", prob=0.75, top=top)
-    as_dict = {
-        "index": 1,
-        "token_id": 6,
-        "text": "",
-        "piece": "<0xE2>",
-        "prob": 0.5,
-        "top": [{"token_id": 6, "text": "<0xE2>", "prob": 0.5}],
-        "elapsed_s": 0.1,
-    }
-    store.append_steps(reply, [engine_step, as_dict, step(2, "€")], "a€")
-    saved = store.get_steps(reply)
-    assert [(s.index, s.token_id, s.text, s.piece) for s in saved] == [
-        (0, 5, "a", "a"),
-        (1, 6, "", "<0xE2>"),
-        (2, 102, "€", "€"),
+    streamed = [
+        Step(7, 5, "a", "a", 0.75, [TopToken(5, "a", 0.75)], elapsed_s=0.1, request_id=3),
+        Step(8, 6, "", "<0xE2>", 0.5, [TopToken(6, "<0xE2>", 0.5)], elapsed_s=0.2, request_id=3),
     ]
-    assert saved[0].top == [(5, "a", 0.75)]
+    store.append_steps(reply, [*streamed, step(2, "€")], "a€")
+    saved = store.get_steps(reply)
+    assert saved == [
+        Step(0, 5, "a", "a", 0.75, [TopToken(5, "a", 0.75)]),
+        Step(1, 6, "", "<0xE2>", 0.5, [TopToken(6, "<0xE2>", 0.5)]),
+        step(2, "€"),
+    ]
     assert store.get_conversation(conv).messages[0].content == "a€"
 
 
@@ -727,7 +725,7 @@ def test_version_1_database_is_upgraded_with_its_data(tmp_path: Path) -> None:
             {"temperature": 0.7},
         )
         assert reply.steps == [
-            StepRecord(9, "Hi", 0.75, [(9, "Hi", 0.75), (8, "Ho", 0.25)], "Hi", 0)
+            Step(0, 9, "Hi", "Hi", 0.75, [TopToken(9, "Hi", 0.75), TopToken(8, "Ho", 0.25)])
         ]
         assert s.get_last_open() == 7
         s.add_message(7, "system", "a system note")  # the new schema's role works
@@ -758,7 +756,7 @@ def test_version_2_database_is_upgraded_to_branches_with_every_message(tmp_path:
             "VALUES (?, ?, ?, ?, ?, 2.0)",
             r,
         )
-    ids_blob, probs_blob, texts = pack_top([(9, "re", 0.75), (8, "ra", 0.25)])
+    ids_blob, probs_blob, texts = pack_top([TopToken(9, "re", 0.75), TopToken(8, "ra", 0.25)])
     db.execute(
         "INSERT INTO steps VALUES (13, 0, 9, 0.75, 're', 're', ?, ?, ?)",
         (ids_blob, probs_blob, texts),
@@ -781,7 +779,7 @@ def test_version_2_database_is_upgraded_to_branches_with_every_message(tmp_path:
         assert [m.parent_id for m in conv.messages] == [None, 10, 11, 12]
         assert all((m.version, m.versions, m.shown) == (1, 1, True) for m in conv.messages)
         assert conv.messages[-1].steps == [
-            StepRecord(9, "re", 0.75, [(9, "re", 0.75), (8, "ra", 0.25)], "re", 0)
+            Step(0, 9, "re", "re", 0.75, [TopToken(9, "re", 0.75), TopToken(8, "ra", 0.25)])
         ]
         assert conv.imported_at is None
         assert [m.content for m in s.get_conversation(6).messages] == ["only"]

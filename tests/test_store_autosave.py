@@ -14,7 +14,8 @@ import pytest
 
 from desktop.store.autosave import Autosaver
 from desktop.store.conversations import ConversationStore
-from desktop.store.schema import StepRecord, StoreError
+from desktop.store.schema import StoreError
+from engine.events import Step, TopToken
 
 
 class Clock:
@@ -25,8 +26,8 @@ class Clock:
         return self.now
 
 
-def step(i: int) -> StepRecord:
-    return StepRecord(i, f"t{i} ", 0.5, [(i, f"t{i} ", 0.5)], f"t{i}")
+def step(i: int) -> Step:
+    return Step(i, i, f"t{i} ", f"t{i}", 0.5, [TopToken(i, f"t{i} ", 0.5)])
 
 
 @pytest.fixture

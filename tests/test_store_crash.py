@@ -21,7 +21,7 @@ import pytest
 
 from desktop.store.autosave import Autosaver
 from desktop.store.conversations import ConversationStore
-from desktop.store.schema import StepRecord
+from engine.events import Step, TopToken
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "Tell me everything about loops"
@@ -29,14 +29,15 @@ QUESTION = "Tell me everything about loops"
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 
 
-def fake_step(i: int) -> StepRecord:
+def fake_step(i: int) -> Step:
     """Step i of an endless made-up reply; every field derives from i, so torn rows show."""
-    return StepRecord(
+    return Step(
+        index=i,
         token_id=i % 500,
         text=f" w{i}",
-        prob=1 / (1 + i % 7),
-        top=[(i % 500 + k, f"w{i}.{k}", 2.0**-k) for k in range(10)],
         piece=f"▁w{i}",
+        prob=1 / (1 + i % 7),
+        top=[TopToken(i % 500 + k, f"w{i}.{k}", 2.0**-k) for k in range(10)],
     )
 
 
@@ -127,7 +128,7 @@ def run_and_kill(db: Path, kind: str, *extra: str, after_saved: int, delay_s: fl
     return saved
 
 
-def check_after_kill(db: Path, saved: int, round_: int) -> list[StepRecord]:
+def check_after_kill(db: Path, saved: int, round_: int) -> list[Step]:
     """Intact file, user message saved, the partial reply holds at least the reported steps."""
     raw = sqlite3.connect(db)
     assert raw.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
@@ -161,4 +162,4 @@ def test_sigkill_mid_generation_with_a_real_model(tiny_model_dir: Path, tmp_path
     saved = run_and_kill(db, "model", str(tiny_model_dir), after_saved=64, delay_s=0.02)
     steps = check_after_kill(db, saved, 0)
     assert all(0 <= s.token_id < 512 and len(s.top) == 10 for s in steps)
-    assert all(s.top[0][2] >= s.top[-1][2] and 0.0 < s.prob <= 1.0 for s in steps)
+    assert all(s.top[0].prob >= s.top[-1].prob and 0.0 < s.prob <= 1.0 for s in steps)

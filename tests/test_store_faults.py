@@ -16,7 +16,8 @@ import pytest
 from desktop.session import ChatSession
 from desktop.store.autosave import Autosaver
 from desktop.store.conversations import ConversationStore
-from desktop.store.schema import MIGRATIONS, StepRecord, StoreError, migrate
+from desktop.store.schema import MIGRATIONS, StoreError, migrate
+from engine.events import Step, TopToken
 
 # -- item 2: a version 1 file holding what v1's import stored unchecked ------------------------
 
@@ -65,10 +66,11 @@ def test_a_version_1_step_of_any_shape_upgrades_without_a_crash(
         assert (user.content, reply.content) == ("hello", "Hi")
         if expected is None:
             assert reply.damaged
-            assert [step.top for step in reply.steps] == [[(9, "Hi", 0.75)]]
+            assert [step.top for step in reply.steps] == [[TopToken(9, "Hi", 0.75)]]
         else:
             assert not reply.damaged
-            assert [step.top for step in reply.steps] == [[(9, "Hi", 0.75)], expected]
+            expected = [TopToken(*entry) for entry in expected]
+            assert [step.top for step in reply.steps] == [[TopToken(9, "Hi", 0.75)], expected]
         s.add_message(7, "user", "the upgraded file takes new messages")
 
 
@@ -129,10 +131,10 @@ def test_a_reply_streaming_in_another_instance_keeps_its_conversation(tmp_path: 
         a.add_message(conv, "user", "hello")
         reply = b.start_reply(conv)
         a.delete_conversation(conv)
-        b.append_steps(reply, [StepRecord(5, "Hi", 0.5)], "Hi")
+        b.append_steps(reply, [Step(0, 5, "Hi", "", 0.5)], "Hi")
         assert a.purge_deleted(0) == 0
         b.finish_reply(reply, "Hi", "eos")
-        assert b.get_conversation(conv).messages[-1].steps == [StepRecord(5, "Hi", 0.5, [], "", 0)]
+        assert b.get_conversation(conv).messages[-1].steps == [Step(0, 5, "Hi", "", 0.5)]
 
 
 def test_an_instance_purges_what_it_deleted_itself(tmp_path: Path) -> None:
@@ -145,7 +147,7 @@ def test_an_instance_purges_what_it_deleted_itself(tmp_path: Path) -> None:
         a.add_message(conv, "user", "hello")
         saver = Autosaver(a, a.start_reply(conv), max_pending=1)
         a.delete_conversation(conv)
-        saver.add(StepRecord(5, "Hi", 0.5))
+        saver.add(Step(0, 5, "Hi", "", 0.5))
         saver.finish("Hi", "eos")
         assert a.purge_deleted(0) == 1
         with pytest.raises(StoreError, match="no longer exists"):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from desktop.store.autosave import Autosaver
 from desktop.store.conversations import ConversationStore
-from desktop.store.schema import StepRecord
+from engine.events import Step, TopToken
 
 SECRET = "zq-private-7731-"
 
@@ -31,7 +31,8 @@ def private_chat(store: ConversationStore) -> int:
     store.add_message(conv, "user", f"again {SECRET}")
     saver = Autosaver(store, store.start_reply(conv), max_pending=4)
     for i, piece in enumerate([*SECRET] * 6):  # the reply text is rewritten at every save
-        saver.add(StepRecord(i + 10, piece, 0.5, [(i + 10, piece, 0.5), (3, SECRET, 0.1)], piece))
+        top = [TopToken(i + 10, piece, 0.5), TopToken(3, SECRET, 0.1)]
+        saver.add(Step(i, i + 10, piece, piece, 0.5, top))
     saver.finish()
     return conv
 

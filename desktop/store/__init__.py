@@ -3,8 +3,8 @@
 One module per job; import each name from the module that defines it:
 
 * `conversations`: `ConversationStore` (conversations, messages and their versions), `default_path`.
-* `schema`: the records (`Conversation`, `Message`, `StepRecord`), `StoreError`, the SQL schema
-  and its migrations.
+* `schema`: the records (`Conversation`, `Message`, whose steps are `engine.events.Step`s),
+  `StoreError`, the SQL schema and its migrations.
 * `rows`: column lists, rows → records (lenient), the shared INSERTs.
 * `recovery`: opening the file, moving a damaged one aside, read-only mode.
 * `importing`: writing a validated import into the database.

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Protocol
 
-from desktop.store.schema import StepRecord, StoreError
+from desktop.store.schema import StoreError
+from engine.events import Step
 
 __all__ = ["Autosaver", "ReplyStore"]
 
@@ -19,7 +20,7 @@ __all__ = ["Autosaver", "ReplyStore"]
 class ReplyStore(Protocol):
     """What an Autosaver writes to: `ConversationStore`, or a stand-in in a test."""
 
-    def append_steps(self, message_id: int, steps: Iterable[Any], content_so_far: str) -> None: ...
+    def append_steps(self, message_id: int, steps: Iterable[Step], content_so_far: str) -> None: ...
 
     def finish_reply(
         self, message_id: int, content: str, stop_reason: str, timings: dict | None = None
@@ -58,7 +59,7 @@ class Autosaver:
         self.retry_interval_s = retry_interval_s
         self.max_retry_interval_s = max_retry_interval_s
         self._clock = clock
-        self._pending: list[StepRecord] = []
+        self._pending: list[Step] = []
         self._parts: list[str] = []
         self._last_flush = clock()
         self._backoff = 0.0
@@ -78,14 +79,13 @@ class Autosaver:
         """Steps added but not yet on disk."""
         return len(self._pending)
 
-    def add(self, step: Any) -> bool:
-        """Take one streamed step (StepRecord, engine Step or its dict); True if it saved.
+    def add(self, step: Step) -> bool:
+        """Take one streamed step; True if it saved.
 
         StoreError if a save was due and failed; the step is kept pending either way.
         """
-        record = StepRecord.coerce(step)
-        self._pending.append(record)
-        self._parts.append(record.text)
+        self._pending.append(step)
+        self._parts.append(step.text)
         return self.flush_if_due()
 
     def flush_if_due(self) -> bool:

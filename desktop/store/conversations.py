@@ -70,9 +70,9 @@ from desktop.store.schema import (
     ROLES,
     Conversation,
     Migration,
-    StepRecord,
     StoreError,
 )
+from engine.events import Step
 
 log = logging.getLogger(__name__)
 
@@ -376,7 +376,7 @@ class ConversationStore:
 
         return self._read(read)
 
-    def get_steps(self, message_id: int) -> list[StepRecord]:
+    def get_steps(self, message_id: int) -> list[Step]:
         """One message's steps (for views that load them only when a reply is inspected)."""
         rows = self._read(
             lambda db: db.execute(
@@ -585,13 +585,13 @@ class ConversationStore:
             parent_id=parent_id,
         )
 
-    def append_steps(self, message_id: int, steps: Iterable[Any], content_so_far: str) -> None:
+    def append_steps(self, message_id: int, steps: Iterable[Step], content_so_far: str) -> None:
         """Save a batch of streamed steps after those already saved, and the reply text so far.
 
-        `steps` may be StepRecords, engine `Step`s or their dicts. One short transaction: the
-        new rows plus one update, whatever the length of the reply.
+        Each step is numbered by arrival (its own `index` is not stored). One short transaction:
+        the new rows plus one update, whatever the length of the reply.
         """
-        records = [StepRecord.coerce(s) for s in steps]
+        records = list(steps)
 
         def write(db: sqlite3.Connection) -> None:
             finished, conversation_id = self._require_message(

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from desktop.store.schema import ROLES, Conversation, Message, StepRecord, StoreError
+from desktop.store.schema import ROLES, Conversation, Message, StoreError
+from engine.events import Step, TopToken
 
 EXPORT_FORMAT = "loopchat-conversation"
 EXPORT_VERSION = 2
@@ -140,7 +141,9 @@ def conversation_to_json(conv: Conversation) -> dict:
                         "text": s.text,
                         "piece": s.piece,
                         "prob": s.prob,
-                        "top": [{"token_id": i, "text": t, "prob": p} for i, t, p in s.top],
+                        "top": [
+                            {"token_id": t.token_id, "text": t.text, "prob": t.prob} for t in s.top
+                        ],
                     }
                     for s in m.steps
                 ],
@@ -283,7 +286,7 @@ def _settings(check: _Checker, m: dict, key: str, where: str, clean) -> dict:
     return kept
 
 
-def _step_from_json(check: _Checker, s: Any, where: str, index: int) -> StepRecord:
+def _step_from_json(check: _Checker, s: Any, where: str, index: int) -> Step:
     if not isinstance(s, dict):
         check.fail(where, "an object", s)
     top = []
@@ -292,19 +295,19 @@ def _step_from_json(check: _Checker, s: Any, where: str, index: int) -> StepReco
             check.fail(f"{where}.top[{j}]", "an object", t)
         at = f"{where}.top[{j}]."
         top.append(
-            (
+            TopToken(
                 check.field(t, "token_id", at, "a token id"),
                 check.field(t, "text", at, "text"),
                 float(check.field(t, "prob", at, "a probability")),
             )
         )
-    return StepRecord(
+    return Step(
+        index=index,
         token_id=check.field(s, "token_id", f"{where}.", "a token id"),
         text=check.field(s, "text", f"{where}.", "text"),
+        piece=check.field(s, "piece", f"{where}.", "text", ""),
         prob=float(check.field(s, "prob", f"{where}.", "a probability")),
         top=top,
-        piece=check.field(s, "piece", f"{where}.", "text", ""),
-        index=index,
     )
 
 

@@ -21,7 +21,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from desktop.store.export import clean_sampling, clean_timings, valid_time
-from desktop.store.schema import Conversation, Message, StepRecord, pack_top, unpack_top
+from desktop.store.schema import Conversation, Message, pack_top, unpack_top
+from engine.events import Step
 
 CONV_COLUMNS = (
     "id, title, created_at, updated_at, system_prompt, model, model_path, title_is_custom, "
@@ -126,14 +127,14 @@ def message_from_row(row: tuple) -> Message:
     )
 
 
-def step_from_row(r: tuple) -> StepRecord | None:
-    """(idx, token_id, prob, text, piece, top_ids, top_probs, top_texts) as a StepRecord, or
-    None when the row cannot be read."""
+def step_from_row(r: tuple) -> Step | None:
+    """(idx, token_id, prob, text, piece, top_ids, top_probs, top_texts) as the engine's `Step`
+    it was saved from (timing and request id left out), or None when the row cannot be read."""
     try:
         top = unpack_top(r[5], r[6], r[7])
         if not (isinstance(r[3], str) and isinstance(r[4], str)):
             return None
-        return StepRecord(int(r[1]), r[3], float(r[2]), top, r[4], int(r[0]))
+        return Step(int(r[0]), int(r[1]), r[3], r[4], float(r[2]), top)
     except (TypeError, ValueError, struct.error, RecursionError):
         return None
 
@@ -177,7 +178,7 @@ def insert_message(
 
 
 def insert_steps(
-    db: sqlite3.Connection, message_id: int, start: int, records: Sequence[StepRecord]
+    db: sqlite3.Connection, message_id: int, start: int, records: Sequence[Step]
 ) -> None:
     """Insert `records` as a message's steps `start`, `start + 1`, … (top-k packed)."""
     db.executemany(

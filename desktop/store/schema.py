@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import struct
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from engine.events import Step, TopToken
 
 ROLES = ("system", "user", "assistant")
 
@@ -23,72 +25,9 @@ class StoreError(Exception):
 
 
 # -- record types ------------------------------------------------------------------------------
-
-_STEP_KEYS = ("index", "token_id", "text", "piece", "prob", "top")
-
-
-@dataclass(eq=True)
-class StepRecord(Mapping):
-    """One generated token as the token inspector needs it, reopened next week.
-
-    `top` holds the model's most likely candidates for that step as (token id, text, probability),
-    most likely first. `text` is what the token added to the reply as streamed (may be "" while a
-    multi-byte character is incomplete); `piece` is the token shown on its own.
-
-    It also reads like the dict the worker streams (`Step.to_dict()`: `step["top"]` gives
-    `[{"token_id", "text", "prob"}, ...]`), so views treat live and stored steps alike.
-    `index` is the step's place in its reply: filled in when read back, ignored when appended
-    (the store numbers steps in arrival order).
-    """
-
-    token_id: int
-    text: str
-    prob: float
-    top: list[tuple[int, str, float]] = field(default_factory=list)
-    piece: str = ""
-    index: int = field(default=-1, compare=False)
-
-    @classmethod
-    def coerce(cls, step: Any) -> StepRecord:
-        """A StepRecord from a StepRecord, an engine `Step`, or a dict shaped like either."""
-        if isinstance(step, StepRecord):
-            return step
-        get = step.get if isinstance(step, Mapping) else lambda k, d=None: getattr(step, k, d)
-        return cls(
-            token_id=int(get("token_id")),
-            text=str(get("text", "")),
-            prob=float(get("prob")),
-            top=[_top_entry(t) for t in get("top", None) or ()],
-            piece=str(get("piece", "") or ""),
-            index=int(get("index", -1)),
-        )
-
-    def to_dict(self) -> dict:
-        """The shape of the engine's `Step.to_dict()` (minus timing), JSON-ready."""
-        return {key: self[key] for key in _STEP_KEYS}
-
-    def __getitem__(self, key: str) -> Any:
-        if key == "top":
-            return [{"token_id": i, "text": t, "prob": p} for i, t, p in self.top]
-        if key in _STEP_KEYS:
-            return getattr(self, key)
-        raise KeyError(key)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(_STEP_KEYS)
-
-    def __len__(self) -> int:
-        return len(_STEP_KEYS)
-
-
-def _top_entry(entry: Any) -> tuple[int, str, float]:
-    """(id, text, prob) from a tuple, a `{"token_id", "text", "prob"}` dict or a TopToken."""
-    if isinstance(entry, Mapping):
-        return int(entry["token_id"]), str(entry["text"]), float(entry["prob"])
-    if isinstance(entry, Sequence) and not isinstance(entry, str):
-        token_id, text, prob = entry
-        return int(token_id), str(text), float(prob)
-    return int(entry.token_id), str(entry.text), float(entry.prob)
+# A message's steps are the engine's own `Step` records (with `TopToken` candidates): what the
+# worker streams is what the store keeps and what it reads back (`elapsed_s` 0.0, `request_id`
+# 0, `index` the step's place in its reply).
 
 
 @dataclass
@@ -108,7 +47,7 @@ class Message:
     model: str = ""
     sampling: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
-    steps: list[StepRecord] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
     damaged: bool = False
     """Part of the stored row could not be read (bad JSON, a time out of range, broken steps);
     what could be read is here, the rest replaced by safe defaults. Views may say so."""
@@ -153,25 +92,26 @@ class Conversation:
 # ~30. The candidate texts stay JSON (any character may occur in a token's text).
 
 
-def pack_top(top: Sequence[tuple[int, str, float]]) -> tuple[bytes, bytes, str]:
+def pack_top(top: Sequence[TopToken]) -> tuple[bytes, bytes, str]:
     """(ids blob, probs blob, texts JSON) for the `steps` table."""
     n = len(top)
-    ids = struct.pack(f"<{n}i", *(t[0] for t in top))
-    probs = struct.pack(f"<{n}f", *(t[2] for t in top))
-    texts = json.dumps([t[1] for t in top], ensure_ascii=False, separators=(",", ":"))
+    ids = struct.pack(f"<{n}i", *(t.token_id for t in top))
+    probs = struct.pack(f"<{n}f", *(t.prob for t in top))
+    texts = json.dumps([t.text for t in top], ensure_ascii=False, separators=(",", ":"))
     return ids, probs, texts
 
 
-def unpack_top(ids: bytes, probs: bytes, texts: str) -> list[tuple[int, str, float]]:
+def unpack_top(ids: bytes, probs: bytes, texts: str) -> list[TopToken]:
     n = len(ids) // 4
-    return list(
-        zip(
+    return [
+        TopToken(*entry)
+        for entry in zip(
             struct.unpack(f"<{n}i", ids),
             json.loads(texts),
             struct.unpack(f"<{n}f", probs),
             strict=True,
         )
-    )
+    ]
 
 
 # -- schema and migrations ---------------------------------------------------------------------
@@ -238,7 +178,7 @@ UNREADABLE_TOP_IDS = b"\xff"
 while `top_texts` keeps the original JSON in the file for whoever wants to recover it."""
 
 
-def _v1_top_entry(entry: Any) -> tuple[int, str, float]:
+def _v1_top_entry(entry: Any) -> TopToken:
     """One candidate as v1 stored it (a dict, or a [id, text, prob] list), checked the way
     import checks it today; ValueError/TypeError when it is not one."""
     if isinstance(entry, Mapping):
@@ -252,7 +192,7 @@ def _v1_top_entry(entry: Any) -> tuple[int, str, float]:
     token_id, prob = int(token_id), float(prob)  # "0.75" (v1 kept strings) is a number
     if not (0 <= token_id < 2**31 and 0.0 <= prob <= 1.0):
         raise ValueError("out of range")
-    return token_id, text, prob
+    return TopToken(token_id, text, prob)
 
 
 def _v1_top_packed(raw: Any) -> tuple[bytes, bytes, Any]:

@@ -287,7 +287,7 @@ class AttentionInspector(QObject):
             return None
         before = [t for t in session.model_turns() if t.position < turn.position]
         messages = session.prompt_messages(before)
-        reply_ids = tuple(int(step["token_id"]) for step in card.steps)
+        reply_ids = tuple(step.token_id for step in card.steps)
         self.view.title.setText("Computing attention…")
         self._job = self.controller.inspect(AttentionJob(tuple(messages), reply_ids, index))
         return self._job

@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 
 from desktop.views.elided_label import ElidedLabel
 from desktop.views.markdown import render_markdown, secure_browser
+from engine.events import Step
 
 TOKEN_INDEX = QTextFormat.Property.UserProperty + 1
 COPIED_FEEDBACK_MS = 1500
@@ -72,7 +73,7 @@ class MessageWidget(QFrame):
     def __init__(self, role: str, text: str = "", author: str = "", parent=None) -> None:
         super().__init__(parent)
         self.role = role
-        self.steps: list[dict] = []
+        self.steps: list[Step] = []
         self.position: int | None = None
         """Where the message sits in the saved conversation (None for notes)."""
         self.text = text
@@ -182,14 +183,14 @@ class MessageWidget(QFrame):
 
     # -- streaming ---------------------------------------------------------------------------
 
-    def append_step(self, step: dict) -> None:
+    def append_step(self, step: Step) -> None:
         """Add one streamed token to the end of the reply."""
         self.steps.append(step)
-        if step["text"]:
-            self.text += step["text"]
+        if step.text:
+            self.text += step.text
             cursor = QTextCursor(self.body.document())
             cursor.movePosition(QTextCursor.MoveOperation.End)
-            cursor.insertText(step["text"], self._token_format(len(self.steps) - 1))
+            cursor.insertText(step.text, self._token_format(len(self.steps) - 1))
 
     def show_status(self, text: str) -> None:
         """A line about the reply's progress before it has text ("" hides it); the empty body
@@ -249,9 +250,9 @@ class MessageWidget(QFrame):
             doc.clear()
             cursor = QTextCursor(doc)
             for i, step in enumerate(self.steps):
-                if step["text"]:
-                    cursor.insertText(step["text"], self._token_format(i))
-            shown = "".join(s["text"] for s in self.steps)
+                if step.text:
+                    cursor.insertText(step.text, self._token_format(i))
+            shown = "".join(s.text for s in self.steps)
             if self.text.startswith(shown) and len(self.text) > len(shown):
                 cursor.insertText(self.text[len(shown) :], QTextCharFormat())
         elif self.role in ("assistant", "note"):

@@ -10,11 +10,11 @@ token instead (`alternative_chosen`); the window decides what that means for the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from PySide6.QtCore import QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPalette
 from PySide6.QtWidgets import QSizePolicy, QWidget
+
+from engine.events import Step
 
 REPAINT_MS = 33
 
@@ -26,10 +26,10 @@ def percent(prob: float) -> str:
     return f"{100 * prob:.1f}%"
 
 
-def choice_note(step: Mapping, params) -> str:
+def choice_note(step: Step, params) -> str:
     """Why the chosen token is not the top row, or "" when it is (or nothing was reported)."""
-    top = step.get("top") or []
-    if not top or top[0]["token_id"] == step.get("token_id"):
+    top = step.top
+    if not top or top[0].token_id == step.token_id:
         return ""
     if params is None:
         return "not the most likely token"
@@ -61,9 +61,9 @@ class TopKPanel(QWidget):
         super().__init__(parent)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setMinimumWidth(180)
-        self._pending: tuple[Mapping, str | None] | None = None
+        self._pending: tuple[Step, str | None] | None = None
         """The newest step queued for display, with the title it is shown under."""
-        self._step: Mapping | None = None
+        self._step: Step | None = None
         self._title = "Next-token probabilities"
         self._subtitle = "Generate a reply to see what the model considers at each step."
         self._k = 10
@@ -105,12 +105,11 @@ class TopKPanel(QWidget):
         rows = self._k if self._step else 0
         self.setMinimumHeight(header + rows * self._row_height())
 
-    def show_step(self, step: Mapping, title: str | None = None) -> None:
+    def show_step(self, step: Step, title: str | None = None) -> None:
         """Queue a step for display (the newest one wins at the next repaint).
 
-        `step` is an engine `Step` as it streams, or a stored step (`StepRecord`) read back:
-        both read alike (`step["top"]`, `step.get("piece")`). `title` names a stored step
-        looked at again ("Token 3 of 12"); without it the panel says "Step N" and why the
+        `step` is one as it streams, or one read back from the store. `title` names a stored
+        step looked at again ("Token 3 of 12"); without it the panel says "Step N" and why the
         sampler may not have taken the top row."""
         self._pending = (step, title)
 
@@ -126,10 +125,9 @@ class TopKPanel(QWidget):
         """What the panel currently shows (for tests and accessibility)."""
         if not self._step:
             return []
-        chosen = self._step.get("token_id")
+        chosen = self._step.token_id
         return [
-            (t["token_id"], t["text"], t["prob"], t["token_id"] == chosen)
-            for t in self._step.get("top", [])[: self._k]
+            (t.token_id, t.text, t.prob, t.token_id == chosen) for t in self._step.top[: self._k]
         ]
 
     def flush_now(self) -> None:
@@ -199,10 +197,9 @@ class TopKPanel(QWidget):
             return
         (step, title), self._pending = self._pending, None
         self._step = step
-        index = step.get("index", 0)
-        self._title = title or f"Step {index + 1}"
-        chosen = visible_token(step.get("piece", ""))
-        self._subtitle = f"Sampled “{chosen}” with p = {percent(step.get('prob', 0.0))}"
+        self._title = title or f"Step {step.index + 1}"
+        chosen = visible_token(step.piece)
+        self._subtitle = f"Sampled “{chosen}” with p = {percent(step.prob)}"
         note = choice_note(step, self._params if not title else None)
         if note:
             self._subtitle += f" ({note})"
