@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from engine.kernels import tuning
-from engine.kernels.tuning import ThreadGovernor, pick
+from engine.kernels.threads import ThreadGovernor
+from engine.kernels.tuning import pick
 
 
 @pytest.fixture(autouse=True)

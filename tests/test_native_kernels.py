@@ -29,7 +29,8 @@ from engine.kernels.quant_math import (
     quantize_int4,
     quantize_int8,
 )
-from engine.kernels.tuning import ThreadGovernor, available_kernels, decoding
+from engine.kernels.threads import ThreadGovernor, decoding
+from engine.kernels.tuning import available_kernels
 
 X86_64 = platform.machine() in ("x86_64", "AMD64")
 BUILT = sys.platform != "win32" and native_build.compiler() is not None

@@ -245,7 +245,7 @@ def test_damaged_cache_is_rebuilt_not_trusted(tiny_model_dir: Path, tmp_path: Pa
 def test_cache_folder_keeps_the_most_recently_loaded_within_its_limit(tmp_path: Path) -> None:
     import os
 
-    from engine.kernels.quant_load import prune_cache
+    from engine.kernels.quant_cache import prune_cache
 
     folder = tmp_path / "weights"
     folder.mkdir()

@@ -150,7 +150,7 @@ def test_single_bit_flips_of_every_header_byte_are_refused(
     # of every byte between, to stay ~10 s) must either be refused (StaleCache, nothing else) or
     # change a digest, which its tensor then fails. A header is used only when it is exactly the
     # one this plan and key would write.
-    from engine.kernels.quant_load import StaleCache, parse_cache_header
+    from engine.kernels.quant_cache import StaleCache, parse_cache_header
 
     folder = shutil.copytree(tiny_model_dir, tmp_path / "model")
     loaded = _load(folder, quant)
@@ -184,7 +184,8 @@ def test_single_bit_flips_of_every_header_byte_are_refused(
 def _plan_and_key(folder: Path, quant: str, args):
     """The plan and key the loader uses for `folder` (bfloat16 on the CPU, default groups)."""
     from engine.kernels.quant import DEFAULT_GROUP_SIZE
-    from engine.kernels.quant_load import cache_key, make_plan
+    from engine.kernels.quant_cache import cache_key
+    from engine.kernels.quant_load import make_plan
     from engine.model.transformer import Transformer
 
     with torch.device("meta"):
@@ -229,7 +230,7 @@ def test_changed_weights_with_same_size_and_mtime_are_requantized(
 def test_cache_key_sees_a_change_the_stat_fields_do_not(tmp_path: Path) -> None:
     # The content fingerprint alone (without size, mtime or ctime) tells two same-sized weights
     # files apart: a change of any sampled block, of the header, or anywhere in a small file.
-    from engine.kernels.quant_load import file_fingerprint
+    from engine.kernels.quant_cache import file_fingerprint
 
     big = tmp_path / "model.safetensors"
     n = 40 * 2**20
@@ -278,17 +279,17 @@ def test_swapped_rows_in_the_cache_are_detected(tiny_model_dir: Path, tmp_path: 
 def test_bad_cache_limit_falls_back_to_the_default(
     value: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from engine.kernels.quant_load import CACHE_LIMIT_BYTES, cache_limit_bytes
+    from engine.kernels.quant_cache import CACHE_LIMIT_BYTES, cache_limit_bytes
 
     monkeypatch.setenv("LOOPCHAT_QUANT_CACHE_GB", value)
-    with caplog.at_level(logging.WARNING, logger="engine.kernels.quant_load"):
+    with caplog.at_level(logging.WARNING, logger="engine.kernels.quant_cache"):
         assert cache_limit_bytes() == CACHE_LIMIT_BYTES
     assert len(caplog.records) == (1 if value else 0)
 
 
 @pytest.mark.parametrize("value", ["0.5", "1e-9", "100", " 2 "])
 def test_good_cache_limit_is_used(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine.kernels.quant_load import cache_limit_bytes
+    from engine.kernels.quant_cache import cache_limit_bytes
 
     monkeypatch.setenv("LOOPCHAT_QUANT_CACHE_GB", value)
     assert cache_limit_bytes() == max(1, int(float(value) * 2**30))
@@ -421,7 +422,7 @@ def test_cache_file_deleted_after_it_was_opened_still_loads(
 def test_prune_tolerates_files_vanishing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Two instances pruning at once: the other one deletes files between our listing and our
     # stat or unlink.
-    from engine.kernels.quant_load import prune_cache
+    from engine.kernels.quant_cache import prune_cache
 
     folder = tmp_path / "weights"
     folder.mkdir()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.kernels.tuning import forced_threads
+from engine.kernels.threads import forced_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 CPUS = os.cpu_count() or 1
@@ -27,7 +27,7 @@ CLAMPED = ["20000", "100000", "9" * 5000]
 @pytest.mark.parametrize("value", REFUSED)
 def test_refused_values_fall_back_with_a_warning(monkeypatch, caplog, value: str) -> None:
     monkeypatch.setenv("LOOPCHAT_THREADS", value)
-    with caplog.at_level(logging.WARNING, logger="engine.kernels.tuning"):
+    with caplog.at_level(logging.WARNING, logger="engine.kernels.threads"):
         assert forced_threads() is None
     assert [r for r in caplog.records if "LOOPCHAT_THREADS" in r.getMessage()], caplog.text
 
@@ -35,7 +35,7 @@ def test_refused_values_fall_back_with_a_warning(monkeypatch, caplog, value: str
 @pytest.mark.parametrize("value", CLAMPED)
 def test_more_threads_than_cpus_is_clamped(monkeypatch, caplog, value: str) -> None:
     monkeypatch.setenv("LOOPCHAT_THREADS", value)
-    with caplog.at_level(logging.WARNING, logger="engine.kernels.tuning"):
+    with caplog.at_level(logging.WARNING, logger="engine.kernels.threads"):
         assert forced_threads() == CPUS
     assert [r for r in caplog.records if "LOOPCHAT_THREADS" in r.getMessage()], caplog.text
 
@@ -43,13 +43,13 @@ def test_more_threads_than_cpus_is_clamped(monkeypatch, caplog, value: str) -> N
 def test_good_values_are_taken_quietly(monkeypatch, caplog) -> None:
     for value, want in (("1", 1), (f" {CPUS} ", CPUS), ("", None)):
         monkeypatch.setenv("LOOPCHAT_THREADS", value)
-        with caplog.at_level(logging.WARNING, logger="engine.kernels.tuning"):
+        with caplog.at_level(logging.WARNING, logger="engine.kernels.threads"):
             assert forced_threads() == want
     assert not caplog.records
 
 
 def test_one_parser_of_the_variable() -> None:
-    """Only engine.kernels.tuning.forced_threads reads LOOPCHAT_THREADS: the loader once read it
+    """Only engine.kernels.threads.forced_threads reads LOOPCHAT_THREADS: the loader once read it
     with its own, equally loose, check."""
     readers = []
     for folder in ("engine", "desktop"):
@@ -57,8 +57,8 @@ def test_one_parser_of_the_variable() -> None:
             text = path.read_text(encoding="utf-8")
             if re.search(r"(environ|getenv)[^\n]*[\"']LOOPCHAT_THREADS[\"']", text):
                 readers.append(path.relative_to(ROOT).as_posix())
-    assert readers == ["engine/kernels/tuning.py"], readers
-    source = (ROOT / "engine/kernels/tuning.py").read_text(encoding="utf-8")
+    assert readers == ["engine/kernels/threads.py"], readers
+    source = (ROOT / "engine/kernels/threads.py").read_text(encoding="utf-8")
     assert source.count('environ.get("LOOPCHAT_THREADS"') == 1
 
 

@@ -24,7 +24,7 @@ from engine.events import GenerationResult, Step, TopToken
 from engine.generation.sampler import Sampler
 from engine.generation.sampling import SamplingParams, reported
 from engine.kernels.quant import kernel_of
-from engine.kernels.tuning import ThreadGovernor, decoding
+from engine.kernels.threads import ThreadGovernor, decoding
 from engine.loading.loader import LoadedModel
 from engine.model.transformer import Interrupted
 from engine.text.tokenizer import StreamDecoder

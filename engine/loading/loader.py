@@ -18,7 +18,8 @@ from engine.errors import EngineError, Hint, Remedy
 from engine.events import RuntimeInfo
 from engine.files import require_regular_file
 from engine.kernels.quant import check_quant
-from engine.loading.checkpoint import detect_layout, load_transformer, read_args
+from engine.loading.checkpoint import load_transformer
+from engine.loading.checkpoint_files import detect_layout, read_args
 from engine.loading.memory import choose_context
 from engine.loading.model_folder import resolve_model
 from engine.model.config import ModelArgs
