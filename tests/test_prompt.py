@@ -11,7 +11,8 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtWidgets import QWidget
 
 from desktop.inspect_jobs import SurprisalJob
-from desktop.session import ASSISTANT, USER, ChatSession, Turn
+from desktop.session import ChatSession
+from desktop.turns import ASSISTANT, USER, Turn
 from desktop.views.surprisal import SurprisalTint
 from engine.errors import EngineError
 from engine.front_door import Engine, WindowPlan

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from desktop.session import ChatSession, ReplyOptions, SessionListener
+from desktop.session import ChatSession, SessionListener
 from desktop.store.conversations import ConversationStore
 from desktop.store.schema import StoreError
+from desktop.turns import ReplyOptions
 from engine.events import GREEDY, GenerationRequest
 
 OPTIONS = ReplyOptions(GREEDY, max_new_tokens=8, report_top=4)
@@ -342,7 +343,7 @@ def test_a_reopened_session_reads_steps_only_when_asked(engine, store) -> None:
 
 
 def test_an_unreadable_message_is_shown_damaged_and_left_out(store, monkeypatch) -> None:
-    from desktop.session import DAMAGED_TEXT
+    from desktop.store.rows import DAMAGED_TEXT
 
     conv = store.create_conversation("", "m")
     for role, text in (("user", "a"), ("assistant", "b"), ("user", "c")):

@@ -18,7 +18,8 @@ import psutil
 import pytest
 from PySide6.QtCore import QSettings, Qt
 
-from desktop.store.conversations import ConversationStore, default_path
+from desktop.store.connection import default_path
+from desktop.store.conversations import ConversationStore
 from tests.test_desktop import Heartbeat
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,10 @@ import platformdirs
 import pytest
 
 from desktop.store.autosave import Autosaver
-from desktop.store.conversations import ConversationStore, default_path, make_title
+from desktop.store.connection import default_path
+from desktop.store.conversations import ConversationStore
 from desktop.store.export import read_export
+from desktop.store.messages import make_title
 from desktop.store.schema import MIGRATIONS, StoreError, migrate, pack_top
 from engine.events import Step, TopToken
 

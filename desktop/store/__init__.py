@@ -2,7 +2,12 @@
 
 One module per job; import each name from the module that defines it:
 
-* `conversations`: `ConversationStore` (conversations, messages and their versions), `default_path`.
+* `conversations`: `ConversationStore`, the entry point (whole conversations: list, search,
+  read, rename, delete and purge, export/import), built on the two below.
+* `messages`: `MessageStore`, a conversation's messages, replies as they stream, their versions;
+  `make_title`.
+* `connection`: `StoreConnection`, the file, its lock and transactions, app-state meta;
+  `default_path`.
 * `schema`: the records (`Conversation`, `Message`, whose steps are `engine.events.Step`s),
   `StoreError`, the SQL schema and its migrations.
 * `rows`: column lists, rows → records (lenient), the shared INSERTs.

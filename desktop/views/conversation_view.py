@@ -16,7 +16,8 @@ from PySide6.QtWidgets import (
     QSizePolicy,
 )
 
-from desktop.session import ASSISTANT, ChatSession, Turn
+from desktop.session import ChatSession
+from desktop.turns import ASSISTANT, Turn
 from desktop.views.chat_view import ChatView, MessageWidget
 from engine.events import GenerationStarted, Step
 

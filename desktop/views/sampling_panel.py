@@ -20,8 +20,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop.session import ReplyOptions
 from desktop.settings_values import setting_float, setting_int, setting_str
+from desktop.turns import ReplyOptions
 from desktop.views.wheel_guard import guard_wheel
 from engine.events import DEFAULT_MAX_NEW_TOKENS, DEFAULT_REPORT_TOP, SamplingParams
 

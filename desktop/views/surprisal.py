@@ -29,7 +29,8 @@ from PySide6.QtWidgets import QMenu, QToolTip, QWidget
 
 from desktop.controller import EngineController
 from desktop.inspect_jobs import InspectFailed, SurprisalJob, SurprisalResult, TokenInfo
-from desktop.session import ASSISTANT, ChatSession, Turn
+from desktop.session import ChatSession
+from desktop.turns import ASSISTANT, Turn
 from desktop.views.chat_view import MessageWidget
 from desktop.views.conversation_view import ConversationView
 from desktop.views.topk_panel import visible_token
