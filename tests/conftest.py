@@ -103,3 +103,20 @@ def kernel():
     if built is None:
         pytest.skip(f"no native kernel here: {native.unavailable_reason()}")
     return built
+
+
+@pytest.fixture
+def hub_env(monkeypatch, tmp_path: Path) -> Path:
+    """A fresh HF_HOME, online, with no token anywhere; returns the hub cache folder."""
+    for name in (
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "HF_TOKEN_PATH",
+        "HF_HUB_CACHE",
+        "HUGGINGFACE_HUB_CACHE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    return tmp_path / "hf" / "hub"

@@ -25,13 +25,8 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture
-def hub(monkeypatch, tmp_path: Path, tiny_model_dir: Path):
+def hub(monkeypatch, hub_env: Path, tiny_model_dir: Path):
     """A FakeHub serving the tiny model (and a gated copy), a fresh HF_HOME, no token anywhere."""
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    for name in ("HF_TOKEN_PATH", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with FakeHub() as server:
         monkeypatch.setenv("HF_ENDPOINT", server.url)
         server.add(REPO, tiny_model_dir)

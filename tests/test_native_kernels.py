@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -489,21 +490,33 @@ def test_a_missing_build_means_torchs_kernels_and_a_reason(fresh_load, monkeypat
 
 
 @pytest.mark.skipif(not (BUILT and X86_64), reason="installed without a C compiler")
-def test_a_damaged_build_is_refused_before_it_is_mapped(fresh_load, monkeypatch, tmp_path):
+def test_a_damaged_build_is_refused_before_it_is_mapped(tmp_path) -> None:
     # A truncated library passed to dlopen crashes the process (SIGBUS); its digest stops it.
+    # Run in a child process, so that a regression fails this test instead of killing the run.
     folder = _copy_of_builds(tmp_path / "libs")
     best = native.runnable_variants(folder)[0]
     library = folder / native_variants.library_filename(best)
     library.write_bytes(library.read_bytes()[:4096])
-    monkeypatch.setattr(native, "LIBRARY_DIR", folder)
-    with pytest.raises(native.Unavailable, match="damaged"):
-        native.load_variant(best)
-    fallback = native.load()  # the next build down runs instead
-    assert fallback is not None and fallback.path.name != library.name
-    (folder / native_variants.digest_filename("baseline")).write_text("0" * 64)
-    native.load.cache_clear()
-    assert native.load() is None  # without a trusted baseline, nothing is loaded
-    assert "damaged" in (native.unavailable_reason() or "")
+    check = f"""
+import pytest
+from pathlib import Path
+from engine.kernels import native
+native.LIBRARY_DIR = Path({str(folder)!r})
+with pytest.raises(native.Unavailable, match="damaged"):
+    native.load_variant({best!r})
+fallback = native.load()  # the next build down runs instead
+assert fallback is not None and fallback.path.name != {library.name!r}
+(native.LIBRARY_DIR / {native_variants.digest_filename("baseline")!r}).write_text("0" * 64)
+native.load.cache_clear()
+assert native.load() is None  # without a trusted baseline, nothing is loaded
+assert "damaged" in (native.unavailable_reason() or "")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "LOOPCHAT_NATIVE"}
+    env["LOOPCHAT_HOME"] = str(tmp_path / "home")
+    done = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
 
 
 def test_turned_off_by_environment(fresh_load, monkeypatch) -> None:
