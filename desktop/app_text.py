@@ -14,6 +14,9 @@ import re
 from engine.front_door import EngineError, Remedy
 
 CHOOSER = "Models → Choose or download a model…"
+NO_MODEL_YET = f"No model is loaded yet: open a model with {CHOOSER} (Ctrl+M)"
+"""The one wording for "there is no model": the status bar, the chat and step mode all point at
+the same menu (an earlier "File → Open model folder…" contradicted the status bar)."""
 TOKEN_FIELD = "paste an access token in the model chooser's Token field"
 
 WINDOW_ADVICE: dict[Remedy, str] = {
@@ -55,3 +58,21 @@ def for_the_app(message: str | BaseException) -> str:
     """
     text = worded(message) if isinstance(message, EngineError) else str(message)
     return _SENTENCE_START.sub(lambda m: m.group(1) + m.group(2).upper(), text)
+
+
+_END = (".", "!", "?", "…")
+
+
+def sentence(text: str) -> str:
+    """`text` stripped and ending with a full stop unless it already ends a sentence, so that a
+    message joined after it starts a new one ("…not available. Built-in: …", not "…not
+    available Built-in: …")."""
+    text = text.strip()
+    if not text or text.endswith(_END):
+        return text
+    return text + "."
+
+
+def sentences(*parts: str) -> str:
+    """Parts of a message joined as sentences: each punctuated, empty ones left out."""
+    return " ".join(s for s in (sentence(p) for p in parts) if s)

@@ -24,6 +24,14 @@ class CatalogueEntry(TypedDict):
     layout: Layout
     description: str
     default: bool
+    n_params: int
+    """Parameters, and the shape below: what `desktop.model_fit` needs to say whether the model
+    fits this computer's memory before it is downloaded (0 when the file does not say)."""
+    n_layers: int
+    kv_dim: int
+    """Width of one layer's keys (KV heads × head dim)."""
+    context: int
+    """Positions the model was trained for (the KV cache the engine allocates by default)."""
 
 
 def _resource_text(name: str) -> str:
@@ -50,6 +58,10 @@ def load_catalogue() -> list[CatalogueEntry]:
                 layout=m["layout"],
                 description=str(m.get("description", "")),
                 default=bool(m.get("default", False)),
+                n_params=int(m.get("n_params", 0)),
+                n_layers=int(m.get("n_layers", 0)),
+                kv_dim=int(m.get("kv_dim", 0)),
+                context=int(m.get("context", 0)),
             )
             for m in models
         ]

@@ -13,7 +13,9 @@ import dataclasses
 from collections.abc import Callable
 
 from PySide6.QtCore import QObject, QTimer, Signal
+from PySide6.QtGui import QTextCursor
 
+from desktop.app_text import NO_MODEL_YET
 from desktop.controller import EngineController
 from desktop.library import ConversationLibrary
 from desktop.model_loading import ModelLoading
@@ -22,16 +24,31 @@ from desktop.reply_state import ReplyState
 from desktop.session import ChatSession, SessionListener
 from desktop.store.conversations import ConversationStore
 from desktop.store.schema import StoreError
+from desktop.turns import model_note, other_models
 from desktop.views.chat_pane import ChatPane
 from desktop.views.chat_view import MessageWidget
-from desktop.views.input_hint import hint_text, max_tokens_warning
+from desktop.views.input_hint import (
+    estimate_tokens,
+    hint_text,
+    last_part_that_fits,
+    max_tokens_warning,
+    refused_count,
+    too_long,
+    too_long_text,
+)
 from desktop.views.message_edit import BUSY_NOTICE, MessageEdit
 from desktop.views.side_panel import SidePanel
+from desktop.views.token_mark import mark_token
 from desktop.views.topk_panel import visible_token
 from desktop.views.window_layout import StatusLine
 from engine.events import GenerationResult, GenerationStarted, ModelInfo, PrefillProgress, Step
 
 RETRY_SAVE_MS = 2000
+
+
+def hint_tokens(text: str, system_prompt: str) -> int:
+    """The estimate the hint shows for a message with its system prompt."""
+    return estimate_tokens(text) + estimate_tokens(system_prompt)
 
 
 class _Background(SessionListener):
@@ -86,6 +103,15 @@ class ChatScreen(QObject):
         self.message_edit = MessageEdit(self.input, self.banner, self.chat, parent)
         self._prompt_timer = QTimer(self, singleShot=True, interval=400)
         self._retry_timer = QTimer(self, interval=RETRY_SAVE_MS)
+        self._fits = True
+        """Whether the typed message fits the context (Send is off while it does not)."""
+        self._last_branch: tuple[ChatSession, object, int] | None = None
+        """(session, the new version, the message id of the version it was made from): what
+        Undo (the banner's button, Ctrl+Z) takes back."""
+        self._undo_pending = False
+        """Undo was asked while the branch still streamed: it runs once the reply has ended."""
+        self._refused: tuple[str, int] | None = None
+        """(text, exact tokens) of the last message the engine refused as too long."""
         self.session = self._new_session()
         self._connect()
 
@@ -94,6 +120,7 @@ class ChatScreen(QObject):
         engine.generation_started.connect(self._on_generation_started)
         engine.prefill_progress.connect(self._on_prefill)
         engine.token.connect(self._on_token)
+        engine.generation_paused.connect(self._on_paused)
         engine.generation_finished.connect(self._on_finished)
         engine.generation_failed.connect(self._on_failed)
         engine.state_changed.connect(self._on_state)
@@ -108,6 +135,11 @@ class ChatScreen(QObject):
         self.topk.alternative_chosen.connect(self._branch_from_panel)
         self.sampling.max_new_tokens.valueChanged.connect(self.update_hints)
         self.input.textChanged.connect(self.update_hints)
+        self.sampling.system_prompt.textChanged.connect(self.update_hints)  # it counts too
+        self.pane.trim_button.clicked.connect(self.keep_last_part)
+        self.buttons_changed.connect(self.update_model_note)  # a reply, a version, a chat shown
+        self.models.loaded.connect(lambda *_: self.update_model_note())
+        self.models.unloaded.connect(self.update_model_note)
         self.opener.ready.connect(self._opened)
         self.opener.failed.connect(
             lambda m: self.show_error(f"Could not open this conversation: {m}")
@@ -195,9 +227,7 @@ class ChatScreen(QObject):
         if self.controller.busy:
             return False
         if self.model_info is None:
-            self.show_error(
-                "No model is loaded yet: open a model folder first (File → Open model folder…)."
-            )
+            self.show_error(f"{NO_MODEL_YET}.")
             return False
         self.save_system_prompt()
         return True
@@ -206,6 +236,9 @@ class ChatScreen(QObject):
         """Post the user's message (saved at once) and ask for a reply (`step`: in step mode);
         while a message is being edited, the text becomes a new version of that message instead
         (the old one and the turns after it stay, one ‹ › away)."""
+        if text and not self._fits_context(text):
+            self._refuse_too_long(text)  # kept in the box; no conversation is created
+            return
         if text and self.defer_send(text):
             return  # a paused step-mode reply ends first; the message goes once it has
         if not text or not self._can_ask():
@@ -218,6 +251,76 @@ class ChatScreen(QObject):
                 self.message_edit.sent()
         elif self._ask(lambda: self.session.send(text, options)):
             self.input.clear()
+
+    # -- a message too long for the context -------------------------------------------------
+
+    @property
+    def message_fits(self) -> bool:
+        """The typed message can fit the open model's context (the window turns Send off
+        otherwise); True with no model, when nothing is known yet."""
+        return self._fits
+
+    def _system_prompt(self) -> str:
+        return self.sampling.system_prompt.toPlainText()
+
+    def _fits_context(self, text: str) -> bool:
+        max_context = self.model_info.max_context if self.model_info else None
+        return not too_long(text, max_context, self._system_prompt())
+
+    def _refuse_too_long(self, text: str, exact: int | None = None) -> None:
+        """Say that `text` cannot be sent and what can be done: shorten it, or keep its last
+        part that fits (a button in the notice, as beside the box). `exact`: the engine's count."""
+        if self.model_info is None:
+            return
+        max_context = self.model_info.max_context
+        system = self._system_prompt()
+        tokens = hint_tokens(text, system) if exact is None else exact
+        with_system = bool(system.strip())
+        self.banner.show_message(
+            too_long_text(tokens, max_context, exact=exact is not None, with_system=with_system),
+            "notice",
+            action="Keep the last part that fits",
+            callback=self.keep_last_part,
+        )
+
+    def keep_last_part(self) -> None:
+        """Cut the message in the box to its last part that fits the context with room for a
+        reply (the engine's exact count of a refused message, when known, sizes the cut)."""
+        if self.model_info is None:
+            return
+        text = self.input.toPlainText()
+        refused = self._refused
+        exact = refused[1] if refused is not None and refused[0] == text.strip() else None
+        kept = last_part_that_fits(
+            text,
+            self.model_info.max_context,
+            self.sampling.max_new_tokens.value(),
+            self._system_prompt(),
+            tokens=exact,
+        )
+        if self.banner.showing(self.keep_last_part):
+            self.banner.hide()
+        self.input.setPlainText(kept)
+        self.input.moveCursor(QTextCursor.MoveOperation.End)
+        self.input.setFocus()
+
+    def _withdraw_refused(self, session: ChatSession, result: GenerationResult) -> bool:
+        """The engine refused a message as too long for the context (the estimate let it
+        through): take it back out of the conversation (and the conversation, if it was new),
+        put the text back in the box and offer to trim it. False for any other failure."""
+        refused = refused_count(result.error)
+        if refused is None or session is not self.session:
+            return False
+        text = session.withdraw_refused()
+        if text is None:
+            return False
+        if session.conversation_id is None:
+            self.library.attempt(lambda: self.store.set_last_open(None))
+        self._refused = (text.strip(), refused[0])
+        if not self.input.toPlainText().strip():  # never overwrite what was typed since
+            self.input.setPlainText(text)
+        self._refuse_too_long(text, exact=refused[0])
+        return True
 
     def regenerate(self, step: bool = False) -> None:
         """Answer the last user message again (a new version of the last reply, if any)."""
@@ -275,11 +378,51 @@ class ChatScreen(QObject):
         if not self._can_ask():
             return
         self.banner.hide()
+        session, source = self.session, turn.message_id
         try:
             options = dataclasses.replace(self.sampling.options(), step=step_mode)
-            self._ask(lambda: self.session.branch(turn, step, token_id, options))
+            if not self._ask(lambda: session.branch(turn, step, token_id, options)):
+                return
         except ValueError as exc:
             self.show_error(f"Cannot branch from there: {exc}.", kind="notice")
+            return
+        if session.reply is not None and source is not None:
+            self._offer_undo(session, session.reply, source, step)
+
+    def _offer_undo(self, session: ChatSession, reply, source: int, step: int) -> None:
+        """Say that a new version was made, with Undo (Ctrl+Z) right there."""
+        self._last_branch, self._undo_pending = (session, reply, source), False
+        self.banner.show_message(
+            f"New version {reply.version} of this reply, continued from token {step + 1}; "
+            "Ctrl+Z takes it back.",
+            "notice",
+            action="Undo",
+            callback=self.undo_branch,
+            shortcut="Ctrl+Z",
+        )
+
+    def undo_branch(self) -> None:
+        """Take back the branch just made: the new version goes (stopped first if it still
+        streams) and the version it was made from is shown again."""
+        last = self._last_branch
+        if last is None:
+            return
+        session, reply, source = last
+        if session is not self.session:
+            self._last_branch = None
+            return
+        if session.reply is reply:  # still being written: stop it, undo once it has ended
+            self._undo_pending = True
+            self.stop()
+            return
+        self._last_branch, self._undo_pending = None, False
+        done: list[bool] = []
+        if self.library.attempt(lambda: done.append(session.undo_version(reply, source))):
+            self._clear_panel()
+            self.library.refresh()
+            self.buttons_changed.emit()
+            if done and done[0]:
+                self.show_error("Branch undone: the earlier version is shown again.", "notice")
 
     def _branch_from_panel(self, step: Step, token_id: int) -> None:
         turn = self._panel_turn
@@ -307,7 +450,28 @@ class ChatScreen(QObject):
             return
         if self.library.attempt(lambda: self.session.show_version(turn, version)):
             self._clear_panel()
+            self._show_figures_of_shown()
             self.buttons_changed.emit()
+
+    def _show_figures_of_shown(self) -> None:
+        """The status bar's figures (context used, speed) of the reply now shown: after ‹ ›
+        they are those of the version on screen, which the next message continues from."""
+        reply = next((t for t in reversed(self.session.turns) if t.role == "assistant"), None)
+        t = reply.timings if reply is not None else {}
+        prompt, generated = t.get("prompt_tokens"), t.get("generated_tokens")
+        if self.model_info is None or not isinstance(prompt, int) or not isinstance(generated, int):
+            self._context_used = 0
+            self.status_line.clear_reply()
+            return
+        self._context_used = prompt + generated
+        self.status_line.finished(
+            GenerationResult(
+                "", [], prompt, generated, 0.0, float(t.get("ttft_s") or 0.0),
+                float(t.get("decode_tokens_per_s") or 0.0), reply.stop_reason or "",
+                max_context=self.model_info.max_context, dropped_turns=reply.dropped_turns,
+            )
+        )  # fmt: skip
+        self.update_hints()
 
     def _clear_panel(self) -> None:
         self.topk.clear()
@@ -349,6 +513,14 @@ class ChatScreen(QObject):
             self.status_line.step(step, self.model_info.max_context)
         self.token_shown.emit(step)
 
+    def _on_paused(self, request_id: int) -> None:
+        """A step-mode reply waits for the next click: the status bar says where it stands."""
+        session = self._streaming
+        if session is None or session is not self.session or session.reply is None:
+            return
+        if self.controller.paused == request_id and self.model_info is not None:
+            self.status_line.paused(len(session.reply.steps), self.model_info.max_context)
+
     def _on_finished(self, result: GenerationResult) -> None:
         session = self._streaming
         if session is None or not session.on_finished(result):
@@ -371,13 +543,17 @@ class ChatScreen(QObject):
         if session is None or not session.on_failed(result):
             return
         self._streaming = None
-        self.show_error(result.error)
+        if not self._withdraw_refused(session, result):
+            self.show_error(result.error)
         self._after_reply(result)
 
     def _after_reply(self, result: GenerationResult) -> None:
         self.library.refresh()
         self.buttons_changed.emit()
         self.reply_finished.emit(result)
+        if self._undo_pending:
+            self._undo_pending = False
+            self.undo_branch()
 
     def _on_state(self, state: ReplyState) -> None:
         """The controller's state changed (after the answer that changed it was routed): a
@@ -390,6 +566,7 @@ class ChatScreen(QObject):
         step = widget.steps[index]
         title = f"Token {index + 1} of {len(widget.steps)}: “{visible_token(step.piece)}”"
         self._panel_turn = getattr(widget, "turn", None)
+        mark_token(self.chat, widget, index)  # which of the shaded tokens the panel describes
         self.topk.show_step(dataclasses.replace(step, index=index), title=title)
         self.topk.flush_now()
 
@@ -411,11 +588,27 @@ class ChatScreen(QObject):
         if all(s.retry_saves() for s in sessions.values()):
             self._retry_timer.stop()
 
+    def update_model_note(self) -> None:
+        """Say, above the message box, when the open model is not the one that wrote this
+        chat's replies (a saved chat continues with whatever model is open)."""
+        name = self.model_info.name if self.model_info else ""
+        note = model_note(other_models(self.session.turns, name), name) if name else ""
+        label = self.pane.model_note
+        if label.text() != note:
+            label.setText(note)
+        label.setVisible(bool(note))
+
     def update_hints(self) -> None:
         """The typed message's estimated cost, and a too-long max new tokens, as you type."""
         max_context = self.model_info.max_context if self.model_info else None
         used = self._context_used if self.session.turns else 0
-        self.pane.input_hint.setText(hint_text(self.input.toPlainText(), max_context, used))
+        text, system = self.input.toPlainText(), self._system_prompt()
+        self.pane.input_hint.setText(hint_text(text, max_context, used, system))
+        fits = not too_long(text, max_context, system)
+        self.pane.trim_button.setVisible(not fits)
+        if fits != self._fits:
+            self._fits = fits
+            self.buttons_changed.emit()  # Send follows
         warning = max_tokens_warning(self.sampling.max_new_tokens.value(), max_context)
         self.sampling.warning.setText(warning)
         self.sampling.warning.setVisible(bool(warning))

@@ -7,6 +7,7 @@ import dataclasses
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal
@@ -31,6 +32,10 @@ class EngineController(QObject):
     Two cancel flags, set directly from the GUI thread (a queued "stop" could not run while the
     worker is busy): one stops a reply between tokens, the other a model load between tensors,
     so closing the window during a load does not wait for the whole model.
+
+    Timings are relayed as compute time: the seconds a step-mode reply waited for the user's
+    next click (`paused_s`) are taken out of each `Step.elapsed_s` and of the result's speed, so
+    the status bar's tok/s is the model's speed, not the user's clicking.
     """
 
     # The reply's state (desktop.reply_state): emitted once per change, after the answer that
@@ -53,6 +58,9 @@ class EngineController(QObject):
     _unload_requested = Signal()
     _inspect_requested = Signal(object)
     _resume_requested = Signal(int, bool)
+    _draft_requested = Signal(str, int)
+    draft_ready = Signal(str)  # the draft in use now ("" = speculative decoding off)
+    draft_failed = Signal(str)  # why the chosen draft cannot be used (it was turned off)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -69,6 +77,9 @@ class EngineController(QObject):
         self._unload_requested.connect(self.worker.unload)
         self._inspect_requested.connect(self.worker.inspect)
         self._resume_requested.connect(self.worker.resume)
+        self._draft_requested.connect(self.worker.set_draft)
+        self.worker.draft_ready.connect(self.draft_ready)
+        self.worker.draft_failed.connect(self.draft_failed)
         self._thread.finished.connect(self.worker.deleteLater)
         self._thread.start()
         self._running = True
@@ -80,6 +91,10 @@ class EngineController(QObject):
         """The id of the reply the state describes (routing data: older answers are stale)."""
         self._one_step = False
         """The running reply pauses after its next token (a step, or a pause asked for)."""
+        self._paused_total = 0.0
+        """Seconds the current reply has spent PAUSED, up to its last resume."""
+        self._paused_since: float | None = None
+        """When the current pause began (monotonic clock); None unless PAUSED."""
         self._loads: collections.deque[tuple[str, str]] = collections.deque()
         self.answered_load: tuple[str, str] = ("", "none")
         """(path, quant) of the load that the latest `model_loaded`/`load_failed` answers.
@@ -124,6 +139,18 @@ class EngineController(QObject):
     def stepping(self) -> bool:
         """The running reply will pause after its next token (step mode)."""
         return self._state.busy and self._one_step
+
+    @property
+    def paused_s(self) -> float:
+        """Seconds the current reply has waited in PAUSED so far (the ongoing pause included):
+        time the engine did not compute, kept out of its speed."""
+        ongoing = time.monotonic() - self._paused_since if self._paused_since is not None else 0.0
+        return self._paused_total + ongoing
+
+    def _end_pause(self) -> None:
+        if self._paused_since is not None:
+            self._paused_total += time.monotonic() - self._paused_since
+            self._paused_since = None
 
     @property
     def request_id(self) -> int | None:
@@ -178,6 +205,11 @@ class EngineController(QObject):
         if not self._state.active:
             self._transition(ReplyState.LOADING)
 
+    def set_draft(self, spec: str, k: int) -> None:
+        """Speculative decoding for the replies that follow: "" off, "lookup", or a draft
+        model (loaded in the engine thread; `draft_ready` or `draft_failed` answers)."""
+        self._draft_requested.emit(spec, int(k))
+
     def unload(self) -> None:
         self.stop()
         self._unload_requested.emit()
@@ -193,6 +225,7 @@ class EngineController(QObject):
         self._pause.clear()
         self._request = request_id  # the worker ends a paused reply before starting this one
         self._one_step = request.step
+        self._paused_total, self._paused_since = 0.0, None
         self._generate_requested.emit(dataclasses.replace(request, request_id=request_id))
         self._transition(ReplyState.PREFILLING)
         return request_id
@@ -213,6 +246,7 @@ class EngineController(QObject):
             return False
         self._cancel.clear()
         self._pause.clear()
+        self._end_pause()
         self._run(one)
         self._transition(ReplyState.STREAMING)
         return True
@@ -228,6 +262,7 @@ class EngineController(QObject):
         paused reply ends at once (its `generation_finished` follows)."""
         self._cancel.set()
         if self._state is ReplyState.PAUSED:
+            self._end_pause()
             self._run(False)  # sees the cancel flag before reading anything
         if self._state.active:
             self._transition(ReplyState.STOPPING)
@@ -248,6 +283,8 @@ class EngineController(QObject):
         self.prefill_progress.emit(progress)
 
     def _on_token(self, step: object) -> None:
+        if self._current(getattr(step, "request_id", None)) and self._paused_total:
+            step = compute_time_step(step, self._paused_total)
         if self._current(getattr(step, "request_id", None)) and self._state is PREFILLING:
             self._transition(ReplyState.STREAMING, lambda: self.token.emit(step))
         else:
@@ -263,6 +300,7 @@ class EngineController(QObject):
             self._transition(ReplyState.STOPPING, lambda: self.generation_paused.emit(request_id))
             return
         self._one_step = False
+        self._paused_since = time.monotonic()
         self._transition(ReplyState.PAUSED, lambda: self.generation_paused.emit(request_id))
 
     def _on_finished(self, result: object) -> None:
@@ -276,6 +314,9 @@ class EngineController(QObject):
             relay.emit(result)  # a stale answer (a replaced reply): routed, no state change
             return
         self._one_step = False
+        self._end_pause()
+        if self._paused_total:
+            result = compute_time_result(result, self._paused_total)
         if failed:  # announced, then settled: the failure's listeners read IDLE, as on finish
             self._transition(ReplyState.FAILED)
         self._transition(self._settled(), lambda: relay.emit(result))
@@ -317,3 +358,25 @@ class EngineController(QObject):
         if app is not None:
             self.setParent(app)
         return False
+
+
+def compute_time_step(step: object, paused_s: float) -> object:
+    """`step` with the time its reply spent paused taken out of `elapsed_s` (never below 0)."""
+    elapsed = getattr(step, "elapsed_s", None)
+    if not isinstance(elapsed, float) or not dataclasses.is_dataclass(step):
+        return step
+    return dataclasses.replace(step, elapsed_s=max(0.0, elapsed - paused_s))
+
+
+def compute_time_result(result: object, paused_s: float) -> object:
+    """`result` with its decode speed over compute time only: the engine timed its decode loop
+    from the first token to the end, pauses between step-mode clicks included (all of them
+    after the first token, so time to first token is already right)."""
+    tps = getattr(result, "decode_tokens_per_s", 0.0)
+    tokens = getattr(result, "generated_tokens", 0)
+    if not dataclasses.is_dataclass(result) or not tps or tokens < 2:
+        return result
+    decode_s = (tokens - 1) / tps - paused_s
+    if decode_s <= 0:  # the pause was measured on another clock; keep what the engine said
+        return result
+    return dataclasses.replace(result, decode_tokens_per_s=(tokens - 1) / decode_s)

@@ -66,6 +66,11 @@ class ConversationLibrary(QObject):
         self.attempt(lambda: self.store.rename(conversation_id, title))
         self.refresh()
 
+    def pin(self, conversation_id: int, pinned: bool) -> None:
+        """Pin a conversation to the top of the list (or unpin it), then show the new order."""
+        self.attempt(lambda: self.store.set_pinned(conversation_id, pinned))
+        self.refresh()
+
     def delete(self, conversation_id: int, new_chat: Callable[[], None]) -> None:
         """Delete with undo (`new_chat` when it is the one on screen); after the undo window, or
         on quit, it is purged from the file."""

@@ -24,6 +24,7 @@ from desktop.controller import EngineController
 from desktop.library import ConversationLibrary
 from desktop.menus import Menus
 from desktop.model_loading import ModelLoading, recent_models
+from desktop.search_jump import SearchJump
 from desktop.session import ChatSession
 from desktop.step_mode import StepMode
 from desktop.store.conversations import ConversationStore
@@ -94,6 +95,10 @@ class MainWindow(QMainWindow):
         self.stop_action = self.menus.stop_action
         self.regenerate_action = self.menus.regenerate_action
         self._connect()
+        # Opening a conversation from a filtered list shows the matching message.
+        self.search_jump = SearchJump(
+            self.conversations, self.chat, self.opener, self._open_id, self
+        )
         # The see-inside features: each gets the menu it adds to and what it drives.
         self.surprisal = SurprisalTint(self, self.controller, self.chat, self)
         self.surprisal.add_to(self.menus.view_menu)
@@ -135,10 +140,16 @@ class MainWindow(QMainWindow):
         lst.open_requested.connect(self.open_conversation)
         lst.new_requested.connect(self.new_chat)
         lst.rename_requested.connect(self.library.rename)
+        lst.pin_requested.connect(self.library.pin)
+        self.pane.model_bar.clicked.connect(self.show_model_chooser)
         lst.delete_requested.connect(self.delete_conversation)
         lst.export_requested.connect(self.menus.choose_export)
         lst.search_changed.connect(lambda _text: self.refresh_conversations())
         self.sampling.report_top.valueChanged.connect(self.topk.set_k)
+        draft = self.sampling.draft
+        draft.changed.connect(self.controller.set_draft)
+        self.controller.set_draft(draft.spec, draft.k.value())
+        self.controller.draft_failed.connect(self._draft_failed)
 
     def _connect_features(self) -> None:
         """After the window's own slots: a feature reads what the window has just shown."""
@@ -241,7 +252,12 @@ class MainWindow(QMainWindow):
     def show_model_chooser(self):
         from desktop.views.model_chooser import ModelChooser
 
-        chooser = ModelChooser(self, downloads=self.downloads)
+        chooser = ModelChooser(
+            self,
+            downloads=self.downloads,
+            current=self.current_model_path(),
+            recent=self.recent_models(),
+        )
         chooser.model_chosen.connect(self.load_model)
         chooser.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         self.chooser = chooser
@@ -257,6 +273,7 @@ class MainWindow(QMainWindow):
         self.banner.hide()
         self.status_line.loading(0.0, "Loading…")
         self.models.load(path, quant)
+        self.pane.model_bar.show_loading(Path(path).name or path)
         self.update_buttons()
 
     def model_loading(self) -> bool:
@@ -276,6 +293,7 @@ class MainWindow(QMainWindow):
         """Status bar, title and buttons for the model now loaded (or none)."""
         info = self.model_info
         self.status_line.loaded(info, loading_done)
+        self.pane.model_bar.show_model(info, self.current_model_path())
         self.setWindowTitle(f"Loopchat — {info.name}" if info else "Loopchat")
         self.chat_screen.update_hints()
         self.session.model = info.name if info else self.session.model
@@ -308,6 +326,11 @@ class MainWindow(QMainWindow):
         except StoreError as exc:
             log.warning("could not record the dismissed notice: %s", exc)
 
+    def _draft_failed(self, message: str) -> None:
+        """The chosen draft cannot serve this model: the setting goes back to Off, and why."""
+        self.sampling.draft.set_spec("", save=True)
+        self.show_error(f"Speculative decoding is off: {message}", "notice")
+
     def show_error(self, message: str, kind: str = "error") -> None:
         """Non-blocking: a banner above the chat (tests and users never get stuck in a dialog).
 
@@ -320,7 +343,8 @@ class MainWindow(QMainWindow):
     def update_buttons(self) -> None:
         busy = self.controller.busy
         ready = self.model_info is not None and not self.models.in_progress
-        self.send_button.setEnabled(ready and not busy)
+        fits = self.chat_screen.message_fits  # too long for the context: the hint says why
+        self.send_button.setEnabled(ready and not busy and fits)
         self.stop_button.setEnabled(self.controller.state.active)  # paused: Stop ends it
         can_regenerate = ready and not busy and self.session.can_regenerate
         self.regenerate_button.setEnabled(can_regenerate)

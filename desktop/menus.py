@@ -7,16 +7,18 @@ File → Import / Export … Markdown) keep those names; the window exposes the 
 
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 from typing import Protocol
 
 from PySide6.QtCore import QObject, QSettings, Qt
-from PySide6.QtGui import QAction, QActionGroup, QKeySequence
-from PySide6.QtWidgets import QFileDialog, QMainWindow, QMenu, QMessageBox, QWidget
+from PySide6.QtGui import QAction, QActionGroup, QKeySequence, QShortcut
+from PySide6.QtWidgets import QFileDialog, QMainWindow, QMenu, QMenuBar, QMessageBox, QWidget
 
+from desktop.app_text import NO_MODEL_YET
 from desktop.library import ConversationLibrary
-from desktop.model_loading import WEIGHTS, ModelLoading, recent_models
+from desktop.model_loading import WEIGHTS, ModelLoading, recent_label, recent_models
 from desktop.views.conversation_list import ConversationList
 from desktop.views.sampling_panel import SamplingPanel
 
@@ -56,6 +58,7 @@ class Menus(QObject):
         self.window, self.host, self.models, self.library = window, host, models, library
         self.settings = settings
         self.shortcuts_box: QMessageBox | None = None
+        self.about_box: QMessageBox | None = None
         bar = window.menuBar()
         self.file_menu = bar.addMenu("&File")
         self._file_menu(host)
@@ -66,8 +69,17 @@ class Menus(QObject):
             self.chat_menu, "&Stop generating", host.escape, Qt.Key.Key_Escape
         )
         window.addAction(self.stop_action)  # Esc works wherever the focus is
+        self.stop_action.setToolTip("Stop the reply being written, or cancel editing a message")
         self.regenerate_action = self._action(
             self.chat_menu, "&Regenerate last reply", host.regenerate, "Ctrl+R"
+        )
+        self._regenerate_refused = QShortcut(QKeySequence("Ctrl+R"), window)
+        """Ctrl+R while Regenerate is disabled: says why instead of doing nothing silently.
+        Enabled only while the action is not, so the two never compete for the key."""
+        self._regenerate_refused.setEnabled(False)
+        self._regenerate_refused.activated.connect(self.explain_regenerate)
+        self.regenerate_action.changed.connect(
+            lambda: self._regenerate_refused.setEnabled(not self.regenerate_action.isEnabled())
         )
         self.chat_menu.addSeparator()
         self._action(
@@ -118,12 +130,18 @@ class Menus(QObject):
             lambda: self.choose_export(host.conversation_id, "json"),
         )
         menu.addSeparator()
-        self._action(menu, "&Quit", self.window.close, QKeySequence.StandardKey.Quit)
+        self.quit_action = self._action(menu, "&Quit", self.window.close)
+        # The platform's Quit keys; some platforms (Windows, a bare X session) have none, and
+        # the shortcuts list promised Ctrl+Q.
+        quit_keys = QKeySequence.keyBindings(QKeySequence.StandardKey.Quit)
+        self.quit_action.setShortcuts(quit_keys or [QKeySequence("Ctrl+Q")])
 
     def _models_menu(self, host: MenuHost) -> None:
         menu = self.models_menu
         self._action(menu, "&Choose or download a model…", host.show_model_chooser, "Ctrl+M")
         self.recent_menu = menu.addMenu("&Recent models")
+        self.recent_menu.setToolTipsVisible(True)  # each entry's full path
+        self.recent_menu.aboutToShow.connect(self.refresh_recent)  # the tick follows the model
         self._action(menu, "&Unload model", host.unload_model)
         weights = menu.addMenu("&Weights")
         self.weights_group = QActionGroup(self.window)
@@ -203,16 +221,53 @@ class Menus(QObject):
         self.weights_actions.get(quant, self.weights_actions["none"]).setChecked(True)
 
     def refresh_recent(self) -> None:
+        """Recent models by name (the built-in model's, a folder's own; the full path in the
+        tooltip and the action's data), the open one ticked."""
         self.recent_menu.clear()
+        current = self.models.current_path()
         recent = recent_models(self.settings)
-        for path in recent:
-            action = self.recent_menu.addAction(path)
-            action.triggered.connect(lambda _=False, p=path: self.host.load_model(p))
+        labels = [recent_label(path) for path in recent]
+        names = [name for name, _tip in labels]
+        for path, (name, tip) in zip(recent, labels, strict=True):
+            if names.count(name) > 1 and Path(path).parent.name:  # two folders named alike
+                name = f"{name} ({Path(path).parent.name})"
+            action = self.recent_menu.addAction(name)
+            action.setData(path)
+            action.setToolTip(tip)
+            action.setCheckable(True)
+            action.setChecked(path == current)
+            action.triggered.connect(lambda _=False, p=path: self._open_recent(p))
         self.recent_menu.setEnabled(bool(recent))
 
+    def _open_recent(self, path: str) -> None:
+        if path == self.models.current_path() and not self.models.in_progress:
+            self.refresh_recent()  # the click unticked it: it is still the open one
+            self.window.statusBar().showMessage(f"{recent_label(path)[0]} is already open.", 5000)
+            return
+        self.host.load_model(path)
+
+    def explain_regenerate(self) -> str:
+        """Why Ctrl+R cannot regenerate now, shown in the status bar (returned for tests)."""
+        controller = self.models.controller
+        if controller.state.active:
+            why = (
+                "Ctrl+R waits: a reply is being written. Stop it (Esc), then press Ctrl+R "
+                "to write it again."
+            )
+        elif self.models.in_progress:
+            why = "The model is still loading: Ctrl+R works once it is open."
+        elif self.models.info is None:
+            why = f"{NO_MODEL_YET}."
+        else:
+            why = "Nothing to regenerate here: Ctrl+R writes the last reply to a message again."
+        self.window.statusBar().showMessage(why, 8000)
+        return why
+
     def show_shortcuts(self) -> QMessageBox:
+        """The list, read from the actions themselves (menus and window), so it cannot drift."""
         rows = "".join(
-            f"<tr><td><b>{k}</b>&nbsp;&nbsp;</td><td>{v}</td></tr>" for k, v in SHORTCUTS
+            f"<tr><td><b>{html.escape(k)}</b>&nbsp;&nbsp;</td><td>{html.escape(v)}</td></tr>"
+            for k, v in shortcut_rows(self.window.menuBar(), self.window.findChildren(QAction))
         )
         box = QMessageBox(QMessageBox.Icon.NoIcon, "Keyboard shortcuts", f"<table>{rows}</table>")
         box.setParent(self.window, box.windowFlags())
@@ -221,15 +276,15 @@ class Menus(QObject):
         self.shortcuts_box = box
         return box
 
-    def about(self) -> None:
-        from desktop.version import app_version
-
-        QMessageBox.about(
-            self.window,
-            "About Loopchat",
-            f"<b>Loopchat {app_version()}</b><p>Llama 2 on your own computer, with loop attention "
-            "you can watch at work.</p>",
-        )
+    def about(self) -> QMessageBox:
+        """Version, licence and where Loopchat keeps its files (not modal-blocking either)."""
+        box = QMessageBox(QMessageBox.Icon.NoIcon, "About Loopchat", about_text())
+        box.setParent(self.window, box.windowFlags())
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)  # copy a path
+        box.open()
+        self.about_box = box
+        return box
 
     def choose_model_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(
@@ -261,24 +316,73 @@ class Menus(QObject):
             self.host.import_conversation(Path(path))
 
 
-SHORTCUTS = (
+KEYS_WITHOUT_ACTIONS = (
     ("Enter", "Send the message"),
     ("Shift+Enter", "New line in the message"),
-    ("Esc", "Stop generating, or cancel editing a message"),
-    ("Ctrl+N", "New chat"),
-    ("Ctrl+R", "Regenerate the last reply"),
-    ("F10", "Next token (step mode: one token, and how it was chosen)"),
-    ("F5", "Continue a reply paused in step mode"),
-    ("Ctrl+Shift+T", "Step mode on or off"),
-    ("Ctrl+F", "Search conversations"),
-    ("F2", "Rename the open conversation"),
-    ("Delete", "Delete the selected conversation (with Undo)"),
-    ("Ctrl+M", "Choose or download a model"),
-    ("Ctrl+O", "Open a model folder"),
-    ("Ctrl+Shift+L", "Show or hide the conversations"),
-    ("Ctrl+B", "Show or hide the side panel"),
-    ("F1", "This list"),
 )
+"""Keys the message box handles itself; every other shortcut is read from its action."""
+
+
+def plain(text: str) -> str:
+    """A menu label without its mnemonic marks and trailing ellipsis ("&Open model folder…")."""
+    return text.replace("&&", "\0").replace("&", "").replace("\0", "&").rstrip("…").strip()
+
+
+def shortcut_rows(bar: QMenuBar, extra: list[QAction]) -> list[tuple[str, str]]:
+    """(keys, what they do) for every action with a shortcut: the menu bar's, in menu order,
+    named by their menu path ("Chat → Regenerate last reply", plus the action's tooltip when it
+    says more), then `extra` actions found in no menu (the window's and its widgets' own)."""
+    rows = list(KEYS_WITHOUT_ACTIONS)
+    seen: set[int] = set()
+
+    def add(action: QAction, where: str) -> None:
+        keys = [k.toString(QKeySequence.SequenceFormat.NativeText) for k in action.shortcuts()]
+        keys = [k for k in keys if k]
+        if not keys or id(action) in seen:
+            return
+        seen.add(id(action))
+        tip = action.toolTip()
+        if action.isCheckable():
+            where += " (on/off)"
+        if tip and plain(tip) != plain(action.text()):
+            where += f" — {tip}"
+        rows.append((" or ".join(keys), where))
+
+    def visit(menu: QMenu, path: list[str]) -> None:
+        for action in menu.actions():
+            if action.menu() is not None:
+                visit(action.menu(), [*path, plain(action.menu().title())])
+            elif not action.isSeparator():
+                add(action, " → ".join([*path, plain(action.text())]))
+
+    for top in bar.actions():
+        if top.menu() is not None:
+            visit(top.menu(), [plain(top.text())])
+    for action in extra:
+        add(action, plain(action.text()))
+    return rows
+
+
+LICENCE = "MIT"
+"""pyproject.toml's `license`: the app's own code (a downloaded model has its own licence)."""
+
+
+def about_text() -> str:
+    """About's text: what Loopchat is, its licence, and the folders it keeps files in."""
+    from desktop.paths import app_folders
+    from desktop.version import app_version
+
+    folders = "".join(
+        f"<tr><td>{html.escape(what)}&nbsp;&nbsp;</td><td>{html.escape(str(path))}</td></tr>"
+        for what, path in app_folders()
+    )
+    return (
+        f"<b>Loopchat {html.escape(app_version())}</b><p>Llama 2 on your own computer, with loop "
+        f"attention you can watch at work.</p><p>Licence: {LICENCE}. Each model keeps its own "
+        f"licence (the model chooser names it).</p><p>Loopchat keeps its files here:</p>"
+        f"<table>{folders}</table>"
+    )
+
 
 EXPORT_FILTERS = {"md": "Markdown (*.md)", "json": "JSON (*.json)"}
 _UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]+')

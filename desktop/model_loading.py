@@ -13,9 +13,10 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, QSettings, Signal
 
+from desktop.app_text import sentences
 from desktop.controller import EngineController
 from engine.events import ModelInfo
-from engine.front_door import is_builtin
+from engine.front_door import DISPLAY_NAME, is_builtin
 
 log = logging.getLogger(__name__)
 MAX_RECENT = 8
@@ -68,6 +69,18 @@ def remember_recent(settings: QSettings, path: str) -> None:
     recent = [p for p in recent_models(settings) if p != path]
     settings.setValue("models/recent", [path, *recent][:MAX_RECENT])
     settings.setValue("models/last", path)
+
+
+def recent_label(path: str) -> tuple[str, str]:
+    """(name, tooltip) for a model in *Recent models* and the chooser's "Opened before": the
+    built-in model's display name, a folder's own name with its full path as the tooltip, a
+    Hub repo id as it is (a list of full paths all starting "/home/…" told nothing apart)."""
+    if is_builtin(path):
+        return DISPLAY_NAME, "The model that ships with Loopchat (no download)"
+    folder = Path(path)
+    if folder.is_absolute() or path.startswith(("~", ".")):
+        return folder.name or path, path
+    return path, f"{path} (from the Hugging Face cache)"
 
 
 def model_label(path: str) -> str:
@@ -201,11 +214,15 @@ class ModelLoading(QObject):
         fallback = self._take_fallback(path)
         if self.info is None:
             self._failed_path = path
-        kept = f" {self.info.name} is still loaded." if self.info else ""
+        # Not "hf is still loaded.": after a full stop the window capitalises a sentence's
+        # first word, and a model's name must stay as it is.
+        kept = f"Still loaded: {self.info.name}." if self.info else ""
         if fallback is not None:
             label, first = fallback
             message = f"With {label} weights: {first}; with 16-bit weights: {message}"
-        self.failed.emit(f"Could not open the model. {message}{kept}")
+        # Each part its own sentence: an engine message has no full stop of its own, and the
+        # model's name after it read as its continuation ("…not available Built-in: …").
+        self.failed.emit(sentences("Could not open the model.", message, kept))
 
     def _take_fallback(self, path: str) -> tuple[str, str] | None:
         """(format's label, reason) when the load of `path` that just answered was the 16-bit

@@ -94,6 +94,9 @@ class ChatSession(SavedSession):
         self._replaced: list[Turn] = []
         """The turns the reply in progress took the place of on screen (its other version and
         what followed it): shown again if the new version comes to nothing."""
+        self._sent: tuple[Turn, bool] | None = None
+        """(the message `send` just saved, whether it created the conversation) until its reply
+        writes a token: what `withdraw_refused` takes back if the engine refuses the message."""
 
     @classmethod
     def open(cls, store: ConversationStore, engine: Engine, conversation_id: int) -> ChatSession:
@@ -176,7 +179,8 @@ class ChatSession(SavedSession):
         """Save the user's message and ask for a reply. StoreError: nothing was sent."""
         if self.busy:
             raise RuntimeError("a reply is still being written")
-        if self.conversation_id is None:
+        created = self.conversation_id is None
+        if created:
             self.conversation_id = self.store.create_conversation(self.system_prompt, self.model)
         parent = self.turns[-1].message_id if self.turns else None
         message_id = self.store.add_message(self.conversation_id, USER, text, parent_id=parent)
@@ -184,6 +188,27 @@ class ChatSession(SavedSession):
         self.turns.append(turn)
         self.listener.turn_added(self, turn)
         self._request_reply(options)
+        self._sent = (turn, created)
+
+    def withdraw_refused(self) -> str | None:
+        """Take back the message `send` just saved when the engine refused it before writing
+        anything (too long for the context): off the screen and the disk, with the conversation
+        if that message created it. Returns its text, or None if there is nothing to take back
+        (the reply wrote something, or another request came since)."""
+        sent, self._sent = self._sent, None
+        if sent is None or self.busy:
+            return None
+        turn, created = sent
+        if not self.turns or self.turns[-1] is not turn:
+            return None
+        self.turns.remove(turn)
+        self.listener.turns_removed(self, [turn])
+        if created and not self.turns:
+            conversation_id, self.conversation_id = self.conversation_id, None
+            self._save(lambda: self.store.delete_conversation(conversation_id))
+        elif turn.message_id is not None:
+            self._save(lambda: self.store.delete_message(turn.message_id))
+        return turn.content
 
     def regenerate(self, options: ReplyOptions) -> bool:
         """Answer the last user message again: a new version of its reply, if it has one (the
@@ -226,9 +251,15 @@ class ChatSession(SavedSession):
         if not before or before[-1].role != USER:
             raise ValueError("only a reply to a message of yours can be branched")
         prefix = steps[:step]
+        # Who wrote the tokens kept: the source's own model, or, for tokens within the source's
+        # own kept part, the model that wrote those (a branch of a branch).
+        within = turn.prefix_model and step <= turn.branched_at
+        prefix_model = turn.prefix_model if within else turn.model
         self._set_aside(index)
         try:
-            self._request_reply(options, prefix=prefix, forced=(int(token_id),))
+            self._request_reply(
+                options, prefix=prefix, forced=(int(token_id),), prefix_model=prefix_model
+            )
         except StoreError:
             self._restore_replaced()
             raise
@@ -245,6 +276,18 @@ class ChatSession(SavedSession):
             return False
         self.store.show_version(siblings[version - 1])
         self._reload_from(self.turns.index(turn))
+        return True
+
+    def undo_version(self, turn: Turn, back_to: int) -> bool:
+        """Take back version `turn` (a branch just made, finished or stopped): delete it and
+        what followed it, and show version message `back_to` (the one it was made from) again.
+        False if there is nothing to take back (it is not shown, or a reply is running)."""
+        if self.busy or turn not in self.turns or turn.message_id is None:
+            return False
+        index = self.turns.index(turn)
+        self.store.delete_message(turn.message_id)
+        self.store.show_version(back_to)
+        self._reload_from(index)
         return True
 
     def edit(self, turn: Turn, text: str, options: ReplyOptions) -> None:
@@ -311,6 +354,7 @@ class ChatSession(SavedSession):
         reply = self.reply
         if reply is None or step.request_id != self.request_id:
             return False
+        self._sent = None  # answered: the message stays, whatever happens next
         reply.steps.append(step)
         reply.content += step.text
         if self._saver is not None:
@@ -400,15 +444,22 @@ class ChatSession(SavedSession):
         options: ReplyOptions,
         prefix: list[Step] | None = None,
         forced: tuple[int, ...] = (),
+        prefix_model: str = "",
     ) -> None:
         """Start a reply to the shown path's last turn (a new version if it has replies).
 
         A branch gives the `prefix` steps the reply starts with (copied from the version it
-        branches from, saved with it) and the `forced` token that follows them.
+        branches from, saved with it), the model that wrote them (`prefix_model`, saved with
+        the reply's settings so the label names each part's model) and the `forced` token that
+        follows them.
         """
+        self._sent = None  # `send` sets it again once its request is made
         messages = self.prompt_messages()
         prefix = prefix or []
         sampling = {**options.params.to_dict(), "max_new_tokens": options.max_new_tokens}
+        prefix_model = prefix_model if prefix else ""
+        if prefix_model:
+            sampling["prefix_model"] = prefix_model
         parent = self.turns[-1].message_id if self.turns else None
         reply_id = self.store.start_reply(
             self.conversation_id, self.model, sampling, parent_id=parent
@@ -426,6 +477,7 @@ class ChatSession(SavedSession):
             version=len(versions),
             versions=len(versions),
             timings={"branched_at": len(prefix)} if forced else {},
+            prefix_model=prefix_model,
         )
         self.turns.append(self.reply)
         self._saver = Autosaver(self.store, reply_id)

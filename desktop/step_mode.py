@@ -20,6 +20,7 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QMenu, QPushButton, QSplitter, QWidget
 
+from desktop.app_text import NO_MODEL_YET
 from desktop.controller import EngineController
 from desktop.model_loading import ModelLoading
 from desktop.session import ChatSession
@@ -62,7 +63,8 @@ class StepMode(QObject):
     """
 
     shown = Signal(object)
-    """`engine.events.SamplerStages`, after the panel shows them (one per Next token)."""
+    """A step's account is on show: its `SamplerStages`, or speculative decoding's
+    `DraftCheck` for a token the sampler did not pick itself (one per Next token)."""
 
     def __init__(
         self,
@@ -113,6 +115,8 @@ class StepMode(QObject):
         """The text of a token the user took instead of the pick, until its reply pauses."""
         self._shown_at: tuple | None = None
         """(reply turn, 0-based step) whose pick the panel shows: where a click branches."""
+        self._continued = False
+        """Continue was pressed: the panel says how the reply it let run ended."""
         self.view.alternative_chosen.connect(self._take_instead)
         controller.generation_paused.connect(self._on_paused)  # relayed: `paused` is set
         controller.worker.stages.connect(self._on_stages)
@@ -157,10 +161,7 @@ class StepMode(QObject):
         paused); see the module docstring for the moments when that cannot be done."""
         w = self.host
         if self.models.info is None:
-            w.show_error(
-                "No model is loaded yet: open a model first (Models → Choose or download a "
-                "model…), then press Next token."
-            )
+            w.show_error(f"{NO_MODEL_YET}, then press Next token.")
             return
         if self.models.in_progress:
             w.show_error("The model is still loading: press Next token once it is ready.", "notice")
@@ -210,10 +211,15 @@ class StepMode(QObject):
         w.branch_from(turn, step, token_id, step_mode=self.enabled)
 
     def continue_reply(self) -> None:
-        """Write the rest of the paused reply at normal speed."""
+        """Write the rest of the paused reply at normal speed. The last pick's tables go: they
+        would still say "Token 3" while the reply runs on past it."""
         self._queued = 0
+        reply = self.host.session.reply
         if self.controller.resume(one=False):
-            self.view.set_status("Continuing at normal speed…")
+            self._continued = True
+            self._shown_at = None
+            at = f" from token {len(reply.steps)}" if reply is not None and reply.steps else ""
+            self.view.clear(f"Continuing at normal speed{at}…")
             self.host.update_buttons()
 
     def defer_send(self, text: str) -> bool:
@@ -254,6 +260,16 @@ class StepMode(QObject):
                 )
             else:
                 self.view.set_status(PAUSED_TEXT)
+                reply = session.reply
+                if reply is not None and reply.steps and reply.steps[-1].check is not None:
+                    # Speculative decoding checked a drafted token here: its account (a
+                    # sampled check has no sampler stages, so this is the step's only one).
+                    check = reply.steps[-1].check
+                    self.view.show_check(reply.steps[-1], len(reply.steps))
+                    if check.u is not None:
+                        self._shown_session = session
+                        self._shown_at = (reply, len(reply.steps) - 1)
+                        self.shown.emit(check)
 
     def _on_stages(self, stages) -> None:
         w = self.host
@@ -281,7 +297,8 @@ class StepMode(QObject):
             "cancelled": "Stopped.",
             "error": "The reply failed (see the notice above).",
         }
-        if self.view.stages is not None:
+        continued, self._continued = self._continued, False
+        if self.view.stages is not None or continued:
             self.view.set_status(ends.get(reason, "The reply ended.") + " " + IDLE_TEXT)
         self.update_buttons()
         text, self._send_after = self._send_after, None

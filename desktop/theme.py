@@ -89,3 +89,55 @@ def apply_theme(app: QApplication, theme: str) -> None:
     app.setPalette(_palette(theme == "dark"))
     if app.styleSheet():  # palette(...) colours in the style sheet are read when it is set
         app.setStyleSheet(app.styleSheet())
+
+
+# -- colours of rendered replies (code and quotes) ---------------------------------------------
+# Chosen per theme rather than taken from a Pygments style: a Pygments style assumes its own
+# background, and a card's code shade is a tint of the theme's. Each colour keeps a contrast of
+# at least 4.5:1 (WCAG AA) on the shaded code background of its theme (tests/test_ux_round3_peers).
+
+CODE_COLOURS = {
+    "light": {
+        "keyword": "#8629b0",
+        "string": "#2c6e1c",
+        "comment": "#5a616b",
+        "number": "#9a4500",
+        "function": "#2349b8",
+        "class": "#7a4f00",
+        "builtin": "#0b6577",
+        "decorator": "#9a4500",
+        "tag": "#2349b8",
+        "attribute": "#7a4f00",
+        "error": "#b3242a",
+        "quote": "#3a414d",
+    },
+    "dark": {
+        "keyword": "#d6a2ff",
+        "string": "#a3d98e",
+        "comment": "#9aa3b1",
+        "number": "#f3b56f",
+        "function": "#97b8ff",
+        "class": "#e8c37f",
+        "builtin": "#74d4e6",
+        "decorator": "#f3b56f",
+        "tag": "#97b8ff",
+        "attribute": "#e8c37f",
+        "error": "#ff8585",
+        "quote": "#c7ccd6",
+    },
+}
+"""Syntax colours by kind of token (views/markdown.py maps Pygments' token types to these
+kinds), and the text colour of block quotes, for each theme."""
+
+
+def is_dark(palette: QPalette) -> bool:
+    """The palette is a dark theme (its text is lighter than its background)."""
+    text = palette.color(QPalette.ColorRole.Text).lightnessF()
+    base = palette.color(QPalette.ColorRole.Base).lightnessF()
+    return text > base
+
+
+def reply_colours(palette: QPalette) -> dict[str, QColor]:
+    """CODE_COLOURS of the theme `palette` belongs to, as QColors."""
+    chosen = CODE_COLOURS["dark" if is_dark(palette) else "light"]
+    return {kind: QColor(value) for kind, value in chosen.items()}

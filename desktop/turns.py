@@ -9,6 +9,7 @@ Pure Python (no Qt).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,48 @@ class Turn:
     """Which of its turn's versions this is, 1-based (`‹ 2/3 ›`)."""
     versions: int = 1
     """How many versions its turn has (1: no `‹ ›` to show)."""
+    created_at: float = field(default_factory=time.time)
+    """When it was written (Unix time): a new turn now, a stored one as the store says (0.0 for
+    a time that could not be read). The card's tooltip shows it."""
+    prefix_model: str = ""
+    """A branch's first tokens (copied from the version it was made from) were written by this
+    model; `model` wrote the rest. Kept in the reply's stored settings as "prefix_model"."""
+
+    @property
+    def branched_at(self) -> int:
+        """How many of a branch's first tokens came from the version it was made from (0: not a
+        branch)."""
+        value = self.timings.get("branched_at", 0)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    @property
+    def prefix_by_another(self) -> bool:
+        """A branch whose first tokens were written by another model than the rest."""
+        return bool(self.branched_at and self.prefix_model and self.prefix_model != self.model)
+
+    @property
+    def author(self) -> str:
+        """The reply's label: its model, or "A → B" for a branch B continued from A's tokens
+        (the open model's name goes only on the text it wrote)."""
+        if self.prefix_by_another:
+            return f"{self.prefix_model} → {self.model}"
+        return self.model
+
+    @property
+    def author_note(self) -> str:
+        """Who wrote which part, for the label's tooltip ("" when one model wrote it all)."""
+        if not self.prefix_by_another:
+            return ""
+        n = self.branched_at
+        first = "token 1" if n == 1 else f"tokens 1–{n}"
+        return f"{first} written by {self.prefix_model}; from token {n + 1} by {self.model}"
+
+    def written_by(self) -> list[str]:
+        """The models that wrote this reply, the first first (none for a user message)."""
+        if self.role != ASSISTANT:
+            return []
+        models = [self.prefix_model] if self.prefix_by_another else []
+        return models + ([self.model] if self.model else [])
 
     @property
     def steps(self) -> list[Step]:
@@ -82,6 +125,21 @@ class Turn:
         return stats_line(self)
 
 
+def draft_stats(timings: dict) -> str:
+    """Speculative decoding's part of the stats line: "draft 18/22 accepted · 2.4 tok/pass"
+    (tokens per pass of the model: 1 without a draft), or "" when no draft was used."""
+    proposed, accepted = timings.get("draft_proposed"), timings.get("draft_accepted")
+    passes, tokens = timings.get("draft_passes"), timings.get("generated_tokens")
+    numbers = (proposed, accepted, passes, tokens)
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
+        return ""
+    text = f"draft {accepted}/{proposed} accepted"
+    if passes > 0:
+        # The first token comes from the prompt's own pass; the others from decode passes.
+        text += f" · {max(0, tokens - 1) / passes:.1f} tok/pass"
+    return text
+
+
 def stats_line(turn: Turn) -> str:
     if turn.role != ASSISTANT:
         return ""
@@ -96,12 +154,16 @@ def stats_line(turn: Turn) -> str:
         parts.append("step by step")
     elif isinstance(speed, int | float) and not isinstance(speed, bool):
         parts.append(f"{float(speed):.1f} tok/s")
+    draft = draft_stats(t)
+    if draft:
+        parts.append(draft)
     extra = {"cancelled": "stopped", "context_full": "context full", "error": "failed"}
     if turn.stop_reason in extra:
         parts.append(extra[turn.stop_reason])
     branched = t.get("branched_at")
     if isinstance(branched, int) and not isinstance(branched, bool):
-        parts.append(f"branched at token {branched + 1}")
+        by = f" by {turn.model}" if turn.prefix_by_another else ""
+        parts.append(f"branched at token {branched + 1}{by}")
     return " · ".join(parts)
 
 
@@ -127,4 +189,33 @@ def turn_from_message(store: ConversationStore, m: Any) -> Turn:
         parent_id=m.parent_id,
         version=m.version,
         versions=m.versions,
+        created_at=float(getattr(m, "created_at", 0.0) or 0.0),
+        prefix_model=_text_setting(m, "prefix_model"),
+    )
+
+
+def _text_setting(m: Any, key: str) -> str:
+    sampling = getattr(m, "sampling", None)
+    value = sampling.get(key, "") if isinstance(sampling, dict) else ""
+    return value if isinstance(value, str) else ""
+
+
+def other_models(turns: list[Turn], open_model: str) -> list[str]:
+    """The models other than `open_model` that wrote replies among `turns`, in order."""
+    seen: list[str] = []
+    for turn in turns:
+        for model in turn.written_by():
+            if model and model != open_model and model not in seen:
+                seen.append(model)
+    return seen
+
+
+def model_note(others: list[str], open_model: str) -> str:
+    """What the chat says when the open model is not the one that wrote its replies."""
+    if not others or not open_model:
+        return ""
+    names = ", ".join(others[:-1]) + (" and " if len(others) > 1 else "") + others[-1]
+    return (
+        f"Replies here were written by {names}; the open model, {open_model}, writes the new "
+        "ones (each reply is labelled with its model; another model's are not tinted)."
     )

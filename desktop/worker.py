@@ -17,7 +17,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal, Slot
 
-from desktop.app_text import worded
+from desktop.app_text import NO_MODEL_YET, worded
 from engine.events import (
     GenerationRequest,
     GenerationResult,
@@ -113,6 +113,8 @@ class EngineWorker(QObject):
     generation_failed = Signal(object)  # GenerationResult with `error`
     inspected = Signal(object)  # SurprisalResult / AttentionResult / InspectFailed
     stages = Signal(object)  # SamplerStages: how a step-mode token was picked
+    draft_ready = Signal(str)  # the draft now in use ("" = speculative decoding off)
+    draft_failed = Signal(str)  # why the chosen draft cannot be used (it was turned off)
     generation_paused = Signal(int)  # request id: a step-mode reply waits for `resume`
 
     def __init__(
@@ -129,6 +131,11 @@ class EngineWorker(QObject):
         self._engine: Any = None
         """engine.front_door.Engine: the open model (imported in this thread, lazily)."""
         self._held: _Held | None = None
+        self._draft: tuple[str, int] = ("", 4)
+        """Speculative decoding as the settings ask for it: ("" off, "lookup" or a draft
+        model; tokens per pass). Applied to the open model before its next reply, so choosing a
+        draft never waits for a reply and a new model gets the same setting."""
+        self._draft_applied: tuple[str, int] | None = None
 
     # -- models ----------------------------------------------------------------------------
 
@@ -158,6 +165,7 @@ class EngineWorker(QObject):
                 loaded = self._load(path, dtype, device, quant)
             self._release()
             self._engine = loaded
+            self._draft_applied = None  # the new model has no draft yet
             self.model_loaded.emit(loaded.info)
         except LoadCancelled:
             log.info("model load cancelled")
@@ -201,6 +209,35 @@ class EngineWorker(QObject):
         if had_model:
             gc.collect()
 
+    # -- speculative decoding ----------------------------------------------------------------
+
+    @Slot(str, int)
+    def set_draft(self, spec: str, k: int) -> None:
+        """Use this draft for the replies that follow ("" turns speculative decoding off); a
+        draft model loads now, if a model is open, rather than before the next reply."""
+        self._draft = (spec, int(k))
+        if self._engine is not None:
+            self._apply_draft(self._engine)
+
+    def _apply_draft(self, engine: Any) -> None:
+        """Bring the open model's draft in line with the setting; a draft that cannot be used
+        (another vocabulary, a missing folder) turns speculative decoding off, and says why,
+        instead of failing the reply."""
+        if self._draft_applied == self._draft:
+            return
+        spec, k = self._draft
+        try:
+            engine.use_draft(spec or None, k=k)
+        except Exception as exc:  # noqa: BLE001 - the reply goes on without a draft
+            from engine.front_door import EngineError
+
+            engine.use_draft(None)
+            self._draft = ("", k)
+            message = worded(exc) if isinstance(exc, EngineError) else _friendly(exc)
+            self.draft_failed.emit(message)
+        self._draft_applied = self._draft
+        self.draft_ready.emit(engine.draft or "")
+
     # -- replies ---------------------------------------------------------------------------
 
     @Slot(object)
@@ -214,9 +251,7 @@ class EngineWorker(QObject):
 
             engine = self._engine
             if engine is None:
-                raise EngineError(
-                    "No model is loaded: open a model first (File → Open model folder…)"
-                )
+                raise EngineError(NO_MODEL_YET)
             dropped = 0
             if request.prompt is not None:
                 ids = engine.tokenize(request.prompt, bos=True)
@@ -225,6 +260,7 @@ class EngineWorker(QObject):
                 reserve = request.max_new_tokens + len(request.reply_prefix)
                 plan = engine.fit_prompt(messages, reserve)
                 ids, dropped = plan.ids, plan.dropped
+            self._apply_draft(engine)
             prompt_tokens = len(ids) + len(request.reply_prefix)
             self.generation_started.emit(
                 GenerationStarted(rid, prompt_tokens, engine.max_context, dropped)
@@ -320,7 +356,7 @@ class EngineWorker(QObject):
             return
         try:
             if self._engine is None:
-                raise EngineError("No model is loaded: open a model first")
+                raise EngineError(NO_MODEL_YET)
             result = job.run(self._engine, cancel=self._load_cancel)  # set when the app closes
         except Exception as exc:  # noqa: BLE001 - the window must survive anything
             if not isinstance(exc, EngineError):

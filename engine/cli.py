@@ -102,6 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight-only quantization on load (activations stay in --dtype)",
     )
     gen.add_argument(
+        "--draft",
+        default=None,
+        metavar="lookup|MODEL",
+        help="speculative decoding: 'lookup' (repeat earlier text), 'self-int4' (the model's "
+        "own 4-bit copy) or a draft model with the same vocabulary (builtin-draft for builtin)",
+    )
+    gen.add_argument("--draft-k", type=int, default=4, help="tokens drafted per model pass")
+    gen.add_argument(
+        "--draft-quant",
+        choices=QUANT_NAMES,
+        default="none",
+        help="weight format of the draft model (int4: a model's own 4-bit copy as its draft)",
+    )
+    gen.add_argument(
         "--json", action="store_true", help="one JSON object per token, then a done line"
     )
 
@@ -170,6 +184,12 @@ def check_generate_args(ns: argparse.Namespace) -> None:
         raise EngineError("--report-top must be 0 or more")
     if ns.max_context is not None and ns.max_context < 2:
         raise EngineError(f"--max-context {ns.max_context} is too small; use at least 2 tokens")
+    if not 1 <= ns.draft_k <= 16:
+        raise EngineError(f"--draft-k must be between 1 and 16, got {ns.draft_k}")
+    if ns.draft is not None:
+        check_text(ns.draft, "--draft")
+        if not ns.draft.strip():
+            raise EngineError("--draft needs 'lookup' or a model")
     sampling_params(ns).validate()
 
 
@@ -240,6 +260,8 @@ def run_generate(ns: argparse.Namespace) -> int:
     )
     if engine.context_note:
         sys.stderr.write(f"note: {engine.context_note}\n")
+    if ns.draft is not None:
+        engine.use_draft(ns.draft, k=ns.draft_k, quant=ns.draft_quant)
     prompt = prompt_from_args(ns, engine)
     cancel = threading.Event()
     reply = engine.reply(
@@ -255,7 +277,8 @@ def run_generate(ns: argparse.Namespace) -> int:
     with cancel_on_sigint(cancel):
         for step in reply:
             if ns.json:
-                out.write(json.dumps(step.to_json(), ensure_ascii=False, allow_nan=False) + "\n")
+                line = step.to_json(speculative=ns.draft is not None)
+                out.write(json.dumps(line, ensure_ascii=False, allow_nan=False) + "\n")
             else:
                 out.write(step.text)
                 streamed.append(step.text)
@@ -276,6 +299,12 @@ def run_generate(ns: argparse.Namespace) -> int:
             f"prefill {result.prefill_s:.2f} s, {result.decode_tokens_per_s:.1f} tok/s, "
             f"stop: {result.stop_reason}]\n"
         )
+        if result.draft is not None:
+            d = result.draft
+            sys.stderr.write(
+                f"[draft {d.kind}: {d.accepted} of {d.proposed} proposed tokens accepted, "
+                f"{result.generated_tokens} tokens in {d.passes} model passes]\n"
+            )
     out.flush()
     return EXIT_INTERRUPTED if result.stop_reason == "cancelled" else EXIT_OK
 

@@ -163,6 +163,47 @@ class TopToken(_Record):
 
 
 @dataclass(frozen=True)
+class DraftCheck(_Record):
+    """How speculative decoding checked one drafted token (engine/generation/speculative.py).
+
+    `p` and `q` are the target's and the draft's probabilities of the proposed token in the
+    distributions the sampler draws from (after temperature, top-k, top-p, min-p and penalty);
+    the token is kept when `u` < p / q. On a rejection the step's own token was drawn from
+    `residual`, the renormalised max(0, p − q), and so differs from the proposal. Greedy checks
+    draw nothing (`u` None): the proposal is kept when it is the target's most likely token.
+    """
+
+    proposed_id: int
+    proposed_text: str
+    p: float
+    q: float
+    accepted: bool
+    u: float | None = None
+    residual: list[TopToken] = field(default_factory=list)
+    draft_kind: str = ""
+    """"lookup" (a repeat of earlier text) or "model" (a smaller model's guess)."""
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DraftCheck:
+        """Read back from `to_dict()` (the store, an export); TypeError/ValueError if it is not
+        one."""
+        u = data.get("u")
+        return cls(
+            proposed_id=int(data["proposed_id"]),
+            proposed_text=str(data["proposed_text"]),
+            p=float(data["p"]),
+            q=float(data["q"]),
+            accepted=bool(data["accepted"]),
+            u=None if u is None else float(u),
+            residual=[
+                TopToken(int(r["token_id"]), str(r["text"]), float(r["prob"]))
+                for r in data.get("residual", [])
+            ],
+            draft_kind=str(data.get("draft_kind", "")),
+        )
+
+
+@dataclass(frozen=True)
 class Step(_Record):
     """One sampled token: what the chat view appends, what the top-k panel shows and what the
     desktop store keeps and reads back (a stored step has `elapsed_s` 0.0 and `request_id` 0)."""
@@ -181,15 +222,25 @@ class Step(_Record):
     """Seconds since generate() was called (0.0 for a step read back from a store)."""
     request_id: int = 0
     """Which desktop request this step answers (0 outside the desktop worker)."""
+    drafted: bool = False
+    """Speculative decoding: the draft proposed this token and the model accepted it."""
+    check: DraftCheck | None = None
+    """Speculative decoding: the check of the drafted token at this place (accepted: this
+    token; rejected: the proposal this token replaced). None where no draft was checked."""
 
-    def to_json(self) -> dict:
-        """The CLI's per-token JSON line."""
-        return {
+    _optional = ("drafted", "check")
+
+    def to_json(self, speculative: bool = False) -> dict:
+        """The CLI's per-token JSON line (with `"drafted"` when decoding speculatively)."""
+        line = {
             "token_id": self.token_id,
             "text": self.text,
             "prob": self.prob,
             "top": [{"token_id": t.token_id, "text": t.text, "prob": t.prob} for t in self.top],
         }
+        if speculative:
+            line["drafted"] = self.drafted
+        return line
 
 
 @dataclass(frozen=True)
@@ -261,6 +312,26 @@ class PrefillProgress(_Record):
 
 
 @dataclass(frozen=True)
+class DraftStats(_Record):
+    """What speculative decoding did over one reply: how many tokens the draft proposed, how many
+    the model accepted, and how many forward passes of the model the reply took."""
+
+    kind: str
+    proposed: int = 0
+    accepted: int = 0
+    passes: int = 0
+    """Forward passes of the model while decoding (verifications and plain steps)."""
+
+    @property
+    def acceptance(self) -> float:
+        return self.accepted / self.proposed if self.proposed else 0.0
+
+    def to_json(self) -> dict:
+        """The `draft` object of the CLI's done line."""
+        return {"kind": self.kind, "proposed": self.proposed, "accepted": self.accepted}
+
+
+@dataclass(frozen=True)
 class GenerationResult(_Record):
     """How a generation ended and how fast it ran (or, with `error`, why it failed)."""
 
@@ -278,8 +349,10 @@ class GenerationResult(_Record):
     dropped_turns: int = 0
     error: str = ""
     """Set when the reply failed: a message fit for the window."""
+    draft: DraftStats | None = None
+    """Speculative decoding's account (None when it was off)."""
 
-    _optional = ("error",)
+    _optional = ("error", "draft")
 
     @classmethod
     def failed(cls, request_id: int, message: str, text: str = "") -> GenerationResult:
@@ -296,6 +369,15 @@ class GenerationResult(_Record):
             "decode_tokens_per_s": self.decode_tokens_per_s,
             "reused_tokens": self.reused_tokens,
             "dropped_turns": self.dropped_turns,
+            **(
+                {
+                    "draft_proposed": self.draft.proposed,
+                    "draft_accepted": self.draft.accepted,
+                    "draft_passes": self.draft.passes,
+                }
+                if self.draft is not None
+                else {}
+            ),
         }
 
     def to_json(self) -> dict:
@@ -309,6 +391,7 @@ class GenerationResult(_Record):
             "prefill_s": round(self.prefill_s, 6),
             "decode_tokens_per_s": round(self.decode_tokens_per_s, 3),
             "stop_reason": self.stop_reason,
+            **({"draft": self.draft.to_json()} if self.draft is not None else {}),
         }
 
 
@@ -338,6 +421,9 @@ class Capabilities(_Record):
     """Attention weights of a position (the attention view)."""
     exact_logits: bool = False
     """The numbers shown are the model's own, computed here (not a server's rounded ones)."""
+    speculative: bool = False
+    """Speculative decoding with a draft (`Engine.use_draft`): needs the model's logits for
+    several positions in one pass."""
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from engine.text.prompt import PromptPlan, WindowPlan, conversation_ids, fit_pro
 if TYPE_CHECKING:  # torch and the model's code load with the first model, not with this module
     from engine.generation.generate import Generation
     from engine.generation.inspect import Inspection
+    from engine.generation.speculative import Draft
     from engine.loading.loader import LoadedModel
 
 __all__ = [
@@ -68,6 +69,8 @@ __all__ = [
 ]
 
 Progress = Callable[[float, str], None]
+SELF_INT4 = "self-int4"
+"""The draft spec for an open model's own 4-bit copy (`Engine.use_draft`)."""
 
 
 class Reply:
@@ -114,6 +117,9 @@ class Engine:
 
         self._loaded = loaded
         self._generator = Generator(loaded)
+        self._draft: Draft | None = None
+        self._draft_k = 4
+        self._draft_spec: str | None = None
 
     @classmethod
     def open(
@@ -162,7 +168,12 @@ class Engine:
     def capabilities(self) -> Capabilities:
         """What this engine can do beyond generating text (a remote backend may do less)."""
         return Capabilities(
-            step_mode=True, branches=True, surprisal=True, attention=True, exact_logits=True
+            step_mode=True,
+            branches=True,
+            surprisal=True,
+            attention=True,
+            exact_logits=True,
+            speculative=True,
         )
 
     @property
@@ -240,6 +251,71 @@ class Engine:
         context (surprisal): whole turns, sliding forward, the system prompt in each."""
         return plan_windows(self.conversation_ids, messages, self.max_context)
 
+    # -- speculative decoding ------------------------------------------------------------------
+
+    def use_draft(
+        self,
+        spec: str | None,
+        *,
+        k: int | None = None,
+        quant: str = "none",
+        progress: Progress | None = None,
+    ) -> None:
+        """Turn speculative decoding on for the replies that follow, or off (`spec` None).
+
+        `spec` is "lookup" (prompt lookup: no second model), "self-int4" (this model's own
+        4-bit copy, for a 16-bit model) or a model like `Engine.open` takes (`builtin-draft` for
+        the built-in model, TinyLlama-1.1B-Chat for Llama-2-7B-chat); its vocabulary must be
+        this model's. A draft
+        model is opened with this model's dtype, device and context, and kept open until
+        another draft replaces it. EngineError says why a draft cannot be used (and the previous
+        one stays)."""
+        from engine.generation.speculative import (
+            DRAFT_K,
+            MAX_DRAFT_K,
+            ModelDraft,
+            PromptLookup,
+            check_vocabulary,
+        )
+
+        k = DRAFT_K if k is None else int(k)
+        if not 1 <= k <= MAX_DRAFT_K:
+            raise EngineError(f"draft-k must be between 1 and {MAX_DRAFT_K}, got {k}")
+        spec = (spec or "").strip() or None
+        if spec == self._draft_spec and (spec is None or self._draft is not None):
+            self._draft_k = k
+            return
+        if spec is None:
+            draft: Draft | None = None
+        elif spec.lower() == "lookup":
+            draft = PromptLookup()
+        else:
+            from engine.loading.loader import load_model
+
+            source = spec
+            if spec.lower() == SELF_INT4:  # this model's own 4-bit copy drafts for it
+                source, quant = str(self._loaded.path), "int4"
+            loaded = load_model(
+                source,
+                dtype=str(self._loaded.dtype).split(".")[-1],
+                device=str(self._loaded.device),
+                max_context=self._loaded.max_context,
+                progress=progress,
+                quant=quant or "none",
+            )
+            check_vocabulary(self._loaded, loaded)
+            draft = ModelDraft(loaded)
+        if self._draft is not None:
+            self._draft.close()
+        self._draft, self._draft_spec, self._draft_k = draft, spec, k
+
+    @property
+    def draft(self) -> str | None:
+        """The draft in use ("lookup", a model's name) or None (speculative decoding off)."""
+        if self._draft is None:
+            return None
+        return self._draft.kind if self._draft.kind == "lookup" else self._draft.name
+
     # -- generating ----------------------------------------------------------------------------
 
     def reply(
@@ -259,7 +335,9 @@ class Engine:
 
         The cached prefix of the previous call is reused. To continue a reply from its middle
         (a branch): `reply_prefix` holds the ids it already has and `forced` those it must go on
-        with, whatever the sampler would pick (engine.generation.generate.Generator.generate)."""
+        with, whatever the sampler would pick (engine.generation.generate.Generator.generate).
+        With a draft (`use_draft`) the steps are decoded speculatively: the same stream, each
+        step saying whether the draft proposed it."""
         return Reply(
             self._generator.generate(
                 prompt_ids,
@@ -271,6 +349,8 @@ class Engine:
                 on_prefill=on_prefill,
                 reply_prefix=reply_prefix,
                 forced=forced,
+                draft=self._draft,
+                draft_k=self._draft_k,
             )
         )
 
@@ -301,6 +381,9 @@ class Engine:
 
     def close(self) -> None:
         """Forget the model (its memory is freed once nothing else holds it)."""
+        if self._draft is not None:
+            self._draft.close()
+            self._draft = None
         self._generator.forget_cache()
         self._loaded = None  # type: ignore[assignment]
         self._generator = None  # type: ignore[assignment]

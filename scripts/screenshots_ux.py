@@ -1,16 +1,30 @@
-"""Take the issue-16 screenshots of the real window with the built-in model, at 800×600 and
-1400×900, light and dark: first start, a reply while the prompt is read, editing a message, the
-settings pane, the model chooser mid-download and the download in the status bar; also a reply
-with two versions (a branch) and step mode after three clicks. Also the README's see-inside
-pictures (docs/screenshot-surprisal.png, docs/screenshot-attention.png) at 1400×900, light.
+"""Take the UX screenshots of the real window with the built-in model, at 800×600 and 1400×900,
+light and dark (docs/ux-<view>-<W>x<H>-<theme>.png):
 
-    python scripts/screenshots_ux.py --out docs [--model builtin]
+- issue 16's: first start (with issue 26's model bar above the chat), a reply while the prompt is
+  read, editing a message, the settings pane, the model chooser mid-download and the download in
+  the status bar, a reply with two versions (a branch) and step mode after three clicks;
+- issue 26's: a message too long for the context (Send off, the hint, "Keep the last part that
+  fits"), the top-k panel's Branch button on a selected row and the Undo notice after the branch
+  (in ux-branch), the settings with the system prompt's section (this chat, presets, "Use for new
+  chats") and speculative decoding, a reply with a highlighted code block and a quote beside pinned
+  conversations (ux-code, ux-pinned), the model chooser with its RAM hints, "Opened before" and
+  Cancel, and the attention dock at the default 1180×760 (ux-attention-dock-1180x760-<theme>);
+- the README's see-inside pictures (docs/screenshot-surprisal.png, docs/screenshot-attention.png)
+  and issue 25's speculative decoding (docs/screenshot-speculative.png: a reply in Tokens view,
+  kept guesses underlined, rejected ones struck out; docs/screenshot-speculative-step.png: step
+  mode on a rejected guess and its residual), at 1400×900, light.
 
-One command, no network, the same pictures each run (a fixed seed, a fixed prompt, each shot taken
-at a fixed event rather than after a delay). Under Xvfb when it is installed (`xvfb-run`; the
-script starts it), so a shot is what the screen shows, dialogs over their window included;
-otherwise offscreen, grabbing the widgets. The download is served by the tests' fake Hub
-(tests/hub_server.py) from a sharded copy of the built-in model, held before its third shard.
+    python scripts/screenshots_ux.py --out docs [--model builtin] [--only GROUP,...]
+
+One command, no network, the same pictures each run (fixed seeds, fixed prompts, each shot taken
+at a fixed event rather than after a delay; only machine facts such as tok/s and free memory
+change). Under Xvfb when it is installed (`xvfb-run`; the script starts it), so a shot is what the
+screen shows, dialogs over their window included; otherwise offscreen, grabbing the widgets. The
+download is served by the tests' fake Hub (tests/hub_server.py) from a sharded copy of the built-in
+model, held before its third shard. Speculative decoding uses the built-in draft model when
+resources/builtin_draft has its weights, else prompt lookup. The code block is an imported
+conversation (the built-in model writes no code).
 """
 
 from __future__ import annotations
@@ -40,18 +54,33 @@ SEED = 7
 SCREEN = "1600x1000x24"
 SHARDS = 4
 DOWNLOAD_REPO = "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
+DOCK_SIZE = (1180, 760)
+"""The window's default size: the attention dock is shown at it."""
+SPEC_SEED = 3
+SPEC_PROMPTS = ('What does "loop" mean?', 'What does "loop" mean? Say it again.')
+"""Speculative decoding: the second question repeats the first, so prompt lookup has text to
+guess from."""
+STEP_CLICKS = 30
+SYSTEM_PROMPT = "Answer in one short sentence."
+LONG_MESSAGE = " ".join(
+    f"Paragraph {i}: a loop repeats a block of instructions until its condition is false, "
+    "and each pass through it is called an iteration."
+    for i in range(1, 120)
+)
+"""A message far longer than the built-in model's context."""
 """A catalogue entry, so the chooser shows the download on its own row."""
 
 
 # -- the event loop --------------------------------------------------------------------------
 
 
-def wait_for(signal, timeout_ms: int = 120_000) -> list:
-    """Run the event loop until `signal` fires; its arguments."""
+def wait_for(signal, timeout_ms: int = 120_000, also=None) -> list:
+    """Run the event loop until `signal` (or `also`) fires; its arguments."""
     from PySide6.QtCore import QEventLoop, QTimer
 
     loop, got = QEventLoop(), []
-    signal.connect(lambda *args: (got.extend(args), loop.quit()))
+    for each in (signal, also) if also is not None else (signal,):
+        each.connect(lambda *args: (got.extend(args), loop.quit()))
     QTimer.singleShot(timeout_ms, loop.quit)
     loop.exec()
     return got
@@ -164,7 +193,7 @@ def shoot_chat(model: str, tag: str, home: Path, size, theme: str, out: Path) ->
 
     # Read in small chunks, so there is progress to see (the earlier turns are cached: only
     # the new message is read); the shot is taken at the first chunk past half way.
-    window.controller.worker._generator.prefill_chunk = 4
+    window.controller.worker._engine.prefill_chunk = 4  # the front door's setter
     shown = {"done": False}
 
     def grab_reading(progress) -> None:
@@ -180,15 +209,21 @@ def shoot_chat(model: str, tag: str, home: Path, size, theme: str, out: Path) ->
     window.prefill_shown.disconnect(grab_reading)
     settle(300)
 
-    # A branch: the last reply goes on from the model's second choice at its third token, and
-    # the card shows ‹ 2/2 ›.
-    reply = window.session.turns[-1]
-    third = reply.steps[2]  # live and stored steps read alike: step["top"] is a list of dicts
-    alternative = next(t["token_id"] for t in third["top"] if t["token_id"] != third["token_id"])
-    window.branch_from(reply, 2, alternative)
+    # A branch, as a user makes one: Tokens on the last reply, a click on its third token, the
+    # model's second choice selected in the top-k panel (its Branch button shows), then Branch:
+    # the card shows ‹ 2/2 › and the banner offers Undo.
+    card = [c for c in window.chat.messages if c.role == "assistant"][-1]
+    card.set_token_view(True)
+    card.token_clicked.emit(card, 2)
+    rows = window.topk.shown_rows()
+    window.topk.select(next(i for i, r in enumerate(rows) if not r[3]))
+    settle(300)
+    save(window, out / f"ux-topk-branch-{tag}.png")
+    window.topk.branch_button.click()
     wait_for(window.reply_finished)
     settle(300)
     save(window, out / f"ux-branch-{tag}.png")
+    window.banner.hide()
 
     # Step mode: three clicks on Next token, the sampler's stages in the side panel.
     window.step_mode.action.setChecked(True)
@@ -211,22 +246,144 @@ def shoot_chat(model: str, tag: str, home: Path, size, theme: str, out: Path) ->
     save(window, out / f"ux-edit-{tag}.png")
     window.escape()
 
+    # A message too long for the context: Send is off, the hint says why and what to do, and
+    # "Keep the last part that fits" is offered. Nothing is sent, so nothing changes after it.
+    window.input.setPlainText(LONG_MESSAGE)
+    settle(300)
+    save(window, out / f"ux-too-long-{tag}.png")
+    window.input.clear()
+
     # The settings pane dragged open until every field shows, as a user would; as a new user
-    # sees them (the seed fixed above for repeatable replies is cleared again).
+    # sees them (the seed fixed above for repeatable replies is cleared again), with a system
+    # prompt for this chat kept as a preset, and speculative decoding in the list.
     window.input.clear()
     window.sampling.seed.clear()
+    box = window.sampling.prompt_box
+    box.editor.setPlainText(SYSTEM_PROMPT)
+    box.save_preset("Short answers")
     side = window.side
-    pane = side.widget(side.count() - 1).layout()  # the settings are the side panel's last part
-    margins = pane.contentsMargins()
-    title = pane.itemAt(0).widget().sizeHint().height()
-    need = margins.top() + margins.bottom() + pane.spacing() + title
-    need += window.sampling.sizeHint().height() + 2
+    fields = side.widget(side.count() - 1).widget()  # the settings are the side panel's last part
+    need = fields.sizeHint().height() + 4
     sizes = [0] * side.count()  # hidden parts (the step-mode panel) get nothing
     sizes[-1] = need
     sizes[side.count() - 2] = max(side.height() - need, 0)
     side.setSizes(sizes)
-    settle(300)
+    settle(200)
+    # Where the panel is too short for all (800×600), scrolled down to the last setting.
+    side.widget(side.count() - 1).ensureWidgetVisible(window.sampling.draft.k, 0, 4)
+    settle(200)
     save(window, out / f"ux-settings-{tag}.png")
+    window.close()
+
+
+CODE_REPLY = """\
+A loop walks over the items one at a time; in Python:
+
+```python
+def longest(words: list[str]) -> str:
+    \"\"\"The longest word (the first of equals).\"\"\"
+    best = ""
+    for word in words:  # one pass
+        if len(word) > len(best):
+            best = word
+    return best
+```
+
+> A loop is a sequence of instructions that is repeated until a condition is reached.
+
+It reads each word once, so it takes time in proportion to the list's length.
+"""
+CONVERSATIONS = (
+    ("The longest word in a list", "How do I find the longest word in a list?", CODE_REPLY,
+     1_764_480_000),
+    ("Define photosynthesis", "Define photosynthesis.",
+     "The process by which green plants use sunlight to make food from carbon dioxide and water.",
+     1_764_390_000),
+    ("Opposite of generous", 'What is the opposite of "generous"?',
+     "Mean, or stingy: unwilling to give or spend.", 1_764_300_000),
+)  # fmt: skip
+
+
+def conversation(title: str, question: str, answer: str, created: int) -> dict:
+    """An exported conversation (the format File → Import reads)."""
+    return {
+        "format": "loopchat-conversation",
+        "version": 1,
+        "title": title,
+        "model": "Llama-2-7b-chat",
+        "created_at": created,
+        "messages": [
+            {"role": "user", "content": question},
+            {
+                "role": "assistant",
+                "content": answer,
+                "stop_reason": "eos",
+                "timings": {"generated_tokens": 120, "decode_tokens_per_s": 21.5},
+            },
+        ],
+    }
+
+
+def shoot_library(model: str, tag: str, home: Path, size, theme: str, out: Path) -> None:
+    """A reply with a fenced code block (highlighted) and a block quote, imported (the built-in
+    model writes no code), in a list with pinned conversations; then the list with another
+    pinned chat open."""
+    window = new_window(home / "library", size, theme)
+    window.start(None) if model == "builtin" else window.load_model(model)
+    wait_for(window.model_ready)
+    ids = [window.store.import_json(conversation(*c)) for c in CONVERSATIONS]
+    window.library.pin(ids[0], True)
+    window.library.pin(ids[2], True)
+    window.library.refresh()
+    window.conversations.open_requested.emit(ids[0])
+    settle(500)
+    save(window, out / f"ux-code-{tag}.png")
+    window.conversations.open_requested.emit(ids[2])
+    settle(300)
+    save(window, out / f"ux-pinned-{tag}.png")
+    window.close()
+
+
+def shoot_chooser(model: str, tag: str, home: Path, size, theme: str, out: Path) -> None:
+    """The model chooser over its window: the catalogue with whether each model fits this
+    computer's memory, the open model ticked, the folders opened before, and Cancel."""
+    window = new_window(home / "chooser", size, theme)
+    folder = home / "chooser" / "models" / "dictionary-llama"
+    if not folder.is_dir():
+        shutil.copytree(model_folder(model), folder)
+    window.settings.setValue("models/recent", [str(folder)])
+    window.start(None) if model == "builtin" else window.load_model(model)
+    wait_for(window.model_ready)
+    chooser = window.show_model_chooser()
+    settle(400)
+    save(window, out / f"ux-chooser-{tag}.png")
+    chooser.close()
+    window.close()
+
+
+def shoot_dock(model: str, theme: str, home: Path, out: Path) -> None:
+    """The attention dock open at the default size (1180×760): the chat keeps its width, the
+    dock sits below it."""
+    window = new_window(home / f"dock-{theme}", DOCK_SIZE, theme)
+    window.start(None) if model == "builtin" else window.load_model(model)
+    wait_for(window.model_ready)
+    window.sampling.seed.setText(str(SEED))
+    window.sampling.temperature.setValue(0.0)
+    window.sampling.max_new_tokens.setValue(48)
+    window.input.setPlainText(PROMPT)
+    window.send(PROMPT)
+    wait_for(window.reply_finished)
+    reply = window.chat.messages[-1]
+    reply.set_token_view(True)
+    window.attention.action.setChecked(True)
+    settle(200)
+    words = [i for i, s in enumerate(reply.steps) if s["text"].strip().isalpha()]
+    index = min(words[:12], key=lambda i: reply.steps[i]["prob"])  # a choice with rivals
+    reply.token_clicked.emit(reply, index)  # the top-k panel describes it too
+    window.attention.select(reply, index)
+    wait_for(window.attention.shown)
+    settle(300)
+    save(window, out / f"ux-attention-dock-{DOCK_SIZE[0]}x{DOCK_SIZE[1]}-{theme}.png")
     window.close()
 
 
@@ -302,6 +459,83 @@ def shoot_inside(model: str, home: Path, out: Path) -> None:
     window.close()
 
 
+def draft_spec() -> str:
+    """The built-in draft model when it is there, else prompt lookup (no second model)."""
+    from engine.loading.builtin import builtin_dir
+
+    have = (builtin_dir("builtin_draft") / "model.safetensors").is_file()
+    return "builtin-draft" if have else "lookup"
+
+
+def speculative_window(model: str, home: Path, name: str):
+    """A 1400×900 light window with speculative decoding on, sampling at temperature 1 with a
+    fixed seed (so some guesses are rejected), and the open chat holding text to look up."""
+    window = new_window(home / name, (1400, 900), "light")
+    window.start(None) if model == "builtin" else window.load_model(model)
+    wait_for(window.model_ready)
+    failed: list[str] = []
+    window.controller.draft_failed.connect(failed.append)
+    window.sampling.draft.set_spec(draft_spec(), 4)
+    wait_for(window.controller.draft_ready, also=window.controller.draft_failed)
+    if failed:  # the draft model would not load: say why, and show prompt lookup instead
+        log.warning("  draft %s refused (%s); prompt lookup instead", draft_spec(), failed[0])
+        window.sampling.draft.set_spec("lookup", 4)
+        wait_for(window.controller.draft_ready)
+    window.sampling.seed.setText(str(SPEC_SEED))
+    window.sampling.temperature.setValue(1.0)
+    window.sampling.max_new_tokens.setValue(64)
+    return window
+
+
+def shoot_speculative(model: str, home: Path, out: Path) -> None:
+    """Issue 25's pictures: a reply in Tokens view with the drafted tokens that were kept
+    underlined and the rejected guesses struck out; then step mode paused on a checked guess."""
+    window = speculative_window(model, home, "spec")
+    for text in SPEC_PROMPTS:
+        window.input.setPlainText(text)
+        window.send(text)
+        wait_for(window.reply_finished)
+    reply = window.chat.messages[-1]
+    reply.set_token_view(True)
+    drafted = [i for i, s in enumerate(reply.steps) if s.get("drafted")]
+    if drafted:  # a kept guess the model was unsure of: its top-k has rows to see
+        unsure = min(drafted, key=lambda i: abs(reply.steps[i]["prob"] - 0.5))
+        reply.token_clicked.emit(reply, unsure)
+    settle(300)
+    save(window, out / "screenshot-speculative.png")
+    window.close()
+
+    # Step mode on the second question (the first answer is there for prompt lookup): Next
+    # token until a guess is rejected where the model gave it some chance (the residual it was
+    # drawn from then has rows), else until any sampled check shows.
+    window = speculative_window(model, home, "spec-step")
+    window.input.setPlainText(SPEC_PROMPTS[0])
+    window.send(SPEC_PROMPTS[0])
+    wait_for(window.reply_finished)
+    window.step_mode.action.setChecked(True)
+    window.input.setPlainText(SPEC_PROMPTS[1])
+    best = None
+    for click in range(2 * STEP_CLICKS):
+        window.step_mode.next_token()
+        wait_for(window.step_mode.shown, 60_000)
+        settle(100)
+        reply = window.session.reply
+        if reply is None or not window.controller.paused:
+            break
+        check = reply.steps[-1].check if reply.steps else None
+        if check is None or check.u is None:
+            continue
+        wanted = not check.accepted and check.p > 0.01 and len(check.residual) > 1
+        if wanted or click >= STEP_CLICKS:
+            best = click + 1
+            break
+    log.info("  step mode: a checked guess at click %s", best)
+    settle(300)
+    save(window, out / "screenshot-speculative-step.png")
+    window.stop()
+    window.close()
+
+
 def apply_theme_for(app, theme: str) -> None:
     from desktop.app import apply_look
     from desktop.theme import apply_theme
@@ -310,7 +544,10 @@ def apply_theme_for(app, theme: str) -> None:
     apply_theme(app, theme)
 
 
-def shoot(model: str, theme: str, size: tuple[int, int], out: Path) -> None:
+GROUPS = ("chat", "download", "library", "chooser", "dock", "inside", "speculative")
+
+
+def shoot(model: str, theme: str, size: tuple[int, int], out: Path, only: set[str]) -> None:
     from PySide6.QtWidgets import QApplication
 
     app = QApplication.instance()
@@ -319,8 +556,14 @@ def shoot(model: str, theme: str, size: tuple[int, int], out: Path) -> None:
     log.info("%s", tag)
     home = Path(tempfile.mkdtemp(prefix="loopchat-shots-"))
     try:
-        shoot_chat(model, tag, home, size, theme, out)
-        shoot_download(model_folder(model), tag, home, size, theme, out)
+        if "chat" in only:
+            shoot_chat(model, tag, home, size, theme, out)
+        if "library" in only:
+            shoot_library(model, tag, home, size, theme, out)
+        if "chooser" in only:
+            shoot_chooser(model, tag, home, size, theme, out)
+        if "download" in only:
+            shoot_download(model_folder(model), tag, home, size, theme, out)
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
@@ -347,6 +590,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="docs", help="folder for the PNGs (default: docs)")
     parser.add_argument("--model", default="builtin", help="model folder, or builtin")
+    parser.add_argument(
+        "--only",
+        default="",
+        help=f"comma-separated groups of shots to take (default: all of {','.join(GROUPS)})",
+    )
     args = parser.parse_args()
     under_xvfb()
     os.environ.setdefault("LOOPCHAT_THREADS", "2")  # the same numbers on every machine
@@ -358,13 +606,21 @@ def main() -> None:
     app.setApplicationName("Loopchat")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    only = set(args.only.split(",")) if args.only else set(GROUPS)
     for theme in THEMES:
         for size in SIZES:
-            shoot(args.model, theme, size, out)
+            shoot(args.model, theme, size, out, only)
     home = Path(tempfile.mkdtemp(prefix="loopchat-shots-"))
     try:
+        if "dock" in only:
+            for theme in THEMES:
+                apply_theme_for(app, theme)
+                shoot_dock(args.model, theme, home, out)
         apply_theme_for(app, "light")
-        shoot_inside(args.model, home, out)
+        if "inside" in only:
+            shoot_inside(args.model, home, out)
+        if "speculative" in only:
+            shoot_speculative(args.model, home, out)
     finally:
         shutil.rmtree(home, ignore_errors=True)
 

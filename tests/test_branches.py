@@ -13,7 +13,7 @@ from pathlib import Path
 from PySide6.QtCore import Qt
 
 from desktop.store.conversations import ConversationStore
-from tests.window_helpers import ask, greedy, load, make_window
+from tests.window_helpers import ask, branch_to_row, greedy, load, make_window
 
 
 def db_path(home: Path) -> Path:
@@ -43,8 +43,7 @@ def click_alternative(qtbot, win, step: int) -> tuple[int, list]:
     shown: list = []
     win.token_shown.connect(shown.append)
     with qtbot.waitSignal(win.reply_finished, timeout=120_000) as done:
-        point = win.topk.row_rect(row).center().toPoint()
-        qtbot.mouseClick(win.topk, Qt.MouseButton.LeftButton, pos=point)
+        branch_to_row(qtbot, win, row)
     win.token_shown.disconnect(shown.append)
     assert "error" not in done.args[0]
     return rows[row][0], shown, done.args[0]

@@ -11,7 +11,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication
 
 from desktop.store.conversations import ConversationStore
-from tests.window_helpers import ask, greedy, load, make_window
+from tests.window_helpers import ask, branch_to_row, greedy, load, make_window
 
 PROMPT = "Hello loop"
 
@@ -334,8 +334,7 @@ def test_an_alternative_clicked_on_a_paused_reply_branches_from_it(qtbot, home, 
     rows = win.topk.shown_rows()
     row = next(i for i, r in enumerate(rows) if not r[3])
     with qtbot.waitSignal(win.reply_finished, timeout=120_000) as done:
-        point = win.topk.row_rect(row).center().toPoint()
-        qtbot.mouseClick(win.topk, Qt.MouseButton.LeftButton, pos=point)
+        branch_to_row(qtbot, win, row)
     assert "error" not in done.args[0]
     qtbot.waitUntil(lambda: not win.controller.busy and win.controller.paused is None)
     shown = stored_reply(home, win)

@@ -709,7 +709,7 @@ def test_version_1_database_is_upgraded_with_its_data(tmp_path: Path) -> None:
 
     with ConversationStore(path) as s:
         assert s.recovery_notice is None
-        assert s._db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 3
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 5
         assert s._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert s._db.execute("PRAGMA foreign_key_check").fetchall() == []
         conv = s.get_conversation(7)
@@ -767,7 +767,7 @@ def test_version_2_database_is_upgraded_to_branches_with_every_message(tmp_path:
 
     with ConversationStore(path) as s:
         assert s.recovery_notice is None
-        assert s._db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 3
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 5
         assert s._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert s._db.execute("PRAGMA foreign_key_check").fetchall() == []
         assert count(s, "messages") == 5 and count(s, "steps") == 1

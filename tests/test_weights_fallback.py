@@ -115,7 +115,7 @@ def test_recent_models_opens_the_model_after_a_failed_choice(
         win.menus.weights_actions["int4"].trigger()
     qtbot.waitUntil(lambda: not win.model_loading(), timeout=WAIT_MS)
     load(qtbot, win, tiny_model_dir)  # another model, then back through Recent models
-    (recent,) = [a for a in win.menus.recent_menu.actions() if a.text() == str(tiny_hf_dir)]
+    (recent,) = [a for a in win.menus.recent_menu.actions() if a.data() == str(tiny_hf_dir)]
     with qtbot.waitSignal(win.model_ready, timeout=WAIT_MS) as ready:
         recent.trigger()
     assert ready.args[0].path == str(tiny_hf_dir) and ready.args[0].extra["quant"] == "none"

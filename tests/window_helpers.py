@@ -57,3 +57,13 @@ def broken_model_folder(base: Path) -> Path:
     (broken / "config.json").write_text("{not json")
     (broken / "model.safetensors").write_bytes(b"12345678")
     return broken
+
+
+def branch_to_row(qtbot, win, row: int) -> None:
+    """Branch to row `row` of the top-k panel as a user does (issue 26): click the row (which
+    only selects it), then press Enter on it (the row's Branch button does the same)."""
+    panel = win.topk
+    point = panel.row_rect(row).center().toPoint()
+    qtbot.mouseClick(panel, Qt.MouseButton.LeftButton, pos=point)
+    assert panel.selected == row and panel.branch_button.isVisible()
+    qtbot.keyClick(panel, Qt.Key.Key_Return)

@@ -103,7 +103,8 @@ class ConversationStore(MessageStore):
                 "AND lc_contains(m.content, ?1)))"
             )
             args = (needle,)
-        sql += " ORDER BY updated_at DESC, id DESC"
+        # Pinned ones first (most recently pinned on top), then the rest by their last activity.
+        sql += " ORDER BY pinned_at IS NULL, pinned_at DESC, updated_at DESC, id DESC"
         rows = self._read(lambda db: db.execute(sql, args).fetchall())
         return [conversation_from_row(r) for r in rows]
 
@@ -198,6 +199,20 @@ class ConversationStore(MessageStore):
                     "UPDATE conversations SET title_is_custom = 0 WHERE id = ?", (conversation_id,)
                 )
                 self._retitle(db, conversation_id)
+
+        self._write(write)
+
+    def set_pinned(self, conversation_id: int, pinned: bool) -> None:
+        """Pin a conversation to the top of the list, or unpin it. Its `updated_at` stays: pinning
+        is not activity, so an unpinned conversation goes back to where its last message puts it."""
+
+        def write(db: sqlite3.Connection) -> None:
+            self._require_conversation(db, conversation_id)
+            self._keep_alive(db, conversation_id)
+            db.execute(
+                "UPDATE conversations SET pinned_at = ? WHERE id = ?",
+                (time.time() if pinned else None, conversation_id),
+            )
 
         self._write(write)
 

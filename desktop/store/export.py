@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from desktop.store.schema import ROLES, Conversation, Message, StoreError
+from desktop.store.schema import ROLES, Conversation, Message, StoreError, unpack_draft
 from engine.events import Step, TopToken
 
 EXPORT_FORMAT = "loopchat-conversation"
@@ -144,6 +144,11 @@ def conversation_to_json(conv: Conversation) -> dict:
                         "top": [
                             {"token_id": t.token_id, "text": t.text, "prob": t.prob} for t in s.top
                         ],
+                        **(
+                            {"drafted": s.drafted, "check": s.check and s.check.to_dict()}
+                            if s.drafted or s.check is not None
+                            else {}
+                        ),
                     }
                     for s in m.steps
                 ],
@@ -301,6 +306,11 @@ def _step_from_json(check: _Checker, s: Any, where: str, index: int) -> Step:
                 float(check.field(t, "prob", at, "a probability")),
             )
         )
+    drafted, draft_check = False, None
+    if "drafted" in s or "check" in s:  # speculative decoding's marks: kept where readable
+        drafted, draft_check = unpack_draft(
+            json.dumps({"drafted": s.get("drafted"), "check": s.get("check")})
+        )
     return Step(
         index=index,
         token_id=check.field(s, "token_id", f"{where}.", "a token id"),
@@ -308,6 +318,8 @@ def _step_from_json(check: _Checker, s: Any, where: str, index: int) -> Step:
         piece=check.field(s, "piece", f"{where}.", "text", ""),
         prob=float(check.field(s, "prob", f"{where}.", "a probability")),
         top=top,
+        drafted=drafted,
+        check=draft_check,
     )
 
 

@@ -22,7 +22,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from desktop.store.schema import Migration, NewerSchemaError, StoreError, migrate
+from desktop.store.schema import (
+    Migration,
+    NewerSchemaError,
+    StoreError,
+    migrate,
+    migration_note,
+)
 
 __all__ = ["OpenedDatabase", "open_database"]
 
@@ -195,7 +201,7 @@ class _Opener:
                     "upgrade-failed", f"upgrading it failed ({type(exc).__name__}: {exc})"
                 ) from None
             if found < self.schema_version:
-                log.info("conversations upgraded from v%d to v%d", found, self.schema_version)
+                log.info("%s", migration_note(found, self.schema_version))
             # A file that opens but cannot take a write lock (read-only file, -wal or -shm) is
             # found here, at start, rather than at the first message.
             db.execute("BEGIN IMMEDIATE")

@@ -21,12 +21,19 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from desktop.store.export import clean_sampling, clean_timings, valid_time
-from desktop.store.schema import Conversation, Message, pack_top, unpack_top
+from desktop.store.schema import (
+    Conversation,
+    Message,
+    pack_draft,
+    pack_top,
+    unpack_draft,
+    unpack_top,
+)
 from engine.events import Step
 
 CONV_COLUMNS = (
     "id, title, created_at, updated_at, system_prompt, model, model_path, title_is_custom, "
-    "deleted_at, imported_at"
+    "deleted_at, imported_at, pinned_at"
 )
 MSG_COLUMNS = (
     "id, conversation_id, position, role, content, created_at, finished, stop_reason, model, "
@@ -40,7 +47,7 @@ VERSION_COLUMNS = (
 (`‹ 2/3 ›`), for a query over one conversation's messages (`WHERE conversation_id = ?`: the
 first messages, parent NULL, form one partition). Window functions sort once, O(n log n); a
 count per row was O(siblings²): 4,000 versions of one turn held the GUI for seconds."""
-STEP_COLUMNS = "idx, token_id, prob, text, piece, top_ids, top_probs, top_texts"
+STEP_COLUMNS = "idx, token_id, prob, text, piece, top_ids, top_probs, top_texts, draft"
 """A step row as `step_from_row` reads it (steps share no column name with messages)."""
 
 DAMAGED_TEXT = "[This message could not be read from the database.]"
@@ -83,6 +90,7 @@ def conversation_from_row(row: tuple) -> Conversation:
     model_path, bad_path = _text(row[6])
     deleted_at = row[8] if row[8] is None else _time(row[8])[0]
     imported_at = row[9] if row[9] is None else _time(row[9])[0]
+    pinned_at = row[10] if len(row) < 11 or row[10] is None else _time(row[10])[0]
     return Conversation(
         row[0],
         title,
@@ -94,6 +102,7 @@ def conversation_from_row(row: tuple) -> Conversation:
         title_is_custom=bool(row[7]),
         deleted_at=deleted_at,
         imported_at=imported_at,
+        pinned_at=pinned_at,
         damaged=bad_title or bad_created or bad_updated or bad_prompt or bad_model or bad_path,
     )
 
@@ -128,13 +137,17 @@ def message_from_row(row: tuple) -> Message:
 
 
 def step_from_row(r: tuple) -> Step | None:
-    """(idx, token_id, prob, text, piece, top_ids, top_probs, top_texts) as the engine's `Step`
-    it was saved from (timing and request id left out), or None when the row cannot be read."""
+    """(idx, token_id, prob, text, piece, top_ids, top_probs, top_texts, draft) as the engine's
+    `Step` it was saved from (timing and request id left out), or None when the row cannot be
+    read."""
     try:
         top = unpack_top(r[5], r[6], r[7])
         if not (isinstance(r[3], str) and isinstance(r[4], str)):
             return None
-        return Step(int(r[0]), int(r[1]), r[3], r[4], float(r[2]), top)
+        drafted, check = unpack_draft(r[8] if len(r) > 8 else None)
+        return Step(
+            int(r[0]), int(r[1]), r[3], r[4], float(r[2]), top, drafted=drafted, check=check
+        )
     except (TypeError, ValueError, struct.error, RecursionError):
         return None
 
@@ -183,9 +196,18 @@ def insert_steps(
     """Insert `records` as a message's steps `start`, `start + 1`, … (top-k packed)."""
     db.executemany(
         "INSERT INTO steps (message_id, idx, token_id, prob, text, piece, top_ids, "
-        "top_probs, top_texts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "top_probs, top_texts, draft) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
-            (message_id, start + i, s.token_id, s.prob, s.text, s.piece, *pack_top(s.top))
+            (
+                message_id,
+                start + i,
+                s.token_id,
+                s.prob,
+                s.text,
+                s.piece,
+                *pack_top(s.top),
+                pack_draft(s),
+            )
             for i, s in enumerate(records)
         ],
     )

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.events import Step, TopToken
+from engine.events import DraftCheck, Step, TopToken
 
 ROLES = ("system", "user", "assistant")
 
@@ -84,6 +84,8 @@ class Conversation:
     """When File → Import added it (None: it was made in this app)."""
     damaged: bool = False
     """The stored row (not its messages) had values that could not be used as they were."""
+    pinned_at: float | None = None
+    """When the user pinned it to the top of the list (None: not pinned)."""
 
 
 # -- packed top-k ------------------------------------------------------------------------------
@@ -112,6 +114,27 @@ def unpack_top(ids: bytes, probs: bytes, texts: str) -> list[TopToken]:
             strict=True,
         )
     ]
+
+
+def pack_draft(step: Step) -> str | None:
+    """Speculative decoding's account of a step as JSON (None for a plain step)."""
+    if not step.drafted and step.check is None:
+        return None
+    check = step.check.to_dict() if step.check is not None else None
+    return json.dumps({"drafted": step.drafted, "check": check}, ensure_ascii=False)
+
+
+def unpack_draft(raw: Any) -> tuple[bool, DraftCheck | None]:
+    """(drafted, check) from `pack_draft`'s JSON; a damaged value reads as a plain step (the
+    mark is lost, the token is not)."""
+    if raw is None:
+        return False, None
+    try:
+        data = json.loads(raw)
+        check = data.get("check")
+        return bool(data.get("drafted")), None if check is None else DraftCheck.from_dict(check)
+    except (TypeError, ValueError, KeyError, AttributeError, RecursionError):
+        return False, None
 
 
 # -- schema and migrations ---------------------------------------------------------------------
@@ -338,7 +361,17 @@ def _v3(db: sqlite3.Connection) -> None:
         db.execute(statement)
 
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _v2, _v3)
+# Version 4: a conversation can be pinned to the top of the list (NULL: not pinned). Pinned ones
+# are listed first, most recently pinned first; a plain column, so no rebuild.
+_V4 = sql_migration("ALTER TABLE conversations ADD COLUMN pinned_at REAL")
+
+
+# Version 5: speculative decoding's account of a step (was it drafted; the check made there), as
+# JSON, NULL for the steps of plain decoding (all steps before this version).
+_V5 = sql_migration("ALTER TABLE steps ADD COLUMN draft TEXT")
+
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _v2, _v3, _V4, _V5)
 """Migration i brings schema version i to i + 1 (`PRAGMA user_version`). Only ever append."""
 
 
@@ -353,6 +386,17 @@ class NewerSchemaError(Exception):
 
 def schema_version(db: sqlite3.Connection) -> int:
     return db.execute("PRAGMA user_version").fetchone()[0]
+
+
+def migration_note(found: int, target: int) -> str:
+    """What the log says after `migrate` took a database from version `found` to `target`:
+    a brand-new file (version 0) was created at `target`, not "upgraded from v0"; "" if nothing
+    changed."""
+    if found >= target:
+        return ""
+    if found == 0:
+        return f"conversations database created at v{target}"
+    return f"conversations upgraded from v{found} to v{target}"
 
 
 def migrate(db: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:

@@ -43,6 +43,7 @@ from desktop.views.chat_view import MessageWidget
 from desktop.views.conversation_view import ConversationView
 from desktop.views.surprisal import OpenChat
 from desktop.views.topk_panel import visible_token
+from desktop.views.window_layout import chat_squeezed, place_dock
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +232,9 @@ class AttentionView(QWidget):
 class AttentionInspector(QObject):
     """Wires the view into the window: a dock, a View-menu toggle, and the engine requests.
 
-    `window` only gives the dock its place; a click on a token of `chat` asks about it.
+    `window` only gives the dock its place; a click on a token of `chat` asks about it. The dock
+    opens beside the chat where the window has room, else below it (window_layout.place_dock),
+    and moves below when the window narrows until the chat is at its narrowest.
     """
 
     shown = Signal(object)  # AttentionResult, after the view shows it
@@ -260,8 +263,9 @@ class AttentionInspector(QObject):
         self.action.setCheckable(True)
         self.action.setShortcut("Ctrl+Shift+A")
         self.action.setToolTip("Show what a selected token of a reply attended to")
-        self.action.toggled.connect(self.dock.setVisible)
+        self.action.toggled.connect(self._toggled)
         self.dock.visibilityChanged.connect(self._dock_visibility)
+        window.installEventFilter(self)
         self._job: int | None = None
         chat.token_clicked.connect(self.select)
         controller.worker.inspected.connect(self._on_result)
@@ -270,6 +274,24 @@ class AttentionInspector(QObject):
     def add_to(self, menu: QMenu) -> None:
         """The toggle in `menu` (the View menu)."""
         menu.addAction(self.action)
+
+    def _toggled(self, visible: bool) -> None:
+        if visible and not self.dock.isVisible() and not self.dock.isFloating():
+            place_dock(self.window, self.dock, self.chat)
+        self.dock.setVisible(visible)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt API
+        """A narrowing window moves the dock from beside the chat to below it."""
+        if (
+            watched is self.window
+            and event.type() == QEvent.Type.Resize
+            and self.dock.isVisible()
+            and not self.dock.isFloating()
+            and self.window.dockWidgetArea(self.dock) == Qt.DockWidgetArea.RightDockWidgetArea
+            and chat_squeezed(self.window, self.chat)
+        ):
+            place_dock(self.window, self.dock, self.chat)
+        return super().eventFilter(watched, event)
 
     def _dock_visibility(self, visible: bool) -> None:
         # Closed with its own button: uncheck the toggle (hidden with a minimised window: keep);

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QPalette
+from PySide6.QtGui import QKeySequence, QPalette
 from PySide6.QtWidgets import (
     QApplication,
     QFrame,
@@ -50,8 +50,11 @@ class Banner(QFrame):
         action: str = "",
         callback: Callable[[], None] | None = None,
         on_dismiss: Callable[[], None] | None = None,
+        shortcut: QKeySequence | str = "",
     ) -> None:
-        """Show `text`; `on_dismiss` runs only if the user closes this message with ✕."""
+        """Show `text`; `on_dismiss` runs only if the user closes this message with ✕.
+        `shortcut` presses the action from anywhere in the window while the message shows
+        (Ctrl+Z for Undo); each message sets its own, so an old one never lingers."""
         self.kind = kind
         self._on_dismiss = on_dismiss
         self.setProperty("kind", "error" if kind == "error" else "notice")
@@ -65,6 +68,7 @@ class Banner(QFrame):
         self.label.setText(text)
         self._callback = callback
         self.action.setText(action)
+        self.action.setShortcut(QKeySequence(shortcut))
         self.action.setVisible(bool(action and callback))
         self.show()
 
@@ -73,6 +77,10 @@ class Banner(QFrame):
         message may have replaced it, and must not be hidden on the earlier one's behalf).
         Compared with ==, as each `obj.method` is a new bound-method object."""
         return self.isVisible() and self._callback == callback
+
+    def hideEvent(self, event) -> None:  # noqa: N802 - Qt API
+        self.action.setShortcut(QKeySequence())  # a hidden message's shortcut does nothing
+        super().hideEvent(event)
 
     def _dismiss(self) -> None:
         on_dismiss, self._on_dismiss = self._on_dismiss, None

@@ -7,6 +7,8 @@ finished reply is shown rendered as Markdown (Qt's own renderer; code blocks mon
 
 from __future__ import annotations
 
+import time
+
 from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from PySide6.QtGui import (
     QColor,
@@ -24,6 +26,7 @@ from PySide6.QtWidgets import (
     QSizePolicy,
     QTextBrowser,
     QToolButton,
+    QToolTip,
     QVBoxLayout,
     QWidget,
 )
@@ -33,6 +36,68 @@ from desktop.views.markdown import render_markdown, secure_browser
 from engine.events import Step
 
 TOKEN_INDEX = QTextFormat.Property.UserProperty + 1
+WRITTEN_VERBS = {"user": "Sent", "assistant": "Written", "note": "Noted"}
+
+
+def written_tooltip(role: str, created_at: float) -> str:
+    """ "Sent Sunday 6 December 2026, 15:40:12" in local time ("" for an unknown time)."""
+    if not created_at or created_at <= 0:
+        return ""
+    try:
+        local = time.localtime(created_at)
+    except (OverflowError, OSError, ValueError):
+        return ""
+    # The day without a leading zero, portably (%-d is glibc's).
+    when = f"{time.strftime('%A', local)} {local.tm_mday} {time.strftime('%B %Y, %H:%M:%S', local)}"
+    return f"{WRITTEN_VERBS.get(role, 'Written')} {when}"
+
+
+DRAFTED = QTextFormat.Property.UserProperty + 2
+"""Set on a token the draft proposed and the model accepted (speculative decoding)."""
+REJECTED = QTextFormat.Property.UserProperty + 3
+"""Set on a draft's guess the model rejected: shown struck out, not part of the reply."""
+DRAFTED_COLOUR = "#2e9d5b"
+"""Drafted tokens are underlined in this green (readable on both themes' backgrounds)."""
+
+
+def rejected_draft(step: Step):
+    """The draft's guess this step replaced (speculative decoding), or None."""
+    check = step.check
+    return check if check is not None and not check.accepted else None
+
+
+def _who(kind: str) -> str:
+    return "prompt lookup" if kind == "lookup" else "the draft model"
+
+
+def drafted_tip(step: Step) -> str:
+    """Why a drafted token was kept: the model's p and the draft's q, and the draw."""
+    c = step.check
+    if c is None:
+        return "Proposed by the draft and accepted by the model"
+    if c.u is None:
+        return f"Proposed by {_who(c.draft_kind)}; kept: it is the model's most likely token"
+    return (
+        f"Proposed by {_who(c.draft_kind)}; kept: draw u = {c.u:.3f} < p/q = "
+        f"{c.p:.3f}/{c.q:.3f} (model p = {c.p:.3f}, draft q = {c.q:.3f})"
+    )
+
+
+def rejected_tip(check, step: Step) -> str:
+    """Why a draft's guess was dropped, and what came instead."""
+    instead = step.piece or step.text
+    if check.u is None:
+        return (
+            f"{_who(check.draft_kind).capitalize()} proposed “{check.proposed_text}”; rejected: "
+            f"the model's most likely token is “{instead}”"
+        )
+    return (
+        f"{_who(check.draft_kind).capitalize()} proposed “{check.proposed_text}” (model p = "
+        f"{check.p:.3f}, draft q = {check.q:.3f}); rejected: draw u = {check.u:.3f} ≥ p/q. "
+        f"The model drew “{instead}” from max(0, p − q) instead"
+    )
+
+
 COPIED_FEEDBACK_MS = 1500
 """How long the Copy button says "Copied"."""
 
@@ -50,7 +115,9 @@ class _AutoHeightBrowser(QTextBrowser):
         self.document().setDocumentMargin(2)
         self.document().documentLayout().documentSizeChanged.connect(self._fit)
         self.viewport().setAutoFillBackground(False)
-        self.setStyleSheet("background: transparent;")
+        # Scoped to the browser: an unscoped rule also reached the tooltips shown over it (their
+        # style sheet parent), which then had no background at all (dark text on black).
+        self.setStyleSheet("QTextBrowser { background: transparent; }")
 
     def _fit(self) -> None:
         height = int(self.document().size().height()) + 4
@@ -79,6 +146,8 @@ class MessageWidget(QFrame):
         self.text = text
         self.finished = role != "assistant"
         self._token_view = False
+        self.written = ""
+        """When the message was written, in words (the card's hover tooltip); "" if unknown."""
         self.setObjectName(f"message_{role}")
         self.setFrameShape(QFrame.Shape.NoFrame)
         layout = QVBoxLayout(self)
@@ -160,6 +229,13 @@ class MessageWidget(QFrame):
         else:
             self._render()
 
+    def set_written(self, created_at: float) -> None:
+        """Hovering the card shows when the message was written (local date and time)."""
+        self.written = written_tooltip(self.role, created_at)
+        self.setToolTip(self.written)
+        name = self.author_label.text()
+        self.author_label.setToolTip(f"{name}\n{self.written}" if self.written else name)
+
     # -- versions ----------------------------------------------------------------------------
 
     def set_versions(self, version: int, versions: int, enabled: bool = True) -> None:
@@ -186,11 +262,20 @@ class MessageWidget(QFrame):
     def append_step(self, step: Step) -> None:
         """Add one streamed token to the end of the reply."""
         self.steps.append(step)
-        if step.text:
+        if step.text or rejected_draft(step):
             self.text += step.text
             cursor = QTextCursor(self.body.document())
             cursor.movePosition(QTextCursor.MoveOperation.End)
-            cursor.insertText(step.text, self._token_format(len(self.steps) - 1))
+            self._insert_step(cursor, len(self.steps) - 1, step)
+
+    def _insert_step(self, cursor: QTextCursor, index: int, step: Step) -> None:
+        """A token as the token-by-token view shows it: speculative decoding's rejected guess
+        at this place first (struck out; not part of the reply), then the token itself."""
+        check = rejected_draft(step)
+        if check is not None:
+            cursor.insertText(check.proposed_text, self._rejected_format(check, step))
+        if step.text:
+            cursor.insertText(step.text, self._token_format(index))
 
     def show_status(self, text: str) -> None:
         """A line about the reply's progress before it has text ("" hides it); the empty body
@@ -242,6 +327,20 @@ class MessageWidget(QFrame):
             shade = QColor(self.palette().color(QPalette.ColorRole.Highlight))
             shade.setAlphaF(0.10 if index % 2 else 0.22)
             fmt.setBackground(shade)
+        step = self.steps[index] if index < len(self.steps) else None
+        if step is not None and step.drafted:
+            fmt.setUnderlineStyle(QTextCharFormat.UnderlineStyle.SingleUnderline)
+            fmt.setUnderlineColor(QColor(DRAFTED_COLOUR))
+            fmt.setProperty(DRAFTED, True)
+            fmt.setToolTip(drafted_tip(step))
+        return fmt
+
+    def _rejected_format(self, check, step: Step) -> QTextCharFormat:
+        fmt = QTextCharFormat()
+        fmt.setFontStrikeOut(True)
+        fmt.setForeground(self.palette().color(QPalette.ColorRole.PlaceholderText))
+        fmt.setProperty(REJECTED, True)
+        fmt.setToolTip(rejected_tip(check, step))
         return fmt
 
     def _render(self) -> None:
@@ -250,8 +349,7 @@ class MessageWidget(QFrame):
             doc.clear()
             cursor = QTextCursor(doc)
             for i, step in enumerate(self.steps):
-                if step.text:
-                    cursor.insertText(step.text, self._token_format(i))
+                self._insert_step(cursor, i, step)
             shown = "".join(s.text for s in self.steps)
             if self.text.startswith(shown) and len(self.text) > len(shown):
                 cursor.insertText(self.text[len(shown) :], QTextCharFormat())
@@ -275,6 +373,15 @@ class MessageWidget(QFrame):
         return None if value is None else int(value)
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt API
+        if event.type() == QEvent.Type.ToolTip and self.written:
+            # Over the text: the written time, unless a link or a format has a tooltip there.
+            pos = event.pos()
+            if (
+                not self.body.anchorAt(pos)
+                and not self.body.cursorForPosition(pos).charFormat().toolTip()
+            ):
+                QToolTip.showText(event.globalPos(), self.written, self.body)
+                return True
         if event.type() == QEvent.Type.MouseButtonRelease and self.role == "assistant":
             if self.token_view and not self.body.textCursor().hasSelection():
                 index = self.step_at(event.position().toPoint())

@@ -1,7 +1,12 @@
 """The list of saved conversations: newest first, filtered by a search box.
 
 Conversations brought in with File → Import carry a small "Imported" tag (the tooltip says when),
-so a chat the user did not have here is not mistaken for one they had.
+so a chat the user did not have here is not mistaken for one they had. Pinned conversations
+(the row's context menu, or Ctrl+Shift+P) stay on top under a "Pinned" heading.
+
+From the keyboard the list acts on the highlighted row, not the open chat: Enter or Space opens
+it, F2 renames it, Delete deletes it (with the window's Undo). The window's F2 and Delete
+shortcuts mean "the open chat" elsewhere, so the list claims those keys while it has the focus.
 """
 
 from __future__ import annotations
@@ -9,8 +14,17 @@ from __future__ import annotations
 import datetime
 import time
 
-from PySide6.QtCore import QPoint, QRect, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPalette
+from PySide6.QtCore import QEvent, QObject, QPoint, QRect, Qt, QTimer, Signal
+from PySide6.QtGui import (
+    QAction,
+    QColor,
+    QFont,
+    QFontMetrics,
+    QKeyEvent,
+    QKeySequence,
+    QPainter,
+    QPalette,
+)
 from PySide6.QtWidgets import (
     QApplication,
     QInputDialog,
@@ -39,6 +53,11 @@ def _when(timestamp: float) -> str:
 IMPORTED_ROLE = Qt.ItemDataRole.UserRole + 1
 """Item data: when the conversation was imported (None: made here)."""
 IMPORTED_TAG = "Imported"
+PINNED_ROLE = Qt.ItemDataRole.UserRole + 2
+"""Item data: the conversation is pinned to the top of the list."""
+PINNED_HEADING = "Pinned"
+PIN_SHORTCUT = "Ctrl+Shift+P"
+"""Pins or unpins the highlighted conversation (the open one unless the keyboard moved on)."""
 
 
 def imported_tooltip(imported_at: float) -> str:
@@ -80,6 +99,12 @@ class _ImportedTagDelegate(QStyledItemDelegate):
         painter.restore()
 
 
+OPEN_KEYS = (Qt.Key.Key_Return, Qt.Key.Key_Enter, Qt.Key.Key_Space)
+"""Keys that open the highlighted conversation."""
+ROW_KEYS = (*OPEN_KEYS, Qt.Key.Key_F2, Qt.Key.Key_Delete)
+"""Keys the list handles itself while it has the focus (before the window's shortcuts)."""
+
+
 def group_of(timestamp: float, now: float | None = None) -> str:
     """ "Today", "Yesterday" or "Earlier", by local calendar day."""
     today = datetime.date.fromtimestamp(time.time() if now is None else now)
@@ -99,6 +124,7 @@ class ConversationList(QWidget):
     rename_requested = Signal(int, str)
     delete_requested = Signal(int)
     export_requested = Signal(int, str)  # (id, "md" | "json")
+    pin_requested = Signal(int, bool)  # (id, pinned)
     search_changed = Signal(str)
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -125,6 +151,13 @@ class ConversationList(QWidget):
         self.items.customContextMenuRequested.connect(self._menu)
         self.items.setItemDelegate(_ImportedTagDelegate(self.items))
         self.items.itemClicked.connect(self._clicked)
+        self.items.installEventFilter(self)
+        self.pin_action = QAction("Pin or unpin the conversation", self)
+        self.pin_action.setShortcut(QKeySequence(PIN_SHORTCUT))
+        self.pin_action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
+        self.pin_action.setToolTip("Keep the highlighted conversation at the top of the list")
+        self.pin_action.triggered.connect(self.toggle_pin_current)
+        self.addAction(self.pin_action)
         layout.addWidget(self.items, 1)
         # Search as you type, without querying on every keystroke.
         self._debounce = QTimer(self)
@@ -137,6 +170,37 @@ class ConversationList(QWidget):
         conv_id = item.data(Qt.ItemDataRole.UserRole)
         if conv_id is not None:  # not a group heading
             self.open_requested.emit(conv_id)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt API
+        """Enter/Space open, F2 renames, Delete deletes the highlighted row of the list."""
+        if watched is not self.items or not isinstance(event, QKeyEvent):
+            return super().eventFilter(watched, event)
+        plain = event.modifiers() in (
+            Qt.KeyboardModifier.NoModifier,
+            Qt.KeyboardModifier.KeypadModifier,
+        )
+        if not plain or event.key() not in ROW_KEYS:
+            return super().eventFilter(watched, event)
+        if event.type() == QEvent.Type.ShortcutOverride:
+            event.accept()  # the key comes to the list, not to a window shortcut
+            return True
+        if event.type() == QEvent.Type.KeyPress:
+            self.act_on_highlighted(Qt.Key(event.key()))
+            return True
+        return super().eventFilter(watched, event)
+
+    def act_on_highlighted(self, key: Qt.Key) -> None:
+        """What `key` does to the highlighted conversation (nothing on a heading or none)."""
+        item = self.items.currentItem()
+        conv_id = None if item is None else item.data(Qt.ItemDataRole.UserRole)
+        if conv_id is None:
+            return
+        if key in OPEN_KEYS:
+            self.open_requested.emit(conv_id)
+        elif key == Qt.Key.Key_F2:
+            self._rename(conv_id, item.text())
+        elif key == Qt.Key.Key_Delete:
+            self.delete_requested.emit(conv_id)
 
     def _heading(self, text: str) -> None:
         item = QListWidgetItem(text)
@@ -153,8 +217,10 @@ class ConversationList(QWidget):
         self.items.clear()
         group = None
         for conv in conversations:
-            if group_of(conv.updated_at) != group:
-                group = group_of(conv.updated_at)
+            pinned = getattr(conv, "pinned_at", None) is not None
+            here = PINNED_HEADING if pinned else group_of(conv.updated_at)
+            if here != group:
+                group = here
                 self._heading(group)
             item = QListWidgetItem(f"{conv.title or 'New conversation'}")
             tip = f"{conv.title}\n{_when(conv.updated_at)}"
@@ -163,6 +229,9 @@ class ConversationList(QWidget):
                 tip += f"\n{imported_tooltip(imported_at)}"
                 item.setData(IMPORTED_ROLE, float(imported_at))
                 item.setData(Qt.ItemDataRole.AccessibleDescriptionRole, IMPORTED_TAG)
+            if pinned:
+                tip += f"\nPinned to the top ({PIN_SHORTCUT} or right-click to unpin)"
+                item.setData(PINNED_ROLE, True)
             item.setToolTip(tip)
             item.setData(Qt.ItemDataRole.UserRole, conv.id)
             self.items.addItem(item)
@@ -180,7 +249,7 @@ class ConversationList(QWidget):
         return None if item is None else item.data(Qt.ItemDataRole.UserRole)
 
     def rename(self, conv_id: int | None) -> None:
-        """Ask for a new title of `conv_id` (the open conversation, for F2)."""
+        """Ask for a new title of `conv_id` (the open conversation, for F2 outside the list)."""
         for i in range(self.items.count()):
             item = self.items.item(i)
             if item.data(Qt.ItemDataRole.UserRole) == conv_id:
@@ -207,6 +276,16 @@ class ConversationList(QWidget):
         """Ids of the listed conversations marked as imported."""
         return [r.data(Qt.ItemDataRole.UserRole) for r in self._rows() if r.data(IMPORTED_ROLE)]
 
+    def pinned(self) -> list[int]:
+        """Ids of the listed conversations pinned to the top, in list order."""
+        return [r.data(Qt.ItemDataRole.UserRole) for r in self._rows() if r.data(PINNED_ROLE)]
+
+    def toggle_pin_current(self) -> None:
+        """Pin the highlighted conversation, or unpin it if it is pinned (Ctrl+Shift+P)."""
+        conv_id = self.current_id()
+        if conv_id is not None:
+            self.pin_requested.emit(conv_id, conv_id not in self.pinned())
+
     def headings(self) -> list[str]:
         rows = (self.items.item(i) for i in range(self.items.count()))
         return [r.text() for r in rows if r.data(Qt.ItemDataRole.UserRole) is None]
@@ -217,6 +296,12 @@ class ConversationList(QWidget):
             return
         conv_id = item.data(Qt.ItemDataRole.UserRole)
         menu = QMenu(self)
+        is_pinned = bool(item.data(PINNED_ROLE))
+        pin = menu.addAction(
+            "Unpin" if is_pinned else "Pin to top",
+            lambda: self.pin_requested.emit(conv_id, not is_pinned),
+        )
+        pin.setShortcut(QKeySequence(PIN_SHORTCUT))  # shown in the menu as a reminder
         menu.addAction("Rename…", lambda: self._rename(conv_id, item.text()))
         menu.addAction("Export as Markdown…", lambda: self.export_requested.emit(conv_id, "md"))
         menu.addAction("Export as JSON…", lambda: self.export_requested.emit(conv_id, "json"))

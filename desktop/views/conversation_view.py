@@ -6,14 +6,19 @@ built when the user scrolls to the top (or clicks "Show earlier messages"), so o
 messages neither blocks the GUI nor builds 10,000 text documents.
 
 Editing a sent message happens in the window's message box (`desktop.views.message_edit`).
+
+`reveal(text)` (search that jumps to the match): builds the cards down to the first message that
+contains `text`, scrolls it into view and highlights the words found.
 """
 
 from __future__ import annotations
 
 from PySide6.QtCore import QTimer, Signal
+from PySide6.QtGui import QColor, QPalette, QTextCharFormat, QTextCursor, QTextDocument
 from PySide6.QtWidgets import (
     QPushButton,
     QSizePolicy,
+    QTextEdit,
 )
 
 from desktop.session import ChatSession
@@ -25,6 +30,8 @@ PAGE = 25
 """Turns built at a time (the latest page on opening, one more per scroll to the top)."""
 CHUNK = 3
 """Cards built per event-loop turn."""
+REVEAL_HOLD_MS = 1500
+"""How long a revealed match is kept in view while the cards above it settle their heights."""
 
 
 DAMAGED = "This message could not be read (it is damaged in the database) and is left out."
@@ -59,6 +66,8 @@ class ConversationView(ChatView):
         """The session shown: its `reply` says which turn streams (read, never copied)."""
         self._cards: dict[int, MessageWidget] = {}
         self._notes: dict[int, MessageWidget] = {}
+        self.revealed: MessageWidget | None = None
+        """The card `reveal` scrolled to (kept in view while the layout settles)."""
         self.verticalScrollBar().valueChanged.connect(self._maybe_load_earlier)
 
     # -- whole conversations ---------------------------------------------------------------
@@ -81,6 +90,7 @@ class ConversationView(ChatView):
         return self._session.reply if self._session is not None else None
 
     def clear(self) -> None:
+        self.revealed = None
         super().clear()
         self._cards.clear()
         self._notes.clear()
@@ -131,11 +141,11 @@ class ConversationView(ChatView):
         if turn.damaged:
             card = MessageWidget("note", DAMAGED)
         elif turn is self._live and not turn.finished:  # streaming: its steps so far, live
-            card = MessageWidget(turn.role, "", turn.model)
+            card = MessageWidget(turn.role, "", turn.author)
             for step in turn.steps:
                 card.append_step(step)
         else:
-            card = MessageWidget(turn.role, turn.content, turn.model)
+            card = MessageWidget(turn.role, turn.content, turn.author)
             if turn.role == ASSISTANT and turn.finished:
                 card.steps = list(turn.steps)
                 card.finish(turn.content, turn.stats)
@@ -143,6 +153,10 @@ class ConversationView(ChatView):
                 card.finish(turn.content, turn.stats)
         card.turn = turn
         card.position = turn.position
+        card.set_written(turn.created_at)
+        if turn.author_note:  # a branch two models wrote: which part is whose
+            label = card.author_label
+            label.setToolTip(f"{turn.author_note}\n{label.toolTip()}")
         card.set_versions(turn.version, turn.versions, enabled=self._live is None)
         self._cards[id(turn)] = card
         cards.append(card)
@@ -164,9 +178,63 @@ class ConversationView(ChatView):
     def card(self, turn: Turn) -> MessageWidget | None:
         return self._cards.get(id(turn))
 
+    # -- search that jumps to the match ----------------------------------------------------
+
+    def reveal(self, text: str) -> MessageWidget | None:
+        """Scroll to the first shown message containing `text` (case-insensitive, as the list's
+        search) and highlight it there; None when no shown message has it."""
+        needle = text.strip().casefold()
+        if not needle:
+            return None
+        index = next(
+            (
+                i
+                for i, turn in enumerate(self._turns)
+                if not turn.damaged and needle in turn.content.casefold()
+            ),
+            None,
+        )
+        if index is None:
+            return None
+        if index < self._first:  # on an earlier page: build the cards down to it, now
+            self._target = index
+            self._build_chunk(self._first - index)
+        card = self.card(self._turns[index])
+        if card is None:
+            return None
+        highlight_matches(card, text.strip())
+        self.revealed = card
+        self._stick_to_bottom = False
+        QTimer.singleShot(0, self, self._show_revealed)
+        QTimer.singleShot(REVEAL_HOLD_MS, self, self._release_revealed)
+        return card
+
+    def _show_revealed(self) -> None:
+        card = self.revealed
+        if card is None or card not in self.messages:
+            return
+        self.widget().layout().activate()
+        spots = card.body.extraSelections()
+        if spots:  # the first match itself, not just the top of a long card
+            rect = card.body.cursorRect(spots[0].cursor)
+            point = card.body.viewport().mapTo(self.widget(), rect.center())
+            self.ensureVisible(point.x(), point.y(), 0, max(40, self.viewport().height() // 3))
+        else:
+            self.ensureWidgetVisible(card, 0, 40)
+
+    def _release_revealed(self) -> None:
+        self.revealed = None
+
+    def _follow(self, minimum: int, maximum: int) -> None:
+        if self.revealed is not None:  # cards above the match grew: keep the match in view
+            QTimer.singleShot(0, self, self._show_revealed)
+            return
+        super()._follow(minimum, maximum)
+
     # -- SessionListener -------------------------------------------------------------------
 
     def turn_added(self, session: ChatSession, turn: Turn) -> None:
+        self.revealed = None
         if turn is session.reply:  # a new reply (a branch may start with its old tokens)
             self.enable_versions(False)
         for widget in self._cards_for(turn):
@@ -220,3 +288,24 @@ class ConversationView(ChatView):
 
     def saved_again(self, _session: ChatSession) -> None:
         self.save_problem.emit("")
+
+
+def highlight_matches(card: MessageWidget, text: str) -> int:
+    """Mark every occurrence of `text` in the card's shown text (case-insensitive) with the
+    theme's highlight colour, the first one selected; return how many were found. A match that
+    Markdown split (`**a**b`) is not found in the shown text: the card is then only scrolled to."""
+    document = card.body.document()
+    tint = QColor(card.palette().color(QPalette.ColorRole.Highlight))
+    tint.setAlpha(90)
+    spots: list[QTextEdit.ExtraSelection] = []
+    cursor = document.find(text, 0, QTextDocument.FindFlag(0))
+    while not cursor.isNull() and len(spots) < 200:
+        spot = QTextEdit.ExtraSelection()
+        spot.cursor = QTextCursor(cursor)
+        fmt = QTextCharFormat()
+        fmt.setBackground(tint)
+        spot.format = fmt
+        spots.append(spot)
+        cursor = document.find(text, cursor)
+    card.body.setExtraSelections(spots)
+    return len(spots)

@@ -1,9 +1,13 @@
-"""The message editor: Enter sends, Shift+Enter starts a new line."""
+"""The message editor: Enter sends, Shift+Enter starts a new line.
+
+Ctrl+Z undoes typing while there is typing to undo; otherwise it is left to the window (Undo of
+a branch, offered in the banner), rather than swallowed by an empty undo stack.
+"""
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QKeyEvent
+from PySide6.QtCore import QEvent, Qt, Signal
+from PySide6.QtGui import QKeyEvent, QKeySequence
 from PySide6.QtWidgets import QPlainTextEdit, QWidget
 
 MAX_LINES = 8
@@ -23,6 +27,17 @@ class InputBox(QPlainTextEdit):
         self.setTabChangesFocus(True)
         self.document().contentsChanged.connect(self._fit)
         self._fit()
+
+    def event(self, event: QEvent) -> bool:
+        if (
+            event.type() == QEvent.Type.ShortcutOverride
+            and isinstance(event, QKeyEvent)
+            and event.matches(QKeySequence.StandardKey.Undo)
+            and not self.document().isUndoAvailable()
+        ):
+            event.ignore()  # nothing typed to undo: the window's Ctrl+Z (Undo a branch) runs
+            return False
+        return super().event(event)
 
     def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802 - Qt API
         enter = event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)

@@ -12,9 +12,15 @@ app, a FIFO hangs it) and clicked links go to the OS handler or replace the card
   fallback (which reads local files); images are shown as their address in words anyway.
 * **Links only on request**: the browser neither follows nor opens links itself
   (`setOpenLinks(False)`, `setOpenExternalLinks(False)`); `handle_link` opens http(s) links in the
-  web browser after `confirm_link` says yes, and refuses every other scheme.
+  web browser after `confirm_link` says yes, and refuses every other scheme. A link Loopchat will
+  not open (`file:`, `javascript:`, a relative address…) is not drawn as a link at all: its words
+  stay, followed by its address in brackets, with a tooltip saying why (a link that looks
+  clickable and silently does nothing reads as a broken app).
 * **Code blocks** are monospace on a shaded background, wrapped (cards never scroll sideways), with
-  a "Copy code" link above each that copies just that block.
+  a "Copy code" link above each that copies just that block. A block that names its language
+  (```` ```python ````) is coloured by Pygments' lexer for it, with the theme's colours
+  (`desktop.theme.CODE_COLOURS`); Pygments only splits the text into tokens, it formats nothing.
+* **Block quotes** are indented on a tinted background, in the theme's quote colour.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ from PySide6.QtGui import (
 )
 from PySide6.QtWidgets import QMessageBox, QTextBrowser, QToolTip, QWidget
 
+from desktop.theme import reply_colours
+
 log = logging.getLogger(__name__)
 
 MARKDOWN_FEATURES = (
@@ -63,6 +71,13 @@ MAX_DATA_URL_BYTES = 8 * 1024 * 1024
 """A `data:` image larger than this is not decoded (a reply must not be able to stall a card)."""
 
 _CODE = QTextFormat.Property.BlockCodeLanguage
+_QUOTE = QTextFormat.Property.BlockQuoteLevel
+MAX_HIGHLIGHT_CHARS = 20_000
+"""A longer code block is shown uncoloured (colouring must not hold the GUI on a huge reply)."""
+NOT_OPENED_TIP = (
+    "Loopchat opens only web links (http and https), after asking; this address is shown as "
+    "text. Copy it if you want to open it yourself."
+)
 _COPY_HEADER = QTextFormat.Property.UserProperty + 101  # marks a "Copy code" header block
 
 
@@ -193,11 +208,15 @@ def _show_address(browser: QTextBrowser, url: QUrl) -> None:
 
 def render_markdown(document: QTextDocument, text: str, palette: QPalette | None = None) -> None:
     """Show `text` as Markdown in `document`, safely (see the module docstring)."""
+    palette = palette or QGuiApplication.palette()
     document.setMarkdown(text, MARKDOWN_FEATURES)
     _replace_images(document)
-    shade = _code_shade(palette or QGuiApplication.palette())
+    _unlink_unopenable(document)
+    shade = _code_shade(palette)
+    colours = reply_colours(palette)
+    _style_quotes(document, palette, colours["quote"])
     _style_inline_code(document, shade)
-    _style_code_blocks(document, shade)
+    _style_code_blocks(document, shade, colours)
 
 
 def _code_shade(palette: QPalette) -> QColor:
@@ -233,6 +252,73 @@ def _replace_images(document: QTextDocument) -> None:
         plain = QTextCharFormat()
         plain.setFontItalic(True)
         cursor.insertText(f"[image: {name[:200]}]", plain)
+
+
+def openable(url: QUrl) -> bool:
+    """A link `handle_link` may open (after asking): http(s) with a host."""
+    return url.scheme().lower() in OPENABLE_SCHEMES and url.isValid() and bool(url.host())
+
+
+def _unlink_unopenable(document: QTextDocument) -> None:
+    """Links Loopchat would refuse become plain words followed by their address in brackets."""
+    links: list[list] = []  # [start, end, href, words]: touching fragments of one link merged
+    for block in _blocks(document):
+        it = block.begin()
+        while not it.atEnd():
+            fragment = it.fragment()
+            fmt = fragment.charFormat()
+            href = fmt.anchorHref() if fmt.isAnchor() else ""
+            if href and not openable(QUrl(href)):
+                start, end = fragment.position(), fragment.position() + fragment.length()
+                if links and links[-1][1] == start and links[-1][2] == href:
+                    links[-1][1] = end
+                    links[-1][3] += fragment.text()
+                else:
+                    links.append([start, end, href, fragment.text()])
+            it += 1
+    for start, end, href, words in reversed(links):
+        cursor = QTextCursor(document)
+        for position in range(start, end):  # per character: a link may mix bold and plain
+            cursor.setPosition(position)
+            cursor.setPosition(position + 1, QTextCursor.MoveMode.KeepAnchor)
+            fmt = cursor.charFormat()
+            for prop in (
+                QTextFormat.Property.IsAnchor,
+                QTextFormat.Property.AnchorHref,
+                QTextFormat.Property.AnchorName,
+                QTextFormat.Property.ForegroundBrush,
+                QTextFormat.Property.TextUnderlineStyle,
+                QTextFormat.Property.FontUnderline,
+            ):
+                fmt.clearProperty(prop)
+            fmt.setToolTip(NOT_OPENED_TIP)
+            cursor.setCharFormat(fmt)
+        if words.strip() != href.strip():
+            cursor.setPosition(end)
+            address = href if len(href) <= 200 else href[:200] + "…"
+            plain = cursor.charFormat()
+            plain.setFontWeight(QFont.Weight.Normal)
+            plain.setFontItalic(False)
+            cursor.insertText(f" ({address})", plain)
+
+
+def _style_quotes(document: QTextDocument, palette: QPalette, colour: QColor) -> None:
+    """Block quotes: indented on a light tint of the theme's highlight, in the quote colour."""
+    tint = QColor(palette.color(QPalette.ColorRole.Highlight))
+    tint.setAlpha(28)
+    for block in _blocks(document):
+        fmt = block.blockFormat()
+        if not fmt.hasProperty(_QUOTE) or fmt.intProperty(_QUOTE) <= 0:
+            continue
+        fmt.setBackground(tint)
+        fmt.setLeftMargin(max(fmt.leftMargin(), 12.0))
+        fmt.setRightMargin(4)
+        cursor = QTextCursor(block)
+        cursor.setBlockFormat(fmt)
+        cursor.movePosition(QTextCursor.MoveOperation.EndOfBlock, QTextCursor.MoveMode.KeepAnchor)
+        text = QTextCharFormat()
+        text.setForeground(colour)
+        cursor.mergeCharFormat(text)
 
 
 def _style_inline_code(document: QTextDocument, shade: QColor) -> None:
@@ -279,8 +365,10 @@ def copy_code_block(document: QTextDocument, number: str) -> bool:
     return True
 
 
-def _style_code_blocks(document: QTextDocument, shade: QColor) -> None:
-    """Shade and wrap code lines, and put a "Copy code" link above each block."""
+def _style_code_blocks(
+    document: QTextDocument, shade: QColor, colours: dict[str, QColor] | None = None
+) -> None:
+    """Shade, wrap and colour code lines, and put a "Copy code" link above each block."""
     starts: list[int] = []
     previous_was_code = False
     mono = QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont)
@@ -304,6 +392,11 @@ def _style_code_blocks(document: QTextDocument, shade: QColor) -> None:
             if not previous_was_code:
                 starts.append(block.blockNumber())
         previous_was_code = is_code
+    if colours:
+        for number, text in zip(starts, code_blocks(document), strict=True):
+            first = document.findBlockByNumber(number)
+            language = str(first.blockFormat().property(_CODE) or "")
+            highlight_code(document, first.position(), text, language, colours)
     for number in reversed(range(len(starts))):
         _insert_copy_header(document.findBlockByNumber(starts[number]), number, shade)
 
@@ -332,3 +425,87 @@ def _insert_copy_header(first: QTextBlock, number: int, shade: QColor) -> None:
     link.setForeground(QGuiApplication.palette().color(QPalette.ColorRole.Link))
     link.setToolTip("Copy this code block")
     cursor.insertText("Copy code", link)
+
+
+# -- syntax colours ----------------------------------------------------------------------------
+
+_TOKEN_KINDS = (  # most specific first: Name.Function before Name.Builtin before Keyword…
+    ("Comment", "comment"),
+    ("Literal.String", "string"),
+    ("Literal.Number", "number"),
+    ("Keyword.Type", "class"),
+    ("Keyword", "keyword"),
+    ("Operator.Word", "keyword"),
+    ("Name.Function", "function"),
+    ("Name.Class", "class"),
+    ("Name.Builtin", "builtin"),
+    ("Name.Decorator", "decorator"),
+    ("Name.Tag", "tag"),
+    ("Name.Attribute", "attribute"),
+    ("Name.Exception", "class"),
+    ("Generic.Deleted", "error"),
+    ("Generic.Inserted", "string"),
+    ("Generic.Heading", "keyword"),
+    ("Error", "error"),
+)
+"""Pygments token types (as dotted names) to the kinds `desktop.theme.CODE_COLOURS` colours."""
+
+
+def token_kind(token_type) -> str | None:
+    """The colour kind of a Pygments token type, or None to leave it in the text colour."""
+    name = str(token_type).removeprefix("Token.")
+    for prefix, kind in _TOKEN_KINDS:
+        if name == prefix or name.startswith(prefix + "."):
+            return kind
+    return None
+
+
+def code_tokens(text: str, language: str) -> list[tuple[int, int, str]] | None:
+    """(start, length, kind) of each coloured token of `text` in `language`; None when the
+    language is unknown (or not given), the block too long, or the lexer changed the text."""
+    name = language.strip().split(maxsplit=1)[0].lower() if language.strip() else ""
+    if not name or len(text) > MAX_HIGHLIGHT_CHARS:
+        return None
+    from pygments.lexers import get_lexer_by_name  # imported on the first code block only
+    from pygments.util import ClassNotFound
+
+    try:
+        lexer = get_lexer_by_name(name, stripnl=False, ensurenl=False, stripall=False)
+    except ClassNotFound:
+        return None
+    spans: list[tuple[int, int, str]] = []
+    at = 0
+    try:
+        for token_type, value in lexer.get_tokens(text):
+            kind = token_kind(token_type)
+            if kind is not None and value:
+                spans.append((at, len(value), kind))
+            at += len(value)
+    except Exception:  # noqa: BLE001 - a lexer bug must not stop a reply from showing
+        log.warning("Pygments could not colour a %s block", name, exc_info=True)
+        return None
+    return spans if at == len(text) else None
+
+
+def highlight_code(
+    document: QTextDocument, start: int, text: str, language: str, colours: dict[str, QColor]
+) -> bool:
+    """Colour the code block whose text `text` begins at `start` in `document`; False when it
+    stays uncoloured (see `code_tokens`). Lines of a block are consecutive text blocks, each
+    separated by one character, so an offset in `text` is an offset in the document."""
+    spans = code_tokens(text, language)
+    if not spans:
+        return False
+    cursor = QTextCursor(document)
+    for offset, length, kind in spans:
+        colour = colours.get(kind)
+        if colour is None:
+            continue
+        cursor.setPosition(start + offset)
+        cursor.setPosition(start + offset + length, QTextCursor.MoveMode.KeepAnchor)
+        fmt = QTextCharFormat()
+        fmt.setForeground(colour)
+        if kind == "comment":
+            fmt.setFontItalic(True)
+        cursor.mergeCharFormat(fmt)
+    return True

@@ -8,7 +8,11 @@ download running, with its progress in the status bar.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QFont
 from PySide6.QtWidgets import (
     QCheckBox,
     QDialog,
@@ -27,16 +31,40 @@ from PySide6.QtWidgets import (
 
 from desktop.app_text import for_the_app
 from desktop.download import DownloadController
-from engine.front_door import format_bytes
+from desktop.model_fit import fit_hint
+from desktop.model_loading import recent_label
+from engine.front_door import format_bytes, is_builtin
+
+OPEN_NOW = "   ·   open now"
+"""Ends the label of the model that is loaded (with a check mark in front)."""
+SEPARATOR = "   ·   "
+
+
+def opened_before(recent: Sequence[str]) -> list[str]:
+    """The folders among the recent models that still exist (not the built-in model, not Hub
+    repo ids: those are listed with the catalogue and the downloaded models)."""
+    return [p for p in recent if not is_builtin(p) and Path(p).is_absolute() and Path(p).is_dir()]
 
 
 class ModelChooser(QDialog):
-    """Emits `model_chosen(path)` with a complete local model folder."""
+    """Emits `model_chosen(path)` with a complete local model folder.
+
+    `current`: what the loaded model was opened as (marked "open now"); `recent`: the recent
+    models, whose folders are listed under "Opened before".
+    """
 
     model_chosen = Signal(str)
 
-    def __init__(self, parent: QWidget | None = None, downloads=None) -> None:
+    def __init__(
+        self,
+        parent: QWidget | None = None,
+        downloads=None,
+        current: str = "",
+        recent: Sequence[str] = (),
+    ) -> None:
         super().__init__(parent)
+        self.current = current
+        self.recent = list(recent)
         self.setWindowTitle("Choose a model")
         self.setMinimumSize(620, 520)
         self._owns_downloads = downloads is None
@@ -102,13 +130,17 @@ class ModelChooser(QDialog):
         self.go_button.setObjectName("primary")
         self.go_button.setDefault(True)
         self.go_button.clicked.connect(self.accept_selected)
+        self.close_button = QPushButton("Cancel")
+        self.close_button.setToolTip("Close without opening a model (a download goes on)")
+        self.close_button.clicked.connect(self.reject)
         buttons.addWidget(self.folder_button)
         buttons.addWidget(self.repo_button)
         buttons.addStretch(1)
         progress_row.addWidget(self.cancel_button)
+        buttons.addWidget(self.close_button)
         buttons.addWidget(self.go_button)
         layout.addLayout(buttons)
-        for button in (self.folder_button, self.repo_button, self.cancel_button):
+        for button in (self.folder_button, self.repo_button, self.cancel_button, self.close_button):
             button.setMinimumWidth(button.sizeHint().width())  # never clip a label
         self.go_button.setMinimumWidth(self.go_button.sizeHint().width())
 
@@ -144,8 +176,14 @@ class ModelChooser(QDialog):
             have = entry["repo_id"] in cached
             label = f"{entry['name']}   ·   {format_bytes(entry['size_bytes'])}"
             label += "   ·   downloaded" if have else ("   ·   gated" if entry["gated"] else "")
+            fit = fit_hint(entry)  # before the download: will it fit this computer's memory?
+            if fit is not None:
+                label += f"   ·   {fit.verdict}"
             item = QListWidgetItem(label)
             data = dict(entry, kind="catalogue", path=cached.get(entry["repo_id"], {}).get("path"))
+            if fit is not None:
+                data["fit"] = fit.text
+                item.setToolTip(fit.text)
             item.setData(Qt.ItemDataRole.UserRole, data)
             self.items.addItem(item)
             if entry.get("default"):
@@ -174,7 +212,60 @@ class ModelChooser(QDialog):
                 },
             )
             self.items.addItem(item)
+        self._add_opened_before()
+        self._mark_open_model()
         self.items.setCurrentRow(default_row)
+
+    def _add_opened_before(self) -> None:
+        """A heading, then each folder opened before that still exists (its name; the full
+        path in the tooltip and the details)."""
+        listed = {
+            str((self.items.item(i).data(Qt.ItemDataRole.UserRole) or {}).get("path"))
+            for i in range(self.items.count())
+        }
+        folders = [p for p in opened_before(self.recent) if p not in listed]
+        if not folders:
+            return
+        heading = QListWidgetItem("Opened before")
+        heading.setFlags(Qt.ItemFlag.NoItemFlags)  # a heading: not selectable, not a model
+        font = QFont(self.items.font())
+        font.setBold(True)
+        heading.setFont(font)
+        self.items.addItem(heading)
+        for path in folders:
+            name, tip = recent_label(path)
+            item = QListWidgetItem(f"{name}{SEPARATOR}folder")
+            item.setToolTip(tip)
+            item.setData(
+                Qt.ItemDataRole.UserRole,
+                {
+                    "kind": "folder",
+                    "repo_id": path,
+                    "name": name,
+                    "path": path,
+                    "gated": False,
+                    "description": f"A folder you opened before: {path}",
+                    "licence": "",
+                },
+            )
+            self.items.addItem(item)
+
+    def is_open(self, entry: dict | None) -> bool:
+        """Whether `entry` is the model loaded now (by folder, repo id, or the built-in one)."""
+        if not entry or not self.current:
+            return False
+        if entry.get("kind") == "builtin" or is_builtin(str(entry.get("path") or "")):
+            return is_builtin(self.current)
+        return self.current in (entry.get("path"), entry.get("repo_id"))
+
+    def _mark_open_model(self) -> None:
+        for i in range(self.items.count()):
+            item = self.items.item(i)
+            if self.is_open(item.data(Qt.ItemDataRole.UserRole)):
+                item.setText(f"✓ {item.text()}{OPEN_NOW}")
+                font = QFont(self.items.font())
+                font.setBold(True)
+                item.setFont(font)
 
     def entry(self) -> dict | None:
         item = self.items.currentItem()
@@ -188,12 +279,16 @@ class ModelChooser(QDialog):
         text = f"<b>{entry['name']}</b> — {entry.get('description', '')}"
         if entry.get("licence"):
             text += f"<br>Licence: {entry['licence']}."
+        if entry.get("fit"):
+            text += "<br>" + entry["fit"].replace("&", "&amp;").replace("<", "&lt;")
         if entry.get("gated") and not entry.get("path"):
             url = f"https://huggingface.co/{entry['repo_id']}"
             text += (
                 f"<br><b>Gated:</b> accept the licence on <a href='{url}'>{url}</a> with your "
                 "Hugging Face account, then paste an access token (Settings → Access Tokens)."
             )
+        if self.is_open(entry):
+            text += "<br><b>Open now.</b> Choosing it again reloads it."
         self.details.setText(text)
         self.token_row.setVisible(bool(entry.get("gated")) and not entry.get("path"))
         self.go_button.setText("Open" if entry.get("path") else "Download and open")

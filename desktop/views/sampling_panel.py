@@ -1,8 +1,10 @@
-"""Sampling settings, persisted between runs.
+"""Sampling settings, persisted between runs, and the system prompt's box.
 
 Defaults come from `engine.events.SamplingParams` (the CLI reads the same record). The system
-prompt field shows the open conversation's prompt; the default for new chats is kept apart
-(`chat/system_prompt`) and changes only when the user says so.
+prompt is not a generation setting: `prompt_box` (desktop.views.system_prompt_box) shows the
+open conversation's prompt, with the default for new chats (`chat/system_prompt`, changed only
+when the user says so) and named presets beside it; the side panel gives it its own section.
+`system_prompt` is its editor (a test seam).
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QLabel,
     QLineEdit,
-    QPlainTextEdit,
     QSpinBox,
     QWidget,
 )
 
-from desktop.settings_values import setting_float, setting_int, setting_str
+from desktop.prompt_presets import DEFAULT_SYSTEM_PROMPT_KEY
+from desktop.settings_values import setting_float, setting_int
 from desktop.turns import ReplyOptions
+from desktop.views.draft_setting import DraftSetting
+from desktop.views.system_prompt_box import SystemPromptBox
 from desktop.views.wheel_guard import guard_wheel
 from engine.events import DEFAULT_MAX_NEW_TOKENS, DEFAULT_REPORT_TOP, SamplingParams
 
@@ -37,7 +41,7 @@ DEFAULTS = {
     "report_top": DEFAULT_REPORT_TOP,
 }
 """The panel's field values when nothing is saved: SamplingParams' own defaults."""
-DEFAULT_SYSTEM_PROMPT_KEY = "chat/system_prompt"
+__all__ = ["DEFAULT_SYSTEM_PROMPT_KEY", "DEFAULTS", "SamplingPanel", "parse_seed"]
 SEED_MAX = 2**63 - 1
 """The largest seed the panel takes: QSettings keeps a signed 64-bit int (2**64 raised
 OverflowError on save), and -1 is kept for "random"."""
@@ -64,7 +68,7 @@ class SeedValidator(QValidator):
 
 
 class SamplingPanel(QWidget):
-    """Temperature, filters, penalty, length, seed, panel k, and the system prompt."""
+    """Temperature, filters, penalty, length, seed, panel k; the system prompt's box beside."""
 
     changed = Signal()
 
@@ -77,12 +81,9 @@ class SamplingPanel(QWidget):
         # In a narrow side panel a label goes above its field instead of squeezing it.
         form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
 
-        self.system_prompt = QPlainTextEdit()
-        self.system_prompt.setPlaceholderText("Optional instructions for the model")
-        self.system_prompt.setFixedHeight(64)
-        # Above its box, which then has the panel's whole width (beside it, it was 4 words wide).
-        form.addRow(QLabel("System prompt"))
-        form.addRow(self.system_prompt)
+        self.prompt_box = SystemPromptBox(settings)
+        """Laid out by the side panel, in a section of its own above these fields."""
+        self.system_prompt = self.prompt_box.editor
 
         def spin(lo: float, hi: float, step: float, decimals: int) -> QDoubleSpinBox:
             box = QDoubleSpinBox()
@@ -119,6 +120,10 @@ class SamplingPanel(QWidget):
         self.report_top.setRange(1, 50)
         self.report_top.setToolTip("How many candidates the top-k panel shows")
         form.addRow("Top-k panel rows", self.report_top)
+        self.draft = DraftSetting(settings, self)
+        """Speculative decoding: the draft and its tokens per pass (the window relays them)."""
+        for label, field in self.draft.rows():
+            form.addRow(label, field)
         for box in self.findChildren(QAbstractSpinBox):
             # Room for five digits and the arrows: a wider minimum (32768's width in Max new
             # tokens) wrapped that row alone under its label in a narrow panel.
@@ -155,17 +160,18 @@ class SamplingPanel(QWidget):
 
     def default_system_prompt(self) -> str:
         """The system prompt a new chat starts with."""
-        return setting_str(self._settings, DEFAULT_SYSTEM_PROMPT_KEY, "")
+        return self.prompt_box.default_prompt()
 
     def save_default_system_prompt(self) -> None:
         """Make the prompt shown now the one new chats start with."""
-        self._settings.setValue(DEFAULT_SYSTEM_PROMPT_KEY, self.system_prompt.toPlainText())
+        self.prompt_box.make_default()
 
     def show_system_prompt(self, text: str) -> None:
         """Show a conversation's prompt without it counting as an edit."""
         blocked = self.system_prompt.blockSignals(True)
         self.system_prompt.setPlainText(text)
         self.system_prompt.blockSignals(blocked)
+        self.prompt_box.refresh_presets()
 
     def _save(self) -> None:
         s = self._settings

@@ -1,4 +1,7 @@
-"""The side panel: the top-k panel above the generation settings.
+"""The side panel: the top-k panel above the system prompt and the generation settings.
+
+The system prompt has a section of its own (it belongs to the chat, with a default for new chats
+and presets), not a row among the sampling fields, where it looked like a global setting.
 
 A vertical splitter the window assembles; a feature puts its own panel on top (`add_on_top`) and
 may hide the top-k list while its panel stands in for it (`show_top_k`).
@@ -22,6 +25,12 @@ def _scroll(widget: QWidget) -> QScrollArea:
     return scroll
 
 
+def _section(text: str) -> QLabel:
+    title = QLabel(text)
+    title.setObjectName("section")
+    return title
+
+
 class SidePanel(QSplitter):
     """`topk` (every requested row, scrolled when the panel is short) above `sampling`."""
 
@@ -33,16 +42,14 @@ class SidePanel(QSplitter):
         self.topk.set_k(self.sampling.report_top.value())
         fields = QWidget()  # the fields packed at the top, not spread over a tall pane
         fields_layout = QVBoxLayout(fields)
-        fields_layout.setContentsMargins(0, 0, 0, 0)
+        fields_layout.setContentsMargins(0, 6, 0, 0)
+        fields_layout.setSpacing(2)
+        fields_layout.addWidget(_section("System prompt"))
+        fields_layout.addWidget(self.sampling.prompt_box)
+        fields_layout.addWidget(_section("Generation settings"))
         fields_layout.addWidget(self.sampling)
         fields_layout.addStretch(1)
-        title = QLabel("Generation settings")
-        title.setObjectName("section")
-        bottom = QWidget()
-        bottom_layout = QVBoxLayout(bottom)
-        bottom_layout.setContentsMargins(0, 6, 0, 0)
-        bottom_layout.addWidget(title)
-        bottom_layout.addWidget(_scroll(fields), 1)
+        bottom = _scroll(fields)
         self._rows = _scroll(self.topk)
         self.addWidget(self._rows)
         self.addWidget(bottom)

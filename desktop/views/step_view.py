@@ -91,6 +91,31 @@ def pick_text(stages, index: int | None) -> str:
     )
 
 
+def check_text(check, step, index: int) -> str:
+    """Speculative decoding's check at token `index`, in words (plain text)."""
+    who = "Prompt lookup" if check.draft_kind == "lookup" else "The draft model"
+    guess = visible_token(check.proposed_text)
+    took = visible_token(step.piece or step.text)
+    if check.u is None:  # greedy
+        if check.accepted:
+            return f"Token {index}: {who} proposed “{guess}”, the model's most likely token: kept."
+        return (
+            f"Token {index}: {who} proposed “{guess}”, but the model's most likely token is "
+            f"“{took}”: rejected, “{took}” is taken, and the rest of the draft is dropped."
+        )
+    ratio = check.p / check.q if check.q > 0 else float("inf")
+    numbers = (
+        f"model p = {check.p:.3f}, draft q = {check.q:.3f}, p/q = {ratio:.3f}; "
+        f"uniform draw u = {check.u:.3f}"
+    )
+    if check.accepted:
+        return f"Token {index}: {who} proposed “{guess}” ({numbers} < p/q): accepted."
+    return (
+        f"Token {index}: {who} proposed “{guess}” ({numbers} ≥ p/q): rejected. “{took}” was "
+        "drawn instead from the residual below, and the rest of the draft is dropped."
+    )
+
+
 class DrawBar(QWidget):
     """The last stage's distribution as one bar (widths = probabilities, most likely first), the
     picked token's span in full colour and a mark where the uniform draw landed."""
@@ -165,6 +190,13 @@ class StepView(QWidget):
         self.pick.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.draw_bar = DrawBar()
         self.draw_bar.hide()
+        self.draft = QLabel("")
+        """Speculative decoding's check of the token at this place (`show_check`)."""
+        self.draft.setObjectName("draft_check")
+        self.draft.setWordWrap(True)
+        self.draft.setTextFormat(Qt.TextFormat.PlainText)  # token text is data, never markup
+        self.draft.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.draft.hide()
         self.tree = QTreeWidget()
         self.tree.setColumnCount(2)
         self.tree.setHeaderLabels(["Stage / token", "p"])
@@ -185,7 +217,7 @@ class StepView(QWidget):
         body = QVBoxLayout()
         body.setContentsMargins(12, 0, 4, 0)  # lined up with the title's own padding
         body.setSpacing(4)
-        for widget in (self.status, self.pick, self.draw_bar):
+        for widget in (self.status, self.draft, self.pick, self.draw_bar):
             body.addWidget(widget)
         body.addWidget(self.tree, 1)
         layout.addLayout(body, 1)
@@ -222,7 +254,40 @@ class StepView(QWidget):
         self.tree.clear()
         self.pick.setText("")
         self.draw_bar.hide()
+        self.draft.hide()
         self.status.setText(status)
+
+    def show_check(self, step, index: int) -> None:
+        """Speculative decoding at token `index` (1-based): what the draft proposed, the model's
+        p and the draft's q for it, the uniform draw and the verdict; on a rejection, the
+        residual distribution max(0, p − q) the token was drawn from instead.
+
+        A greedy check comes with the sampler's own tables (`show_stages`), which stay; a
+        sampled one has no sampler account (the draw compares p and q), so the tables give
+        way to the residual."""
+        check = step.check
+        self.draft.setText(check_text(check, step, index))
+        self.draft.show()
+        if check.u is None:
+            return
+        self.stages = None
+        self.pick.setText("")
+        self.draw_bar.hide()
+        self.tree.clear()
+        if check.accepted:
+            return
+        head = QTreeWidgetItem(["Residual: max(0, p − q), renormalised", ""])
+        head.setToolTip(0, "What is left of the model's distribution once the draft's is taken off")
+        self.tree.addTopLevelItem(head)
+        head.setFirstColumnSpanned(True)
+        for row in check.residual:
+            mark = "▶ " if row.token_id == step.token_id else ""
+            item = QTreeWidgetItem([mark + visible_token(row.text), percent(row.prob)])
+            item.setTextAlignment(1, Qt.AlignmentFlag.AlignRight)
+            item.setData(1, PROB, float(row.prob))
+            item.setToolTip(0, f"id {row.token_id}: residual p = {row.prob:.6f}")
+            head.addChild(item)
+        head.setExpanded(True)
 
     def set_status(self, text: str) -> None:
         self.status.setText(text)
@@ -230,6 +295,7 @@ class StepView(QWidget):
     def show_stages(self, stages, index: int | None = None) -> None:
         """Show one pick (`engine.events.SamplerStages`); `index` is its place in the reply."""
         self.stages = stages
+        self.draft.hide()
         self.pick.setText(pick_text(stages, index))
         if stages.draw is not None:
             self.draw_bar.show_draw(stages)

@@ -6,11 +6,21 @@ for a 1-in-1000 token. The numbers come from the engine thread (`SurprisalJob`, 
 this module only paints them. Hovering a token shows p, its rank and the alternatives the model
 expected. Each reply gets a thin sparkline of the entropy at every
 step: where the model was unsure, whatever it picked.
+
+One unit on screen: bits, for surprisal and entropy alike (the engine's JSON keeps nats, its
+documented contract; `bits` converts at the last moment). A tooltip that said "3.6 bits" and
+"entropy 4.68 nats" side by side asked the reader to compare numbers in two units.
+
+A reply written by another model than the one open is not tinted: its numbers would be the open
+model's surprise at someone else's text, which reads as "this model was unsure here" and is not.
+Such a card says why instead (`OTHER_MODEL_TIP`); a branch is tinted from where the open model
+took over.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -43,6 +53,12 @@ SURPRISAL_INDEX = QTextFormat.Property.UserProperty + 7
 FULL_BITS = 12.0
 """Surprisal shown at full strength (1 in 4096); beyond it every token looks equally startling."""
 TOP_SHOWN = 5
+LN2 = math.log(2.0)
+
+
+def bits(nats: float) -> float:
+    """A quantity in nats (the engine's unit) in bits (the window's unit)."""
+    return nats / LN2
 
 
 def tint(bits: float | None) -> QColor:
@@ -61,11 +77,19 @@ def tooltip(token: TokenInfo) -> str:
         return f"“{visible_token(token.text)}”: the first token (nothing before it to predict it)"
     lines = [
         f"“{visible_token(token.text)}”  p = {token.prob:.4g}  ({token.surprisal_bits:.1f} bits)",
-        f"rank {token.rank}; entropy here {token.entropy:.2f} nats",
+        f"rank {token.rank}; entropy here {bits(token.entropy):.1f} bits",
         "expected:",
     ]
     lines += [f"  {visible_token(text)}  {p:.3f}" for text, p in token.top[:TOP_SHOWN]]
     return "\n".join(lines)
+
+
+def other_model_tip(model: str, open_model: str) -> str:
+    """Why a reply is not tinted: another model wrote it (or the first part of a branch)."""
+    return (
+        f"Not tinted: {model} wrote this, and the open model is {open_model}. Its surprisal "
+        "would be the open model's surprise at another model's text, not how sure the writer was."
+    )
 
 
 TOO_LONG_TIP = (
@@ -98,11 +122,12 @@ class EntropySparkline(QWidget):
 
     def __init__(self, values: Sequence[float], parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.values = list(values)
+        self.values = [bits(v) for v in values]
+        """Entropy per step, in bits (given in nats, as the engine reports it)."""
         self.setFixedHeight(18)
         self.setObjectName("entropy_sparkline")
         top = max(self.values, default=0.0)
-        self.setToolTip(f"Entropy per token (max {top:.2f} nats): where the model was unsure")
+        self.setToolTip(f"Entropy per token (max {top:.1f} bits): where the model was unsure")
 
     def paintEvent(self, _event) -> None:  # noqa: N802 - Qt API
         if len(self.values) < 2:
@@ -123,12 +148,20 @@ class EntropySparkline(QWidget):
 
 
 class _Tips(QObject):
-    """Tooltips for one tinted card: the token under the mouse, from its char format."""
+    """Tooltips for one tinted card: the token under the mouse, from its char format (tokens
+    before `untinted` were written by another model: their tip says so instead)."""
 
-    def __init__(self, card: MessageWidget, tokens: Sequence[TokenInfo]) -> None:
+    def __init__(
+        self,
+        card: MessageWidget,
+        tokens: Sequence[TokenInfo],
+        untinted: int = 0,
+        untinted_tip: str = "",
+    ) -> None:
         super().__init__(card)
         self.card = card
         self.tokens = list(tokens)
+        self.untinted, self.untinted_tip = untinted, untinted_tip
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt API
         if event.type() == QEvent.Type.ToolTip:
@@ -136,25 +169,42 @@ class _Tips(QObject):
             cursor.movePosition(QTextCursor.MoveOperation.Right)
             index = cursor.charFormat().property(SURPRISAL_INDEX)
             if index is not None and 0 <= int(index) < len(self.tokens):
-                QToolTip.showText(event.globalPos(), tooltip(self.tokens[int(index)]), watched)
+                i = int(index)
+                tip = self.untinted_tip if i < self.untinted else tooltip(self.tokens[i])
+                QToolTip.showText(event.globalPos(), tip, watched)
             else:
                 QToolTip.hideText()
             return True
         return False
 
 
-def paint_card(card: MessageWidget, tokens: Sequence[TokenInfo]) -> None:
-    """Rewrite the card's text as tinted tokens, with hover tips and (replies) a sparkline."""
+def tokens_within(tokens: Sequence[TokenInfo], chars: int) -> int:
+    """How many of `tokens` start within the first `chars` characters of their text."""
+    count = at = 0
+    for token in tokens:
+        if at >= chars:
+            break
+        count += 1
+        at += len(token.text)
+    return count
+
+
+def paint_card(
+    card: MessageWidget, tokens: Sequence[TokenInfo], untinted: int = 0, untinted_tip: str = ""
+) -> None:
+    """Rewrite the card's text as tinted tokens, with hover tips and (replies) a sparkline;
+    the first `untinted` tokens (another model's, in a branch) stay clear, `untinted_tip` says
+    why."""
     clear_card(card, rerender=False)
     doc = card.body.document()
     doc.clear()
     cursor = QTextCursor(doc)
     for i, token in enumerate(tokens):
         fmt = QTextCharFormat()
-        fmt.setBackground(tint(token.surprisal_bits))
+        fmt.setBackground(tint(None if i < untinted else token.surprisal_bits))
         fmt.setProperty(SURPRISAL_INDEX, i)
         cursor.insertText(token.text, fmt)
-    tips = _Tips(card, tokens)
+    tips = _Tips(card, tokens, untinted, untinted_tip)
     tips.setObjectName("surprisal_tips")
     card.body.viewport().installEventFilter(tips)
     if card.role == ASSISTANT:
@@ -238,8 +288,9 @@ class SurprisalTint(QObject):
             self._told = None
             for card in self.chat.messages:
                 clear_card(card)
-                if card.toolTip() == TOO_LONG_TIP:
-                    card.setToolTip("")
+                if card.toolTip() == TOO_LONG_TIP or card.property("other_model"):
+                    card.setToolTip(getattr(card, "written", ""))  # when it was written
+                    card.setProperty("other_model", False)
 
     def refresh(self) -> None:
         """Ask for the open conversation's numbers again (after a reply, on opening one)."""
@@ -263,6 +314,8 @@ class SurprisalTint(QObject):
             self.open_chat.show_error(f"Surprisal tint turned off: {result.message}", kind="notice")
             return
         assert isinstance(result, SurprisalResult)
+        info = self.open_chat.model_info
+        open_model = info.name if info is not None else ""
         painted = 0
         too_long = {i - self._offset for i in result.too_long}
         for i, (turn, tokens) in enumerate(
@@ -276,11 +329,28 @@ class SurprisalTint(QObject):
                 card.setToolTip(TOO_LONG_TIP)
             if tokens is None:
                 continue
-            paint_card(card, tokens)
-            painted += 1
+            if self._paint(card, turn, tokens, open_model):
+                painted += 1
         log.debug("surprisal tint on %d cards", painted)
         self._tell_coverage(result)
         self.applied.emit(painted)
+
+    @staticmethod
+    def _paint(card: MessageWidget, turn: Turn, tokens, open_model: str) -> bool:
+        """Tint a card, unless another model wrote it (then say why on the card); a branch the
+        open model continued is tinted from where it took over. True if tinted."""
+        if turn.role == ASSISTANT and turn.model and turn.model != open_model:
+            clear_card(card)
+            card.setToolTip(other_model_tip(turn.model, open_model))
+            card.setProperty("other_model", True)
+            return False
+        untinted, tip = 0, ""
+        if turn.role == ASSISTANT and turn.prefix_by_another:
+            kept = "".join(s.text for s in turn.steps[: turn.branched_at])
+            untinted = tokens_within(tokens, len(kept.lstrip()))
+            tip = other_model_tip(turn.prefix_model, open_model)
+        paint_card(card, tokens, untinted, tip)
+        return True
 
     def _tell_coverage(self, result: SurprisalResult) -> None:
         """Say once per conversation when it was read in passes or some messages are untinted."""

@@ -4,19 +4,56 @@ Steps can arrive faster than the screen refreshes, so `show_step` only stores th
 timer repaints at most ~30 times a second. Painting is a handful of rectangles and text runs, so
 each repaint is cheap whatever the generation speed.
 
-A click on a candidate other than the chosen one asks for a branch: the reply continued from that
-token instead (`alternative_chosen`); the window decides what that means for the reply shown.
+A branch (the reply continued from another candidate instead, `alternative_chosen`) is a
+deliberate act: a click on a row only selects it; the row under the mouse, or the one selected,
+shows a **Branch** button, and that button (or Enter on a row chosen with the arrow keys) asks for
+the branch. A single stray click, say after the attention dock moved the panel under the cursor,
+used to make a new version; now it selects a row at most. The button also ignores a click in its
+first moments on a row (`ARM_MS`), so a double click on a row is not a branch either. The window
+decides what a branch means for the reply shown, and offers Undo.
 """
 
 from __future__ import annotations
 
+import time
+
 from PySide6.QtCore import QRectF, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPalette
-from PySide6.QtWidgets import QSizePolicy, QWidget
+from PySide6.QtGui import QColor, QFont, QFontMetrics, QKeyEvent, QPainter, QPalette, QPen
+from PySide6.QtWidgets import QSizePolicy, QToolButton, QWidget
 
 from engine.events import Step
 
 REPAINT_MS = 33
+ARM_MS = 400
+"""A mouse click on the Branch button counts only once it has sat on its row this long."""
+BRANCH_HINT = "Select another token, then Branch to continue the reply from it."
+
+
+class BranchButton(QToolButton):
+    """The row's Branch button: keyboard presses always count, a mouse press only once the
+    button has been on its row for `ARM_MS` (not the second half of a double click, nor a click
+    that was aimed at whatever the panel replaced under the cursor)."""
+
+    def __init__(self, parent: QWidget) -> None:
+        super().__init__(parent)
+        self.setObjectName("branch")
+        self.setText("Branch")
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        self._armed_at = 0.0
+
+    def rearm(self) -> None:
+        """The button moved to another row: mouse clicks wait again."""
+        self._armed_at = time.monotonic() + ARM_MS / 1000
+
+    @property
+    def armed(self) -> bool:
+        return time.monotonic() >= self._armed_at
+
+    def mousePressEvent(self, event) -> None:  # noqa: N802 - Qt API
+        if not self.armed:
+            event.accept()  # swallowed: too soon to be meant
+            return
+        super().mousePressEvent(event)
 
 
 def percent(prob: float) -> str:
@@ -55,7 +92,7 @@ class TopKPanel(QWidget):
     rows_changed = Signal(list)
     """Emitted after each repaint with the rows shown: [(token_id, text, prob, chosen)]."""
     alternative_chosen = Signal(object, int)
-    """(the step shown, token id): the user clicked a candidate that was not chosen."""
+    """(the step shown, token id): the user asked to branch to a candidate not chosen."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -75,8 +112,16 @@ class TopKPanel(QWidget):
         self._timer.start()
         self.setAccessibleName("Top-k next tokens")
         self.setMouseTracking(True)
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)  # ↑ ↓ choose a row, Enter branches
         self.branchable = True
-        """Clicking an alternative asks for a branch (off where no reply can continue)."""
+        """An alternative can be branched to (off where no reply can continue)."""
+        self.selected: int | None = None
+        """The row selected by a click or the arrow keys (None: none)."""
+        self._hovered: int | None = None
+        self.branch_button = BranchButton(self)
+        self.branch_button.hide()
+        self.branch_button.clicked.connect(self._branch_clicked)
+        self._button_row: int | None = None
         self._fit_height()
 
     @property
@@ -116,6 +161,8 @@ class TopKPanel(QWidget):
     def clear(self) -> None:
         self._pending = None
         self._step = None
+        self.selected = self._hovered = None
+        self._place_button()
         self._title = "Next-token probabilities"
         self._subtitle = "Generate a reply to see what the model considers at each step."
         self._fit_height()
@@ -134,6 +181,54 @@ class TopKPanel(QWidget):
         self._flush()
 
     # -- choosing an alternative -----------------------------------------------------------
+
+    def select(self, row: int | None) -> None:
+        """Select row `row` (None: no row); its Branch button shows if it can be branched to."""
+        rows = self.shown_rows()
+        self.selected = row if row is not None and 0 <= row < len(rows) else None
+        self._place_button()
+        self.update()
+
+    def _branchable_row(self, row: int | None) -> bool:
+        rows = self.shown_rows()
+        return self.branchable and row is not None and 0 <= row < len(rows) and not rows[row][3]
+
+    def _place_button(self) -> None:
+        """The Branch button sits at the right end of the hovered row, else the selected one."""
+        row = self._hovered if self._branchable_row(self._hovered) else self.selected
+        if not self._branchable_row(row):
+            if self.branch_button.hasFocus():
+                self.setFocus()
+            self.branch_button.hide()
+            self._button_row = None
+            return
+        rect = self.row_rect(row)
+        button = self.branch_button
+        size = button.sizeHint()
+        height = min(size.height(), int(rect.height()))
+        right = int(rect.right()) - self._percent_width() - 8  # the percentage stays readable
+        button.setGeometry(
+            right - size.width(),
+            int(rect.center().y() - height / 2),
+            size.width(),
+            height,
+        )
+        if row != self._button_row:
+            button.rearm()
+            self._button_row = row
+            text = visible_token(self.shown_rows()[row][1])
+            button.setToolTip(f"Continue the reply from “{text}” instead (a new version)")
+            button.setAccessibleName(f"Branch from {text}")
+        button.show()
+
+    def _percent_width(self) -> int:
+        """Width of the percentage column, as painted."""
+        return self.fontMetrics().horizontalAdvance("100.0%") + 6
+
+    def _branch_clicked(self) -> None:
+        row = self._button_row
+        if self._branchable_row(row):
+            self.choose(self.shown_rows()[row][0])
 
     def row_rect(self, row: int) -> QRectF:
         """Where row `row` (0 = most likely) is painted (for clicks and tests)."""
@@ -163,39 +258,52 @@ class TopKPanel(QWidget):
         row = int((y - self._rows_top() + 3) // self._row_height())
         return row if row < len(rows) else None
 
-    def _alternative_at(self, y: float) -> int | None:
-        """The token id of a candidate not chosen under `y` (what a click would branch to)."""
-        row = self.row_at(y)
-        if row is None or not self.branchable:
-            return None
-        token_id, _text, _prob, chosen = self.shown_rows()[row]
-        return None if chosen else token_id
-
     def choose(self, token_id: int) -> None:
-        """Branch to `token_id` at the step shown (what a click on its row does)."""
+        """Branch to `token_id` at the step shown (what the row's Branch button does)."""
         if self._step is not None and self.branchable:
             self.alternative_chosen.emit(self._step, int(token_id))
 
     def mouseReleaseEvent(self, event) -> None:  # noqa: N802 - Qt API
-        token_id = self._alternative_at(event.position().y())
-        if event.button() == Qt.MouseButton.LeftButton and token_id is not None:
-            self.choose(token_id)
+        """A click selects a row; it never branches by itself."""
+        if event.button() == Qt.MouseButton.LeftButton:
+            self.select(self.row_at(event.position().y()))
         super().mouseReleaseEvent(event)
 
     def mouseMoveEvent(self, event) -> None:  # noqa: N802 - Qt API
-        token_id = self._alternative_at(event.position().y())
-        if token_id is None:
-            self.unsetCursor()
-            self.setToolTip("")
-        else:
-            self.setCursor(Qt.CursorShape.PointingHandCursor)
-            self.setToolTip("Continue the reply from this token instead (a new version)")
+        row = self.row_at(event.position().y())
+        if row != self._hovered:
+            self._hovered = row
+            self._place_button()
         super().mouseMoveEvent(event)
+
+    def leaveEvent(self, event) -> None:  # noqa: N802 - Qt API
+        self._hovered = None
+        self._place_button()
+        super().leaveEvent(event)
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802 - Qt API
+        """↑ ↓ select a row; Enter (or Space) on a selected alternative branches to it."""
+        rows = self.shown_rows()
+        key = event.key()
+        if rows and key in (Qt.Key.Key_Up, Qt.Key.Key_Down):
+            step = -1 if key == Qt.Key.Key_Up else 1
+            start = -1 if self.selected is None and step > 0 else self.selected
+            start = len(rows) if start is None else start
+            self.select(max(0, min(len(rows) - 1, start + step)))
+            return
+        enter = key in (Qt.Key.Key_Return, Qt.Key.Key_Enter, Qt.Key.Key_Space)
+        if enter and self._branchable_row(self.selected):
+            self.choose(rows[self.selected][0])
+            return
+        super().keyPressEvent(event)
 
     def _flush(self) -> None:
         if self._pending is None:
             return
         (step, title), self._pending = self._pending, None
+        if step is not self._step:
+            self.selected = self._hovered = None  # another step: nothing of it chosen yet
+            self._button_row = None
         self._step = step
         self._title = title or f"Step {step.index + 1}"
         chosen = visible_token(step.piece)
@@ -204,8 +312,9 @@ class TopKPanel(QWidget):
         if note:
             self._subtitle += f" ({note})"
         if self.branchable:
-            self._subtitle += ". Click another token to branch from it."
+            self._subtitle += f". {BRANCH_HINT}"
         self._fit_height()
+        self._place_button()
         self.update()
         self.rows_changed.emit(self.shown_rows())
 
@@ -214,6 +323,7 @@ class TopKPanel(QWidget):
     def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
         super().resizeEvent(event)
         self._fit_height()  # the subtitle wraps to the new width
+        self._place_button()
 
     def sizeHint(self):  # noqa: N802 - Qt API
         from PySide6.QtCore import QSize
@@ -265,11 +375,15 @@ class TopKPanel(QWidget):
         mfm = QFontMetrics(mono)
         row_h = max(mfm.height(), fm.height()) + 10
         label_w = min(int(width * 0.45), mfm.horizontalAdvance("M" * 14))
-        pct_w = fm.horizontalAdvance("100.0%") + 6  # also fits "<0.1%"
+        pct_w = self._percent_width()  # also fits "<0.1%"
         bar_x = margin + label_w + 8
         bar_w = max(20, width - label_w - 8 - pct_w)
-        for _token_id, text, prob, is_chosen in rows:
+        for row, (_token_id, text, prob, is_chosen) in enumerate(rows):
             rect = QRectF(margin - 4, y - 3, width + 8, row_h - 2)
+            if row == self.selected:  # selected, not yet branched to: an outline
+                painter.setPen(QPen(accent, 1.5))
+                painter.setBrush(Qt.BrushStyle.NoBrush)
+                painter.drawRoundedRect(rect.adjusted(1, 1, -1, -1), 6, 6)
             if is_chosen:
                 highlight = QColor(accent)
                 highlight.setAlphaF(0.16)

@@ -8,7 +8,15 @@ and `StatusLine` words the status bar.
 from __future__ import annotations
 
 from PySide6.QtCore import QObject, QSettings, Qt, Slot
-from PySide6.QtWidgets import QLabel, QProgressBar, QSplitter, QStatusBar, QWidget
+from PySide6.QtWidgets import (
+    QDockWidget,
+    QLabel,
+    QMainWindow,
+    QProgressBar,
+    QSplitter,
+    QStatusBar,
+    QWidget,
+)
 
 from desktop.settings_values import setting_bytes
 from desktop.views.elided_label import ElidedLabel
@@ -17,8 +25,20 @@ from engine.events import GenerationResult, GenerationStarted, ModelInfo, Step
 NO_MODEL = "No model — Models → Choose or download a model…"
 
 
+MIN_CHAT_WIDTH = 360
+"""The chat column's narrowest: a reply card's header ("Built-in: Loopchat dictionary", its
+Copy and version buttons) and a few words a line still fit; narrower, headings were cut and a
+reply read like a ribbon. A dock beside the chat may not squeeze it below this."""
+MIN_SIDE_WIDTH = 240
+"""The side panel's narrowest: the top-k rows (token, bar, "100.0%") and the settings' labels
+beside their fields; narrower, the percentages were clipped ("66.5°")."""
 MIN_WINDOW = (760, 520)
-"""Below this the chat column, the list and the side panel no longer fit side by side."""
+"""Below this the chat column, the list and the side panel no longer fit side by side: the list's
+160 px, MIN_CHAT_WIDTH and MIN_SIDE_WIDTH."""
+DOCK_WIDTH = 420
+"""A dock beside the chat opens this wide (or its own minimum, if more)."""
+DOCK_HEIGHT_SHARE = 0.38
+"""A dock below the chat takes this share of the window's height."""
 
 
 def split_sizes(width: int) -> list[int]:
@@ -35,8 +55,63 @@ def columns(conversations: QWidget, pane: QWidget, side: QWidget, width: int) ->
         splitter.addWidget(widget)
         splitter.setStretchFactor(i, stretch)
     splitter.setCollapsible(0, True)
+    pane.setMinimumWidth(MIN_CHAT_WIDTH)
+    side.setMinimumWidth(MIN_SIDE_WIDTH)
     splitter.setSizes(split_sizes(width))
     return splitter
+
+
+def chat_column(window: QMainWindow, chat: QWidget) -> tuple[QSplitter, int] | None:
+    """The window's columns and the index of the one holding `chat` (None: not in columns)."""
+    splitter = window.centralWidget()
+    if not isinstance(splitter, QSplitter):
+        return None
+    for i in range(splitter.count()):
+        column = splitter.widget(i)
+        if column is chat or column.isAncestorOf(chat):
+            return splitter, i
+    return None
+
+
+def dock_fits_beside(window_width: int, other_columns: int, dock_width: int) -> bool:
+    """Whether a dock `dock_width` wide beside the columns leaves the chat MIN_CHAT_WIDTH."""
+    return window_width - other_columns - dock_width >= MIN_CHAT_WIDTH
+
+
+def place_dock(window: QMainWindow, dock: QDockWidget, chat: QWidget) -> Qt.DockWidgetArea:
+    """Put `dock` beside the chat where the window has room for it while the list and the side
+    panel keep their widths, else below the columns; then size it. Returns the area chosen.
+
+    At the default 1180 px a dock beside everything left the chat ~300 px; below, the chat
+    keeps its width and the dock gets the window's whole width.
+    """
+    width = max(DOCK_WIDTH, dock.widget().minimumSizeHint().width())
+    found = chat_column(window, chat)
+    if found is None:
+        others = 0
+    else:
+        splitter, index = found
+        sizes = splitter.sizes()
+        others = sum(sizes) - sizes[index] + splitter.handleWidth() * (splitter.count() - 1)
+    if dock_fits_beside(window.width(), others, width):
+        area = Qt.DockWidgetArea.RightDockWidgetArea
+        window.addDockWidget(area, dock)
+        window.resizeDocks([dock], [width], Qt.Orientation.Horizontal)
+    else:
+        area = Qt.DockWidgetArea.BottomDockWidgetArea
+        window.addDockWidget(area, dock)
+        height = int(window.height() * DOCK_HEIGHT_SHARE)
+        window.resizeDocks([dock], [height], Qt.Orientation.Vertical)
+    return area
+
+
+def chat_squeezed(window: QMainWindow, chat: QWidget) -> bool:
+    """The chat column is at its narrowest (a dock beside it should move below)."""
+    found = chat_column(window, chat)
+    if found is None:
+        return False
+    splitter, index = found
+    return splitter.sizes()[index] <= MIN_CHAT_WIDTH
 
 
 SPLITTER_KEYS = ("window/splitter", "window/side")
@@ -100,6 +175,12 @@ class StatusLine(QObject):
         self._prompt_tokens = 0
         self._dropped = 0
         self._first_token_s = 0.0
+        self._fresh = True
+        """No step of the current reply shown yet: the first one replaces "Reading…" whatever
+        its index (a branch's first new token is not token 0)."""
+        self._base = 0
+        """The first new token's index: a branch's reply prefix is already in the prompt."""
+        self._after_pause = False
 
     @Slot(float, str)
     def loading(self, fraction: float, message: str) -> None:
@@ -143,6 +224,7 @@ class StatusLine(QObject):
         self._prompt_tokens = started.prompt_tokens
         self._dropped = started.dropped_turns
         self._first_token_s = 0.0
+        self._fresh = True
         self.context_label.setText(
             context_text(started.prompt_tokens, started.max_context, self._dropped)
         )
@@ -154,28 +236,43 @@ class StatusLine(QObject):
 
     def step(self, step: Step, max_context: int) -> None:
         """Live numbers, every 8th token (the final ones replace them)."""
-        if step.index == 0:
-            self._first_token_s = step.elapsed_s
-        if step.index % 8:
+        fresh, self._fresh = self._fresh, False
+        if fresh:
+            self._first_token_s, self._base = step.elapsed_s, step.index
+        after_pause, self._after_pause = self._after_pause, False
+        if step.index % 8 and not fresh and not after_pause:  # "Paused at…" must not linger
             return
         first = self._first_token_s
-        self.context_label.setText(
-            context_text(self._prompt_tokens + step.index + 1, max_context, self._dropped)
-        )
+        used = self._prompt_tokens + step.index + 1 - self._base
+        self.context_label.setText(context_text(used, max_context, self._dropped))
         parts = [f"prompt {self._prompt_tokens} tok", f"first token {first:.2f} s"]
-        decoding = step.elapsed_s - first
-        if step.index > 0 and decoding > 0:
-            parts.append(f"{step.index / decoding:.1f} tok/s")
+        decoding, decoded = step.elapsed_s - first, step.index - self._base
+        if decoded > 0 and decoding > 0:
+            parts.append(f"{decoded / decoding:.1f} tok/s")
         self.speed_label.setText(" · ".join(parts))
+
+    def paused(self, tokens: int, max_context: int) -> None:
+        """A step-mode reply waits at its `tokens`-th token: say so, with the context it uses
+        now (the live figures are only refreshed every 8th token; nothing stale stays)."""
+        self._after_pause = True
+        used = self._prompt_tokens + tokens - self._base
+        self.context_label.setText(context_text(used, max_context, self._dropped))
+        self.speed_label.setText(
+            f"Paused at token {tokens} · prompt {self._prompt_tokens} tok · "
+            f"first token {self._first_token_s:.2f} s"
+        )
 
     def finished(self, result: GenerationResult) -> None:
         if result.generated_tokens == 0:  # stopped while reading the prompt: no speed to tell
             self.speed_label.setText(f"prompt {result.prompt_tokens} tok · stopped")
         else:
-            self.speed_label.setText(
+            text = (
                 f"prompt {result.prompt_tokens} tok · first token {result.ttft_s:.2f} s · "
                 f"{result.decode_tokens_per_s:.1f} tok/s"
             )
+            if result.draft is not None and result.draft.proposed:
+                text += f" · draft {result.draft.acceptance:.0%} accepted"
+            self.speed_label.setText(text)
         used = result.prompt_tokens + result.generated_tokens
         self.context_label.setText(context_text(used, result.max_context, result.dropped_turns))
 

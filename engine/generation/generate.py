@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.errors import EngineError
-from engine.events import GenerationResult, Step, TopToken
+from engine.events import DraftStats, GenerationResult, Step, TopToken
 from engine.generation.sampler import Sampler
 from engine.generation.sampling import SamplingParams, reported
+from engine.generation.speculative import DRAFT_K, MAX_DRAFT_K, Draft, Pick, Verifier, round_size
 from engine.kernels.quant import kernel_of
 from engine.kernels.threads import ThreadGovernor, decoding
 from engine.loading.loader import LoadedModel
@@ -159,6 +160,15 @@ class Generator:
         """How many prompt positions hold valid keys and values right now."""
         return len(self._cached_ids)
 
+    def _scores(self, logits: torch.Tensor, speakable: int, index: int) -> torch.Tensor:
+        """The logits of real tokens (checkpoints may pad the vocabulary past the tokenizer's, to
+        a multiple of 64, say: those rows are no token at all, so they are neither chosen nor
+        reported), refusing NaN and infinity: they would be sampled and shown as numbers."""
+        scores = logits[:speakable]
+        if not bool(torch.isfinite(scores).all()):
+            raise EngineError(invalid_numbers_message(index, self.loaded.dtype))
+        return scores
+
     def display_text(self, token_id: int) -> str:
         """Readable text of a single token, memoised: the top-k asks for the same ids often."""
         text = self._display.get(token_id)
@@ -178,6 +188,8 @@ class Generator:
         on_prefill: Callable[[int, int], None] | None = None,
         reply_prefix: Sequence[int] = (),
         forced: Sequence[int] = (),
+        draft: Draft | None = None,
+        draft_k: int = DRAFT_K,
     ) -> Generation:
         """Validate the request now (so errors surface before iteration) and return the stream.
 
@@ -189,6 +201,10 @@ class Generator:
         model's own probabilities there. Steps are then numbered from `len(reply_prefix)`, their
         text follows on from the prefix's, and the result's `text`/`token_ids` are the whole
         reply's (prefix included) while `generated_tokens` counts this call's tokens.
+
+        With a `draft` (engine/generation/speculative.py), up to `draft_k` tokens are proposed
+        and checked per forward pass; the steps are the same stream, each saying whether it was
+        drafted.
         """
         reply = [int(t) for t in reply_prefix]
         force = [int(t) for t in forced]
@@ -207,6 +223,8 @@ class Generator:
             raise EngineError("max new tokens must be at least 1")
         if report_top < 0:
             raise EngineError("report-top must be 0 or more")
+        if draft is not None and not 1 <= draft_k <= MAX_DRAFT_K:
+            raise EngineError(f"draft-k must be between 1 and {MAX_DRAFT_K}, got {draft_k}")
         limit = self.loaded.max_context
         if len(prompt) >= limit:
             raise EngineError(
@@ -230,6 +248,8 @@ class Generator:
             generation,
             reply,
             force,
+            draft,
+            draft_k,
         )
         return generation
 
@@ -247,6 +267,8 @@ class Generator:
         generation: Generation | None = None,
         reply: Sequence[int] = (),
         forced: Sequence[int] = (),
+        draft: Draft | None = None,
+        draft_k: int = DRAFT_K,
     ) -> Iterator[Step]:
         started = time.perf_counter()
         model = self.loaded.model
@@ -264,6 +286,18 @@ class Generator:
         reused = min(reused, len(prompt) - 1)
         self._cached_ids = self._cached_ids[:reused]
 
+        verifier: Verifier | None = None
+        if draft is not None:
+            verifier = Verifier(
+                sampler.params,
+                sampler.generator,
+                lambda scores, seen: sampler.sample(scores, seen, report_top=report_top),
+                self.display_text,
+                report_top,
+                draft.kind,
+            )
+        passes = 0
+
         def result(
             reason: str, generated: list[int], text: str, **timing: float
         ) -> GenerationResult:
@@ -277,6 +311,9 @@ class Generator:
                 prefill_s=timing.get("prefill_s", time.perf_counter() - started),
                 ttft_s=timing.get("ttft_s", 0.0),
                 decode_tokens_per_s=timing.get("tps", 0.0),
+                draft=None
+                if verifier is None
+                else DraftStats(verifier.draft_kind, verifier.proposed, verifier.accepted, passes),
             )
 
         # Prefill in chunks; between layers a cancel is honoured and progress reported, as the
@@ -326,18 +363,56 @@ class Generator:
         first_token_at = 0.0
         reason = STOP_MAX_TOKENS
         assert logits is not None
+
+        def picks() -> Iterator[Pick]:
+            """The tokens, one by one; each is in `history` when this resumes. A pass feeds the
+            latest token (not yet in the cache) with the draft's guesses after it, if any."""
+            nonlocal passes
+            rows = [logits]  # rows[i]: the model's logits after history + the first i guesses
+            pending = False  # history[-1] is not in the KV cache yet
+            while True:
+                proposal = None
+                if draft is not None and not forced:
+                    k = round_size(draft_k, len(history), limit, len(generated), max_new_tokens)
+                    if k:
+                        proposal = draft.propose(history, k, sampler.params, sampler.generator)
+                guesses = proposal.tokens if proposal is not None else []
+                if pending or guesses:
+                    feed = [history[-1]] * pending + guesses
+                    at = len(history) - pending
+                    tokens = torch.tensor(feed, dtype=torch.long, device=device)
+                    step_started = time.perf_counter()
+                    out = model(tokens, at, last_only=not guesses)
+                    if self._governor is not None and not guesses:
+                        self._governor.observe(time.perf_counter() - step_started)
+                    passes += 1
+                    if pending:
+                        self._cached_ids.append(history[-1])
+                    rows = list(out) if pending else [rows[0], *out]
+                for i, guess in enumerate(guesses):
+                    scores = self._scores(rows[i], speakable, len(generated))
+                    assert verifier is not None and proposal is not None
+                    pick = verifier.check(scores.float().cpu(), history, guess, proposal.q[i])
+                    if not sampler.params.greedy:
+                        sampler.last_stages = None  # the check is this place's account
+                    if pick.drafted:
+                        self._cached_ids.append(guess)  # written by this pass at its place
+                        yield pick
+                        continue
+                    yield pick  # the model's token instead: fed by the next pass
+                    break
+                else:
+                    scores = self._scores(rows[len(guesses)], speakable, len(generated))
+                    if forced:
+                        yield Pick(reported(scores.float().cpu(), forced.pop(0), report_top))
+                    else:
+                        yield Pick(sampler.sample(scores, history, report_top=report_top))
+                pending = True
+
         # The decode loop: torch keeps one thread if the compiled int8/int4 kernels have the cores.
         with decoding(self._native, self._governor):
-            while True:
-                # Checkpoints may pad the vocabulary past the tokenizer's (to a multiple of 64,
-                # say); those rows are no token at all, so they are neither chosen nor reported.
-                scores = logits[:speakable]
-                if not bool(torch.isfinite(scores).all()):
-                    raise EngineError(invalid_numbers_message(len(generated), self.loaded.dtype))
-                if forced:
-                    sample = reported(scores.float().cpu(), forced.pop(0), report_top)
-                else:
-                    sample = sampler.sample(scores, history, report_top=report_top)
+            for pick in picks():
+                sample = pick.sample
                 now = time.perf_counter()
                 if not generated:
                     ttft = now - started
@@ -349,7 +424,8 @@ class Generator:
                 generated.append(token)
                 history.append(token)
                 text = stop_filter.feed(decoder.push(token))
-                last = len(generated) >= max_new_tokens or pos >= limit
+                context_full = len(history) - 1 >= limit  # no place left to read this token
+                last = len(generated) >= max_new_tokens or context_full
                 if not stop_filter.hit and last:
                     # The last step: nothing more will complete held-back text, so it goes out now
                     # and the streamed pieces add up to the final text.
@@ -368,6 +444,8 @@ class Generator:
                         for i, p in zip(sample.top_ids, sample.top_probs, strict=True)
                     ],
                     elapsed_s=now - started,
+                    drafted=pick.drafted,
+                    check=pick.check,
                 )
                 if stop_filter.hit:
                     reason = STOP_STRING
@@ -375,19 +453,12 @@ class Generator:
                 if len(generated) >= max_new_tokens:
                     reason = STOP_MAX_TOKENS
                     break
-                if pos >= limit:
+                if context_full:
                     reason = STOP_CONTEXT_FULL
                     break
                 if cancelled():
                     reason = STOP_CANCELLED
                     break
-                tokens = torch.tensor([token], dtype=torch.long, device=device)
-                step_started = time.perf_counter()
-                logits = model(tokens, pos, last_only=True)[-1]
-                if self._governor is not None:
-                    self._governor.observe(time.perf_counter() - step_started)
-                pos += 1
-                self._cached_ids.append(token)
 
         decode_s = time.perf_counter() - first_token_at if generated else 0.0
         tps = (len(generated) - 1) / decode_s if len(generated) > 1 and decode_s > 0 else 0.0

@@ -36,6 +36,12 @@ class Sampler:
         """A token's readable text, for the explanation's rows (the generator sets it)."""
         self.eos_id: int | None = None
 
+    @property
+    def generator(self) -> torch.Generator | None:
+        """The seeded random source (None: torch's global one); speculative decoding draws its
+        acceptance tests and residual samples from it too, so one seed still fixes one reply."""
+        return self._generator
+
     def sample(
         self, logits: torch.Tensor, history: Sequence[int], report_top: int = 10
     ) -> SampleResult:

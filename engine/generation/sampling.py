@@ -25,6 +25,7 @@ __all__ = [
     "SamplingParams",
     "StageObserver",
     "choose_token",
+    "final_distribution",
     "reported",
 ]
 
@@ -155,6 +156,27 @@ def choose_token(
     if observe is not None:
         observe("draw", ids=ids, probs=probs, index=index, u=u)
     return int(ids[index])
+
+
+def final_distribution(
+    logits: torch.Tensor, history: Sequence[int], params: SamplingParams
+) -> torch.Tensor:
+    """The distribution `choose_token` draws from, over the whole vocabulary (float64, sums to 1).
+
+    Speculative decoding compares the target's and the draft's distributions token by token;
+    built from the same stages in the same order, its acceptance rule then leaves exactly the
+    distribution that plain sampling draws from. Greedy is the point mass on the argmax.
+    """
+    p = params
+    logits = penalize(logits.float(), history, p.repetition_penalty)
+    out = torch.zeros(logits.shape[-1], dtype=torch.float64)
+    if p.greedy:
+        out[int(torch.argmax(logits))] = 1.0
+        return out
+    ids, probs = keep_top_k(logits / p.temperature, p.top_k)
+    probs = keep_min_p(keep_top_p(probs, p.top_p), p.min_p).double()
+    out[ids] = probs / probs.sum()
+    return out
 
 
 def reported(logits: torch.Tensor, token: int, report_top: int) -> SampleResult:

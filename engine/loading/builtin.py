@@ -15,16 +15,33 @@ from engine.errors import EngineError
 
 BUILTIN_NAME = "builtin"
 DISPLAY_NAME = "Built-in: Loopchat dictionary"
+DRAFT_NAME = "builtin-draft"
+"""The built-in model's small sibling (same corpus and tokenizer), shipped as its speculative
+draft so the offline app can show speculative decoding with two models."""
 
 
-def builtin_dir() -> Path:
-    """The shipped model's folder (HF layout)."""
+def builtin_dir(folder: str = "builtin") -> Path:
+    """The shipped model's folder (HF layout); `builtin_draft` for its draft."""
     frozen = getattr(sys, "_MEIPASS", None)
     if frozen:
-        return Path(frozen) / "resources" / "builtin"
+        return Path(frozen) / "resources" / folder
     import resources
 
-    return Path(resources.__file__).resolve().parent / "builtin"
+    return Path(resources.__file__).resolve().parent / folder
+
+
+def is_builtin_draft(name: str | Path) -> bool:
+    return str(name).strip().lower() == DRAFT_NAME
+
+
+def resolve_builtin_draft() -> Path:
+    folder = builtin_dir("builtin_draft")
+    if not (folder / "model.safetensors").is_file():
+        raise EngineError(
+            f"the built-in draft model is missing from this installation ({folder}); "
+            "reinstall Loopchat, or use --draft lookup"
+        )
+    return folder
 
 
 def is_builtin(name: str | Path) -> bool:

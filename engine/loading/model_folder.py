@@ -20,7 +20,12 @@ from typing import Any, Literal, TypedDict
 
 from engine.errors import EngineError, Remedy
 from engine.files import is_regular_file, member_name, read_json
-from engine.loading.builtin import is_builtin, resolve_builtin
+from engine.loading.builtin import (
+    is_builtin,
+    is_builtin_draft,
+    resolve_builtin,
+    resolve_builtin_draft,
+)
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +255,8 @@ def resolve_model(path_or_repo: str | Path) -> Path:
     text = str(path_or_repo).strip()
     if is_builtin(text):  # the shipped model; a folder of that name is reachable as ./builtin
         return resolve_builtin()
+    if is_builtin_draft(text):
+        return resolve_builtin_draft()
     candidate = Path(text).expanduser()
     if candidate.is_dir():
         return candidate
