@@ -392,3 +392,26 @@ def test_cli_draft_json_lines(tiny_gqa_hf_dir, tiny_hf_dir) -> None:
     )
     assert bad.returncode == 2 and "--draft-k" in bad.stderr and "Traceback" not in bad.stderr
     assert math.isfinite(done["decode_tokens_per_s"])
+
+
+def test_the_built_in_model_and_its_trained_draft() -> None:
+    """The shipped draft shares the built-in's tokenizer, agrees with it often enough to save
+    passes, and changes nothing in what greedy decoding says."""
+    from engine.loading.builtin import builtin_dir, held_out_dialogues
+    from engine.text.chat import Message
+
+    plain = Engine.open("builtin", dtype="float32")
+    spec = Engine.open("builtin", dtype="float32")
+    spec.use_draft("builtin-draft")
+    proposed = accepted = passes = tokens = 0
+    for question, _ in held_out_dialogues(builtin_dir())[:6]:
+        prompt = plain.conversation_ids([Message("user", question)])
+        want = _greedy_ids(plain, prompt, 48)[0]
+        got, result, _ = _greedy_ids(spec, prompt, 48)
+        assert got == want, question
+        proposed += result.draft.proposed
+        accepted += result.draft.accepted
+        passes += result.draft.passes
+        tokens += len(got)
+    assert accepted > 0.3 * proposed
+    assert passes < tokens  # fewer passes of the model than tokens it wrote
