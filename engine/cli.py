@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="speculative decoding: 'lookup' (repeat earlier text), 'self-int4' (the model's "
         "own 4-bit copy) or a draft model with the same vocabulary (builtin-draft for builtin)",
     )
-    gen.add_argument("--draft-k", type=int, default=4, help="tokens drafted per model pass")
+    # 3: engine.generation.speculative.DRAFT_K (not imported here: it would load torch)
+    gen.add_argument("--draft-k", type=int, default=3, help="tokens drafted per model pass")
     gen.add_argument(
         "--draft-quant",
         choices=QUANT_NAMES,

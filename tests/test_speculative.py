@@ -415,3 +415,35 @@ def test_the_built_in_model_and_its_trained_draft() -> None:
         tokens += len(got)
     assert accepted > 0.3 * proposed
     assert passes < tokens  # fewer passes of the model than tokens it wrote
+
+
+def test_loading_a_draft_keeps_the_models_thread_count(tiny_gqa_hf_dir, tiny_hf_dir, monkeypatch):
+    """Loading measures (here: is told) the draft's best thread count and sets torch's, one per
+    process; the open model's own count must stay for its passes."""
+    engine = _engine(tiny_gqa_hf_dir)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        monkeypatch.setenv("LOOPCHAT_THREADS", "2")  # what the draft's load will set
+        engine.use_draft(str(tiny_hf_dir))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_branch_continues_the_same_with_a_draft(tiny_gqa_hf_dir, tiny_hf_dir) -> None:
+    """A branch (reply prefix + a forced token) decodes the forced token plainly, then
+    speculates: the same continuation as without a draft."""
+    plain = _engine(tiny_gqa_hf_dir)
+    spec = _engine(tiny_gqa_hf_dir)
+    spec.use_draft(str(tiny_hf_dir))
+    prompt = PROMPTS[0]
+    first = _greedy_ids(plain, prompt, 12)[0]
+    branches = []
+    for engine in (plain, spec):
+        reply = engine.reply(prompt, GREEDY, max_new_tokens=20, reply_prefix=first[:4], forced=[77])
+        steps = list(reply)
+        assert steps[0].token_id == 77 and steps[0].check is None and not steps[0].drafted
+        branches.append(reply.result.token_ids)
+    assert branches[0] == branches[1]
+    assert reply.result.draft.proposed > 0

@@ -36,7 +36,8 @@ CHOICES = (
     ),
 )
 PICK_FOLDER = "\0folder"
-DEFAULT_K = 4
+DEFAULT_K = 3
+"""engine.generation.speculative.DRAFT_K: why 3 is there."""
 
 
 class DraftSetting(QObject):

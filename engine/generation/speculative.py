@@ -36,10 +36,12 @@ from engine.events import DraftCheck, SamplingParams, TopToken
 from engine.generation.sampling import SampleResult, final_distribution, reported
 from engine.loading.loader import LoadedModel
 
-DRAFT_K = 4
-"""Tokens proposed per pass. Verifying k tokens costs about one decode step while k is small
-next to the weights' read time; acceptance falls with each further position, so 3–5 is where
-the published measurements (and ours: benchmarks/speculative.py) peak."""
+DRAFT_K = 3
+"""Tokens proposed per pass. A pass over k+1 positions costs about one decode step while k is
+small next to the weights' read time, and acceptance falls with each further position. Measured
+(benchmarks/speculative.py, AMD EPYC, 2 threads, 7B-shaped int4): 2, 3 and 4 positions cost
+1.04, 1.11 and 1.36 decode steps, but 5 cost 2.65 (torch's CPU int4 product takes rows four at a
+time), so k = 3 gave 2.5x at full acceptance against 1.9x for k = 4."""
 MAX_DRAFT_K = 16
 LOOKUP_NGRAM = 3
 """Longest n-gram prompt lookup tries to match (then shorter ones, down to 1)."""
