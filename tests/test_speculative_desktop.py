@@ -9,6 +9,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication
 
 from desktop.store.conversations import ConversationStore
@@ -241,3 +242,24 @@ def test_a_damaged_mark_loses_the_mark_not_the_token(tmp_path) -> None:
     assert [s.token_id for s in got] == [9, 8, 5]
     assert not got[1].drafted and got[1].check is None
     assert got[0].check is not None
+
+
+def test_stop_mid_reply_and_a_draft_chosen_mid_reply(qtbot, win, tiny_hf_dir) -> None:
+    """Stop while a speculative reply streams keeps what was shown; a draft chosen meanwhile
+    applies from the next reply on, and the chat goes on."""
+    choose_draft(qtbot, win, "lookup")
+    greedy(win, 400)
+    first: list = []
+    win.token_shown.connect(lambda step: first.append(step) or (len(first) == 3 and win.stop()))
+    win.input.setPlainText("Hello loop")
+    with qtbot.waitSignal(win.reply_finished, timeout=120_000) as done:
+        qtbot.keyClick(win.input, Qt.Key.Key_Return)
+        win.sampling.draft.set_spec(str(tiny_hf_dir))  # queued behind the running reply
+    result = done.args[0]
+    assert result["stop_reason"] == "cancelled"
+    assert 3 <= len(result["token_ids"]) < 400
+    assert win.session.turns[-1].content == result["text"]
+    qtbot.waitUntil(lambda: win.sampling.draft.spec == str(tiny_hf_dir))
+    greedy(win, 8)
+    after = ask(qtbot, win, "Hello again")
+    assert after.draft is not None and after.draft.kind == "model"
