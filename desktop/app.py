@@ -22,15 +22,18 @@ SELF_TEST_TOKENS = 16
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="loopchat", description="Private local chat with Llama 2")
-    parser.add_argument("--model", help="model folder (HF or Meta layout) or cached Hub repo id")
+    parser.add_argument(
+        "--model", help="model folder (HF or Meta layout), .gguf file or cached Hub repo id"
+    )
     parser.add_argument("--dtype", choices=DTYPE_NAMES)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--self-test", metavar="MODEL", help="load MODEL headless, generate, exit")
     parser.add_argument(
         "--quant",
         choices=QUANT_NAMES,
-        default="none",
-        help="with --self-test: the weights' format (none: 16-bit; int8, int4: quantized on load)",
+        default=None,
+        help="with --self-test: the weights' format (none: 16-bit; int8, int4: quantized on load; "
+        "file: a .gguf file's own blocks, its default)",
     )
     return parser.parse_args(argv)
 
@@ -59,7 +62,9 @@ def log_unhandled_exceptions() -> None:
     sys.excepthook = hook
 
 
-def run_self_test(model: str, dtype: str | None, device: str | None, quant: str = "none") -> int:
+def run_self_test(
+    model: str, dtype: str | None, device: str | None, quant: str | None = None
+) -> int:
     """Load and generate through the window's own worker thread, headless; print `done`."""
     from PySide6.QtCore import QCoreApplication, QTimer
 
@@ -77,7 +82,9 @@ def run_self_test(model: str, dtype: str | None, device: str | None, quant: str 
         ),
     )
     check.done.connect(app.quit)
-    QTimer.singleShot(0, lambda: controller.load(model, dtype or "auto", device or "auto", quant))
+    QTimer.singleShot(
+        0, lambda: controller.load(model, dtype or "auto", device or "auto", quant or "")
+    )
     app.exec()
     controller.shutdown()
     if check.failure is not None:

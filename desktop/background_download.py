@@ -61,10 +61,13 @@ class BackgroundDownloads(QObject):
     def active(self) -> bool:
         return self.controller.active
 
-    def start(self, repo_id: str, token: str = "", remember: bool = False) -> None:
+    def start(
+        self, repo_id: str, token: str = "", remember: bool = False, filename: str = ""
+    ) -> None:
+        """Download `repo_id`, or only its file `filename` (one quantization of a GGUF repo)."""
         self.repo_id, self.last = repo_id, None
         self.status.download(repo_id, None)
-        self.controller.start(repo_id, token, remember)
+        self.controller.start(repo_id, token, remember, filename)
 
     def cancel(self) -> None:
         self.controller.cancel()

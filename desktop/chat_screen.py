@@ -15,7 +15,7 @@ from collections.abc import Callable
 from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtGui import QTextCursor
 
-from desktop.app_text import NO_MODEL_YET
+from desktop.app_text import NO_MODEL_YET, for_the_app
 from desktop.controller import EngineController
 from desktop.library import ConversationLibrary
 from desktop.model_loading import ModelLoading
@@ -112,6 +112,8 @@ class ChatScreen(QObject):
         """Undo was asked while the branch still streamed: it runs once the reply has ended."""
         self._refused: tuple[str, int] | None = None
         """(text, exact tokens) of the last message the engine refused as too long."""
+        self.branches_unavailable = ""
+        """Why the open model cannot continue a reply from another token ("" when it can)."""
         self.session = self._new_session()
         self._connect()
 
@@ -371,6 +373,9 @@ class ChatScreen(QObject):
         if self.model_info is None:
             self._can_ask()  # says to load a model
             return
+        if self.branches_unavailable:
+            self.show_error(f"{self.branches_unavailable}.", kind="notice")
+            return
         if self.controller.state.active:  # streaming, stopping, or paused in step mode
             self._pending_branch = (self.session, turn, step, token_id, step_mode)
             self.stop()
@@ -388,6 +393,13 @@ class ChatScreen(QObject):
             return
         if session.reply is not None and source is not None:
             self._offer_undo(session, session.reply, source, step)
+
+    def set_branches_unavailable(self, reason: str) -> None:
+        """The open model cannot continue a reply from another token (`reason`; "" when it
+        can): the top-k panel offers no Branch button and a branch asked for says why."""
+        self.branches_unavailable = reason
+        self.topk.branchable = not reason
+        self.topk.setToolTip(f"{reason}." if reason else "")
 
     def _offer_undo(self, session: ChatSession, reply, source: int, step: int) -> None:
         """Say that a new version was made, with Undo (Ctrl+Z) right there."""
@@ -544,10 +556,27 @@ class ChatScreen(QObject):
             return
         self._streaming = None
         if not self._withdraw_refused(session, result):
-            self.show_error(result.error)
+            self._show_failure(session, result)
         self._after_reply(result)
 
+    def _show_failure(self, session: ChatSession, result: GenerationResult) -> None:
+        """Say why the reply failed; a reply cut mid-way (a server closing the connection) keeps
+        what streamed, marked "cut off", and Retry writes it again (a new version)."""
+        last = session.turns[-1] if session.turns else None
+        cut = last is not None and last.role == "assistant" and last.stop_reason == "error"
+        message = f"Cut off: {result.error}" if cut else result.error
+        self.show_error(message)
+        if session is self.session and session.can_regenerate:
+            self.banner.show_message(
+                for_the_app(message), "error", action="Retry", callback=self.retry
+            )
+
+    def retry(self) -> None:
+        """Write the failed reply again (Regenerate; the cut one stays a version away)."""
+        self.regenerate()
+
     def _after_reply(self, result: GenerationResult) -> None:
+        self.topk.flush_now()  # the last step, now: the repaint timer may not have shown it yet
         self.library.refresh()
         self.buttons_changed.emit()
         self.reply_finished.emit(result)

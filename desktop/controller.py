@@ -15,6 +15,7 @@ from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal
 from desktop.reply_state import ALLOWED, ReplyState
 from desktop.worker import EngineWorker
 from engine.events import GenerationRequest
+from engine.front_door import REMOTE_PREFIX
 
 log = logging.getLogger(__name__)
 PREFILLING = ReplyState.PREFILLING
@@ -320,6 +321,12 @@ class EngineController(QObject):
         if failed:  # announced, then settled: the failure's listeners read IDLE, as on finish
             self._transition(ReplyState.FAILED)
         self._transition(self._settled(), lambda: relay.emit(result))
+
+    @property
+    def model_is_remote(self) -> bool:
+        """The open model answers from a server: its replies are saved at every chunk, since a
+        connection can drop at any moment (a local reply is saved in batches)."""
+        return self.answered_load[0].startswith(REMOTE_PREFIX)
 
     def _on_loaded(self, info: object) -> None:
         self.answered_load = self._loads.popleft() if self._loads else ("", "none")

@@ -24,8 +24,10 @@ class DownloadWorker(QObject):
         super().__init__()
         self._cancel = cancel
 
-    @Slot(str, str, bool)
-    def download(self, repo_id: str, token: str, remember: bool) -> None:
+    @Slot(str, str, bool, str)
+    def download(self, repo_id: str, token: str, remember: bool, filename: str = "") -> None:
+        """Fetch `repo_id` (a model folder), or only its file `filename` (a GGUF repo: one
+        quantization); `finished` carries the folder or the file."""
         from engine.front_door import (
             DownloadCancelled,
             EngineError,
@@ -48,8 +50,9 @@ class DownloadWorker(QObject):
             )
 
         try:
+            one_file = {"filename": filename} if filename else {}
             folder = download_model(
-                repo_id, token=token or None, progress=report, cancel=self._cancel
+                repo_id, token=token or None, progress=report, cancel=self._cancel, **one_file
             )
         except DownloadCancelled:
             self.cancelled.emit()
@@ -79,7 +82,7 @@ class DownloadWorker(QObject):
 class DownloadController(QObject):
     """Owns the download thread; one download at a time."""
 
-    _requested = Signal(str, str, bool)
+    _requested = Signal(str, str, bool, str)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -97,10 +100,13 @@ class DownloadController(QObject):
         # A bound slot, not a lambda: a lambda would run in the download thread.
         self.worker.cancelled.connect(self._cancelled)
 
-    def start(self, repo_id: str, token: str = "", remember: bool = False) -> None:
+    def start(
+        self, repo_id: str, token: str = "", remember: bool = False, filename: str = ""
+    ) -> None:
+        """Download `repo_id`, or only its file `filename` (a GGUF repo)."""
         self._cancel.clear()
         self.active = True
-        self._requested.emit(repo_id, token, remember)
+        self._requested.emit(repo_id, token, remember, filename)
 
     def cancel(self) -> None:
         self._cancel.set()

@@ -12,19 +12,23 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, Qt, Signal
-from PySide6.QtGui import QCloseEvent
+from PySide6.QtCore import QEvent, QObject, QSettings, Qt, Signal
+from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import QMainWindow
 
+from desktop.abilities import abilities_of
 from desktop.app_text import for_the_app
 from desktop.background_download import BackgroundDownloads
 from desktop.catalogue import first_run_model
 from desktop.chat_screen import ChatScreen
 from desktop.controller import EngineController
+from desktop.gguf_scan import Where
 from desktop.library import ConversationLibrary
 from desktop.menus import Menus
 from desktop.model_loading import ModelLoading, recent_models
 from desktop.search_jump import SearchJump
+from desktop.server_models import ServerModels
+from desktop.servers import ServerList
 from desktop.session import ChatSession
 from desktop.step_mode import StepMode
 from desktop.store.conversations import ConversationStore
@@ -65,8 +69,17 @@ class MainWindow(QMainWindow):
         self.controller = controller or EngineController(self)
         self.store = store or ConversationStore()
         self.models = ModelLoading(self.controller, settings, self)
+        self.servers = ServerList(settings, self)
+        """Models → Servers…: the servers added, their keys in the keyring."""
+        self.controller.worker.use_servers(self.servers.directory)
+        self.server_models = ServerModels(self.servers.directory, self)
+        self.servers_dialog = None
         self.chooser = None
+        self.gguf_where: Where = (None, None)
+        """Where the chooser looks for GGUF files: (home, environment); (None, None) is this
+        user's own (tests and the screenshot script give a made-up home)."""
         self._downloads: BackgroundDownloads | None = None
+        self.setAcceptDrops(True)  # a .gguf file or a model folder dropped on the window opens
         self.setWindowTitle("Loopchat")
         self.resize(1180, 760)
         # The parts, and the widgets tests and features drive (DESIGN.md's test seams).
@@ -79,6 +92,8 @@ class MainWindow(QMainWindow):
         self.topk, self.sampling = self.side.topk, self.side.sampling
         self.splitter = columns(self.conversations, self.pane, self.side, self.width())
         self.setCentralWidget(self.splitter)
+        # A file dropped on the message box opens as a model too, instead of pasting its path.
+        self.input.viewport().installEventFilter(self)
         self.setMinimumSize(*MIN_WINDOW)
         self.status_line = StatusLine(self.statusBar())
         self.library = ConversationLibrary(
@@ -90,7 +105,7 @@ class MainWindow(QMainWindow):
         )  # fmt: skip
         """The chat on screen: the shown session, the one being answered, the user's requests."""
         self.opener, self.message_edit = self.chat_screen.opener, self.chat_screen.message_edit
-        self.menus = Menus(self, self, self.models, self.library, settings)
+        self.menus = Menus(self, self, self.models, self.library, settings, self.servers)
         self.new_chat_action = self.menus.new_chat_action
         self.stop_action = self.menus.stop_action
         self.regenerate_action = self.menus.regenerate_action
@@ -257,12 +272,25 @@ class MainWindow(QMainWindow):
             downloads=self.downloads,
             current=self.current_model_path(),
             recent=self.recent_models(),
+            gguf_where=self.gguf_where,
+            servers=self.servers,
+            server_models=self.server_models,
         )
         chooser.model_chosen.connect(self.load_model)
         chooser.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         self.chooser = chooser
         chooser.show()
         return chooser
+
+    def show_servers(self):
+        """Models → Servers…: add, edit and remove servers (never modal: the chat goes on)."""
+        from desktop.views.servers_dialog import ServersDialog
+
+        dialog = ServersDialog(self.servers, self.server_models, self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        self.servers_dialog = dialog
+        dialog.show()
+        return dialog
 
     def load_model(self, path: str, quant: str | None = None) -> None:
         """Load a model in the engine thread; the current one works until the new one is ready.
@@ -273,7 +301,7 @@ class MainWindow(QMainWindow):
         self.banner.hide()
         self.status_line.loading(0.0, "Loading…")
         self.models.load(path, quant)
-        self.pane.model_bar.show_loading(Path(path).name or path)
+        self.pane.model_bar.show_loading(self.servers.display_name(path) or Path(path).name or path)
         self.update_buttons()
 
     def model_loading(self) -> bool:
@@ -295,9 +323,19 @@ class MainWindow(QMainWindow):
         self.status_line.loaded(info, loading_done)
         self.pane.model_bar.show_model(info, self.current_model_path())
         self.setWindowTitle(f"Loopchat — {info.name}" if info else "Loopchat")
+        self._grey_what_cannot_run()
         self.chat_screen.update_hints()
         self.session.model = info.name if info else self.session.model
         self.update_buttons()
+
+    def _grey_what_cannot_run(self) -> None:
+        """Grey each see-inside feature the open model's backend cannot do, saying why (a model
+        on a server gives no attention weights; maybe no log-probabilities)."""
+        abilities = abilities_of(self.model_info)
+        self.attention.set_unavailable(abilities.why_not("attention"))
+        self.surprisal.set_unavailable(abilities.why_not("surprisal"))
+        self.step_mode.set_unavailable(abilities.why_not("step_mode"))
+        self.chat_screen.set_branches_unavailable(abilities.why_not("branches"))
 
     def _on_model_loaded(self, info: ModelInfo, notice: str) -> None:
         self._loaded_state()
@@ -316,6 +354,60 @@ class MainWindow(QMainWindow):
         self._loaded_state()
         self.menus.show_weights(self.models.loaded_quant())
         self.show_error(message)
+
+    # -- drag and drop: a GGUF file or a model folder opens --------------------------------
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt API
+        drags = (QEvent.Type.DragEnter, QEvent.Type.DragMove, QEvent.Type.Drop)
+        if (
+            event.type() in drags
+            and watched is self.input.viewport()
+            and any(url.isLocalFile() for url in event.mimeData().urls())
+        ):
+            if event.type() == QEvent.Type.Drop:
+                self.dropEvent(event)
+            else:
+                event.acceptProposedAction()
+            return True
+        return super().eventFilter(watched, event)
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt API
+        if any(url.isLocalFile() for url in event.mimeData().urls()):
+            event.acceptProposedAction()
+        else:
+            super().dragEnterEvent(event)
+
+    def dragMoveEvent(self, event) -> None:  # noqa: N802 - Qt API
+        if any(url.isLocalFile() for url in event.mimeData().urls()):
+            event.acceptProposedAction()
+        else:
+            super().dragMoveEvent(event)
+
+    def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802 - Qt API
+        paths = [url.toLocalFile() for url in event.mimeData().urls() if url.isLocalFile()]
+        if not paths:
+            super().dropEvent(event)
+            return
+        event.acceptProposedAction()
+        self.open_dropped(paths)
+
+    def open_dropped(self, paths: list[str]) -> str | None:
+        """Open the first model among `paths` (a .gguf file or a model folder); a notice for
+        anything else, or while a reply is being written. Returns what it opens."""
+        from desktop.model_files import model_to_open
+
+        path, why = model_to_open(paths)
+        if path is None:
+            self.show_error(why, "notice")
+            return None
+        if self.controller.busy:
+            self.show_error(
+                f"A reply is being written: stop it (Esc), then drop {Path(path).name} again.",
+                "notice",
+            )
+            return None
+        self.load_model(path)
+        return path
 
     # -- misc --------------------------------------------------------------------------------
 
@@ -363,6 +455,7 @@ class MainWindow(QMainWindow):
                 pass
         if self._downloads is not None:
             self._downloads.shutdown()
+        self.servers.keys.shutdown()
         if not self.controller.shutdown(CLOSE_WAIT_MS):
             log.warning("engine thread still busy at close; not waiting for it")
         self.chat_screen.close()

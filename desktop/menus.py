@@ -18,7 +18,16 @@ from PySide6.QtWidgets import QFileDialog, QMainWindow, QMenu, QMenuBar, QMessag
 
 from desktop.app_text import NO_MODEL_YET
 from desktop.library import ConversationLibrary
-from desktop.model_loading import WEIGHTS, ModelLoading, recent_label, recent_models
+from desktop.model_loading import (
+    GGUF_WEIGHTS,
+    WEIGHTS,
+    ModelLoading,
+    is_gguf_path,
+    quant_in_name,
+    recent_label,
+    recent_models,
+)
+from desktop.servers import ServerList, is_remote_path
 from desktop.views.conversation_list import ConversationList
 from desktop.views.sampling_panel import SamplingPanel
 
@@ -38,6 +47,7 @@ class MenuHost(Protocol):
     def load_model(self, path: str, quant: str | None = None) -> None: ...
     def unload_model(self) -> None: ...
     def show_model_chooser(self) -> object: ...
+    def show_servers(self) -> object: ...
     def show_error(self, message: str, kind: str = "error") -> None: ...
     def export_conversation(self, conversation_id: int, path: Path, fmt: str) -> None: ...
     def import_conversation(self, path: Path) -> int | None: ...
@@ -53,10 +63,13 @@ class Menus(QObject):
         models: ModelLoading,
         library: ConversationLibrary,
         settings: QSettings,
+        servers: ServerList | None = None,
     ) -> None:
         super().__init__(window)
         self.window, self.host, self.models, self.library = window, host, models, library
         self.settings = settings
+        self.servers = servers
+        """Names the models on servers in Recent models ("model · server")."""
         self.shortcuts_box: QMessageBox | None = None
         self.about_box: QMessageBox | None = None
         bar = window.menuBar()
@@ -116,6 +129,14 @@ class Menus(QObject):
         self.open_action = self._action(
             menu, "&Open model folder…", self.choose_model_folder, QKeySequence.StandardKey.Open
         )
+        self.open_file_action = self._action(
+            menu, "Open model &file…", self.choose_model_file, "Ctrl+Shift+O"
+        )
+        self.open_file_action.setToolTip("Open a GGUF model file (.gguf)")
+        # Enabled exactly when opening a folder is (the window decides that, for both).
+        self.open_action.changed.connect(
+            lambda: self.open_file_action.setEnabled(self.open_action.isEnabled())
+        )
         menu.addSeparator()
         self.new_chat_action = self._action(menu, "&New chat", host.new_chat, "Ctrl+N")
         self._action(menu, "&Import conversation…", self.choose_import)
@@ -139,19 +160,25 @@ class Menus(QObject):
     def _models_menu(self, host: MenuHost) -> None:
         menu = self.models_menu
         self._action(menu, "&Choose or download a model…", host.show_model_chooser, "Ctrl+M")
+        self.servers_action = self._action(menu, "&Servers…", host.show_servers)
+        self.servers_action.setToolTip(
+            "Add a server (vLLM, llama.cpp's server, Ollama…) whose models you can chat with"
+        )
         self.recent_menu = menu.addMenu("&Recent models")
         self.recent_menu.setToolTipsVisible(True)  # each entry's full path
         self.recent_menu.aboutToShow.connect(self.refresh_recent)  # the tick follows the model
         self._action(menu, "&Unload model", host.unload_model)
-        weights = menu.addMenu("&Weights")
+        self.weights_menu = weights = menu.addMenu("&Weights")
         self.weights_group = QActionGroup(self.window)
         self.weights_actions: dict[str, QAction] = {}
-        for quant, text in WEIGHTS:
+        for quant, text in (("file", "As in the &file"), *WEIGHTS):
             action = QAction(text, self.window, checkable=True)
             action.triggered.connect(lambda _checked=False, q=quant: self.choose_weights(q))
             self.weights_group.addAction(action)
             weights.addAction(action)
             self.weights_actions[quant] = action
+        weights.aboutToShow.connect(self.label_weights)  # the model being opened may be a file
+        self.label_weights()
         self.weights_actions["none"].setChecked(True)
 
     def _theme_menu(self, menu: QMenu) -> None:
@@ -218,7 +245,48 @@ class Menus(QObject):
     def show_weights(self, quant: str) -> None:
         """Tick `quant`, the format of the model that is open ("none" when none is, or for a
         format the menu does not offer)."""
-        self.weights_actions.get(quant, self.weights_actions["none"]).setChecked(True)
+        self.label_weights()
+        action = self.weights_actions.get(quant)
+        if action is None or not action.isVisible():
+            action = self.weights_actions["none"]
+        action.setChecked(True)
+
+    def label_weights(self) -> None:
+        """The formats the open (or loading) model offers: a GGUF file's own blocks ("As in the
+        file (Q4_K_M)") or dequantized into the dtype; a folder's 16/8/4-bit."""
+        path = self.models.current_path() or (
+            self.models.loading_path() if self.models.in_progress else ""
+        )
+        gguf = is_gguf_path(path)
+        # A model on a server has no weights here to choose a format for.
+        self.weights_menu.setEnabled(not is_remote_path(path))
+        for quant, action in self.weights_actions.items():
+            action.setVisible(quant in GGUF_WEIGHTS if gguf else quant != "file")
+        if not gguf:
+            self.weights_actions["none"].setText(dict(WEIGHTS)["none"])
+            return
+        quant_name = self._file_quant(path)
+        self.weights_actions["file"].setText(
+            f"As in the &file ({quant_name})" if quant_name else "As in the &file"
+        )
+        self.weights_actions["none"].setText(f"&Dequantized ({self._dtype_name()})")
+
+    def _file_quant(self, path: str) -> str:
+        """The open GGUF file's quantization: as the loader reports it, else as its name says."""
+        info = self.models.info
+        if info is not None and self.models.current_path() == path:
+            said = str(info.extra.get("file_format") or "")  # "GGUF Q4_K_M"
+            if said.startswith("GGUF ") and said != "GGUF unknown":
+                return said.removeprefix("GGUF ")
+        return quant_in_name(path)
+
+    def _dtype_name(self) -> str:
+        """The dtype a dequantized file's weights take: the open model's, else the setting's."""
+        info = self.models.info
+        if info is not None and info.dtype:
+            return str(info.dtype).removeprefix("torch.")
+        dtype = str(self.settings.value("engine/dtype", "auto"))
+        return "the model's dtype" if dtype == "auto" else dtype
 
     def refresh_recent(self) -> None:
         """Recent models by name (the built-in model's, a folder's own; the full path in the
@@ -226,7 +294,7 @@ class Menus(QObject):
         self.recent_menu.clear()
         current = self.models.current_path()
         recent = recent_models(self.settings)
-        labels = [recent_label(path) for path in recent]
+        labels = [self._recent_label(path) for path in recent]
         names = [name for name, _tip in labels]
         for path, (name, tip) in zip(recent, labels, strict=True):
             if names.count(name) > 1 and Path(path).parent.name:  # two folders named alike
@@ -239,10 +307,19 @@ class Menus(QObject):
             action.triggered.connect(lambda _=False, p=path: self._open_recent(p))
         self.recent_menu.setEnabled(bool(recent))
 
+    def _recent_label(self, path: str) -> tuple[str, str]:
+        """(name, tooltip) in Recent models: "model · server name" for a model on a server."""
+        remote = self.servers.display_name(path) if self.servers is not None else None
+        if remote is not None:
+            return remote, "A model on a server (Models → Servers…)"
+        return recent_label(path)
+
     def _open_recent(self, path: str) -> None:
         if path == self.models.current_path() and not self.models.in_progress:
             self.refresh_recent()  # the click unticked it: it is still the open one
-            self.window.statusBar().showMessage(f"{recent_label(path)[0]} is already open.", 5000)
+            self.window.statusBar().showMessage(
+                f"{self._recent_label(path)[0]} is already open.", 5000
+            )
             return
         self.host.load_model(path)
 
@@ -285,6 +362,14 @@ class Menus(QObject):
         box.open()
         self.about_box = box
         return box
+
+    def choose_model_file(self) -> None:
+        """File → Open model file…: a GGUF file, opened like any model."""
+        path, _ = QFileDialog.getOpenFileName(
+            self.window, "Open a model file", "", "GGUF model files (*.gguf);;All files (*)"
+        )
+        if path:
+            self.host.load_model(path)
 
     def choose_model_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(

@@ -26,11 +26,52 @@ WEIGHTS = (
     ("int8", "&8-bit (half the memory)"),
     ("int4", "&4-bit (a third of the memory, less exact)"),
 )
-"""The weight formats a model can be loaded in (engine/kernels/quant.py), remembered per model."""
+"""The weight formats a model folder can be loaded in (engine/kernels/quant.py), remembered per
+model."""
 
+GGUF_WEIGHTS = ("file", "none")
+"""A GGUF file's formats: its own quantized blocks as they are (the default), or dequantized into
+the dtype. Requantizing them to 8/4-bit would only lose precision, so it is not offered."""
 
-WEIGHT_LABELS = {"none": "16-bit", "int8": "8-bit", "int4": "4-bit"}
+WEIGHT_LABELS = {"none": "16-bit", "int8": "8-bit", "int4": "4-bit", "file": "the file's own"}
 """How notices name each format (the menu's words, without the explanation)."""
+
+_QUANT_IN_NAME = re.compile(
+    r"(?<![A-Za-z0-9])"
+    r"(I?Q\d+_[A-Z0-9]+(?:_[SMLX]{1,2})?|Q\d+_\d|TQ\d_\d|BF16|F16|F32)"
+    r"(?![A-Za-z0-9])",
+    re.IGNORECASE,
+)
+"""llama.cpp's names of its quantizations, as files are named after them."""
+
+
+def is_gguf_path(path: str) -> bool:
+    """Whether `path` names a GGUF file (by its name: what the menus and settings go by)."""
+    return path.strip().lower().endswith(".gguf")
+
+
+def offered_weights(path: str) -> tuple[str, ...]:
+    """The weight formats the model at `path` can be loaded in, its default first."""
+    return GGUF_WEIGHTS if is_gguf_path(path) else tuple(q for q, _text in WEIGHTS)
+
+
+def default_weights(path: str) -> str:
+    """The format a model opens in until another is chosen: a GGUF file's own blocks, else
+    16-bit."""
+    return offered_weights(path)[0]
+
+
+def weight_label(path: str, quant: str) -> str:
+    """How notices name `quant` for the model at `path` ("dequantized" for a GGUF file)."""
+    if quant == "none" and is_gguf_path(path):
+        return "dequantized"
+    return WEIGHT_LABELS.get(quant, quant)
+
+
+def quant_in_name(path: str) -> str:
+    """The quantization a GGUF file's name says ("Q4_K_M" in "….Q4_K_M.gguf"), or ""."""
+    found = _QUANT_IN_NAME.findall(Path(path).name)
+    return found[-1].upper() if found else ""
 
 
 def weights_setting(path: str) -> str:
@@ -40,9 +81,9 @@ def weights_setting(path: str) -> str:
 
 
 def weights_for(settings: QSettings, path: str) -> str:
-    """The weight format remembered for the model at `path` ("none" until one has loaded)."""
-    value = str(settings.value(weights_setting(path), "none"))
-    return value if value in dict(WEIGHTS) else "none"
+    """The weight format remembered for the model at `path` (its default until one has loaded)."""
+    value = str(settings.value(weights_setting(path), default_weights(path)))
+    return value if value in offered_weights(path) else default_weights(path)
 
 
 def remember_weights(settings: QSettings, path: str, quant: str) -> None:
@@ -50,9 +91,9 @@ def remember_weights(settings: QSettings, path: str, quant: str) -> None:
 
     Called only once a load in that format has succeeded (or to forget one that failed): a choice
     saved before loading would, if it failed, stop the model from opening at every start.
-    "none" is the default, so it is stored by leaving no key at all.
+    The default is stored by leaving no key at all.
     """
-    if quant in dict(WEIGHTS) and quant != "none":
+    if quant in offered_weights(path) and quant != default_weights(path):
         settings.setValue(weights_setting(path), quant)
     else:
         settings.remove(weights_setting(path))
@@ -99,7 +140,8 @@ class ModelLoading(QObject):
     """Why the load failed, as the window shows it (the model still open named)."""
     unloaded = Signal()
     retry = Signal(str, str)
-    """(path, "none"): an 8/4-bit load failed; the window loads it again in 16-bit."""
+    """(path, its default format): an 8/4-bit (or dequantized GGUF) load failed; the window loads
+    it again in 16-bit (or the file's own blocks)."""
 
     def __init__(self, controller: EngineController, settings: QSettings, parent: QObject) -> None:
         super().__init__(parent)
@@ -143,8 +185,14 @@ class ModelLoading(QObject):
         return self._failed_path if self.info is None else ""
 
     def loaded_quant(self) -> str:
-        """The weight format of the open model ("none" when none is open)."""
-        return str(self.info.extra.get("quant", "none")) if self.info else "none"
+        """The weight format of the open model ("none" when none is open); for a GGUF file
+        "file" (its own blocks, whatever engine kernel runs them) or "none" (dequantized)."""
+        if self.info is None:
+            return "none"
+        quant = str(self.info.extra.get("quant", "none"))
+        if is_gguf_path(self.current_path()) and quant not in GGUF_WEIGHTS:
+            return "file"
+        return quant
 
     def current_path(self) -> str:
         """What the loaded model was opened as (folder, repo id or "builtin"); "" if none."""
@@ -171,7 +219,10 @@ class ModelLoading(QObject):
         self.info = info
         path = self.controller.answered_load[0] or self._pending_path or info.path
         # A Hub snapshot is remembered by repo id: its folder changes with each new revision.
-        self._path = info.name if "/snapshots/" in path.replace("\\", "/") else path
+        # A GGUF file is remembered by its path, in the cache too (a repo id would fetch all of
+        # its quantizations).
+        snapshot = "/snapshots/" in path.replace("\\", "/") and not is_gguf_path(path)
+        self._path = info.name if snapshot else path
         remember_recent(self.settings, self._path)
         # Remembered only now that it has loaded: a format that fails is never saved.
         remember_weights(self.settings, self._path, self.loaded_quant())
@@ -180,13 +231,17 @@ class ModelLoading(QObject):
         fallback = self._take_fallback(path)
         if fallback is not None:
             label, reason = fallback
+            now = weight_label(path, default_weights(path))
             notices.append(
                 f"Could not open {info.name} with {label} weights: {reason}. It is open with "
-                f"16-bit weights now; Models → Weights tries {label} again."
+                f"{now} weights now; Models → Weights tries {label} again."
             )
         note = info.extra.get("context_note")
         if note:  # the context was capped to fit memory: say so once, where it is seen
             notices.append(str(note)[0].upper() + str(note)[1:])
+        for line in info.extra.get("load_notes") or ():  # GGUF blocks run as another type
+            text = str(line)
+            notices.append(f"{text[0].upper()}{text[1:]}.")
         self.loaded.emit(info, " ".join(notices))
 
     def _on_unloaded(self) -> None:
@@ -202,14 +257,14 @@ class ModelLoading(QObject):
         """
         path, quant = self.controller.answered_load
         reason = message.strip().rstrip(".")
-        if quant != "none" and path:
-            remember_weights(self.settings, path, "none")  # never retried at the next start
+        if path and quant != default_weights(path):
+            remember_weights(self.settings, path, default_weights(path))  # not retried at start
             # Not when another load was asked for meanwhile (it replaces this one anyway), nor
             # when the window is closing (the load was cancelled).
             if self.controller.running and not self.controller.loading:
                 log.warning("%s did not load as %s (%s); trying 16-bit", path, quant, reason)
                 self._fallback = (path, quant, reason)
-                self.retry.emit(path, "none")
+                self.retry.emit(path, default_weights(path))
                 return
         fallback = self._take_fallback(path)
         if self.info is None:
@@ -219,7 +274,8 @@ class ModelLoading(QObject):
         kept = f"Still loaded: {self.info.name}." if self.info else ""
         if fallback is not None:
             label, first = fallback
-            message = f"With {label} weights: {first}; with 16-bit weights: {message}"
+            now = weight_label(path, default_weights(path))
+            message = f"With {label} weights: {first}; with {now} weights: {message}"
         # Each part its own sentence: an engine message has no full stop of its own, and the
         # model's name after it read as its continuation ("…not available Built-in: …").
         self.failed.emit(sentences("Could not open the model.", message, kept))
@@ -230,4 +286,4 @@ class ModelLoading(QObject):
         fallback, self._fallback = self._fallback, None
         if fallback is None or fallback[0] != path:
             return None
-        return WEIGHT_LABELS.get(fallback[1], fallback[1]), fallback[2]
+        return weight_label(path, fallback[1]), fallback[2]

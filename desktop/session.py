@@ -480,7 +480,8 @@ class ChatSession(SavedSession):
             prefix_model=prefix_model,
         )
         self.turns.append(self.reply)
-        self._saver = Autosaver(self.store, reply_id)
+        each_step = getattr(self.engine, "model_is_remote", False)
+        self._saver = Autosaver(self.store, reply_id, max_pending=1 if each_step else 32)
         for record in prefix:
             try:
                 self._saver.add(record)  # mostly saved with the first batch of new tokens

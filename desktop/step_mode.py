@@ -33,6 +33,7 @@ NEXT_SHORTCUT = "F10"
 CONTINUE_SHORTCUT = "F5"
 """As a debugger's "continue"."""
 TOGGLE_SHORTCUT = "Ctrl+Shift+T"
+TOGGLE_TIP = "Write replies one token per click and see how each is chosen"
 PAUSED_TEXT = (
     "Paused. Next token (F10) for one more, Continue (F5) for the rest, Stop (Esc) to end here."
 )
@@ -85,7 +86,9 @@ class StepMode(QObject):
         self.action = QAction("Step &mode", window)
         self.action.setCheckable(True)
         self.action.setShortcut(QKeySequence(TOGGLE_SHORTCUT))
-        self.action.setToolTip("Write replies one token per click and see how each is chosen")
+        self.action.setToolTip(TOGGLE_TIP)
+        self.unavailable = ""
+        """Why the open model cannot be stepped ("" when it can)."""
         self.action.toggled.connect(self._toggled)
         self.next_action = QAction("&Next token", window)
         self.next_action.setShortcut(QKeySequence(NEXT_SHORTCUT))
@@ -131,6 +134,16 @@ class StepMode(QObject):
     def on_model_ready(self, _info) -> None:
         self.view.clear()
 
+    def set_unavailable(self, reason: str) -> None:
+        """The open model cannot be stepped (`reason` says why; "" when it can): the toggle and
+        Next token are greyed, with the reason as their tooltip; step mode turns off."""
+        self.unavailable = reason
+        if reason and self.action.isChecked():
+            self.action.setChecked(False)
+        self.action.setEnabled(not reason)
+        self.action.setToolTip(f"{reason}." if reason else TOGGLE_TIP)
+        self.update_buttons()
+
     @property
     def enabled(self) -> bool:
         return self.action.isChecked()
@@ -165,6 +178,9 @@ class StepMode(QObject):
             return
         if self.models.in_progress:
             w.show_error("The model is still loading: press Next token once it is ready.", "notice")
+            return
+        if self.unavailable:
+            w.show_error(f"{self.unavailable}.", "notice")
             return
         if not self.enabled:
             self.action.setChecked(True)
@@ -312,7 +328,7 @@ class StepMode(QObject):
             self._shown_session = None
             self.view.clear()
         ready = self.models.info is not None and not self.models.in_progress
-        self.next_token_button.setEnabled(ready)
+        self.next_token_button.setEnabled(ready and not self.unavailable)
         self.next_action.setEnabled(True)  # says why when it cannot step
         paused = self.controller.paused is not None and w.streaming is w.session
         self.continue_button.setEnabled(paused)

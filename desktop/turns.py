@@ -157,7 +157,7 @@ def stats_line(turn: Turn) -> str:
     draft = draft_stats(t)
     if draft:
         parts.append(draft)
-    extra = {"cancelled": "stopped", "context_full": "context full", "error": "failed"}
+    extra = {"cancelled": "stopped", "context_full": "context full", "error": "cut off"}
     if turn.stop_reason in extra:
         parts.append(extra[turn.stop_reason])
     branched = t.get("branched_at")

@@ -18,6 +18,7 @@ from typing import Any
 from PySide6.QtCore import QObject, Signal, Slot
 
 from desktop.app_text import NO_MODEL_YET, worded
+from desktop.servers import REMOTE_PREFIX, ServerDirectory, model_display_name, split_remote_path
 from engine.events import (
     GenerationRequest,
     GenerationResult,
@@ -66,6 +67,8 @@ def room_for_another(path: str) -> bool:
     """
     from engine.front_door import resolve_model
 
+    if path.startswith(REMOTE_PREFIX):
+        return True  # a server's model takes no memory here
     try:
         folder = resolve_model(path)
         size = sum(f.stat().st_size for f in folder.iterdir() if f.suffix in WEIGHT_SUFFIXES)
@@ -136,6 +139,12 @@ class EngineWorker(QObject):
         model; tokens per pass). Applied to the open model before its next reply, so choosing a
         draft never waits for a reply and a new model gets the same setting."""
         self._draft_applied: tuple[str, int] | None = None
+        self._servers: ServerDirectory | None = None
+        """The servers a `remote:` path names (desktop.servers); None: none can be opened."""
+
+    def use_servers(self, directory: ServerDirectory) -> None:
+        """Where `remote:<server id>/<model>` paths are looked up (set once, before any load)."""
+        self._servers = directory
 
     # -- models ----------------------------------------------------------------------------
 
@@ -166,7 +175,7 @@ class EngineWorker(QObject):
             self._release()
             self._engine = loaded
             self._draft_applied = None  # the new model has no draft yet
-            self.model_loaded.emit(loaded.info)
+            self.model_loaded.emit(with_abilities(loaded, self._server_named(path)))
         except LoadCancelled:
             log.info("model load cancelled")
             self.load_failed.emit("Loading the model was cancelled.")
@@ -178,6 +187,8 @@ class EngineWorker(QObject):
             self.load_failed.emit(worded(exc) if isinstance(exc, EngineError) else _friendly(exc))
 
     def _load(self, path: str, dtype: str, device: str, quant: str = "none") -> Any:
+        if path.startswith(REMOTE_PREFIX):
+            return self._open_remote(path)
         from desktop.native_preload import preload_torch_libraries
 
         preload_torch_libraries()  # so that importing torch below hardly holds the GIL
@@ -191,6 +202,55 @@ class EngineWorker(QObject):
             self.load_progress.emit(float(fraction), str(message))
 
         return Engine.open(path, dtype=dtype, device=device, quant=quant, progress=progress)
+
+    def _server_named(self, path: str) -> dict:
+        """The server a `remote:` path names, as the window shows it ({} for other paths)."""
+        parts = split_remote_path(path)
+        server = self._servers.server(parts[0]) if parts and self._servers else None
+        if server is None:
+            return {}
+        return {
+            "server": server.name,
+            "server_url": server.base_url,
+            "server_id": server.id,
+            "model_id": parts[1],
+        }
+
+    def _open_remote(self, path: str) -> Any:
+        """A model on a server (`remote:<server id>/<model id>`): its URL from the server list,
+        its API key from the keyring, read here in the engine thread (never sent through a
+        signal, never logged)."""
+        from engine.front_door import EngineError
+
+        parts = split_remote_path(path)
+        found = self._servers.connection(parts[0]) if parts and self._servers else None
+        if parts is None or found is None:
+            raise EngineError(
+                "This server is no longer in the list: add it again in Models → Servers…"
+            )
+        server, key = found
+        from engine.front_door import RemoteEngine, is_local_url
+
+        if server.base_url.lower().startswith("http://") and not (
+            server.plain_http_ok or is_local_url(server.base_url)
+        ):
+            raise EngineError(
+                f"{server.name} is reached over plain HTTP, which was not allowed: allow it in "
+                "Models → Servers…, or use https://"
+            )
+
+        def progress(fraction: float, message: str) -> None:
+            if self._load_cancel.is_set():
+                raise LoadCancelled
+            self.load_progress.emit(float(fraction), str(message))
+
+        return RemoteEngine.open(
+            server.base_url,
+            parts[1],
+            api_key=key,
+            progress=progress,
+            name=model_display_name(parts[1], server.name),
+        )
 
     @Slot()
     def unload(self) -> None:
@@ -317,7 +377,10 @@ class EngineWorker(QObject):
             stages = reply.stages
             if one and result.stop_reason == "eos" and stages is not None and stages.is_eos:
                 self.stages.emit(dataclasses.replace(stages, request_id=rid))
-            self.generation_finished.emit(
+            ended = self.generation_failed if result.error else self.generation_finished
+            # A reply cut by a fault (a server closing the connection) ends with `error`: the
+            # window keeps what streamed, marks it and offers Retry.
+            ended.emit(
                 dataclasses.replace(
                     result, request_id=rid, max_context=held.max_context, dropped_turns=held.dropped
                 )
@@ -364,3 +427,17 @@ class EngineWorker(QObject):
             message = worded(exc) if isinstance(exc, EngineError) else _friendly(exc)
             result = InspectFailed(job.job_id, message)
         self.inspected.emit(result)
+
+
+def with_abilities(engine: Any, server: dict | None = None) -> Any:
+    """The engine's ModelInfo with what it can do (`extra["capabilities"]`, plain data), why
+    not (`extra["capability_notes"]`), so the window greys what a backend cannot do, and the
+    server it runs on (`server`, for a remote model)."""
+    info = engine.info
+    capabilities = getattr(engine, "capabilities", None)
+    notes = getattr(engine, "capability_notes", None) or {}
+    extra = {**info.extra, **(server or {})}
+    if capabilities is not None:
+        extra["capabilities"] = capabilities.to_dict()
+    extra["capability_notes"] = {str(k): str(v) for k, v in dict(notes).items()}
+    return dataclasses.replace(info, extra=extra)

@@ -27,6 +27,7 @@ from engine.events import (
     done_line,
 )
 from engine.hub.progress_text import DownloadProgress, format_progress
+from engine.remote.cli_args import add_server_arguments, open_remote
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
@@ -98,8 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--quant",
         choices=QUANT_NAMES,
-        default="none",
-        help="weight-only quantization on load (activations stay in --dtype)",
+        default=None,
+        help="weight format: none (--dtype), int8/int4 quantized on load (folders), file (a "
+        ".gguf file's own blocks, its default); activations stay in --dtype",
     )
     gen.add_argument(
         "--draft",
@@ -119,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--json", action="store_true", help="one JSON object per token, then a done line"
     )
+    add_server_arguments(gen)
 
     add_inspect_arguments(sub.add_parser("inspect", help="logprobs, entropy and attention"))
 
@@ -196,7 +199,7 @@ def check_generate_args(ns: argparse.Namespace) -> None:
 
 def sampling_params(ns: argparse.Namespace):
     """The sampler settings the flags describe."""
-    from engine.generation.sampling import SamplingParams
+    from engine.events import SamplingParams  # no torch: a --server run never loads it
 
     return SamplingParams(
         temperature=ns.temperature,
@@ -256,9 +259,12 @@ def run_generate(ns: argparse.Namespace) -> int:
 
     check_generate_args(ns)
     params = sampling_params(ns)
-    engine = Engine.open(
-        ns.model, dtype=ns.dtype, device=ns.device, max_context=ns.max_context, quant=ns.quant
-    )
+    if ns.server is not None:
+        engine = open_remote(ns)
+    else:
+        engine = Engine.open(
+            ns.model, dtype=ns.dtype, device=ns.device, max_context=ns.max_context, quant=ns.quant
+        )
     if engine.context_note:
         sys.stderr.write(f"note: {engine.context_note}\n")
     if ns.draft is not None:
@@ -355,11 +361,13 @@ def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quant",
         choices=QUANT_NAMES,
-        default="none",
-        help="weight-only quantization on load (activations stay in --dtype)",
+        default=None,
+        help="weight format: none (--dtype), int8/int4 quantized on load (folders), file (a "
+        ".gguf file's own blocks, its default); activations stay in --dtype",
     )
     parser.add_argument("--max-context", type=int, default=None, help="cap the KV cache length")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_server_arguments(parser)
 
 
 def run_inspect(ns: argparse.Namespace) -> int:
@@ -371,16 +379,19 @@ def run_inspect(ns: argparse.Namespace) -> int:
     check_text(ns.prompt, "--prompt")
     if ns.max_context is not None and ns.max_context < 2:
         raise EngineError(f"--max-context {ns.max_context} is too small; use at least 2 tokens")
-    engine = Engine.open(
-        ns.model, dtype=ns.dtype, device=ns.device, max_context=ns.max_context, quant=ns.quant
-    )
+    if ns.server is not None:
+        engine = open_remote(ns)
+    else:
+        engine = Engine.open(
+            ns.model, dtype=ns.dtype, device=ns.device, max_context=ns.max_context, quant=ns.quant
+        )
     if engine.context_note:
         sys.stderr.write(f"note: {engine.context_note}\n")
     if ns.prompt_ids is not None:
         ids = list(ns.prompt_ids)
     else:
         ids = engine.tokenize(ns.prompt, bos=True)
-    result = engine.inspect(ids)
+    result = engine.inspect(ids, attention=ns.server is None)
     out = sys.stdout
     if ns.json:
         out.write(json.dumps(result.to_json(), ensure_ascii=False, allow_nan=False) + "\n")
@@ -405,6 +416,13 @@ def add_download_arguments(parser: argparse.ArgumentParser) -> None:
         "--token",
         default=None,
         help="Hugging Face access token for gated models (default: HF_TOKEN or `hf auth login`)",
+    )
+    parser.add_argument(
+        "--file",
+        dest="filename",
+        default=None,
+        metavar="NAME.gguf",
+        help="for a GGUF repo: the one .gguf file to fetch (default: its Q4_K_M file)",
     )
 
 
@@ -441,13 +459,19 @@ class _TerminalProgress:
 
 
 def run_download(ns: argparse.Namespace) -> int:
-    """Run `download`: progress on stderr, the snapshot folder as the last line of stdout, exit 0;
-    a problem is one line on stderr and exit 2."""
+    """Run `download`: progress on stderr, the snapshot folder (a GGUF repo: the file) as the last
+    line of stdout, exit 0; a problem is one line on stderr and exit 2."""
     from engine.hub.download import download_model
 
     show = _TerminalProgress(sys.stderr)
     try:
-        folder = download_model(ns.repo_id, revision=ns.revision, token=ns.token, progress=show)
+        folder = download_model(
+            ns.repo_id,
+            revision=ns.revision,
+            token=ns.token,
+            progress=show,
+            filename=ns.filename,
+        )
     except EngineError as exc:
         show.end()
         sys.stderr.write(f"error: {' '.join(str(exc).split())}\n")

@@ -19,8 +19,9 @@ from engine.errors import EngineError
 
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
 """Every dtype a user may ask for (CLI, settings, `--dtype`); "auto" lets the device choose."""
-QUANT_NAMES = ("none", "int8", "int4")
-"""Every weight format a user may ask for (`--quant`, Models → Weights): 16-bit, or quantized."""
+QUANT_NAMES = ("none", "int8", "int4", "file")
+"""Every weight format a user may ask for (`--quant`, Models → Weights): 16-bit, quantized on
+load (folders), or a GGUF file's own blocks ("file", the default for a .gguf)."""
 
 
 def _plain(value: Any) -> Any:
@@ -454,7 +455,7 @@ class RuntimeInfo(_Record):
     native_unavailable: str | None = None
     """Why the compiled kernels could not load on this CPU machine."""
     quant: str = "none"
-    """Weight format: "none", "int8" or "int4"."""
+    """Weight format: "none", "int8", "int4" or "file" (a GGUF file's own blocks)."""
     group_size: int | None = None
     """int4's quantization group size."""
     quant_cache: str | None = None

@@ -33,10 +33,22 @@ from engine.events import (
     SamplingParams,
     Step,
 )
+from engine.gguf.discover import FoundGGUF, find_gguf_files, gguf_locations
+from engine.gguf.reader import is_gguf
 from engine.hub.download import DownloadCancelled, download_model, format_progress
 from engine.hub.progress_text import format_bytes
 from engine.loading.builtin import BUILTIN_NAME, DISPLAY_NAME, builtin_dir, is_builtin
-from engine.loading.model_folder import Layout, list_cached_models, resolve_model
+from engine.loading.model_folder import HubSettings, Layout, list_cached_models, resolve_model
+from engine.remote import (  # the second backend: a model on an OpenAI-compatible server
+    REMOTE_PREFIX,
+    RemoteEngine,
+    check_base_url,
+    display_url,
+    is_local_url,
+    list_models,
+    parse_remote_path,
+    remote_path,
+)
 from engine.text.chat import Message
 from engine.text.prompt import PromptPlan, WindowPlan, conversation_ids, fit_prompt, plan_windows
 
@@ -52,19 +64,32 @@ __all__ = [
     "DownloadCancelled",
     "Engine",
     "EngineError",
+    "FoundGGUF",
     "Hint",
+    "HubSettings",
     "Layout",
     "Message",
     "PromptPlan",
     "Remedy",
+    "REMOTE_PREFIX",
+    "RemoteEngine",
     "Reply",
     "WindowPlan",
     "builtin_dir",
+    "check_base_url",
+    "display_url",
     "download_model",
+    "find_gguf_files",
     "format_bytes",
     "format_progress",
+    "gguf_locations",
     "is_builtin",
+    "is_gguf",
+    "is_local_url",
     "list_cached_models",
+    "list_models",
+    "parse_remote_path",
+    "remote_path",
     "resolve_model",
 ]
 
@@ -128,11 +153,12 @@ class Engine:
         *,
         dtype: str = "auto",
         device: str | None = None,
-        quant: str = "none",
+        quant: str | None = None,
         max_context: int | None = None,
         progress: Progress | None = None,
     ) -> Engine:
-        """Open a model folder, a cached Hub repo id or `builtin`; EngineError says what is wrong.
+        """Open a model folder, a GGUF file, a cached Hub repo id or `builtin`; EngineError says
+        what is wrong. `quant` None: the model's own default (none for folders, file for GGUF).
 
         `progress(fraction, message)` is called as the weights load; raising from it stops the
         load between tensors (the app does this when it closes)."""
@@ -145,7 +171,7 @@ class Engine:
                 device=device or None,
                 max_context=max_context,
                 progress=progress,
-                quant=quant or "none",
+                quant=quant or None,
             )
         )
 

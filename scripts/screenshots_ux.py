@@ -13,7 +13,15 @@ light and dark (docs/ux-<view>-<W>x<H>-<theme>.png):
 - the README's see-inside pictures (docs/screenshot-surprisal.png, docs/screenshot-attention.png)
   and issue 25's speculative decoding (docs/screenshot-speculative.png: a reply in Tokens view,
   kept guesses underlined, rejected ones struck out; docs/screenshot-speculative-step.png: step
-  mode on a rejected guess and its residual), at 1400×900, light.
+  mode on a rejected guess and its residual), at 1400×900, light;
+- issue 24's remote servers (`--only remote`; it starts a llama.cpp server on 127.0.0.1 serving the
+  built-in model): docs/screenshot-servers.png (Models → Servers… after Test connection),
+  docs/screenshot-remote-chat.png (a reply from the server with its top-k panel) and
+  docs/screenshot-remote-attention.png (the attention view greyed, with its reason);
+- issue 23's GGUF files (`--only gguf`; a made-up home where LM Studio, Ollama and Jan hold GGUF
+  files, the built-in model among them as Q8_0): docs/screenshot-gguf-chooser.png (the chooser's
+  "GGUF files on this computer", runnable and greyed rows) and docs/screenshot-gguf-chat.png (a
+  reply from the GGUF model with its top-k panel).
 
     python scripts/screenshots_ux.py --out docs [--model builtin] [--only GROUP,...]
 
@@ -30,6 +38,7 @@ conversation (the built-in model writes no code).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -536,6 +545,159 @@ def shoot_speculative(model: str, home: Path, out: Path) -> None:
     window.close()
 
 
+@contextlib.contextmanager
+def serve_builtin(folder: Path):
+    """A llama.cpp server (llama-cpp-python) on 127.0.0.1 serving the built-in model written as
+    a GGUF file into `folder`; yields its base URL and stops it after."""
+    from tests.fixtures.llama_server import (
+        server_missing,
+        start_server,
+        stop_server,
+        write_builtin_gguf,
+    )
+
+    missing = server_missing()
+    if missing:
+        raise SystemExit(missing)
+    folder.mkdir(parents=True, exist_ok=True)
+    gguf = write_builtin_gguf(folder / "builtin-f32.gguf")
+    server = start_server(gguf, folder / "server.log", "--model_alias", "loopchat-builtin")
+    try:
+        yield server.base_url
+    finally:
+        stop_server(server.process)
+
+
+def shoot_remote(home: Path, out: Path) -> None:
+    """Issue 24's pictures at 1400×900, light, against a real llama.cpp server this script
+    starts on 127.0.0.1 serving the built-in model (tests/fixtures/llama_server.py): the Servers
+    dialog after Test connection (docs/screenshot-servers.png), a remote chat with its top-k
+    panel (docs/screenshot-remote-chat.png) and the attention view greyed with its reason
+    (docs/screenshot-remote-attention.png)."""
+    import keyring
+
+    from desktop.servers import remote_path
+    from tests.fixtures.memory_keyring import memory_backend
+
+    keyring.set_keyring(memory_backend()())  # the example key never reaches the real keyring
+    with serve_builtin(home / "server") as base_url:
+        window = new_window(home / "remote", (1400, 900), "light")
+        dialog = window.show_servers()
+        dialog.name.setText("Lab server")
+        dialog.url.setText(base_url)
+        dialog.key.setText("sk-screenshot-example")
+        server = dialog.save()
+        dialog.test_connection()
+        wait_for(dialog.tested, 30_000)
+        settle(300)
+        save(dialog, out / "screenshot-servers.png")
+        dialog.close()
+
+        chooser = window.show_model_chooser()
+        for _ in range(100):
+            if chooser.server_rows.model_rows():
+                break
+            settle(100)
+        model = chooser.server_rows.model_rows()[0]["path"].split("/", 1)[1]
+        chooser.close()
+        window.load_model(remote_path(server.id, model))
+        wait_for(window.model_ready)
+        window.sampling.seed.setText(str(SEED))
+        window.sampling.temperature.setValue(0.0)
+        window.sampling.max_new_tokens.setValue(48)
+        window.input.setPlainText(PROMPT)
+        window.send(PROMPT)
+        wait_for(window.reply_finished)
+        reply = window.chat.messages[-1]
+        reply.set_token_view(True)
+        words = [i for i, s in enumerate(reply.steps) if s["text"].strip().isalpha()]
+        if words:  # a word with rivals: its top-k rows are worth seeing
+            index = min(words[:12], key=lambda i: reply.steps[i]["prob"])
+            reply.token_clicked.emit(reply, index)
+        settle(300)
+        save(window, out / "screenshot-remote-chat.png")
+        window.attention.action.setChecked(True)
+        settle(300)
+        save(window, out / "screenshot-remote-attention.png")
+        window.close()
+        settle(300)
+
+
+def builtin_gguf_files(home: Path) -> tuple[Path, dict]:
+    """A made-up home as other apps leave it: LM Studio holds the built-in model as a Q8_0 GGUF
+    file, Ollama the same blob under a name and tag, and two files Loopchat cannot run (another
+    architecture; Llama 3's tokenizer). Returns (home, environment) for the chooser's search."""
+    import hashlib
+    import json
+
+    from transformers import LlamaForCausalLM
+
+    from engine.loading.builtin import builtin_dir
+    from tests.fixtures.gguf_files import mostly, write_gguf
+    from tests.test_gguf_desktop import odd_gguf
+
+    folder = builtin_dir()
+    lm = home / ".lmstudio" / "models" / "loopchat" / "dictionary-GGUF"
+    lm.mkdir(parents=True, exist_ok=True)
+    model = LlamaForCausalLM.from_pretrained(str(folder), dtype="float32").eval()
+    template = json.loads((folder / "tokenizer_config.json").read_text())["chat_template"]
+    gguf = write_gguf(
+        model,
+        lm / "loopchat-dictionary.Q8_0.gguf",
+        folder / "tokenizer.model",
+        mostly("Q8_0", "Q8_0", "Q8_0"),
+        chat_template=template,
+        file_type=7,
+    )
+    data = gguf.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    ollama = home / ".ollama" / "models"
+    (ollama / "blobs").mkdir(parents=True, exist_ok=True)
+    (ollama / "blobs" / f"sha256-{digest}").write_bytes(data)
+    manifest = ollama / "manifests" / "registry.ollama.ai" / "library" / "dictionary"
+    manifest.mkdir(parents=True, exist_ok=True)
+    layer = {"mediaType": "application/vnd.ollama.image.model", "digest": f"sha256:{digest}"}
+    (manifest / "latest").write_text(json.dumps({"schemaVersion": 2, "layers": [layer]}))
+    odd_gguf(lm.parent / "qwen2-0.5b-instruct.Q8_0.gguf", "qwen2")
+    odd_gguf(home / "jan" / "models" / "llama3" / "llama-3-8b-instruct.Q4_0.gguf", "llama", "gpt2")
+    return gguf, {"HF_HOME": str(home / "hf"), "XDG_DATA_HOME": str(home / ".local" / "share")}
+
+
+def shoot_gguf(home: Path, out: Path) -> None:
+    """Issue 23's pictures at 1400×900, light: the chooser listing the GGUF files found on this
+    (made-up) computer, runnable and greyed (docs/screenshot-gguf-chooser.png), and a chat with
+    the GGUF model and its top-k panel (docs/screenshot-gguf-chat.png)."""
+    user = home / "gguf-user"
+    gguf, env = builtin_gguf_files(user)
+    window = new_window(home / "gguf", (1400, 900), "light")
+    window.start(None)
+    wait_for(window.model_ready)
+    window.gguf_where = (user, env)
+    chooser = window.show_model_chooser()
+    wait_for(chooser.gguf_listed, 60_000)
+    chooser.items.scrollToBottom()
+    settle(400)
+    save(window, out / "screenshot-gguf-chooser.png")
+    chooser.close()
+    window.load_model(str(gguf))
+    wait_for(window.model_ready)
+    window.sampling.seed.setText(str(SEED))
+    window.sampling.temperature.setValue(0.0)
+    window.sampling.max_new_tokens.setValue(48)
+    window.input.setPlainText(PROMPT)
+    window.send(PROMPT)
+    wait_for(window.reply_finished)
+    reply = window.chat.messages[-1]
+    reply.set_token_view(True)
+    words = [i for i, s in enumerate(reply.steps) if s["text"].strip().isalpha()]
+    if words:
+        reply.token_clicked.emit(reply, min(words[:12], key=lambda i: reply.steps[i]["prob"]))
+    settle(300)
+    save(window, out / "screenshot-gguf-chat.png")
+    window.close()
+    settle(300)
+
+
 def apply_theme_for(app, theme: str) -> None:
     from desktop.app import apply_look
     from desktop.theme import apply_theme
@@ -544,7 +706,17 @@ def apply_theme_for(app, theme: str) -> None:
     apply_theme(app, theme)
 
 
-GROUPS = ("chat", "download", "library", "chooser", "dock", "inside", "speculative")
+GROUPS = (
+    "chat",
+    "download",
+    "library",
+    "chooser",
+    "dock",
+    "inside",
+    "speculative",
+    "remote",
+    "gguf",
+)
 
 
 def shoot(model: str, theme: str, size: tuple[int, int], out: Path, only: set[str]) -> None:
@@ -607,9 +779,11 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     only = set(args.only.split(",")) if args.only else set(GROUPS)
+    per_size = {"chat", "library", "chooser", "download"}
     for theme in THEMES:
         for size in SIZES:
-            shoot(args.model, theme, size, out, only)
+            if only & per_size:
+                shoot(args.model, theme, size, out, only)
     home = Path(tempfile.mkdtemp(prefix="loopchat-shots-"))
     try:
         if "dock" in only:
@@ -621,6 +795,10 @@ def main() -> None:
             shoot_inside(args.model, home, out)
         if "speculative" in only:
             shoot_speculative(args.model, home, out)
+        if "remote" in only:
+            shoot_remote(home, out)
+        if "gguf" in only:
+            shoot_gguf(home, out)
     finally:
         shutil.rmtree(home, ignore_errors=True)
 

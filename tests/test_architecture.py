@@ -14,11 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 ENGINE_LAYERS = {
     # package: the engine packages it may import (besides engine.errors/events/files/paths)
     "model": set(),
-    "kernels": {"model"},
+    "gguf": set(),  # the file format alone: reader, block types, dequantization, vocabulary
+    "kernels": {"model", "gguf"},
     "text": set(),
-    "loading": {"model", "kernels", "text"},
+    "loading": {"model", "kernels", "text", "gguf"},
     "hub": {"loading"},
     "generation": {"model", "kernels", "loading", "text"},
+    "remote": {"text"},
 }
 SHARED = {"engine", "engine.errors", "engine.events", "engine.files", "engine.paths"}
 

@@ -406,9 +406,11 @@ def test_resolve_model_messages(hub_env: Path, tmp_path: Path, tiny_model_dir: P
         "no folder or cached Hub model named someone/some-model; download it with "
         "`python -m engine download someone/some-model` or pick a folder"
     )
-    with pytest.raises(EngineError, match="^no folder named ./nowhere/model; pick a model folder"):
+    with pytest.raises(
+        EngineError, match="^no folder or file named ./nowhere/model; pick a model folder"
+    ):
         resolve_model("./nowhere/model")
-    with pytest.raises(EngineError, match="is a file; pick the model's folder"):
+    with pytest.raises(EngineError, match="is a file but not a GGUF model; pick a .gguf file"):
         resolve_model(str(tiny_model_dir / "config.json"))
 
 

@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 AVERAGE = "All heads, averaged"
 MAXIMUM = "Max over heads"
 POSITION = QTextFormat.Property.UserProperty + 9
+SELECT_TEXT = "Select a token of a reply (Tokens, then click) to see its attention."
+ACTION_TIP = "Show what a selected token of a reply attended to"
 
 
 def head_focus(row: Sequence[float]) -> float:
@@ -131,8 +133,10 @@ class AttentionView(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.result: AttentionResult | None = None
-        self.title = QLabel("Select a token of a reply (Tokens, then click) to see its attention.")
+        self.title = QLabel(SELECT_TEXT)
         self.title.setWordWrap(True)
+        self.unavailable = ""
+        """Why the open model gives no attention weights ("" when it does): shown greyed."""
         self.layer = QComboBox()
         self.layer.setAccessibleName("Layer")
         self.head = QComboBox()
@@ -156,6 +160,19 @@ class AttentionView(QWidget):
         self.head.currentIndexChanged.connect(self._repaint)
         self.grid.picked.connect(self.pick)
         self.setMinimumWidth(380)
+
+    def set_unavailable(self, reason: str) -> None:
+        """Grey the view and say why (`reason`), or ("") make it usable again."""
+        self.unavailable = reason
+        for widget in (self.layer, self.head, self.grid, self.text):
+            widget.setEnabled(not reason)
+        if reason:
+            self.result = None
+            self.text.clear()
+            self.grid.set_weights([])
+            self.title.setText(f"{reason}.")
+        elif self.result is None:
+            self.title.setText(SELECT_TEXT)
 
     def show_result(self, result: AttentionResult) -> None:
         self.result = result
@@ -262,7 +279,7 @@ class AttentionInspector(QObject):
         self.action = QAction("&Attention view", window)
         self.action.setCheckable(True)
         self.action.setShortcut("Ctrl+Shift+A")
-        self.action.setToolTip("Show what a selected token of a reply attended to")
+        self.action.setToolTip(ACTION_TIP)
         self.action.toggled.connect(self._toggled)
         self.dock.visibilityChanged.connect(self._dock_visibility)
         window.installEventFilter(self)
@@ -274,6 +291,14 @@ class AttentionInspector(QObject):
     def add_to(self, menu: QMenu) -> None:
         """The toggle in `menu` (the View menu)."""
         menu.addAction(self.action)
+
+    def set_unavailable(self, reason: str) -> None:
+        """The open model gives no attention weights (`reason` says why; "" when it does): the
+        view stays openable, greyed, with the reason as its title."""
+        self.view.set_unavailable(reason)
+        self.action.setToolTip(f"{reason}." if reason else ACTION_TIP)
+        if reason:
+            self._job = None
 
     def _toggled(self, visible: bool) -> None:
         if visible and not self.dock.isVisible() and not self.dock.isFloating():
@@ -301,7 +326,7 @@ class AttentionInspector(QObject):
 
     def select(self, card: MessageWidget, index: int) -> int | None:
         """Ask what token `index` of `card`'s reply attended to (only while the view is open)."""
-        if not self.dock.isVisible() or self.open_chat.model_info is None:
+        if not self.dock.isVisible() or self.open_chat.model_info is None or self.view.unavailable:
             return None
         session = self.open_chat.session
         turn = next((t for t in session.turns if self.chat.card(t) is card), None)

@@ -71,6 +71,9 @@ def model_format(info: ModelInfo, opened_as: str) -> str:
 
 def summarize(info: ModelInfo, opened_as: str = "") -> ModelSummary:
     """The bar's words for a loaded model."""
+    server = info.extra.get("server")
+    if server:
+        return summarize_remote(info, str(server))
     quant = str(info.runtime.quant or info.extra.get("quant", "none"))
     kind = WEIGHT_WORDS.get(quant, f"{quant} weights")
     weights = f"{info.dtype}, {kind}" if kind else info.dtype
@@ -88,6 +91,21 @@ def summarize(info: ModelInfo, opened_as: str = "") -> ModelSummary:
         lines.append(f"Kernel: {info.runtime.kernel}")
     lines.append("Click to choose another model (Ctrl+M)")
     return ModelSummary(info.name, model_format(info, opened_as), weights, memory, "\n".join(lines))
+
+
+def summarize_remote(info: ModelInfo, server: str) -> ModelSummary:
+    """The bar's words for a model on a server: which server, and that it runs there."""
+    url = str(info.extra.get("server_url", ""))
+    lines = [
+        info.name,
+        f"Served by: {server} ({url})",
+        "Runs on that server: replies stream over the network; Loopchat holds no weights.",
+    ]
+    if info.max_context:
+        lines.append(f"Context: {info.max_context} tokens")
+    lines.append("Click to choose another model (Ctrl+M); Models → Servers… edits the server")
+    name = str(info.extra.get("model_id") or info.name.split(" · ")[0])
+    return ModelSummary(name, f"on {server}", "remote", "weights on the server", "\n".join(lines))
 
 
 class ModelBar(QPushButton):

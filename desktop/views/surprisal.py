@@ -229,6 +229,9 @@ def clear_card(card: MessageWidget, rerender: bool = True) -> None:
             card.set_text(card.text)
 
 
+TINT_TIP = "Colour every token by −log₂ p; hover for p, rank, alternatives"
+
+
 class OpenChat(Protocol):
     """The chat on screen, as the see-inside views read it (the main window answers)."""
 
@@ -260,7 +263,7 @@ class SurprisalTint(QObject):
         self.action = QAction("Tint tokens by &surprisal", window)
         self.action.setCheckable(True)
         self.action.setShortcut("Ctrl+Shift+S")
-        self.action.setToolTip("Colour every token by −log₂ p; hover for p, rank, alternatives")
+        self.action.setToolTip(TINT_TIP)
         self.action.toggled.connect(self._toggled)
         self._job: int | None = None
         self._turns: list[Turn] = []
@@ -279,6 +282,15 @@ class SurprisalTint(QObject):
     @property
     def enabled(self) -> bool:
         return self.action.isChecked()
+
+    def set_unavailable(self, reason: str) -> None:
+        """The open model cannot score tokens (`reason` says why; "" when it can): the toggle is
+        greyed, off, with the reason as its tooltip."""
+        if reason and self.action.isChecked():
+            self.action.setChecked(False)
+        self.action.setEnabled(not reason)
+        self.action.setToolTip(f"{reason}." if reason else TINT_TIP)
+        self.action.setStatusTip(f"{reason}." if reason else "")
 
     def _toggled(self, on: bool) -> None:
         if on:

@@ -5,6 +5,10 @@ fetched is found and not fetched again, and ours serve other tools. Only the fil
 are fetched: the config first (to check it is a Llama model before any weight), tokenizer.model
 last (so an interrupted download never passes `is_model_complete`).
 
+A GGUF repo (only .gguf weights: TheBloke/Llama-2-7B-Chat-GGUF) is fetched one file at a time:
+the quantization asked for, else the one engine.loading.gguf_repo picks (Q4_K_M); the call returns
+that file's path.
+
 Progress and cancel are engine.hub.download_progress; failures are worded by
 engine.hub.download_errors.
 The endpoint, cache folder and token are passed to each call; the offline switch, which has no
@@ -33,6 +37,15 @@ from engine.hub.progress_text import (
     format_duration,
     format_progress,
 )
+from engine.loading.gguf_repo import (
+    SHARD,
+    cached_gguf_files,
+    check_gguf_filename,
+    find_cached_gguf,
+    is_gguf_name,
+    pick_gguf_file,
+    shard_problem,
+)
 from engine.loading.model_folder import (
     HF_SMALL_FILES,
     HubSettings,
@@ -50,9 +63,12 @@ __all__ = [
     "DownloadCancelled",
     "DownloadProgress",
     "download_model",
+    "find_cached_gguf",
     "format_bytes",
     "format_duration",
     "format_progress",
+    "list_gguf_files",
+    "pick_gguf_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -206,14 +222,28 @@ def _weights(listing: _Listing, layout: Layout, index: dict[str, Any] | None) ->
 # Download
 
 
-def _cached_or_offline_error(repo_id: str, revision: str | None, settings: HubSettings) -> Path:
-    folder = find_cached_model(repo_id, revision, settings)
-    if folder is None:
+def _find_cached(
+    repo_id: str, revision: str | None, settings: HubSettings, filename: str | None
+) -> Path | None:
+    """What a download would return, from the cache alone: the model folder, or the GGUF file."""
+    if filename is None:
+        folder = find_cached_model(repo_id, revision, settings)
+        if folder is not None:
+            return folder
+    return find_cached_gguf(repo_id, revision, filename, settings)
+
+
+def _cached_or_offline_error(
+    repo_id: str, revision: str | None, settings: HubSettings, filename: str | None = None
+) -> Path:
+    found = _find_cached(repo_id, revision, settings, filename)
+    if found is None:
+        what = f"{filename} of {repo_id}" if filename else repo_id
         raise EngineError(
-            f"HF_HUB_OFFLINE is set and {repo_id} is not (completely) in the Hugging Face "
+            f"HF_HUB_OFFLINE is set and {what} is not (completely) in the Hugging Face "
             f"cache {settings.cache_dir}; unset HF_HUB_OFFLINE to download it"
         )
-    return folder
+    return found
 
 
 class _Download:
@@ -227,8 +257,10 @@ class _Download:
         settings: HubSettings,
         progress: Callable[[DownloadProgress], None] | None,
         cancel: threading.Event | None,
+        filename: str | None = None,
     ) -> None:
         self.repo_id = repo_id
+        self.filename = filename
         self.revision = revision
         self.token = token
         self.settings = settings
@@ -240,14 +272,10 @@ class _Download:
 
         api = HfApi(endpoint=self.settings.endpoint, token=self.token)
         info = api.model_info(self.repo_id, revision=self.revision, files_metadata=True)
-        listing = _Listing(
-            self.repo_id,
-            {
-                s.rfilename: int(s.size or (s.lfs.size if s.lfs else 0) or 0)
-                for s in info.siblings or []
-                if "/" not in s.rfilename
-            },
-        )
+        every = _sizes(info)
+        listing = _Listing(self.repo_id, {n: s for n, s in every.items() if "/" not in n})
+        if self.filename is not None or _is_gguf_repo(listing, every):
+            return self._run_gguf(every)
         layout = _layout_of(listing)
         self.tracker.check_cancel()
 
@@ -316,6 +344,58 @@ class _Download:
             )
         return snapshot
 
+    def _run_gguf(self, every: dict[str, int]) -> Path:
+        """Fetch one .gguf file (the one asked for, else the usual pick); return its path."""
+        from huggingface_hub import try_to_load_from_cache
+
+        files = [(n, s) for n, s in every.items() if is_gguf_name(n)]
+        if self.filename is not None:
+            name = check_gguf_filename(self.filename)
+            if name not in every:
+                choices = ", ".join(sorted(n for n, _ in files if not SHARD.search(n))[:8])
+                raise EngineError(
+                    f"{self.repo_id} has no file {name}; "
+                    + (f"its GGUF files: {choices}" if choices else "it has no GGUF files")
+                )
+            problem = shard_problem(self.repo_id, name)
+            if problem is not None:
+                raise EngineError(problem)
+            why = "the file asked for"
+        else:
+            name, why = pick_gguf_file(self.repo_id, files)
+        size = every[name]
+        self.tracker.sizes = {name: size}
+        self.tracker.total = size
+        # huggingface_hub deletes the part of a file a cancelled call had fetched.
+        self.tracker.cancelled_text = (
+            f"download of {name} of {self.repo_id} cancelled; a new download fetches it again "
+            "from the start"
+        )
+        self.tracker.check_cancel()
+
+        hit = try_to_load_from_cache(
+            self.repo_id, name, cache_dir=self.settings.cache_dir, revision=self.revision
+        )
+        if isinstance(hit, str) and Path(hit).is_file() and Path(hit).stat().st_size == size:
+            log.info("%s of %s is already in the cache", name, self.repo_id)
+            self.tracker.finish(name, False)
+            return Path(hit)
+        self.space_needed = size
+        free = free_bytes(self.settings.cache_dir)
+        if size > free:
+            raise EngineError(
+                f"not enough disk space for {name} of {self.repo_id}: it needs "
+                f"{format_bytes(size)} in {self.settings.cache_dir} and {format_bytes(free)} "
+                "are free; free some space or set HF_HOME to a bigger disk"
+            )
+        log.info("downloading %s of %s (%s, %s)", name, self.repo_id, why, format_bytes(size))
+        self.tracker.begin(name)
+        path = self._fetch(name, self.revision or "main")
+        self.space_needed = 0
+        self.tracker.finish(name, True)
+        self.tracker.check_cancel()
+        return path
+
     def _fetch(self, name: str, revision: str) -> Path:
         """One file into the cache, tried again when a transfer fails part-way."""
         from huggingface_hub import hf_hub_download
@@ -356,14 +436,77 @@ class _Download:
         raise AssertionError("unreachable")
 
 
+def _sizes(info: Any) -> dict[str, int]:
+    """Every file of a model_info(files_metadata=True) answer and its size."""
+    return {
+        s.rfilename: int(s.size or (s.lfs.size if s.lfs else 0) or 0) for s in info.siblings or []
+    }
+
+
+def _is_gguf_repo(listing: _Listing, every: dict[str, int]) -> bool:
+    """GGUF weights and no weights of another layout (a config.json alone does not count:
+    TheBloke's GGUF repos carry one)."""
+    if not any(is_gguf_name(n) for n in every):
+        return False
+    meta = listing.has("params.json") and listing.matching("consolidated.*.pth")
+    return not listing.matching("*.safetensors") and not meta
+
+
+def list_gguf_files(
+    repo_id: str, revision: str | None = None, token: str | None = None
+) -> list[tuple[str, int]]:
+    """(file name, size) of each single-file .gguf model in a Hub repo, by name.
+
+    For the quantization choice. Parts of split models are left out (Loopchat cannot open them).
+    Offline (HF_HUB_OFFLINE, or the Hub unreachable), the files already in the cache. Problems
+    raise EngineError as for download_model.
+    """
+    repo_id = repo_id.strip()
+    if not looks_like_repo_id(repo_id):
+        raise EngineError(f"'{repo_id}' is not a Hub repo id; use owner/name")
+    check_revision(revision)
+    settings = HubSettings.from_environment()
+
+    def cached() -> list[tuple[str, int]]:
+        found = cached_gguf_files(repo_id, revision, settings)
+        return sorted((n, s) for _, n, s in found if not SHARD.search(n))
+
+    if settings.offline:
+        return cached()
+    sent = _token(token)
+    try:
+        from huggingface_hub import HfApi
+
+        with _hub_online():
+            api = HfApi(endpoint=settings.endpoint, token=sent)
+            info = api.model_info(repo_id, revision=revision, files_metadata=True)
+    except Exception as exc:
+        error = explain_failure(exc, repo_id, revision, bool(sent), settings, 0)
+        if error is None:
+            raise
+        if is_network_error(exc) and cached():
+            log.warning("%s; listing the GGUF files already in the cache", error)
+            return cached()
+        raise error from exc
+    return sorted(
+        (n, s) for n, s in _sizes(info).items() if is_gguf_name(n) and not SHARD.search(n)
+    )
+
+
 def download_model(
     repo_id: str,
     revision: str | None = None,
     token: str | None = None,
     progress: Callable[[DownloadProgress], None] | None = None,
     cancel: threading.Event | None = None,
+    filename: str | None = None,
 ) -> Path:
     """Fetch the files the engine needs into the Hugging Face cache; return the snapshot folder.
+
+    A GGUF repo (its weights are .gguf files only), or any repo when `filename` names a .gguf
+    file: exactly one file is fetched, `filename` or else the usual pick (Q4_K_M; see
+    engine.loading.gguf_repo.pick_gguf_file), and the path of that FILE in the snapshot is returned.
+    Parts of split GGUF models are refused.
 
     The repo must be a Llama model (checked from its config before any weight is fetched). Files
     already in the cache are not fetched again. `progress` is called as bytes arrive (possibly from
@@ -378,11 +521,13 @@ def download_model(
             "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
         )
     check_revision(revision)
+    if filename is not None:
+        filename = check_gguf_filename(filename)
     settings = HubSettings.from_environment()
     if settings.offline:
-        return _cached_or_offline_error(repo_id, revision, settings)
+        return _cached_or_offline_error(repo_id, revision, settings, filename)
     sent = _token(token)
-    job = _Download(repo_id, revision, sent, settings, progress, cancel)
+    job = _Download(repo_id, revision, sent, settings, progress, cancel, filename)
     try:
         with _hub_online():
             return job.run()
@@ -393,7 +538,7 @@ def download_model(
         if error is None:
             raise
         if is_network_error(exc):
-            cached = find_cached_model(repo_id, revision, settings)
+            cached = _find_cached(repo_id, revision, settings, filename)
             if cached is not None:
                 log.warning("%s; using the copy already in the cache", error)
                 return cached

@@ -50,12 +50,15 @@ class ProgressTracker:
         self.received = 0
         self.started = time.monotonic()
         self.lock = threading.Lock()
+        self.cancelled_text: str | None = None
+        """What a cancel leaves behind, when not the default (files fetched stay in the cache)."""
 
     def check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
             raise DownloadCancelled(
-                f"download of {self.repo_id} cancelled; files already fetched stay in the cache "
-                "and a new download continues from there"
+                self.cancelled_text
+                or f"download of {self.repo_id} cancelled; files already fetched stay in the "
+                "cache and a new download continues from there"
             )
 
     def begin(self, name: str) -> None:

@@ -1,5 +1,6 @@
 """Loopchat's own decode-step kernels (engine/kernels/csrc/decode_kernels.c), built with the
-package: batch-1 int8 and int4 products, and the step's RMSNorm and rotary embedding.
+package: batch-1 int8 and int4 products, products with a GGUF file's own quantized blocks (Q8_0,
+Q4_0, Q4_K, Q6_K; engine/kernels/gguf_linear.py), and the step's RMSNorm and rotary embedding.
 
 Why a compiled kernel: int8 decoding is worth having only if it streams the weights faster than
 16-bit does, and torch's `_weight_int8pack_mm` does not on every CPU: on the development machine
@@ -39,7 +40,7 @@ from engine.kernels import native_variants
 
 log = logging.getLogger(__name__)
 
-ABI = 5
+ABI = 7
 """lc_abi() of the source this module speaks to; a library reporting another is refused."""
 SOURCE = "decode_kernels.c"
 LIBRARY_DIR = Path(__file__).resolve().parent / native_variants.LIBRARY_FOLDER
@@ -51,6 +52,10 @@ OPS_DTYPES = {**X_DTYPES, torch.float16: 2}
 CHECK_TOLERANCE = 1e-2
 """Largest error, relative to the largest output, the self-check accepts (the kernel's own error
 is ~3e-3 in bfloat16, which is the output's rounding)."""
+
+GGUF_CHECK_TOLERANCE = 2e-2
+"""The same for the GGUF products, which round x to 8 bits per 32 inputs as llama.cpp does (their
+error measures ~5e-3 of the largest output on random data; bfloat16 output adds ~4e-3)."""
 
 _unavailable: str | None = None
 
@@ -82,6 +87,24 @@ class NativeKernel:
         # w, scales_zeros, its dtype, group, y, y dtype, rows, columns, first row, rows, threads
         self._int4_weights.argtypes = [*int4_args, ctypes.c_void_p, ctypes.c_int]
         self._int4_weights.argtypes += [ctypes.c_long] * 4 + [ctypes.c_int]
+        self._gguf = lib.lc_gguf_matvec
+        self._gguf.restype = ctypes.c_int
+        # qtype, w, row bytes, x, x dtype, y, y dtype, rows of x, rows of w, columns, threads
+        self._gguf.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_long, *row_args[:4]]
+        self._gguf.argtypes += [ctypes.c_long, *row_args[4:]]
+        self._gguf_many = lib.lc_gguf_matvec_many
+        self._gguf_many.restype = ctypes.c_int
+        # count, qtypes, weights, row bytes, outputs, rows (arrays), x, x dtype, y dtype, rows of
+        # x, columns, threads
+        self._gguf_many.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 6
+        self._gguf_many.argtypes += [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+        self._gguf_many.argtypes += [ctypes.c_int]
+        self._gguf_weights = lib.lc_gguf_weights
+        self._gguf_weights.restype = ctypes.c_int
+        # qtype, w, row bytes, y, y dtype, rows, columns, first row, rows written, threads
+        self._gguf_weights.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_long]
+        self._gguf_weights.argtypes += [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_long] * 4
+        self._gguf_weights.argtypes += [ctypes.c_int]
         self._rms_norm = lib.lc_rms_norm
         self._rms_norm.restype = ctypes.c_int
         # x, weight, y, dtype, rows, dim, eps
@@ -198,6 +221,63 @@ class NativeKernel:
         )  # fmt: skip
         return _result(rc, out, dtype, "int4 weights")
 
+    def gguf_matvec(
+        self, x: torch.Tensor, raw: torch.Tensor, qtype: int, threads: int
+    ) -> torch.Tensor:
+        """Rows x [m, in] (bfloat16, float16 or float32) times a GGUF weight → [m, out].
+
+        `raw` is the weight's blocks as a contiguous uint8 CPU tensor [out, row_bytes] (one row of
+        blocks per output), `qtype` its ggml type number (GGUF_KERNEL_TYPES); the result has x's
+        dtype. x is rounded to 8-bit integers per 32 inputs (llama.cpp's Q8_0 rule); each weight
+        row is read once for up to 8 rows of x."""
+        rows, row_bytes = raw.shape
+        flat, (out,), code = _rows(x, rows)
+        rc = self._gguf(
+            int(qtype), raw.data_ptr(), row_bytes, flat.data_ptr(), code, out.data_ptr(), code,
+            flat.shape[0], rows, flat.shape[-1], max(1, threads),
+        )  # fmt: skip
+        return _result(rc, out, x.dtype, "gguf")
+
+    def gguf_matvec_many(
+        self,
+        x: torch.Tensor,
+        weights: Sequence[tuple[torch.Tensor, int]] | GGUFWeights,
+        threads: int,
+    ) -> list[torch.Tensor]:
+        """Rows x [m, in] times several GGUF weights (raw, qtype) that read it, as one job
+        (x rounded once, one hand-out of rows); [m, out_i] each, in x's dtype. `weights` may be
+        `gguf_weights_many(weights)`, prepared once (the per-call cost of a decode step)."""
+        prepared = weights if isinstance(weights, GGUFWeights) else GGUFWeights(weights)
+        flat, outs, code = _rows(x, *prepared.rows)
+        count = len(outs)
+        rc = self._gguf_many(
+            count, prepared.qtypes, prepared.pointers, prepared.row_bytes,
+            (ctypes.c_void_p * count)(*(out.data_ptr() for out in outs)), prepared.out_rows,
+            flat.data_ptr(), code, code, flat.shape[0], flat.shape[-1], max(1, threads),
+        )  # fmt: skip
+        return [_result(rc, out, x.dtype, "gguf") for out in outs]
+
+    def gguf_weights(
+        self,
+        raw: torch.Tensor,
+        qtype: int,
+        cols: int,
+        dtype: torch.dtype,
+        threads: int,
+        rows: slice | None = None,
+    ) -> torch.Tensor:
+        """Rows `rows` of a GGUF weight (raw [out, row_bytes] uint8, `cols` inputs) written out
+        transposed: [cols, rows] in `dtype` (bfloat16 or float32), each value exactly what gguf-py's
+        `dequantize` computes in float32, rounded once to dtype."""
+        total = raw.shape[0]
+        first, stop, _ = (rows or slice(None)).indices(total)
+        out = torch.empty(cols, max(0, stop - first), dtype=dtype)
+        rc = self._gguf_weights(
+            int(qtype), raw.data_ptr(), raw.shape[1], out.data_ptr(), X_DTYPES[dtype], total,
+            cols, first, stop - first, max(1, threads),
+        )  # fmt: skip
+        return _result(rc, out, dtype, "gguf weights")
+
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         """engine.model.transformer.RMSNorm's result for x [..., dim] with a gain of x's dtype
         (`ops_fit`)."""
@@ -278,6 +358,30 @@ def _row(x: torch.Tensor, *out_features: int) -> tuple[torch.Tensor, list[torch.
     return row, outs, X_DTYPES[row.dtype]
 
 
+class GGUFWeights:
+    """Several GGUF weights (raw [out, row_bytes] uint8, qtype) as the C code takes them, prepared
+    once: keeps the tensors alive while it is held."""
+
+    def __init__(self, weights: Sequence[tuple[torch.Tensor, int]]) -> None:
+        count = len(weights)
+        longs = ctypes.c_long * count
+        self.tensors = [raw for raw, _ in weights]
+        self.rows = [raw.shape[0] for raw, _ in weights]
+        self.qtypes = (ctypes.c_int * count)(*(int(qtype) for _, qtype in weights))
+        self.pointers = (ctypes.c_void_p * count)(*(raw.data_ptr() for raw, _ in weights))
+        self.row_bytes = longs(*(raw.shape[1] for raw, _ in weights))
+        self.out_rows = longs(*self.rows)
+
+
+def _rows(x: torch.Tensor, *out_features: int) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+    """Rows x [m, in] as the C code reads them (float16 goes through float32), an output [m, n]
+    per product, and the rows' dtype code."""
+    flat = x if x.dtype in X_DTYPES else x.float()
+    flat = flat.reshape(-1, flat.shape[-1]).contiguous()
+    outs = [torch.empty(flat.shape[0], n, dtype=flat.dtype) for n in out_features]
+    return flat, outs, X_DTYPES[flat.dtype]
+
+
 def _result(rc: int, out: torch.Tensor, wanted: torch.dtype, kind: str) -> torch.Tensor:
     if rc != 0:
         raise RuntimeError(f"native {kind} kernel failed (code {rc})")
@@ -317,6 +421,9 @@ def _self_check(kernel: NativeKernel) -> str | None:
             written = kernel.int4_weights(packed, sz_d, group, dtype, 2)
             if not torch.equal(written, dequantize_int4(q4, sz_d, group).to(dtype).T):
                 return f"self-check failed (int4 {rows}x{cols} weights written out, {dtype})"
+    problem = _self_check_gguf(kernel, gen)
+    if problem:
+        return problem
     from engine.model.transformer import RMSNorm, Rotary
 
     for dtype in OPS_DTYPES:
@@ -333,6 +440,43 @@ def _self_check(kernel: NativeKernel) -> str | None:
             got = kernel.rotary(x, rotary.cos, rotary.sin, 5, interleaved)
             if not torch.equal(got, rotary.apply(x, 5)):
                 return f"self-check failed (rotary, {dtype}, interleaved={interleaved})"
+    return None
+
+
+GGUF_Q8_0 = 8
+"""The GGUF type the self-check runs (ggml's number for Q8_0): its blocks are made here, with no
+reader, so a broken product is found at load like the int8 and int4 ones."""
+
+
+def _q8_0_blocks(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """Q8_0 rows: int8 q [rows, cols] and float16 d [rows, cols / 32] as [rows, cols / 32 * 34]
+    bytes (per block: d, then its 32 values)."""
+    rows, cols = q.shape
+    blocks = torch.cat(
+        (d.reshape(rows, cols // 32, 1).view(torch.uint8), q.reshape(rows, cols // 32, 32).view(
+            torch.uint8)), dim=-1,
+    )  # fmt: skip
+    return blocks.reshape(rows, -1).contiguous()
+
+
+def _self_check_gguf(kernel: NativeKernel, gen: torch.Generator) -> str | None:
+    """The GGUF product and write-out on one type (Q8_0) against float arithmetic."""
+    for rows, cols in ((37, 64), (64, 288)):
+        q = torch.randint(-127, 128, (rows, cols), generator=gen, dtype=torch.int8)
+        d = (torch.rand(rows, cols // 32, generator=gen) * 0.02 + 0.001).to(torch.float16)
+        weight = q.float() * d.float().repeat_interleave(32, dim=1)
+        raw = _q8_0_blocks(q, d)
+        x = torch.randn(1, cols, generator=gen)
+        for dtype in (torch.float32, torch.bfloat16):
+            reference = x.to(dtype).double() @ weight.double().T
+            for threads in (1, 2):
+                got = kernel.gguf_matvec(x.to(dtype), raw, GGUF_Q8_0, threads).double()
+                err = (got - reference).abs().max() / reference.abs().max()
+                if not err <= GGUF_CHECK_TOLERANCE:
+                    where = f"gguf Q8_0 {rows}x{cols}, {dtype}, {threads} threads"
+                    return f"self-check failed ({where}: error {err:.2g})"
+        if not torch.equal(kernel.gguf_weights(raw, GGUF_Q8_0, cols, torch.float32, 2), weight.T):
+            return f"self-check failed (gguf Q8_0 {rows}x{cols} weights written out)"
     return None
 
 

@@ -35,8 +35,9 @@ from torch import nn
 if TYPE_CHECKING:
     from engine.kernels.native import NativeKernel
 
-QUANT_MODES = ("none", "int8", "int4")
-"""What `--quant` and `load_model(quant=...)` accept."""
+QUANT_MODES = ("none", "int8", "int4", "file")
+"""What `--quant` and `load_model(quant=...)` accept ("file": a GGUF file's own blocks,
+engine/loading/gguf_model.py; int8/int4 are for model folders)."""
 
 DEFAULT_GROUP_SIZE = 64
 PREFILL_ROWS = 16
@@ -206,6 +207,12 @@ def project(layers: Sequence[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
     layer.
     """
     first = layers[0]
+    if type(first).__name__ == "GGUFLinear":  # a GGUF file's own blocks: the same, one job
+        from engine.kernels.gguf_linear import fused_projection
+
+        fused = fused_projection(layers, x)
+        if fused is not None:
+            return fused
     if (
         isinstance(first, Int4Linear)
         and first.native is not None
@@ -264,14 +271,21 @@ def use_native(model: torch.nn.Module) -> str | None:
 
     kernel = load()
     for module in model.modules():
-        if isinstance(module, (Int8Linear, Int4Linear)):
+        if isinstance(module, _native_layers()):
             module.use_native(kernel)
     return kernel.isa if kernel is not None else None
+
+
+def _native_layers() -> tuple[type[nn.Module], ...]:
+    """The layer types with a compiled one-row product (GGUF's are imported only when asked)."""
+    from engine.kernels.gguf_linear import GGUFLinear
+
+    return (Int8Linear, Int4Linear, GGUFLinear)
 
 
 def kernel_of(model: torch.nn.Module) -> NativeKernel | None:
     """The compiled kernel the model's int8 layers run on, if any."""
     for module in model.modules():
-        if isinstance(module, (Int8Linear, Int4Linear)) and module.native is not None:
+        if isinstance(module, _native_layers()) and module.native is not None:
             return module.native
     return None

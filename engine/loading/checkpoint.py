@@ -228,6 +228,29 @@ def load_transformer(
         }
 
     origin = folder / ("config.json" if layout == "hf" else "params.json")
+    model = build_model(
+        args, sources, folder, origin, dtype, device, report, quant, pack, release_pages
+    )
+    return args, model
+
+
+def build_model(
+    args: ModelArgs,
+    sources: dict[str, TensorSource],
+    folder: Path,
+    origin: Path,
+    dtype: torch.dtype,
+    device: torch.device,
+    report: Progress,
+    quant: str = "none",
+    pack: bool = True,
+    release_pages: bool = False,
+) -> Transformer:
+    """The Transformer for `args`, every weight read from `sources` (our names) and checked.
+
+    `origin` is the file that gave `args` (named in messages). `release_pages`: the sources are
+    unmodified file mappings whose pages may be dropped once copied.
+    """
     _check_layer_count(args, sources, folder, origin)
     with torch.device("meta"):
         model = Transformer(args)
@@ -271,7 +294,7 @@ def load_transformer(
         )
         model.requires_grad_(False)
         model.eval()
-        return args, model
+        return model
 
     state: dict[str, torch.Tensor] = {}
     total = len(expected)
@@ -301,4 +324,4 @@ def load_transformer(
     # Norm weights may stay in the checkpoint dtype; buffers and parameters must be on `device`.
     model.requires_grad_(False)
     model.eval()
-    return args, model
+    return model

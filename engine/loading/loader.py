@@ -65,6 +65,10 @@ class LoadedModel:
     (engine/kernels/tuning.py), the compiled build, and the quantized cache's facts."""
     context_hint: Hint | None = None
     """What the user may do about `context_note` (ask for more context)."""
+    file_format: str | None = None
+    """The model file's own format where it has one worth naming ("GGUF Q4_K_M")."""
+    load_notes: list[str] = field(default_factory=list)
+    """One line each for what did not load exactly as the file says (shown with the model)."""
 
     def describe(self) -> dict:
         """Plain data about the model for status bars and logs (safe to send across threads)."""
@@ -81,8 +85,18 @@ class LoadedModel:
             "has_chat_template": self.chat_template is not None,
             "context_note": self.context_note,
             "quant": self.quant,
+            "file_format": self.file_format,
+            "load_notes": list(self.load_notes),
             **self.runtime.to_dict(),
         }
+
+
+def gguf_row_weights(qtype: int, row_bytes: int) -> int:
+    """Weights in one row of `row_bytes` bytes of GGUF blocks."""
+    from engine.gguf.quant_types import GGMLType, block_shape
+
+    weights, nbytes = block_shape(GGMLType(qtype))
+    return row_bytes // nbytes * weights
 
 
 def _count_weights(model: torch.nn.Module) -> int:
@@ -91,6 +105,12 @@ def _count_weights(model: torch.nn.Module) -> int:
     for name, buffer in model.named_buffers():
         if name.endswith(".weight"):
             total += buffer.numel() * (2 if buffer.dtype == torch.uint8 else 1)
+    seen: set[int] = set()  # GGUF blocks: a tied head shares the embedding's
+    for module in model.modules():
+        raw = getattr(module, "raw", None)
+        if isinstance(raw, torch.Tensor) and id(raw) not in seen:
+            seen.add(id(raw))
+            total += raw.shape[0] * gguf_row_weights(module.qtype, raw.shape[1])
     return total
 
 
@@ -102,7 +122,7 @@ def _weights_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-_WEIGHT_BUFFERS = {"weight", "scales", "scales_zeros"}
+_WEIGHT_BUFFERS = {"weight", "scales", "scales_zeros", "raw"}
 
 
 def read_model_args(folder: Path) -> ModelArgs:
@@ -163,28 +183,114 @@ def load_model(
     device: str | None = None,
     progress: Progress | None = None,
     max_context: int | None = None,
-    quant: str | None = "none",
+    quant: str | None = None,
 ) -> LoadedModel:
     """Load weights, tokenizer and chat template, and allocate the KV cache.
 
     `max_context` caps the cache (and so the memory it takes) below the model's own maximum.
-    `quant` "int8" or "int4" stores the linear weights quantized (activations stay in `dtype`);
-    the quantized weights are cached on disk, so later loads are as quick as a 16-bit one.
+    `quant` "int8" or "int4" stores a folder's linear weights quantized (activations stay in
+    `dtype`); the quantized weights are cached on disk, so later loads are as quick as a 16-bit
+    one. A GGUF file runs its own blocks ("file", its default) or dequantized ("none"); None
+    means the default of what `path` is.
     """
-    from engine.kernels.tuning import choose_runtime
-
     report = progress or (lambda fraction, message: None)
     try:
-        quant = check_quant(quant or "none")
+        wanted = check_quant(quant) if quant not in (None, "", "auto") else None
     except ValueError as exc:
         raise EngineError(str(exc)) from None
     folder = resolve_model(str(path))
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
+    started = time.perf_counter()
+    if folder.is_file():
+        opened = _open_gguf(folder, torch_dtype, dev, wanted or "file", report)
+    else:
+        opened = _open_folder(folder, torch_dtype, dev, wanted or "none", report)
+    model, args, tokenizer, runtime = opened.model, opened.args, opened.tokenizer, opened.runtime
+    if dev.type == "cpu":
+        from engine.kernels.compiled_ops import use_compiled_ops
+        from engine.kernels.native import load as load_native
 
+        kernel = load_native()
+        if use_compiled_ops(model, kernel):
+            runtime["native_ops"] = True
+        if kernel is not None and (runtime.get("native_ops") or runtime.get("native_isa")):
+            runtime["native"] = kernel.isa  # the compiled build that runs (done line, tooltip)
+        elif kernel is None:
+            from engine.kernels.native import unavailable_reason
+
+            runtime["native_unavailable"] = unavailable_reason() or "not loaded"
+
+    context = choose_context(args, torch_dtype, dev, max_context)
+    report(0.96, "Allocating the KV cache")
+    try:
+        model.setup_cache(context.length)
+    except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+        raise EngineError(
+            f"not enough memory for the KV cache of {context.length} tokens on {dev} "
+            f"({str(exc).splitlines()[0][:120]})",
+            Remedy.LESS_MEMORY,
+        ) from None
+
+    weights_bytes = _weights_bytes(model)
+    log.info(
+        "loaded %s (%s, %s, quant %s, kernel %s, %s threads) in %.2f s",
+        folder,
+        dev,
+        dtype_name(torch_dtype),
+        opened.quant,
+        runtime.get("kernel"),
+        runtime.get("threads"),
+        time.perf_counter() - started,
+    )
+    report(1.0, "Ready")
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        args=args,
+        name=model_display_name(folder),
+        path=folder,
+        device=dev,
+        dtype=torch_dtype,
+        chat_template=opened.chat_template,
+        weights_bytes=weights_bytes,
+        max_context=context.length,
+        context_note=context.note,
+        quant=opened.quant,
+        runtime=RuntimeInfo(**{"quant": opened.quant, **runtime}),
+        context_hint=context.hint,
+        file_format=opened.file_format,
+        load_notes=opened.notes,
+    )
+
+
+@dataclass
+class _Opened:
+    """A built model before its KV cache: what the two kinds of model files have in common."""
+
+    model: Transformer
+    args: ModelArgs
+    tokenizer: Tokenizer
+    chat_template: str | None
+    quant: str
+    runtime: dict
+    file_format: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _open_folder(
+    folder: Path, torch_dtype: torch.dtype, dev: torch.device, quant: str, report: Progress
+) -> _Opened:
+    """An HF or Meta folder: tokenizer.model, config, weights (quantized if asked)."""
+    from engine.kernels.tuning import choose_runtime
+
+    if quant == "file":
+        raise EngineError(
+            f"--quant file keeps a GGUF file's own blocks; {folder} is a model folder: use none, "
+            "int8 or int4"
+        )
     detect_layout(folder)  # a clear message for a folder that holds no model at all
     report(0.0, f"Reading {folder.name}")
-    started = time.perf_counter()
     tokenizer_file = folder / "tokenizer.model"
     if not (tokenizer_file.exists() or tokenizer_file.is_symlink()):
         raise EngineError(
@@ -217,64 +323,44 @@ def load_model(
         from engine.kernels.quant import use_native
 
         runtime["native_isa"] = use_native(model)
-    if dev.type == "cpu":
-        from engine.kernels.compiled_ops import use_compiled_ops
-        from engine.kernels.native import load as load_native
-
-        kernel = load_native()
-        if use_compiled_ops(model, kernel):
-            runtime["native_ops"] = True
-        if kernel is not None and (runtime.get("native_ops") or runtime.get("native_isa")):
-            runtime["native"] = kernel.isa  # the compiled build that runs (done line, tooltip)
-        elif kernel is None:
-            from engine.kernels.native import unavailable_reason
-
-            runtime["native_unavailable"] = unavailable_reason() or "not loaded"
     if tokenizer.vocab_size > args.vocab_size:
         raise EngineError(
             f"{tokenizer_file} has {tokenizer.vocab_size} tokens but the weights in {folder} only "
             f"{args.vocab_size}: the tokenizer does not belong to this model"
         )
-    chat_template = load_chat_template(folder)
+    return _Opened(model, args, tokenizer, load_chat_template(folder), quant, runtime)
 
-    context = choose_context(args, torch_dtype, dev, max_context)
-    report(0.96, "Allocating the KV cache")
-    try:
-        model.setup_cache(context.length)
-    except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
-        raise EngineError(
-            f"not enough memory for the KV cache of {context.length} tokens on {dev} "
-            f"({str(exc).splitlines()[0][:120]})",
-            Remedy.LESS_MEMORY,
-        ) from None
 
-    weights_bytes = _weights_bytes(model)
-    log.info(
-        "loaded %s (%s, %s, quant %s, kernel %s, %s threads) in %.2f s",
-        folder,
-        dev,
-        dtype_name(torch_dtype),
+def _open_gguf(
+    path: Path, torch_dtype: torch.dtype, dev: torch.device, quant: str, report: Progress
+) -> _Opened:
+    """A GGUF file: its own blocks on the engine's kernels, or dequantized
+    (engine/loading/gguf_model.py)."""
+    from engine.kernels.tuning import choose_runtime
+    from engine.loading.gguf_model import file_runtime, open_gguf
+
+    def weights_progress(fraction: float, message: str) -> None:
+        report(0.02 + 0.93 * fraction, message)
+
+    if quant == "none":
+        from engine.loading.gguf_model import peek_args
+
+        runtime = choose_runtime(peek_args(path), torch_dtype, dev, "none")
+        pack = runtime.get("kernel") != "plain"
+    else:
+        runtime, pack = {}, False
+    opened = open_gguf(path, torch_dtype, dev, quant, weights_progress, pack=pack)
+    if quant == "file":
+        runtime = file_runtime(opened.model, dev)
+    return _Opened(
+        opened.model,
+        opened.args,
+        opened.tokenizer,
+        opened.chat_template,
         quant,
-        runtime.get("kernel"),
-        runtime.get("threads"),
-        time.perf_counter() - started,
-    )
-    report(1.0, "Ready")
-    return LoadedModel(
-        model=model,
-        tokenizer=tokenizer,
-        args=args,
-        name=model_display_name(folder),
-        path=folder,
-        device=dev,
-        dtype=torch_dtype,
-        chat_template=chat_template,
-        weights_bytes=weights_bytes,
-        max_context=context.length,
-        context_note=context.note,
-        quant=quant,
-        runtime=RuntimeInfo(**{"quant": quant, **runtime}),
-        context_hint=context.hint,
+        runtime,
+        file_format=f"GGUF {opened.quant_name}",
+        notes=opened.notes,
     )
 
 

@@ -12,9 +12,7 @@ reads them at every call instead (tests and the desktop change them while runnin
 from __future__ import annotations
 
 import logging
-import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
@@ -25,6 +23,13 @@ from engine.loading.builtin import (
     is_builtin_draft,
     resolve_builtin,
     resolve_builtin_draft,
+)
+from engine.loading.gguf_repo import find_cached_gguf
+from engine.loading.hub_settings import (  # noqa: F401 - re-exported: the settings' one home
+    DEFAULT_ENDPOINT,
+    HubSettings,
+    check_revision,
+    hf_home,
 )
 
 log = logging.getLogger(__name__)
@@ -47,33 +52,6 @@ CACHE_PATTERNS = sorted(set(HF_PATTERNS + META_PATTERNS))
 SUBFOLDERS = ["*/*"]
 """Ignored everywhere: Loopchat reads a repo's top level only (not onnx/, original/, ...)."""
 
-DEFAULT_ENDPOINT = "https://huggingface.co"
-
-
-def check_revision(revision: str | None) -> str | None:
-    """The revision as given, or EngineError when it could name a path outside the cache.
-
-    huggingface_hub stores `refs/<revision>` in the cache folder, so a revision with '..'
-    segments, a leading slash or backslash, or control characters must never reach it.
-    """
-    if revision is None:
-        return None
-    if not isinstance(revision, str) or not revision.strip():
-        raise EngineError("the revision is empty", Remedy.GIVE_REVISION)
-    segments = re.split(r"[/\\]", revision)
-    if (
-        revision[0] in "/\\"
-        or ".." in segments
-        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in revision)
-        or re.match(r"^[A-Za-z]:", revision)
-    ):
-        raise EngineError(
-            f"revision {revision!r} is not a branch, tag or commit name (no '..' segments, "
-            "leading slash or backslash, or control characters)",
-            Remedy.FIX_REVISION_NAME,
-        )
-    return revision
-
 
 class CachedModel(TypedDict):
     """A complete Llama model found in the Hugging Face cache."""
@@ -83,37 +61,6 @@ class CachedModel(TypedDict):
     size_bytes: int
     layout: Layout
     commit: str
-
-
-def _is_true(value: str | None) -> bool:
-    return (value or "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
-@dataclass(frozen=True)
-class HubSettings:
-    """HF_ENDPOINT, the hub cache folder and HF_HUB_OFFLINE as the environment says now."""
-
-    endpoint: str
-    cache_dir: Path
-    offline: bool
-
-    @classmethod
-    def from_environment(cls) -> HubSettings:
-        env = os.environ
-        endpoint = (env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
-        cache = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")
-        if not cache:
-            cache = os.path.join(hf_home(), "hub")
-        offline = _is_true(env.get("HF_HUB_OFFLINE")) or _is_true(env.get("TRANSFORMERS_OFFLINE"))
-        return cls(endpoint, Path(os.path.expandvars(os.path.expanduser(cache))), offline)
-
-
-def hf_home() -> str:
-    home = os.environ.get("HF_HOME")
-    if not home:
-        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        home = os.path.join(xdg, "huggingface")
-    return os.path.expandvars(os.path.expanduser(home))
 
 
 def read_json_or_none(path: Path) -> Any:
@@ -248,7 +195,8 @@ def find_cached_model(
 
 
 def resolve_model(path_or_repo: str | Path) -> Path:
-    """A local model folder as it is, `builtin`, or the cached snapshot of a Hub repo id.
+    """A local model folder or GGUF file as it is, `builtin`, or the cached snapshot of a Hub
+    repo id.
 
     Never downloads.
     """
@@ -261,16 +209,30 @@ def resolve_model(path_or_repo: str | Path) -> Path:
     if candidate.is_dir():
         return candidate
     if candidate.exists():
+        from engine.gguf.reader import is_gguf
+
+        if candidate.is_file() and is_gguf(candidate):
+            return candidate
+        if candidate.suffix.lower() == ".gguf":  # named as one: the reader says what is wrong
+            from engine.gguf.reader import GGUFFile
+
+            GGUFFile(candidate).close()
         raise EngineError(
-            f"{candidate} is a file; pick the model's folder (the one with config.json or "
-            "params.json)"
+            f"{candidate} is a file but not a GGUF model; pick a .gguf file or the model's "
+            "folder (the one with config.json or params.json)"
         )
     if not looks_like_repo_id(text):
-        raise EngineError(f"no folder named {text}; pick a model folder (HF or Meta layout)")
+        raise EngineError(
+            f"no folder or file named {text}; pick a model folder (HF or Meta layout) or a "
+            ".gguf file"
+        )
     settings = HubSettings.from_environment()
     folder = find_cached_model(text, settings=settings)
     if folder is not None:
         return folder
+    gguf_file = find_cached_gguf(text, settings=settings)
+    if gguf_file is not None:  # a GGUF repo: its downloaded file (the one a download picks)
+        return gguf_file
     if _snapshots_newest_first(_repo_cache_folder(settings, text)):
         raise EngineError(
             f"the download of {text} in the Hugging Face cache is incomplete",

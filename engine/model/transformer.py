@@ -194,7 +194,7 @@ class Transformer(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.output.weight.device
+        return self.norm.weight.device  # every format keeps the norms as plain tensors
 
     @property
     def attention_block_size(self) -> int:

@@ -17,7 +17,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -132,22 +131,27 @@ def render_template(
         ) from None
 
 
-@lru_cache(maxsize=8)
-def _no_prefix_processor(model_path: str):
-    """The same SentencePiece model without the dummy-prefix space.
+def _no_prefix_processor(tokenizer: Tokenizer):
+    """The same SentencePiece model without the dummy-prefix space (made once per tokenizer).
 
     Where the folder's rule says text after a special token (e.g. "[INST]" after "<s>") gets no
     leading '▁' (transformers' legacy=False; see engine.text.prefix_rule), SentencePiece itself
-    would
-    still add one. A copy of the model with that one normaliser option turned off does not.
+    would still add one. A copy of the model with that one normaliser option turned off does not.
+    The copy comes from the loaded model's own proto, never from a file again (a tokenizer built
+    from a GGUF file's vocabulary has no tokenizer.model).
     """
+    cached = getattr(tokenizer, "_no_prefix_sp", None)
+    if cached is not None:
+        return cached
     import sentencepiece as spm
     from sentencepiece import sentencepiece_model_pb2
 
     proto = sentencepiece_model_pb2.ModelProto()
-    proto.ParseFromString(Path(model_path).read_bytes())
+    proto.ParseFromString(tokenizer.sp.serialized_model_proto())
     proto.normalizer_spec.add_dummy_prefix = False
-    return spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+    processor = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+    tokenizer._no_prefix_sp = processor  # type: ignore[attr-defined]
+    return processor
 
 
 def encode_rendered(tokenizer: Tokenizer, text: str, special: dict[str, str]) -> list[int]:
@@ -180,7 +184,7 @@ def encode_rendered(tokenizer: Tokenizer, text: str, special: dict[str, str]) ->
 def _encode_segment(tokenizer: Tokenizer, text: str, prefixed: bool) -> list[int]:
     if prefixed:
         return tokenizer.encode(text, bos=False)
-    return list(_no_prefix_processor(str(tokenizer.path)).encode(text))
+    return list(_no_prefix_processor(tokenizer).encode(text))
 
 
 def chat_prompt_ids(

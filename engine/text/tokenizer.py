@@ -22,30 +22,34 @@ class Tokenizer:
     """The model's SentencePiece processor with the ids the engine needs."""
 
     def __init__(self, model_path: Path) -> None:
-        import sentencepiece as spm
-
         model_path = Path(model_path)
         if not model_path.is_file():
             raise EngineError(
                 f"{model_path} is missing: a Llama model folder needs tokenizer.model"
             )
-        processor = spm.SentencePieceProcessor()
-        try:
-            ok = processor.Load(str(model_path))
-        except (OSError, RuntimeError) as exc:
-            raise EngineError(f"{model_path} is not a SentencePiece model ({exc})") from None
-        if not ok:
-            raise EngineError(f"{model_path} is not a SentencePiece model")
-        self.path = model_path
+        self._setup(_processor(lambda sp: sp.Load(str(model_path)), model_path), model_path)
+
+    @classmethod
+    def from_proto(cls, proto: bytes, origin: Path) -> Tokenizer:
+        """A tokenizer from a serialized SentencePiece ModelProto (e.g. one rebuilt from a GGUF
+        file's vocabulary by engine.gguf.vocab); `origin` is the file it came from, for messages
+        and `path`."""
+        origin = Path(origin)
+        tokenizer = cls.__new__(cls)
+        load = _processor(lambda sp: sp.LoadFromSerializedProto(proto), origin, "its vocabulary")
+        tokenizer._setup(load, origin)
+        return tokenizer
+
+    def _setup(self, processor, origin: Path) -> None:
+        self.path = origin
+        """The file the vocabulary came from: tokenizer.model, or a GGUF model file."""
         self.sp = processor
         self.prefix_rule = "first"
         """Whether chat text after a special token gets the dummy-prefix '▁': "always" (Meta's
         ids), "first" (transformers' legacy=False) or "never"; the loader reads it from the model
         folder (engine.text.prefix_rule)."""
         if self.sp.bos_id() < 0 or self.sp.eos_id() < 0:
-            raise EngineError(
-                f"{model_path} defines no BOS/EOS tokens; it is not a Llama tokenizer"
-            )
+            raise EngineError(f"{origin} defines no BOS/EOS tokens; it is not a Llama tokenizer")
 
     @property
     def bos_id(self) -> int:
@@ -90,6 +94,24 @@ class Tokenizer:
             value = int(piece[3:-1], 16)
             return chr(value) if value < 0x80 else piece
         return piece.replace("\u2581", " ")
+
+
+def _processor(load, origin: Path, what: str = ""):
+    """A SentencePieceProcessor after `load(processor)`; EngineError (one line) if it fails.
+
+    `what` names the part of `origin` that holds the model, if not the whole file."""
+    import sentencepiece as spm
+
+    subject = f"{origin}: {what}" if what else str(origin)
+    processor = spm.SentencePieceProcessor()
+    try:
+        ok = load(processor)
+    except (OSError, RuntimeError) as exc:
+        detail = " ".join(str(exc).split())
+        raise EngineError(f"{subject} is not a SentencePiece model ({detail})") from None
+    if not ok:
+        raise EngineError(f"{subject} is not a SentencePiece model")
+    return processor
 
 
 class StreamDecoder:

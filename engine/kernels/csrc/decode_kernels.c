@@ -1,5 +1,7 @@
 /* Loopchat's compiled decode-step kernels (engine/kernels/native.py): batch-1 int8 and int4 weight x
- * 16-bit activation products, and the step's small elementwise parts (RMSNorm, rotary embedding).
+ * 16-bit activation products, products of a GGUF file's own blocks (Q8_0, Q4_0, Q4_K, Q6_K) with
+ * 8-bit activations for one or more rows (at the end of this file), and the step's small
+ * elementwise parts (RMSNorm, rotary embedding).
  *
  * Why it exists: torch's CPU int8 kernel converts every weight to float before its FMA, which caps
  * it near 10 GB/s of weights per core on the development machine (AMD EPYC), while the same core
@@ -34,8 +36,12 @@
 #else
 #define CPU_RELAX() ((void)0)
 #endif
+/* The AVX2 build converts GGUF blocks' float16 scales with F16C (lc_cpu_level asks for it too). */
+#if defined(__AVX2__) && !defined(__F16C__) && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC target("f16c")
+#endif
 
-#define LC_ABI 5
+#define LC_ABI 7
 #define GROUP 128 /* activation group of the int8 product */
 #define MAX_THREADS 64
 #define SPIN_ROUNDS 20000
@@ -43,7 +49,7 @@
 #define SPIN_NS 2000000LL
 
 enum { DT_BF16 = 0, DT_F32 = 1 };
-enum { KIND_INT8 = 0, KIND_INT4 = 1, KIND_INT4_WEIGHTS = 2 };
+enum { KIND_INT8 = 0, KIND_INT4 = 1, KIND_INT4_WEIGHTS = 2, KIND_GGUF = 3, KIND_GGUF_WEIGHTS = 4 };
 #define INT4_BLOCK 64 /* rows per block of torch's CPU int4 layout */
 
 int lc_abi(void) { return LC_ABI; }
@@ -54,7 +60,10 @@ int lc_abi(void) { return LC_ABI; }
 int lc_cpu_level(void) {
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
-    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) return 0;
+    /* F16C: the AVX2 build converts GGUF blocks' float16 scales with it (every AVX2 CPU has it) */
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+          __builtin_cpu_supports("f16c")))
+        return 0;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
         __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi"))
@@ -154,11 +163,14 @@ static inline float row_dot(const int8_t* w, const int16_t* xq, const float* gsc
 /* ---------------------------------------------------------------------------------------------
  * The job and the pool. */
 
-#define MAX_PARTS 4 /* weights of one fused int4 product (q, k, v; gate, up) */
+#define MAX_PARTS 4 /* weights of one fused int4 or GGUF product (q, k, v; gate, up) */
 
-/* One int4 weight of a product: its rows are units first .. first + n / 64 - 1 of the job. */
+/* One int4 weight of a product: its rows are units first .. first + n / 64 - 1 of the job.
+ * A GGUF weight: its rows are units first .. first + n - 1. */
 typedef struct {
-    const uint8_t* w4;      /* torch's CPU layout [n / 64][k][32] */
+    const uint8_t* w4;      /* torch's CPU layout [n / 64][k][32]; GGUF: [n][row_bytes] blocks */
+    int qtype;              /* GGUF: the ggml type of the blocks */
+    long row_bytes;         /* GGUF: bytes per row */
     const void* sz;         /* [k / group][n][2] scale and zero, sz_dtype */
     void* y;                /* its n outputs */
     long n;
@@ -175,6 +187,8 @@ typedef struct {
     const float* gscale;
     const int32_t* gsum;    /* int4: sum of xq per group */
     const int32_t* xpair;   /* int4: xq[2i] | xq[2i + 1] << 16 */
+    const int8_t* xq8;      /* GGUF: x [m][k] rounded to 8 bits per 32 (scales gscale, sums gsum) */
+    long m;                 /* GGUF: rows of x (and of each y) */
     void* y;
     int y_dtype;
     long k;
@@ -332,9 +346,27 @@ static void int4_block_weights(long b) {
     }
 }
 
+static void gguf_rows(const Part* part, long r0, long r1);
+static void gguf_weights_tile(long t);
+
 static void run_chunk(long c) {
     long u0 = c * job.chunk;
     long u1 = u0 + job.chunk < job.units ? u0 + job.chunk : job.units;
+    if (job.kind == KIND_GGUF) {
+        int i = 0;
+        for (long u = u0; u < u1;) {
+            while (i + 1 < job.n_parts && u >= job.parts[i + 1].first) i++;
+            const Part* part = &job.parts[i];
+            long end = part->first + part->n < u1 ? part->first + part->n : u1;
+            gguf_rows(part, u - part->first, end - part->first);
+            u = end;
+        }
+        return;
+    }
+    if (job.kind == KIND_GGUF_WEIGHTS) {
+        for (long t = u0; t < u1; t++) gguf_weights_tile(t);
+        return;
+    }
     if (job.kind == KIND_INT4) {
         int i = 0;
         for (long u = u0; u < u1; u++) {
@@ -441,6 +473,14 @@ static inline __m512 x16(const void* x, int x_dtype, long i) {
     }
     return _mm512_loadu_ps((const float*)x + i);
 }
+#elif defined(__AVX2__)
+static inline __m256 x8(const void* x, int x_dtype, long i) {
+    if (x_dtype == DT_BF16) {
+        __m128i h = _mm_loadu_si128((const __m128i*)((const uint16_t*)x + i));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+    return _mm256_loadu_ps((const float*)x + i);
+}
 #endif
 
 /* Round x[g0:end] to int16 with a power-of-two scale (stored in *scale); returns the sum of the
@@ -459,6 +499,19 @@ static int32_t quantize_group(const void* x, int x_dtype, long g0, long end, int
         most = _mm512_max_ps(most, _mm512_abs_ps(v));
     }
     big = nan ? NAN : _mm512_reduce_max_ps(most);
+#elif defined(__AVX2__)
+    /* the same in 8 lanes (the GGUF products round x per 32 inputs, many groups per call) */
+    const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 most = _mm256_setzero_ps(), nan = _mm256_setzero_ps();
+    for (; i + 8 <= end; i += 8) {
+        __m256 v = x8(x, x_dtype, i);
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        most = _mm256_max_ps(most, _mm256_and_ps(v, magnitude));
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(most), _mm256_extractf128_ps(most, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    big = _mm256_movemask_ps(nan) ? NAN : _mm_cvtss_f32(m4);
 #endif
     for (; i < end; i++) {
         float a = fabsf(x_at(x, x_dtype, i));
@@ -486,6 +539,21 @@ static int32_t quantize_group(const void* x, int x_dtype, long g0, long end, int
         total = _mm512_add_epi32(total, q);
     }
     sum = _mm512_reduce_add_epi32(total);
+#elif defined(__AVX2__)
+    __m256i total = _mm256_setzero_si256();
+    const __m256i top = _mm256_set1_epi32(32767), bottom = _mm256_set1_epi32(-32767);
+    for (; i + 8 <= end; i += 8) {
+        /* the default rounding mode: to nearest, ties to even, as nearbyintf */
+        __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(x8(x, x_dtype, i), _mm256_set1_ps(inv)));
+        q = _mm256_max_epi32(_mm256_min_epi32(q, top), bottom);
+        _mm_storeu_si128((__m128i*)(xq + i), _mm_packs_epi32(_mm256_castsi256_si128(q),
+                                                             _mm256_extracti128_si256(q, 1)));
+        total = _mm256_add_epi32(total, q);
+    }
+    __m128i t4 = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
+    t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0x4e));
+    t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0xb1));
+    sum = _mm_cvtsi128_si32(t4);
 #endif
     for (; i < end; i++) {
         float q = nearbyintf(x_at(x, x_dtype, i) * inv);
@@ -530,7 +598,7 @@ static int quantize_x(const void* x, int x_dtype, long k, long group) {
 /* Hand the prepared job's chunks to the pool and take part; returns when all are done. */
 static void run_job(int threads) {
     long chunk = (job.units + 8L * threads - 1) / (8L * threads); /* ~8 chunks per thread */
-    long least = job.kind == KIND_INT8 ? 4 : 1;
+    long least = job.kind == KIND_INT8 || job.kind == KIND_GGUF ? 4 : 1;
     job.chunk = chunk < least ? least : chunk;
     job.chunks = (job.units + job.chunk - 1) / job.chunk;
     int helpers = threads > 1 && job.chunks > 1 ? ensure_workers(threads - 1) : 0;
@@ -758,5 +826,581 @@ int lc_rotary(const void* x, void* y, int dtype, const float* cos_table, const f
             }
         }
     }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * GGUF weights: a model file's own quantized blocks (llama.cpp's ggml types), read in place.
+ *
+ * Each weight row is `row_bytes` bytes of blocks (layouts: docs in engine/kernels/gguf_linear.py):
+ *   Q8_0 (8):  32 weights in 34 bytes: float16 d, int8 q[32];            w = d * q
+ *   Q4_0 (2):  32 weights in 18 bytes: float16 d, u8 qs[16];             w = d * (nibble - 8)
+ *              weight j < 16 is the low nibble of qs[j], weight j + 16 its high nibble
+ *   Q4_K (12): 256 weights in 144 bytes: float16 d, dmin, u8 scales[12] (8 six-bit scales and 8
+ *              six-bit mins), u8 qs[128]; sub-block j of 32: w = (d * sc_j) * q - (dmin * m_j),
+ *              the low nibbles of qs[32i .. 32i + 31] are sub-block 2i, the high ones 2i + 1
+ *   Q6_K (14): 256 weights in 210 bytes: u8 ql[128], u8 qh[64], int8 scales[16], float16 d;
+ *              w = (d * scales[j / 16]) * (q - 32), q six bits: four from ql, two from qh
+ * The product rounds x to 8-bit integers per 32 inputs as llama.cpp does (its Q8_0 rule: scale
+ * max|x| / 127 in float32, so each input is off by at most max|x_b| / 254), multiplies them by the
+ * blocks' integers exactly (AVX2: maddubs on unsigned nibbles, or on |w| with w's sign moved onto x,
+ * then madd; AVX-512 VNNI: vpdpbusd, the same sums) and applies each block's (or sub-block's) float
+ * scale in float32, eight groups at a time. Each weight row is unpacked once for up to GG_ROWS rows
+ * of x (a verify pass, a prefill chunk), so it comes from memory once. Why 8 bits: a maddubs takes
+ * 32 weights where pmaddwd takes 16, which matters where the product is compute-bound (several
+ * rows); a decode step streams weights at memory speed either way. Writing weights out
+ * computes exactly what gguf-py's dequantize computes (float32, the same products in the same
+ * order; no fused multiply-add: the build is ISO C, where GCC contracts nothing). */
+
+enum { GG_Q4_0 = 2, GG_Q8_0 = 8, GG_Q4_K = 12, GG_Q6_K = 14 };
+#define GG_GROUP 32 /* activation group: one Q4_0/Q8_0 block, one Q4_K sub-block */
+#define GG_TILE 16  /* rows per unit when weights are written out */
+#define GG_ROWS 8   /* rows of x per pass over a weight row */
+
+static inline float gg_half(const uint8_t* p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
+    return f16_to_f32(h);
+#endif
+}
+
+static int gg_block(int qtype, long* weights, long* bytes) {
+    switch (qtype) {
+        case GG_Q8_0: *weights = 32; *bytes = 34; return 0;
+        case GG_Q4_0: *weights = 32; *bytes = 18; return 0;
+        case GG_Q4_K: *weights = 256; *bytes = 144; return 0;
+        case GG_Q6_K: *weights = 256; *bytes = 210; return 0;
+        default: return -1;
+    }
+}
+
+/* Q4_K's six-bit scale and min of sub-block j (llama.cpp's get_scale_min_k4). */
+static inline void q4k_scale_min(const uint8_t* s, int j, int* sc, int* m) {
+    if (j < 4) {
+        *sc = s[j] & 63;
+        *m = s[j + 4] & 63;
+    } else {
+        *sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
+        *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
+/* Group g (32 weights) of a row as integers q and float scales: w_i = scale[i / 16] * q_i - min,
+ * each product and difference a float32 operation as gguf-py computes it. */
+static void gg_group(int qtype, const uint8_t* row, long g, int8_t q[32], float scale[2],
+                     float* min) {
+    *min = 0.0f;
+    switch (qtype) {
+        case GG_Q8_0: {
+            const uint8_t* p = row + 34 * g;
+            scale[0] = scale[1] = gg_half(p);
+            memcpy(q, p + 2, 32);
+            return;
+        }
+        case GG_Q4_0: {
+            const uint8_t* p = row + 18 * g;
+            scale[0] = scale[1] = gg_half(p);
+            for (int j = 0; j < 16; j++) {
+                q[j] = (int8_t)((p[2 + j] & 15) - 8);
+                q[j + 16] = (int8_t)((p[2 + j] >> 4) - 8);
+            }
+            return;
+        }
+        case GG_Q4_K: {
+            const uint8_t* p = row + 144 * (g / 8);
+            const int j = (int)(g % 8);
+            int sc, m;
+            q4k_scale_min(p + 4, j, &sc, &m);
+            scale[0] = scale[1] = gg_half(p) * (float)sc;
+            *min = gg_half(p + 2) * (float)m;
+            const uint8_t* qs = p + 16 + 32 * (j / 2);
+            for (int i = 0; i < 32; i++) q[i] = (int8_t)(j % 2 ? qs[i] >> 4 : qs[i] & 15);
+            return;
+        }
+        case GG_Q6_K: {
+            const uint8_t* p = row + 210 * (g / 8);
+            const int j = (int)(g % 8); /* 32 weights: position 32j in the superblock */
+            const int h = j / 4, part = j % 4; /* half of 128, and which quarter of it */
+            const uint8_t* ql = p + 64 * h + (part % 2) * 32;
+            const uint8_t* qh = p + 128 + 32 * h;
+            const int8_t* sc = (const int8_t*)(p + 192);
+            const float d = gg_half(p + 208);
+            scale[0] = d * (float)sc[2 * j];
+            scale[1] = d * (float)sc[2 * j + 1];
+            for (int i = 0; i < 32; i++) {
+                int low = part < 2 ? ql[i] & 15 : ql[i] >> 4;
+                int high = (qh[i] >> (2 * part)) & 3;
+                q[i] = (int8_t)((low | (high << 4)) - 32);
+            }
+            return;
+        }
+    }
+}
+
+#if defined(__AVX2__)
+static inline float gg_hsum(__m256 v) {
+    __m128 half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    half = _mm_add_ps(half, _mm_movehl_ps(half, half));
+    half = _mm_add_ss(half, _mm_movehdup_ps(half));
+    return _mm_cvtss_f32(half);
+}
+#define LD16(p) _mm256_loadu_si256((const __m256i*)(p))
+#define U8X16(p) _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(p)))
+#define I8X16(p) _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(p)))
+#endif
+
+#if defined(__AVX2__)
+/* Lane totals of eight vectors a0..a7 as one vector [sum a0, ..., sum a7], from the pairwise sums
+ * s01 = hadd(a0, a1), s23, s45, s67 (taken as soon as each pair is there, so few stay live). Why:
+ * a block's scale applied per block costs a conversion, a broadcast and an FMA for every 32
+ * weights; summed eight blocks at a time, one conversion and one FMA take a vector of 8 scales. */
+static inline __m256i gg_join8(__m256i s01, __m256i s23, __m256i s45, __m256i s67) {
+    __m256i s0123 = _mm256_hadd_epi32(s01, s23), s4567 = _mm256_hadd_epi32(s45, s67);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(s0123, s4567, 0x20),
+                            _mm256_permute2x128_si256(s0123, s4567, 0x31));
+}
+
+static inline __m256i gg_isum8(const __m256i* a) {
+    return gg_join8(_mm256_hadd_epi32(a[0], a[1]), _mm256_hadd_epi32(a[2], a[3]),
+                    _mm256_hadd_epi32(a[4], a[5]), _mm256_hadd_epi32(a[6], a[7]));
+}
+
+/* The float16 d of eight consecutive blocks of `stride` bytes (d at each block's start), packed
+ * with scalar loads (a gather is slower on AMD Zen 3, and eight 2-byte stores read back as one
+ * vector stall store forwarding). */
+static inline __m256 gg_d8(const uint8_t* p, int stride) {
+    uint64_t half[2];
+    for (int j = 0; j < 2; j++) {
+        uint64_t v = 0;
+        for (int i = 3; i >= 0; i--) {
+            uint16_t h;
+            memcpy(&h, p + (4 * j + i) * stride, 2);
+            v = (v << 16) | h;
+        }
+        half[j] = v;
+    }
+    return _mm256_cvtph_ps(_mm_set_epi64x((long long)half[1], (long long)half[0]));
+}
+
+#endif
+
+/* x rounded to 8-bit integers per group of 32 inputs, llama.cpp's Q8_0 rule: scale d = max|x| / 127
+ * (float32), q = x * (127 / max|x|) rounded to nearest even; with each group's integer sum (Q4_0's
+ * offset of 8, Q4_K's mins). A NaN or infinity in a group makes d NaN or infinite and q 0, so the
+ * products come out NaN as float arithmetic would have it. Row t of x is xq8 + t * k, its scales
+ * and sums at t * (k / 32). */
+#if defined(__AVX2__)
+static inline __m256 gg_x8(const void* x, int x_dtype, long i) {
+    if (x_dtype == DT_BF16) {
+        __m128i h = _mm_loadu_si128((const __m128i*)((const uint16_t*)x + i));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+    return _mm256_loadu_ps((const float*)x + i);
+}
+#endif
+
+static void gg_quantize_row(const void* x, int x_dtype, long k, int8_t* q, float* d,
+                            int32_t* sum) {
+    for (long g = 0; g < k / GG_GROUP; g++) {
+        const long g0 = g * GG_GROUP;
+        float big;
+#if defined(__AVX2__)
+        const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+        __m256 v[4], most = _mm256_setzero_ps(), nan = _mm256_setzero_ps();
+        for (int c = 0; c < 4; c++) {
+            v[c] = gg_x8(x, x_dtype, g0 + 8 * c);
+            nan = _mm256_or_ps(nan, _mm256_cmp_ps(v[c], v[c], _CMP_UNORD_Q));
+            most = _mm256_max_ps(most, _mm256_and_ps(v[c], magnitude));
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(most), _mm256_extractf128_ps(most, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        big = _mm256_movemask_ps(nan) ? NAN : _mm_cvtss_f32(m4);
+#else
+        big = 0.0f;
+        for (long i = g0; i < g0 + GG_GROUP; i++) {
+            float a = fabsf(x_at(x, x_dtype, i));
+            if (a > big || a != a) big = a;
+        }
+#endif
+        if (!isfinite(big)) {
+            d[g] = big;
+            sum[g] = 0;
+            memset(q + g0, 0, GG_GROUP);
+            continue;
+        }
+        d[g] = big / 127.0f;
+        const float inv = big > 0.0f ? 127.0f / big : 0.0f;
+#if defined(__AVX2__)
+        /* the default rounding mode: to nearest, ties to even, as nearbyintf */
+        const __m256 scale = _mm256_set1_ps(inv);
+        __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v[0], scale));
+        __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v[1], scale));
+        __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v[2], scale));
+        __m256i i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v[3], scale));
+        __m256i total = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+        __m128i t4 = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
+        t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0x4e));
+        t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0xb1));
+        sum[g] = _mm_cvtsi128_si32(t4);
+        /* packs interleave the 128-bit lanes: 0 1 4 5 2 3 6 7 in 4-byte units, put back in order */
+        __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+        b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i*)(q + g0), b);
+#else
+        int32_t s = 0;
+        for (long i = g0; i < g0 + GG_GROUP; i++) {
+            float r = nearbyintf(x_at(x, x_dtype, i) * inv);
+            q[i] = (int8_t)(r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r));
+            s += q[i];
+        }
+        sum[g] = s;
+#endif
+    }
+}
+
+/* Round the m rows of x [m][k] (job.xq8 / gscale / gsum). Caller holds call_lock. */
+static int gg_quantize_x(const void* x, int x_dtype, long m, long k) {
+    const long groups = k / GG_GROUP;
+    size_t need = (size_t)m * (size_t)k + (size_t)m * groups * 8 + 256;
+    if (need > scratch_bytes) {
+        void* grown = realloc(scratch, need);
+        if (!grown) return -2;
+        scratch = grown;
+        scratch_bytes = need;
+    }
+    int8_t* xq = (int8_t*)scratch;
+    float* xs = (float*)(((uintptr_t)(xq + m * k) + 63) & ~(uintptr_t)63);
+    int32_t* gsum = (int32_t*)(xs + m * groups);
+    const size_t width = x_dtype == DT_BF16 ? 2 : 4;
+    for (long t = 0; t < m; t++)
+        gg_quantize_row((const char*)x + (size_t)t * k * width, x_dtype, k, xq + t * k,
+                        xs + t * groups, gsum + t * groups);
+    job.xq8 = xq;
+    job.gscale = xs;
+    job.gsum = gsum;
+    return 0;
+}
+
+#if defined(__AVX2__)
+/* Sums of four adjacent products u8 * s8 as int32 (no product pair here reaches maddubs's 16-bit
+ * saturation: |u| <= 128, |s| <= 127). With AVX-512 VNNI one vpdpbusd. */
+static inline __m256i gg_dot4(__m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+
+/* Eight groups (256 weights) g .. g + 7 of one weight row against `R` rows of x, added to acc[t]
+ * (and Q4_K's mins to accm[t]). Each group's 32 weights are unpacked once into bytes U (unsigned:
+ * Q4_0/Q4_K nibbles; Q8_0/Q6_K |w|, with the sign moved onto x from S), then dotted with every row:
+ * one maddubs + madd (or vpdpbusd) per 32 weights and row. */
+static inline __attribute__((always_inline)) void gg_span(int qtype, const uint8_t* row, long g,
+                                                          long k, const int8_t* xq,
+                                                          const float* xsc, const int32_t* xsum,
+                                                          int R, __m256* acc, __m256* accm) {
+    const long groups = k / GG_GROUP;
+    const __m256i m15 = _mm256_set1_epi8(15);
+    __m256i U[8], S[8], SC[8];
+    __m256 ws, wm = _mm256_setzero_ps();
+    if (qtype == GG_Q4_0) {
+        const uint8_t* p = row + 18 * g;
+        for (int i = 0; i < 8; i++) {
+            __m128i v = _mm_loadu_si128((const __m128i*)(p + 18 * i + 2));
+            U[i] = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), m15);
+        }
+        ws = gg_d8(p, 18);
+    } else if (qtype == GG_Q8_0) {
+        const uint8_t* p = row + 34 * g;
+        for (int i = 0; i < 8; i++) {
+            S[i] = _mm256_loadu_si256((const __m256i*)(p + 34 * i + 2));
+            U[i] = _mm256_sign_epi8(S[i], S[i]);
+        }
+        ws = gg_d8(p, 34);
+    } else if (qtype == GG_Q4_K) {
+        const uint8_t* p = row + 144 * (g / 8);
+        for (int i = 0; i < 4; i++) {
+            __m256i v = _mm256_loadu_si256((const __m256i*)(p + 16 + 32 * i));
+            U[2 * i] = _mm256_and_si256(v, m15);
+            U[2 * i + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m15);
+        }
+        /* the eight six-bit scales and mins as bytes (q4k_scale_min, four at a time) */
+        uint32_t s0, s1, s2;
+        memcpy(&s0, p + 4, 4);
+        memcpy(&s1, p + 8, 4);
+        memcpy(&s2, p + 12, 4);
+        const uint32_t sc_lo = s0 & 0x3f3f3f3fu, m_lo = s1 & 0x3f3f3f3fu;
+        const uint32_t sc_hi = (s2 & 0x0f0f0f0fu) | ((s0 >> 2) & 0x30303030u);
+        const uint32_t m_hi = ((s2 >> 4) & 0x0f0f0f0fu) | ((s1 >> 2) & 0x30303030u);
+        __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_setr_epi32((int)sc_lo, (int)sc_hi, 0, 0)));
+        __m256 m = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_setr_epi32((int)m_lo, (int)m_hi, 0, 0)));
+        ws = _mm256_mul_ps(_mm256_set1_ps(gg_half(p)), sc);
+        wm = _mm256_mul_ps(_mm256_set1_ps(gg_half(p + 2)), m);
+    } else { /* Q6_K: w = d * sc[sub-block of 16] * (q - 32) */
+        const uint8_t* p = row + 210 * (g / 8);
+        const __m256i m48 = _mm256_set1_epi8(48), e32 = _mm256_set1_epi8(32);
+        for (int h = 0; h < 2; h++) {
+            __m256i la = _mm256_loadu_si256((const __m256i*)(p + 64 * h));
+            __m256i lb = _mm256_loadu_si256((const __m256i*)(p + 64 * h + 32));
+            __m256i hv = _mm256_loadu_si256((const __m256i*)(p + 128 + 32 * h));
+            /* positions 128h + 0..31, +32, +64, +96: groups 4h .. 4h + 3 */
+            S[4 * h] = _mm256_or_si256(_mm256_and_si256(la, m15),
+                                       _mm256_and_si256(_mm256_slli_epi16(hv, 4), m48));
+            S[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(lb, m15),
+                                           _mm256_and_si256(_mm256_slli_epi16(hv, 2), m48));
+            S[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(la, 4), m15),
+                                           _mm256_and_si256(hv, m48));
+            S[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lb, 4), m15),
+                                           _mm256_and_si256(_mm256_srli_epi16(hv, 2), m48));
+        }
+        const int8_t* sc = (const int8_t*)(p + 192);
+        for (int i = 0; i < 8; i++) {
+            S[i] = _mm256_sub_epi8(S[i], e32);
+            U[i] = _mm256_sign_epi8(S[i], S[i]);
+            SC[i] = _mm256_set_m128i(_mm_set1_epi16(sc[2 * i + 1]), _mm_set1_epi16(sc[2 * i]));
+        }
+        ws = _mm256_set1_ps(gg_half(p + 208));
+    }
+    for (int t = 0; t < R; t++) {
+        const int8_t* x = xq + t * k + 32 * g;
+        const float* xs = xsc + t * groups + g;
+        const int32_t* gsum = xsum + t * groups + g;
+        __m256i a[8];
+        for (int i = 0; i < 8; i++) {
+            __m256i xi = _mm256_loadu_si256((const __m256i*)(x + 32 * i));
+            if (qtype == GG_Q4_0 || qtype == GG_Q4_K)
+                a[i] = gg_dot4(U[i], xi);
+            else if (qtype == GG_Q8_0)
+                a[i] = gg_dot4(U[i], _mm256_sign_epi8(xi, S[i]));
+            else
+                a[i] = _mm256_madd_epi16(_mm256_maddubs_epi16(U[i], _mm256_sign_epi8(xi, S[i])),
+                                         SC[i]);
+        }
+        __m256i dots = gg_isum8(a);
+        if (qtype == GG_Q4_0) /* sum (q - 8) x = sum q x - 8 sum x, exact in int32 */
+            dots = _mm256_sub_epi32(dots, _mm256_slli_epi32(_mm256_loadu_si256((const __m256i*)gsum), 3));
+        const __m256 x8 = _mm256_loadu_ps(xs);
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), _mm256_mul_ps(ws, x8), acc[t]);
+        if (qtype == GG_Q4_K) {
+            __m256 xsum = _mm256_mul_ps(x8, _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i*)gsum)));
+            accm[t] = _mm256_fmadd_ps(wm, xsum, accm[t]);
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) long gg_spans(int qtype, const uint8_t* row, long k,
+                                                           const int8_t* xq, const float* xsc,
+                                                           const int32_t* xsum, int R,
+                                                           float* out) {
+    const long groups = k / GG_GROUP;
+    __m256 acc[GG_ROWS], accm[GG_ROWS];
+    for (int t = 0; t < R; t++) acc[t] = accm[t] = _mm256_setzero_ps();
+    long g = 0;
+    for (; g + 8 <= groups; g += 8) gg_span(qtype, row, g, k, xq, xsc, xsum, R, acc, accm);
+    for (int t = 0; t < R; t++) out[t] = gg_hsum(_mm256_sub_ps(acc[t], accm[t]));
+    return g;
+}
+#endif
+
+/* out[t] = sum_i w_i x_i over one weight row (blocks of `qtype`, k inputs) for x rows t0 .. t0 + R
+ * - 1 (R <= GG_ROWS) of job.xq8 / gscale / gsum. */
+static void gg_dot_rows(int qtype, const uint8_t* row, long k, long t0, int R, float* out) {
+    const long groups = k / GG_GROUP;
+    const int8_t* xq = job.xq8 + t0 * k;
+    const float* xsc = job.gscale + t0 * groups;
+    const int32_t* xsum = job.gsum + t0 * groups;
+    long g = 0;
+#if defined(__AVX2__)
+    /* a copy of the code per type (constant qtype: the other types' branches and registers go),
+     * and for one row (a decode step) one with nothing kept in memory per row */
+#define GG_SPANS(type)                                                                 \
+    (R == 1 ? gg_spans(type, row, k, xq, xsc, xsum, 1, out)                            \
+            : gg_spans(type, row, k, xq, xsc, xsum, R, out))
+    switch (qtype) {
+        case GG_Q4_0: g = GG_SPANS(GG_Q4_0); break;
+        case GG_Q8_0: g = GG_SPANS(GG_Q8_0); break;
+        case GG_Q4_K: g = GG_SPANS(GG_Q4_K); break;
+        default: g = GG_SPANS(GG_Q6_K); break;
+    }
+#undef GG_SPANS
+#else
+    for (int t = 0; t < R; t++) out[t] = 0.0f;
+#endif
+    /* Groups the vector code did not take (or every group, in the plain build): the same integers,
+     * each group's scale applied on its own. */
+    for (; g < groups; g++) {
+        int8_t q[32];
+        float scale[2], min;
+        gg_group(qtype, row, g, q, scale, &min);
+        for (int t = 0; t < R; t++) {
+            const int8_t* x = xq + t * k + 32 * g;
+            int32_t s0 = 0, s1 = 0;
+            for (int i = 0; i < 16; i++) {
+                s0 += (int32_t)q[i] * x[i];
+                s1 += (int32_t)q[i + 16] * x[i + 16];
+            }
+            const long at = t * groups + g;
+            out[t] += xsc[at] * ((float)s0 * scale[0] + (float)s1 * scale[1] - min * (float)xsum[at]);
+        }
+    }
+}
+
+/* Rows r0 .. r1 - 1 of a part against every row of x: y [m][n], GG_ROWS rows of x per pass over
+ * a weight row, which then comes from memory once and from the cache for the other rows. */
+static void gguf_rows(const Part* part, long r0, long r1) {
+    const long m = job.m, n = part->n;
+    float out[GG_ROWS];
+    for (long r = r0; r < r1; r++) {
+        const uint8_t* row = part->w4 + r * part->row_bytes;
+        for (long t0 = 0; t0 < m; t0 += GG_ROWS) {
+            const int R = (int)(m - t0 < GG_ROWS ? m - t0 : GG_ROWS);
+            gg_dot_rows(part->qtype, row, job.k, t0, R, out);
+            for (int t = 0; t < R; t++) store_to(part->y, (t0 + t) * n + r, out[t]);
+        }
+    }
+}
+
+/* Rows row0 + GG_TILE * t .. (at most GG_TILE) written out transposed into y [k][y_cols], a group
+ * of 32 inputs at a time: 16 rows' values of one input column are consecutive in y. */
+static void gguf_weights_tile(long t) {
+    const Part* part = &job.parts[0];
+    const long n = job.y_cols, c0 = t * GG_TILE;
+    const int rows = (int)(n - c0 < GG_TILE ? n - c0 : GG_TILE);
+    const int k_quant = part->qtype == GG_Q4_K;
+    float w[GG_GROUP][GG_TILE];
+#if defined(__AVX2__)
+    float by_row[GG_TILE][GG_GROUP];
+#endif
+    for (long g = 0; g < job.k / GG_GROUP; g++) {
+        for (int i = 0; i < rows; i++) {
+            int8_t q[32];
+            float scale[2], min;
+            gg_group(part->qtype, part->w4 + (job.row0 + c0 + i) * part->row_bytes, g, q, scale,
+                     &min);
+#if defined(__AVX2__)
+            /* the same products (and Q4_K's difference), eight at a time, row by row */
+            for (int c = 0; c < 4; c++) {
+                __m256 v = _mm256_cvtepi32_ps(
+                    _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(q + 8 * c))));
+                v = _mm256_mul_ps(_mm256_set1_ps(scale[c / 2]), v);
+                if (k_quant) v = _mm256_sub_ps(v, _mm256_set1_ps(min));
+                _mm256_storeu_ps(&by_row[i][8 * c], v);
+            }
+#else
+            if (k_quant) {
+                for (int j = 0; j < 32; j++) w[j][i] = scale[0] * (float)q[j] - min;
+            } else {
+                for (int j = 0; j < 32; j++) w[j][i] = scale[j / 16] * (float)q[j];
+            }
+#endif
+        }
+#if defined(__AVX2__)
+        if (rows == GG_TILE) { /* 8x8 transposes */
+            for (int ib = 0; ib < GG_TILE; ib += 8) {
+                for (int jb = 0; jb < GG_GROUP; jb += 8) {
+                    __m256 r[8], u[8], v[8];
+                    for (int a = 0; a < 8; a++) r[a] = _mm256_loadu_ps(&by_row[ib + a][jb]);
+                    for (int a = 0; a < 8; a += 2) {
+                        u[a] = _mm256_unpacklo_ps(r[a], r[a + 1]);
+                        u[a + 1] = _mm256_unpackhi_ps(r[a], r[a + 1]);
+                    }
+                    for (int a = 0; a < 8; a += 4) {
+                        v[a] = _mm256_shuffle_ps(u[a], u[a + 2], 0x44);
+                        v[a + 1] = _mm256_shuffle_ps(u[a], u[a + 2], 0xee);
+                        v[a + 2] = _mm256_shuffle_ps(u[a + 1], u[a + 3], 0x44);
+                        v[a + 3] = _mm256_shuffle_ps(u[a + 1], u[a + 3], 0xee);
+                    }
+                    /* v[0..3]: columns 0-3 (rows ib..ib+3 | 4-7 in the high halves of 0,1,2,3
+                     * for columns 4-7); v[4..7]: the same for rows ib+4..ib+7 */
+                    for (int a = 0; a < 4; a++) {
+                        _mm256_storeu_ps(&w[jb + a][ib], _mm256_permute2f128_ps(v[a], v[a + 4], 0x20));
+                        _mm256_storeu_ps(&w[jb + a + 4][ib], _mm256_permute2f128_ps(v[a], v[a + 4], 0x31));
+                    }
+                }
+            }
+        } else {
+            for (int i = 0; i < rows; i++)
+                for (int j = 0; j < GG_GROUP; j++) w[j][i] = by_row[i][j];
+        }
+#endif
+        for (int j = 0; j < GG_GROUP; j++) {
+            const long at = (g * GG_GROUP + j) * n + c0;
+            if (job.y_dtype == DT_BF16) {
+                uint16_t* out = (uint16_t*)job.y + at;
+                for (int i = 0; i < rows; i++) out[i] = f32_to_bf16(w[j][i]);
+            } else {
+                memcpy((float*)job.y + at, w[j], sizeof(float) * (size_t)rows);
+            }
+        }
+    }
+}
+
+/* Whether `count` GGUF weights of these types take k inputs with rows of these lengths. */
+static int gg_shapes_ok(int count, const int* qtypes, const long* row_bytes, const long* rows,
+                        long k) {
+    if (count < 1 || count > MAX_PARTS || k <= 0) return 0;
+    for (int i = 0; i < count; i++) {
+        long weights, bytes;
+        if (gg_block(qtypes[i], &weights, &bytes) || k % weights ||
+            row_bytes[i] != k / weights * bytes || rows[i] <= 0)
+            return 0;
+    }
+    return 1;
+}
+
+/* y_i = x W_i^T for `count` GGUF weights that read the same x (q, k, v; gate, up) as one job: x is
+ * rounded once and one hand-out of rows covers them all. W_i is rows[i] rows of row_bytes[i]
+ * bytes of qtypes[i] blocks (Q8_0, Q4_0, Q4_K, Q6_K), k inputs each; x [m][k] and y_i [m][rows[i]]
+ * bfloat16 or float32 (m = 1: a decode step; more: a prefill chunk or a verify pass). */
+int lc_gguf_matvec_many(int count, const int* qtypes, const uint8_t* const* w,
+                        const long* row_bytes, void* const* y, const long* rows, const void* x,
+                        int x_dtype, int y_dtype, long m, long k, int threads) {
+    if (!gg_shapes_ok(count, qtypes, row_bytes, rows, k) || m < 1 || m >= (1L << 31) ||
+        threads < 1 || !dtypes_ok(x_dtype, y_dtype))
+        return -1;
+    Job request = {.kind = KIND_GGUF, .group = GG_GROUP, .y_dtype = y_dtype, .k = k, .m = m,
+                   .n_parts = count};
+    for (int i = 0; i < count; i++) {
+        request.parts[i] = (Part){.w4 = w[i], .qtype = qtypes[i], .row_bytes = row_bytes[i],
+                                  .y = y[i], .n = rows[i], .first = request.units};
+        request.units += rows[i];
+        request.n += rows[i];
+    }
+    if (request.n >= (1L << 31)) return -1;
+    pthread_mutex_lock(&call_lock);
+    job = request;
+    int rc = gg_quantize_x(x, x_dtype, m, k);
+    if (rc == 0) run_job(threads);
+    pthread_mutex_unlock(&call_lock);
+    return rc;
+}
+
+/* The same for one weight: y [m][rows] = x W^T. */
+int lc_gguf_matvec(int qtype, const uint8_t* w, long row_bytes, const void* x, int x_dtype,
+                   void* y, int y_dtype, long m, long rows, long cols, int threads) {
+    return lc_gguf_matvec_many(1, &qtype, &w, &row_bytes, &y, &rows, x, x_dtype, y_dtype, m, cols,
+                               threads);
+}
+
+/* Rows first .. first + n of a GGUF weight (rows x cols, blocks of qtype) written out transposed
+ * as y [cols][n], bfloat16 or float32, each value exactly gguf-py's dequantized float32 (rounded
+ * once to bfloat16): the prefill path's GEMM operand. */
+int lc_gguf_weights(int qtype, const uint8_t* w, long row_bytes, void* y, int y_dtype, long rows,
+                    long cols, long first, long n, int threads) {
+    if (!gg_shapes_ok(1, &qtype, &row_bytes, &rows, cols) || threads < 1 ||
+        !dtypes_ok(DT_F32, y_dtype) || first < 0 || n <= 0 || first + n > rows ||
+        rows >= (1L << 31))
+        return -1;
+    pthread_mutex_lock(&call_lock);
+    job = (Job){.kind = KIND_GGUF_WEIGHTS, .y = y, .y_dtype = y_dtype, .k = cols, .n = rows,
+                .row0 = first, .y_cols = n, .units = (n + GG_TILE - 1) / GG_TILE, .n_parts = 1};
+    job.parts[0] = (Part){.w4 = w, .qtype = qtype, .row_bytes = row_bytes, .n = rows};
+    run_job(threads);
+    pthread_mutex_unlock(&call_lock);
     return 0;
 }
