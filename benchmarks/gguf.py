@@ -479,7 +479,11 @@ def tinyllama(args: argparse.Namespace, work: Path, phases: Phases) -> None:
                             "--quant", quant, "--dtype", dtype,
                         )  # fmt: skip
                     runs[config].append(r)
-                    keys = [k for k in r if k.startswith(("decode_", "prefill_"))]
+                    keys = [
+                        k
+                        for k, v in r.items()
+                        if k.startswith(("decode_", "prefill_")) and isinstance(v, (int, float))
+                    ]
                     numbers = ", ".join(f"{k} {r[k]:.2f}" for k in keys)
                     print(f"    {numbers} [{load_line()}]", file=sys.stderr, flush=True)
     rows = {c: _median(r) for c, r in runs.items()}

@@ -283,3 +283,30 @@ def test_damaged_files_get_one_line_from_the_cli(
     run = _cli("generate", "--model", str(path), "--prompt", "Hi", "--max-new-tokens", "2")
     assert run.returncode == 2, run.stderr
     assert message in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+
+@pytest.mark.parametrize("quant", [None, "none"])
+def test_self_test_takes_a_gguf_file(gguf_files, tmp_path: Path, quant: str | None) -> None:
+    """`loopchat --self-test FILE.gguf` loads through the window's worker (its own blocks by
+    default) and writes what the engine writes for the same file."""
+    import os
+
+    from engine.events import GREEDY
+    from engine.generation.generate import Generator
+
+    path = gguf_files["Q4_K_M"]
+    env = dict(os.environ, LOOPCHAT_HOME=str(tmp_path), QT_QPA_PLATFORM="offscreen")
+    command = [sys.executable, "-m", "desktop", "--self-test", str(path), "--dtype", "float32"]
+    run = subprocess.run(
+        command + (["--quant", quant] if quant else []),
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    done = json.loads(run.stdout.strip().splitlines()[-1])
+    if quant is None:  # the file's own blocks, on the compiled kernel
+        assert done["kernel"] == "ggufnative"
+    loaded = load_model(path, dtype="float32", device="cpu", quant=quant)
+    prompt = loaded.tokenizer.encode("Hello", bos=True)
+    generation = Generator(loaded).generate(prompt, GREEDY, max_new_tokens=16)
+    list(generation)
+    assert done["token_ids"] == generation.result.token_ids

@@ -122,7 +122,9 @@ def test_the_bar_says_the_weights_kind_and_the_built_in_format() -> None:
     builtin = summarize(ModelInfo.from_dict({**base, "quant": "none"}), "builtin")
     assert builtin.format == "built-in" and builtin.weights == "bfloat16"
     gguf = summarize(ModelInfo.from_dict({**base, "path": "/m/x.Q4_0.gguf", "quant": "file"}))
-    assert gguf.format == "GGUF file"
+    assert gguf.format == "GGUF file" and gguf.weights == "bfloat16, blocks as in the file"
+    said = {**base, "path": "/m/blob", "quant": "file", "file_format": "GGUF Q4_0"}
+    assert summarize(ModelInfo.from_dict(said)).format == "GGUF Q4_0"  # an Ollama blob too
 
 
 @pytest.mark.parametrize("size", [(800, 600), (1180, 760)])

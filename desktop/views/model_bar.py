@@ -18,7 +18,12 @@ from PySide6.QtWidgets import QPushButton, QSizePolicy, QWidget
 from engine.events import ModelInfo
 from engine.front_door import format_bytes, is_builtin
 
-WEIGHT_WORDS = {"none": "", "int8": "int8 weights", "int4": "int4 weights", "file": "GGUF blocks"}
+WEIGHT_WORDS = {
+    "none": "",
+    "int8": "int8 weights",
+    "int4": "int4 weights",
+    "file": "blocks as in the file",
+}
 """How the bar names the engine's weights kind (`none`: the dtype says it all)."""
 NO_MODEL = "No model open — click to choose or download one"
 STYLE = """
@@ -42,7 +47,8 @@ class ModelSummary:
 
     name: str
     format: str
-    """"built-in", "HF folder", "Meta files", "GGUF file" or "folder"."""
+    """"built-in", "HF folder", "Meta files", "GGUF Q4_K_M" (a GGUF file and its quantization;
+    "GGUF file" before the loader has said which) or "folder"."""
     weights: str
     """The dtype, and the weights kind when quantized: "bfloat16, int8 weights"."""
     memory: str
@@ -59,6 +65,9 @@ def model_format(info: ModelInfo, opened_as: str) -> str:
     """Which kind of model files `info` was loaded from (as the engine reports its path)."""
     if is_builtin(opened_as) or is_builtin(info.path):
         return "built-in"
+    said = info.extra.get("file_format")  # "GGUF Q4_K_M", as the loader read the file
+    if said:
+        return str(said)
     path = Path(info.path)
     if path.suffix.lower() == ".gguf":
         return "GGUF file"
