@@ -245,7 +245,7 @@ def _edit_metadata(tmp_path: Path, k_model, tokenizer_path: Path, **changes) -> 
             {"tokenizer.ggml.model": ("gpt2", "string")},
             "Llama 3 files use a different tokenizer; Loopchat runs Llama 2-family models",
         ),
-        ({"llama.block_count": (5, "uint32")}, "says 5 layers but the file holds 2"),
+        ({"llama.block_count": (5, "uint32")}, "says 5 layers but the checkpoint holds 2"),
         ({"llama.feed_forward_length": (1024, "uint32")}, "has shape [512, 256]"),
         ({"llama.rope.dimension_count": (32, "uint32")}, "rotary embeddings over 32 of 64"),
     ],

@@ -170,7 +170,7 @@ def _pack(
 _LAYER_INDEX = re.compile(r"layers\.(\d+)\.")
 
 
-def _check_layer_count(args: ModelArgs, sources: dict, folder: Path, origin: Path) -> None:
+def check_layer_count(args: ModelArgs, sources: dict, folder: Path, origin: Path) -> None:
     """Compare the config's layer count with the layers the weights hold, before building.
 
     Building the model costs time per layer even on the meta device, so a config claiming ten
@@ -234,29 +234,14 @@ def load_transformer(
     return args, model
 
 
-def build_model(
-    args: ModelArgs,
+def check_sources(
+    expected: dict[str, torch.Tensor],
     sources: dict[str, TensorSource],
     folder: Path,
     origin: Path,
-    dtype: torch.dtype,
-    device: torch.device,
-    report: Progress,
-    quant: str = "none",
-    pack: bool = True,
-    release_pages: bool = False,
-) -> Transformer:
-    """The Transformer for `args`, every weight read from `sources` (our names) and checked.
-
-    `origin` is the file that gave `args` (named in messages). `release_pages`: the sources are
-    unmodified file mappings whose pages may be dropped once copied.
-    """
-    _check_layer_count(args, sources, folder, origin)
-    with torch.device("meta"):
-        model = Transformer(args)
-        use_kernel_linears(model)
-    expected = dict(model.state_dict())
-
+) -> None:
+    """Every tensor the model needs, by our name and with its shape, and nothing else; the
+    message names the file a tensor came from and the file that implied its shape."""
     missing = sorted(set(expected) - {k for k, v in sources.items() if v is not None})
     if missing:
         raise EngineError(
@@ -277,6 +262,31 @@ def build_model(
                 f"{src.origin}: tensor '{src.name}' has shape {list(src.shape)} but "
                 f"{origin.name} implies {list(param.shape)}"
             )
+
+
+def build_model(
+    args: ModelArgs,
+    sources: dict[str, TensorSource],
+    folder: Path,
+    origin: Path,
+    dtype: torch.dtype,
+    device: torch.device,
+    report: Progress,
+    quant: str = "none",
+    pack: bool = True,
+    release_pages: bool = False,
+) -> Transformer:
+    """The Transformer for `args`, every weight read from `sources` (our names) and checked.
+
+    `origin` is the file that gave `args` (named in messages). `release_pages`: the sources are
+    unmodified file mappings whose pages may be dropped once copied.
+    """
+    check_layer_count(args, sources, folder, origin)
+    with torch.device("meta"):
+        model = Transformer(args)
+        use_kernel_linears(model)
+    expected = dict(model.state_dict())
+    check_sources(expected, sources, folder, origin)
 
     if quant != "none":
         from engine.kernels.quant_load import load_quantized

@@ -33,7 +33,7 @@ from engine.gguf.dequant import dequantize
 from engine.gguf.quant_types import GGMLType
 from engine.gguf.reader import GGUFFile, TensorInfo
 from engine.gguf.vocab import sentencepiece_proto
-from engine.loading.checkpoint import build_model
+from engine.loading.checkpoint import build_model, check_layer_count, check_sources
 from engine.loading.checkpoint_files import TensorSource
 from engine.model.config import ModelArgs
 from engine.model.transformer import Transformer
@@ -307,32 +307,6 @@ def open_gguf(
     )
 
 
-def _check(
-    args: ModelArgs, infos: Mapping[str, TensorInfo], expected: Mapping[str, torch.Tensor], path
-) -> None:
-    """Every tensor the model needs, with its shape, and nothing else (as build_model checks)."""
-    missing = sorted(set(expected) - set(infos))
-    if missing:
-        raise EngineError(
-            f"{path}: the file lacks the tensor for '{missing[0]}'"
-            + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
-            + f" that its {args.n_layers}-layer metadata implies; the file is not a complete model"
-        )
-    unexpected = sorted(set(infos) - set(expected))
-    if unexpected:
-        raise EngineError(
-            f"{path}: unexpected tensor '{infos[unexpected[0]].name}'; this is not a Llama model "
-            "Loopchat understands"
-        )
-    for ours, param in expected.items():
-        info = infos[ours]
-        if tuple(info.shape) != tuple(param.shape):
-            raise EngineError(
-                f"{path}: tensor '{info.name}' has shape {list(info.shape)} but the metadata "
-                f"implies {list(param.shape)}"
-            )
-
-
 def _file_model(
     gguf: GGUFFile,
     args: ModelArgs,
@@ -346,11 +320,12 @@ def _file_model(
     from engine.kernels.gguf_linear import KERNEL_TYPES, GGUFEmbedding, GGUFLinear
     from engine.kernels.linear import Linear
 
-    _check_layer_names(gguf.path, args, infos)
     with torch.device("meta"):
         model = Transformer(args)
     expected = dict(model.state_dict())
-    _check(args, infos, expected, gguf.path)
+    sources = _float_sources(gguf, infos, dtype)  # names and shapes; nothing is read here
+    check_layer_count(args, sources, gguf.path, gguf.path)
+    check_sources(expected, sources, gguf.path, gguf.path)
 
     converted: dict[str, int] = {}
     blocks: dict[str, torch.Tensor] = {}  # one raw view per file tensor (a tied head shares it)
@@ -404,20 +379,6 @@ def _file_model(
         for name, count in sorted(converted.items())
     ]
     return model, notes
-
-
-_LAYER_INDEX = re.compile(r"layers\.(\d+)\.")
-
-
-def _check_layer_names(path: Path, args: ModelArgs, infos: Mapping[str, TensorInfo]) -> None:
-    """A metadata layer count the tensors do not hold is refused before building anything."""
-    present = {int(m.group(1)) for name in infos if (m := _LAYER_INDEX.match(name))}
-    held = max(present) + 1 if present else 0
-    if args.n_layers > held:
-        raise EngineError(
-            f"{path}: the metadata says {args.n_layers} layers but the file holds {held}; "
-            "the file is incomplete or not a Llama model"
-        )
 
 
 Q8_0_BLOCK = 32
