@@ -27,6 +27,7 @@ from engine.errors import EngineError, Hint, Remedy, cli_text
 from engine.events import (
     Capabilities,
     GenerationResult,
+    Inspection,
     ModelInfo,
     RuntimeInfo,
     SamplerStages,
@@ -54,7 +55,6 @@ from engine.text.prompt import PromptPlan, WindowPlan, conversation_ids, fit_pro
 
 if TYPE_CHECKING:  # torch and the model's code load with the first model, not with this module
     from engine.generation.generate import Generation
-    from engine.generation.inspect import Inspection
     from engine.generation.speculative import Draft
     from engine.loading.loader import LoadedModel
 

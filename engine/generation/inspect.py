@@ -14,11 +14,11 @@ import logging
 import math
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 
 from engine.errors import EngineError
+from engine.events import Inspection
 from engine.loading.builtin import held_out_dialogues
 from engine.loading.loader import LoadedModel
 
@@ -26,39 +26,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK = 64
 """Prompt positions per forward pass: the chunk's logits are [chunk, vocab], never [T, vocab]."""
-
-
-@dataclass
-class Inspection:
-    """Per-position numbers of one prompt, as plain Python data (safe to send across threads).
-
-    `logprobs[i]` is ln p(token i | tokens < i), None for i = 0; `entropy[i]` is the entropy in nats
-    of the next-token distribution after position i; `attention[l][h]` is the last position's query
-    weights over positions 0..n-1 in layer l, query head h (empty if not asked for). With `top`,
-    `ranks[i]` is the rank of token i in the distribution it was drawn from (1 = the favourite)
-    and `top_ids[i]`/`top_probs[i]` that distribution's leaders (empty lists for i = 0).
-    """
-
-    token_ids: list[int]
-    pieces: list[str]
-    logprobs: list[float | None]
-    entropy: list[float]
-    attention: list[list[list[float]]] = field(default_factory=list)
-    ranks: list[int | None] = field(default_factory=list)
-    top_ids: list[list[int]] = field(default_factory=list)
-    top_probs: list[list[float]] = field(default_factory=list)
-
-    def to_json(self) -> dict:
-        """The `python -m engine inspect --json` object, exactly as DESIGN.md specifies."""
-        layers = len(self.attention)
-        heads = len(self.attention[0]) if layers else 0
-        return {
-            "token_ids": self.token_ids,
-            "pieces": self.pieces,
-            "logprobs": self.logprobs,
-            "entropy": self.entropy,
-            "attention": {"layers": layers, "heads": heads, "weights": self.attention},
-        }
 
 
 def outside_vocabulary(loaded: LoadedModel, ids: Sequence[int]) -> int | None:

@@ -15,7 +15,7 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,8 +163,14 @@ class _Budget:
         self.left = entries
 
 
-def _walk_gguf(root: Path, budget: _Budget, max_depth: int = MAX_DEPTH) -> Iterator[Path]:
-    """*.gguf regular files below `root`, depth-bounded, each real folder visited once.
+def _walk(
+    root: Path,
+    budget: _Budget,
+    max_depth: int = MAX_DEPTH,
+    keep: Callable[[str], bool] = lambda name: name.lower().endswith(".gguf"),
+) -> Iterator[Path]:
+    """Regular files below `root` whose name `keep` accepts (*.gguf by default; every file for
+    Ollama's manifests), depth-bounded, each real folder visited once.
 
     Folder links are followed (LM Studio users point its models folder elsewhere) but a folder
     already visited (a link loop) is skipped; hidden folders are not entered.
@@ -190,7 +196,7 @@ def _walk_gguf(root: Path, budget: _Budget, max_depth: int = MAX_DEPTH) -> Itera
         for entry in children:
             budget.left -= 1
             if budget.left <= 0:
-                log.info("stopped looking for GGUF files in %s: too many files", root)
+                log.info("stopped looking for model files in %s: too many files", root)
                 break
             try:
                 is_dir = entry.is_dir()  # follows links
@@ -199,7 +205,7 @@ def _walk_gguf(root: Path, budget: _Budget, max_depth: int = MAX_DEPTH) -> Itera
                 continue
             if is_dir and depth < max_depth and not entry.name.startswith("."):
                 subfolders.append((Path(entry.path), depth + 1))
-            elif is_file and entry.name.lower().endswith(".gguf"):
+            elif is_file and keep(entry.name):
                 yield Path(entry.path)
         stack.extend(reversed(subfolders))
 
@@ -218,12 +224,12 @@ def _hf_files(cache: Path, budget: _Budget) -> Iterator[tuple[Path, str]]:
         except OSError:
             continue
         for snapshot in commits:
-            for path in _walk_gguf(snapshot, budget, max_depth=3):
+            for path in _walk(snapshot, budget, max_depth=3):
                 yield path, f"{repo_id}/{path.relative_to(snapshot).as_posix()}"
 
 
 def _app_files(folder: Path, budget: _Budget) -> Iterator[tuple[Path, str]]:
-    for path in _walk_gguf(folder, budget):
+    for path in _walk(folder, budget):
         yield path, path.relative_to(folder).as_posix()
 
 
@@ -245,7 +251,7 @@ def _ollama_files(folder: Path, budget: _Budget) -> Iterator[tuple[Path, str]]:
     """Model blobs named by the manifests: manifests/<host>/<namespace>/<model>/<tag>."""
     manifests = folder / "manifests"
     blobs = folder / "blobs"
-    for manifest in _walk_files(manifests, budget, max_depth=4):
+    for manifest in _walk(manifests, budget, max_depth=3, keep=lambda name: True):
         parts = manifest.relative_to(manifests).parts
         if len(parts) != 4:
             continue
@@ -267,37 +273,6 @@ def _ollama_files(folder: Path, budget: _Budget) -> Iterator[tuple[Path, str]]:
                 name = f"{host}/{name}"
             yield blobs / f"sha256-{match.group(1)}", name
             break
-
-
-def _walk_files(root: Path, budget: _Budget, max_depth: int) -> Iterator[Path]:
-    """Every regular file below root (depth-bounded, no link loops), for Ollama's manifests."""
-    visited: set[tuple[int, int]] = set()
-    stack: list[tuple[Path, int]] = [(root, 0)]
-    while stack and budget.left > 0:
-        folder, depth = stack.pop()
-        try:
-            st = folder.stat()
-        except OSError:
-            continue
-        key = (st.st_dev, st.st_ino)
-        if key in visited or not stat.S_ISDIR(st.st_mode):
-            continue
-        visited.add(key)
-        try:
-            with os.scandir(folder) as entries:
-                children = sorted(entries, key=lambda e: e.name)
-        except OSError:
-            continue
-        for entry in children:
-            budget.left -= 1
-            try:
-                if entry.is_dir():
-                    if depth + 1 < max_depth:
-                        stack.append((Path(entry.path), depth + 1))
-                elif entry.is_file():
-                    yield Path(entry.path)
-            except OSError:
-                continue
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ the GUI thread to list a server's models and to check a URL.
 
 from engine.remote.errors import RemoteError
 from engine.remote.http_client import Limits
-from engine.remote.remote_engine import RemoteEngine, RemoteInspection, list_models
+from engine.remote.remote_engine import RemoteEngine, list_models
 from engine.remote.reply import RemoteReply
 from engine.remote.token_table import INTERNED_BASE
 from engine.remote.urls import (
@@ -27,7 +27,6 @@ __all__ = [
     "Limits",
     "RemoteEngine",
     "RemoteError",
-    "RemoteInspection",
     "RemoteReply",
     "check_base_url",
     "display_url",

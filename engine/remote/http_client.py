@@ -506,14 +506,7 @@ class _Exchange:
                 ) from None
             if size == 0:
                 return
-            left = size
-            while left > 0:
-                if not self.buffer and not self._fill(self._idle_deadline(), "idle"):
-                    raise self._cut()
-                piece = bytes(self.buffer[:left])
-                del self.buffer[: len(piece)]
-                left -= len(piece)
-                yield piece
+            yield from self._sized(size)
             while len(self.buffer) < 2:
                 if not self._fill(self._idle_deadline(), "idle"):
                     raise self._cut()

@@ -20,11 +20,10 @@ import logging
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import EngineError
-from engine.events import Capabilities, ModelInfo, RuntimeInfo, SamplingParams
+from engine.events import Capabilities, Inspection, ModelInfo, RuntimeInfo, SamplingParams
 from engine.remote.errors import RemoteError
 from engine.remote.http_client import HttpClient, Limits
 from engine.remote.prompt_text import BOS_TEXT, EOS_TEXT, conversation_text, without_bos
@@ -74,35 +73,6 @@ NOTES_NO_TOKENIZER = {
     "surprisal": "the server has no tokenizer endpoint and no prompt log-probabilities",
     "step_mode": "the server has no tokenizer endpoint, so replies cannot be made token by token",
 }
-
-
-@dataclass
-class RemoteInspection:
-    """The same fields as engine.generation.inspect.Inspection (without torch): per-position
-    numbers of one prompt, from the server's echoed log-probabilities.
-
-    `entropy[i]` is a LOWER BOUND from the server's top tokens only: −Σ p·ln p over them, plus
-    the leftover mass r spread as thinly as the least likely listed token allows
-    (−r·ln p_min; every unlisted token is at most p_min). 0.0 where the server gave nothing
-    (after a BOS, which it leaves out)."""
-
-    token_ids: list[int]
-    pieces: list[str]
-    logprobs: list[float | None]
-    entropy: list[float]
-    attention: list[list[list[float]]] = field(default_factory=list)
-    ranks: list[int | None] = field(default_factory=list)
-    top_ids: list[list[int]] = field(default_factory=list)
-    top_probs: list[list[float]] = field(default_factory=list)
-
-    def to_json(self) -> dict:
-        return {
-            "token_ids": self.token_ids,
-            "pieces": self.pieces,
-            "logprobs": self.logprobs,
-            "entropy": self.entropy,
-            "attention": {"layers": 0, "heads": 0, "weights": []},
-        }
 
 
 def entropy_lower_bound(logprobs: Sequence[float]) -> float:
@@ -565,9 +535,12 @@ class RemoteEngine:
         attention: bool = False,
         top: int = 0,
         cancel: Any = None,
-    ) -> RemoteInspection:
+    ) -> Inspection:
         """Log-probabilities of every token of `ids` from the server's echo (`echo: true` with
-        `logprobs`); entropy as a lower bound (see RemoteInspection). No attention."""
+        `logprobs`); entropy a LOWER BOUND from the server's top tokens only
+        (`entropy_lower_bound`: −Σ p·ln p over them plus the leftover mass spread as thinly as
+        the least likely listed token allows; 0.0 where the server gave nothing, after a BOS it
+        leaves out). No attention."""
         if attention:
             raise EngineError(NOTES["attention"])
         if self.tokenizer is None:
@@ -626,7 +599,7 @@ class RemoteEngine:
             shown = dist[: int(top)] if top else []
             top_ids.append([self.table.intern(text) for text, _ in shown])
             top_probs.append([math.exp(lp) for _, lp in shown])
-        return RemoteInspection(
+        return Inspection(
             token_ids=ids,
             pieces=[self.token_name(t) for t in ids],
             logprobs=logprobs,
