@@ -856,6 +856,12 @@ enum { GG_Q4_0 = 2, GG_Q8_0 = 8, GG_Q4_K = 12, GG_Q6_K = 14 };
 #define GG_GROUP 32 /* activation group: one Q4_0/Q8_0 block, one Q4_K sub-block */
 #define GG_TILE 16  /* rows per unit when weights are written out */
 #define GG_ROWS 8   /* rows of x per pass over a weight row */
+/* Bytes ahead of the span being multiplied that a product asks the cache for. The hardware
+ * prefetcher alone left a decode step's cold weights streaming at ~19 GB/s on an AMD EPYC (Zen 3,
+ * 2 threads; torch's sum reads ~34); asking 4 KB ahead made the TinyLlama-shaped products 12-20 %
+ * faster (Q4_0 33.9 -> 41 G weights/s, Q8_0 23.6 -> 29; 0.5-8 KB measured). A prefetch never
+ * faults, so the last rows may ask past the weight's end. */
+#define GG_AHEAD 4096
 
 static inline float gg_half(const uint8_t* p) {
     uint16_t h;
@@ -1201,7 +1207,12 @@ static inline __attribute__((always_inline)) long gg_spans(int qtype, const uint
     __m256 acc[GG_ROWS], accm[GG_ROWS];
     for (int t = 0; t < R; t++) acc[t] = accm[t] = _mm256_setzero_ps();
     long g = 0;
-    for (; g + 8 <= groups; g += 8) gg_span(qtype, row, g, k, xq, xsc, xsum, R, acc, accm);
+    const long span = qtype == GG_Q8_0 ? 272 : qtype == GG_Q6_K ? 210 : 144; /* bytes per 256 */
+    for (; g + 8 <= groups; g += 8) {
+        const char* ahead = (const char*)row + (g / 8) * span + GG_AHEAD;
+        for (long o = 0; o < span; o += 64) _mm_prefetch(ahead + o, _MM_HINT_T0);
+        gg_span(qtype, row, g, k, xq, xsc, xsum, R, acc, accm);
+    }
     for (int t = 0; t < R; t++) out[t] = gg_hsum(_mm256_sub_ps(acc[t], accm[t]));
     return g;
 }
