@@ -450,6 +450,8 @@ class RuntimeInfo(_Record):
     """The build of Loopchat's compiled quantized kernel that runs the weights ("avx2"...)."""
     native_ops: bool | None = None
     """Norms and rotary embedding run in Loopchat's compiled C."""
+    native_blocks: bool | None = None
+    """A GGUF model's one-token steps run each block as one compiled call (attention included)."""
     native: str | None = None
     """The compiled build that runs, if any (the CLI's done line, the tooltip)."""
     native_unavailable: str | None = None

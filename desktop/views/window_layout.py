@@ -296,6 +296,8 @@ def runtime_tooltip(info: ModelInfo) -> str:
         lines.append(f"Loopchat's compiled kernel, its {run.native_isa} build")
     if run.native_ops:
         lines.append("Norms and rotary embedding: Loopchat's compiled C")
+    if run.native_blocks:
+        lines.append("Decode steps: each block one compiled call, loop attention included")
     if run.native_unavailable:
         lines.append(f"Loopchat's compiled kernels: {run.native_unavailable}")
     if run.threads:

@@ -40,7 +40,7 @@ from engine.kernels import native_variants
 
 log = logging.getLogger(__name__)
 
-ABI = 7
+ABI = 8
 """lc_abi() of the source this module speaks to; a library reporting another is refused."""
 SOURCE = "decode_kernels.c"
 LIBRARY_DIR = Path(__file__).resolve().parent / native_variants.LIBRARY_FOLDER
@@ -116,6 +116,10 @@ class NativeKernel:
         self._rotary.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
         self._rotary.argtypes += [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_long] * 4
         self._rotary.argtypes += [ctypes.c_int]
+        self._block = lib.lc_gguf_decode_block
+        self._block.restype = ctypes.c_int
+        # LcBlock*, h, position, threads
+        self._block.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_int]
         lib.lc_isa.restype = ctypes.c_char_p
         self.isa: str = lib.lc_isa().decode()
         self.path = path
@@ -277,6 +281,15 @@ class NativeKernel:
             cols, first, stop - first, max(1, threads),
         )  # fmt: skip
         return _result(rc, out, dtype, "gguf weights")
+
+    def gguf_decode_block(
+        self, block: ctypes.Structure, h: torch.Tensor, pos: int, threads: int
+    ) -> None:
+        """One decode step's transformer block (engine/kernels/gguf_step.py's `LcBlock`) on the
+        row h [1, dim] in place, at position `pos`."""
+        rc = self._block(ctypes.addressof(block), h.data_ptr(), pos, max(1, threads))
+        if rc != 0:
+            raise RuntimeError(f"native decode block failed (code {rc})")
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         """engine.model.transformer.RMSNorm's result for x [..., dim] with a gain of x's dtype

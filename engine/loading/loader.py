@@ -214,6 +214,11 @@ def load_model(
         kernel = load_native()
         if use_compiled_ops(model, kernel):
             runtime["native_ops"] = True
+        if kernel is not None:
+            from engine.kernels.gguf_step import use_compiled_blocks
+
+            if use_compiled_blocks(model, kernel):
+                runtime["native_blocks"] = True
         if kernel is not None and (runtime.get("native_ops") or runtime.get("native_isa")):
             runtime["native"] = kernel.isa  # the compiled build that runs (done line, tooltip)
         elif kernel is None:

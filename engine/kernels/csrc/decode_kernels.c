@@ -41,7 +41,7 @@
 #pragma GCC target("f16c")
 #endif
 
-#define LC_ABI 7
+#define LC_ABI 8
 #define GROUP 128 /* activation group of the int8 product */
 #define MAX_THREADS 64
 #define SPIN_ROUNDS 20000
@@ -49,7 +49,8 @@
 #define SPIN_NS 2000000LL
 
 enum { DT_BF16 = 0, DT_F32 = 1 };
-enum { KIND_INT8 = 0, KIND_INT4 = 1, KIND_INT4_WEIGHTS = 2, KIND_GGUF = 3, KIND_GGUF_WEIGHTS = 4 };
+enum { KIND_INT8 = 0, KIND_INT4 = 1, KIND_INT4_WEIGHTS = 2, KIND_GGUF = 3, KIND_GGUF_WEIGHTS = 4,
+       KIND_ATTENTION = 5 };
 #define INT4_BLOCK 64 /* rows per block of torch's CPU int4 layout */
 
 int lc_abi(void) { return LC_ABI; }
@@ -188,6 +189,7 @@ typedef struct {
     const int32_t* gsum;    /* int4: sum of xq per group */
     const int32_t* xpair;   /* int4: xq[2i] | xq[2i + 1] << 16 */
     const int8_t* xq8;      /* GGUF: x [m][k] rounded to 8 bits per 32 (scales gscale, sums gsum) */
+    const int16_t* gsum16;  /* GGUF: sums of xq8 per 16 (Q6_K's per-16 scales) */
     long m;                 /* GGUF: rows of x (and of each y) */
     void* y;
     int y_dtype;
@@ -348,6 +350,7 @@ static void int4_block_weights(long b) {
 
 static void gguf_rows(const Part* part, long r0, long r1);
 static void gguf_weights_tile(long t);
+static void attend_kv_head(long g);
 
 static void run_chunk(long c) {
     long u0 = c * job.chunk;
@@ -365,6 +368,10 @@ static void run_chunk(long c) {
     }
     if (job.kind == KIND_GGUF_WEIGHTS) {
         for (long t = u0; t < u1; t++) gguf_weights_tile(t);
+        return;
+    }
+    if (job.kind == KIND_ATTENTION) {
+        for (long g = u0; g < u1; g++) attend_kv_head(g);
         return;
     }
     if (job.kind == KIND_INT4) {
@@ -1009,7 +1016,7 @@ static inline __m256 gg_x8(const void* x, int x_dtype, long i) {
 #endif
 
 static void gg_quantize_row(const void* x, int x_dtype, long k, int8_t* q, float* d,
-                            int32_t* sum) {
+                            int32_t* sum, int16_t* sum16) {
     for (long g = 0; g < k / GG_GROUP; g++) {
         const long g0 = g * GG_GROUP;
         float big;
@@ -1035,6 +1042,7 @@ static void gg_quantize_row(const void* x, int x_dtype, long k, int8_t* q, float
         if (!isfinite(big)) {
             d[g] = big;
             sum[g] = 0;
+            sum16[2 * g] = sum16[2 * g + 1] = 0;
             memset(q + g0, 0, GG_GROUP);
             continue;
         }
@@ -1047,23 +1055,27 @@ static void gg_quantize_row(const void* x, int x_dtype, long k, int8_t* q, float
         __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v[1], scale));
         __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v[2], scale));
         __m256i i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v[3], scale));
-        __m256i total = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
-        __m128i t4 = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
-        t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0x4e));
-        t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0xb1));
-        sum[g] = _mm_cvtsi128_si32(t4);
+        /* the sums of the first and the second 16, side by side */
+        __m256i halves = _mm256_hadd_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+        __m128i t4 = _mm_add_epi32(_mm256_castsi256_si128(halves), _mm256_extracti128_si256(halves, 1));
+        t4 = _mm_hadd_epi32(t4, t4); /* [first, second, first, second] */
+        sum16[2 * g] = (int16_t)_mm_cvtsi128_si32(t4);
+        sum16[2 * g + 1] = (int16_t)_mm_extract_epi32(t4, 1);
+        sum[g] = sum16[2 * g] + sum16[2 * g + 1];
         /* packs interleave the 128-bit lanes: 0 1 4 5 2 3 6 7 in 4-byte units, put back in order */
         __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
         b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         _mm256_storeu_si256((__m256i*)(q + g0), b);
 #else
-        int32_t s = 0;
+        int32_t s[2] = {0, 0};
         for (long i = g0; i < g0 + GG_GROUP; i++) {
             float r = nearbyintf(x_at(x, x_dtype, i) * inv);
             q[i] = (int8_t)(r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r));
-            s += q[i];
+            s[(i - g0) / 16] += q[i];
         }
-        sum[g] = s;
+        sum16[2 * g] = (int16_t)s[0];
+        sum16[2 * g + 1] = (int16_t)s[1];
+        sum[g] = s[0] + s[1];
 #endif
     }
 }
@@ -1071,7 +1083,7 @@ static void gg_quantize_row(const void* x, int x_dtype, long k, int8_t* q, float
 /* Round the m rows of x [m][k] (job.xq8 / gscale / gsum). Caller holds call_lock. */
 static int gg_quantize_x(const void* x, int x_dtype, long m, long k) {
     const long groups = k / GG_GROUP;
-    size_t need = (size_t)m * (size_t)k + (size_t)m * groups * 8 + 256;
+    size_t need = (size_t)m * (size_t)k + (size_t)m * groups * 12 + 256;
     if (need > scratch_bytes) {
         void* grown = realloc(scratch, need);
         if (!grown) return -2;
@@ -1081,13 +1093,15 @@ static int gg_quantize_x(const void* x, int x_dtype, long m, long k) {
     int8_t* xq = (int8_t*)scratch;
     float* xs = (float*)(((uintptr_t)(xq + m * k) + 63) & ~(uintptr_t)63);
     int32_t* gsum = (int32_t*)(xs + m * groups);
+    int16_t* gsum16 = (int16_t*)(gsum + m * groups);
     const size_t width = x_dtype == DT_BF16 ? 2 : 4;
     for (long t = 0; t < m; t++)
         gg_quantize_row((const char*)x + (size_t)t * k * width, x_dtype, k, xq + t * k,
-                        xs + t * groups, gsum + t * groups);
+                        xs + t * groups, gsum + t * groups, gsum16 + t * 2 * groups);
     job.xq8 = xq;
     job.gscale = xs;
     job.gsum = gsum;
+    job.gsum16 = gsum16;
     return 0;
 }
 
@@ -1109,10 +1123,11 @@ static inline __m256i gg_dot4(__m256i u, __m256i s) {
 static inline __attribute__((always_inline)) void gg_span(int qtype, const uint8_t* row, long g,
                                                           long k, const int8_t* xq,
                                                           const float* xsc, const int32_t* xsum,
-                                                          int R, __m256* acc, __m256* accm) {
+                                                          const int16_t* xsum16, int R,
+                                                          __m256* acc, __m256* accm) {
     const long groups = k / GG_GROUP;
     const __m256i m15 = _mm256_set1_epi8(15);
-    __m256i U[8], S[8], SC[8];
+    __m256i U[8], S[8], SC[8], sc16 = _mm256_setzero_si256();
     __m256 ws, wm = _mm256_setzero_ps();
     if (qtype == GG_Q4_0) {
         const uint8_t* p = row + 18 * g;
@@ -1147,28 +1162,35 @@ static inline __attribute__((always_inline)) void gg_span(int qtype, const uint8
         __m256 m = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_setr_epi32((int)m_lo, (int)m_hi, 0, 0)));
         ws = _mm256_mul_ps(_mm256_set1_ps(gg_half(p)), sc);
         wm = _mm256_mul_ps(_mm256_set1_ps(gg_half(p + 2)), m);
-    } else { /* Q6_K: w = d * sc[sub-block of 16] * (q - 32) */
+    } else { /* Q6_K: w = d * sc[sub-block of 16] * (q - 32); q unsigned (0..63) into maddubs, the
+              * 32 taken off afterwards as 32 * sum_j sc_j * (sum of x over sub-block j) */
         const uint8_t* p = row + 210 * (g / 8);
-        const __m256i m48 = _mm256_set1_epi8(48), e32 = _mm256_set1_epi8(32);
+        const __m256i m48 = _mm256_set1_epi8(48);
         for (int h = 0; h < 2; h++) {
             __m256i la = _mm256_loadu_si256((const __m256i*)(p + 64 * h));
             __m256i lb = _mm256_loadu_si256((const __m256i*)(p + 64 * h + 32));
             __m256i hv = _mm256_loadu_si256((const __m256i*)(p + 128 + 32 * h));
             /* positions 128h + 0..31, +32, +64, +96: groups 4h .. 4h + 3 */
-            S[4 * h] = _mm256_or_si256(_mm256_and_si256(la, m15),
+            U[4 * h] = _mm256_or_si256(_mm256_and_si256(la, m15),
                                        _mm256_and_si256(_mm256_slli_epi16(hv, 4), m48));
-            S[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(lb, m15),
+            U[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(lb, m15),
                                            _mm256_and_si256(_mm256_slli_epi16(hv, 2), m48));
-            S[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(la, 4), m15),
+            U[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(la, 4), m15),
                                            _mm256_and_si256(hv, m48));
-            S[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lb, 4), m15),
+            U[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lb, 4), m15),
                                            _mm256_and_si256(_mm256_srli_epi16(hv, 2), m48));
         }
-        const int8_t* sc = (const int8_t*)(p + 192);
+        /* the 16 int8 scales as int16; SC[i]: scale 2i in the low 128 bits, 2i + 1 in the high */
+        sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(p + 192)));
+        const __m256i first8 = _mm256_permute2x128_si256(sc16, sc16, 0x00);
+        const __m256i last8 = _mm256_permute2x128_si256(sc16, sc16, 0x11);
         for (int i = 0; i < 8; i++) {
-            S[i] = _mm256_sub_epi8(S[i], e32);
-            U[i] = _mm256_sign_epi8(S[i], S[i]);
-            SC[i] = _mm256_set_m128i(_mm_set1_epi16(sc[2 * i + 1]), _mm_set1_epi16(sc[2 * i]));
+            const char lo = (char)(4 * i % 16), hi = (char)((4 * i + 2) % 16);
+            const __m256i pick = _mm256_setr_epi8(
+                lo, lo + 1, lo, lo + 1, lo, lo + 1, lo, lo + 1, lo, lo + 1, lo, lo + 1, lo, lo + 1,
+                lo, lo + 1, hi, hi + 1, hi, hi + 1, hi, hi + 1, hi, hi + 1, hi, hi + 1, hi, hi + 1,
+                hi, hi + 1, hi, hi + 1);
+            SC[i] = _mm256_shuffle_epi8(i < 4 ? first8 : last8, pick);
         }
         ws = _mm256_set1_ps(gg_half(p + 208));
     }
@@ -1183,11 +1205,14 @@ static inline __attribute__((always_inline)) void gg_span(int qtype, const uint8
                 a[i] = gg_dot4(U[i], xi);
             else if (qtype == GG_Q8_0)
                 a[i] = gg_dot4(U[i], _mm256_sign_epi8(xi, S[i]));
-            else
-                a[i] = _mm256_madd_epi16(_mm256_maddubs_epi16(U[i], _mm256_sign_epi8(xi, S[i])),
-                                         SC[i]);
+            else /* |q x| pairs <= 2 * 63 * 127: no saturation */
+                a[i] = _mm256_madd_epi16(_mm256_maddubs_epi16(U[i], xi), SC[i]);
         }
         __m256i dots = gg_isum8(a);
+        if (qtype == GG_Q6_K) { /* lane i: sc_2i x-sum_2i + sc_2i+1 x-sum_2i+1, times 32 */
+            const __m256i sums = _mm256_loadu_si256((const __m256i*)(xsum16 + t * 2 * groups + 2 * g));
+            dots = _mm256_sub_epi32(dots, _mm256_slli_epi32(_mm256_madd_epi16(sc16, sums), 5));
+        }
         if (qtype == GG_Q4_0) /* sum (q - 8) x = sum q x - 8 sum x, exact in int32 */
             dots = _mm256_sub_epi32(dots, _mm256_slli_epi32(_mm256_loadu_si256((const __m256i*)gsum), 3));
         const __m256 x8 = _mm256_loadu_ps(xs);
@@ -1201,7 +1226,8 @@ static inline __attribute__((always_inline)) void gg_span(int qtype, const uint8
 
 static inline __attribute__((always_inline)) long gg_spans(int qtype, const uint8_t* row, long k,
                                                            const int8_t* xq, const float* xsc,
-                                                           const int32_t* xsum, int R,
+                                                           const int32_t* xsum,
+                                                           const int16_t* xsum16, int R,
                                                            float* out) {
     const long groups = k / GG_GROUP;
     __m256 acc[GG_ROWS], accm[GG_ROWS];
@@ -1211,7 +1237,7 @@ static inline __attribute__((always_inline)) long gg_spans(int qtype, const uint
     for (; g + 8 <= groups; g += 8) {
         const char* ahead = (const char*)row + (g / 8) * span + GG_AHEAD;
         for (long o = 0; o < span; o += 64) _mm_prefetch(ahead + o, _MM_HINT_T0);
-        gg_span(qtype, row, g, k, xq, xsc, xsum, R, acc, accm);
+        gg_span(qtype, row, g, k, xq, xsc, xsum, xsum16, R, acc, accm);
     }
     for (int t = 0; t < R; t++) out[t] = gg_hsum(_mm256_sub_ps(acc[t], accm[t]));
     return g;
@@ -1227,11 +1253,12 @@ static void gg_dot_rows(int qtype, const uint8_t* row, long k, long t0, int R, f
     const int32_t* xsum = job.gsum + t0 * groups;
     long g = 0;
 #if defined(__AVX2__)
+    const int16_t* xsum16 = job.gsum16 + t0 * 2 * groups;
     /* a copy of the code per type (constant qtype: the other types' branches and registers go),
      * and for one row (a decode step) one with nothing kept in memory per row */
 #define GG_SPANS(type)                                                                 \
-    (R == 1 ? gg_spans(type, row, k, xq, xsc, xsum, 1, out)                            \
-            : gg_spans(type, row, k, xq, xsc, xsum, R, out))
+    (R == 1 ? gg_spans(type, row, k, xq, xsc, xsum, xsum16, 1, out)                    \
+            : gg_spans(type, row, k, xq, xsc, xsum, xsum16, R, out))
     switch (qtype) {
         case GG_Q4_0: g = GG_SPANS(GG_Q4_0); break;
         case GG_Q8_0: g = GG_SPANS(GG_Q8_0); break;
@@ -1368,12 +1395,10 @@ static int gg_shapes_ok(int count, const int* qtypes, const long* row_bytes, con
  * rounded once and one hand-out of rows covers them all. W_i is rows[i] rows of row_bytes[i]
  * bytes of qtypes[i] blocks (Q8_0, Q4_0, Q4_K, Q6_K), k inputs each; x [m][k] and y_i [m][rows[i]]
  * bfloat16 or float32 (m = 1: a decode step; more: a prefill chunk or a verify pass). */
-int lc_gguf_matvec_many(int count, const int* qtypes, const uint8_t* const* w,
-                        const long* row_bytes, void* const* y, const long* rows, const void* x,
-                        int x_dtype, int y_dtype, long m, long k, int threads) {
-    if (!gg_shapes_ok(count, qtypes, row_bytes, rows, k) || m < 1 || m >= (1L << 31) ||
-        threads < 1 || !dtypes_ok(x_dtype, y_dtype))
-        return -1;
+/* The product as one job of the pool. Caller holds call_lock and has checked the arguments. */
+static int gg_product(int count, const int* qtypes, const uint8_t* const* w, const long* row_bytes,
+                      void* const* y, const long* rows, const void* x, int x_dtype, int y_dtype,
+                      long m, long k, int threads) {
     Job request = {.kind = KIND_GGUF, .group = GG_GROUP, .y_dtype = y_dtype, .k = k, .m = m,
                    .n_parts = count};
     for (int i = 0; i < count; i++) {
@@ -1382,11 +1407,23 @@ int lc_gguf_matvec_many(int count, const int* qtypes, const uint8_t* const* w,
         request.units += rows[i];
         request.n += rows[i];
     }
-    if (request.n >= (1L << 31)) return -1;
-    pthread_mutex_lock(&call_lock);
     job = request;
     int rc = gg_quantize_x(x, x_dtype, m, k);
     if (rc == 0) run_job(threads);
+    return rc;
+}
+
+int lc_gguf_matvec_many(int count, const int* qtypes, const uint8_t* const* w,
+                        const long* row_bytes, void* const* y, const long* rows, const void* x,
+                        int x_dtype, int y_dtype, long m, long k, int threads) {
+    if (!gg_shapes_ok(count, qtypes, row_bytes, rows, k) || m < 1 || m >= (1L << 31) ||
+        threads < 1 || !dtypes_ok(x_dtype, y_dtype))
+        return -1;
+    long total = 0;
+    for (int i = 0; i < count; i++) total += rows[i];
+    if (total >= (1L << 31)) return -1;
+    pthread_mutex_lock(&call_lock);
+    int rc = gg_product(count, qtypes, w, row_bytes, y, rows, x, x_dtype, y_dtype, m, k, threads);
     pthread_mutex_unlock(&call_lock);
     return rc;
 }
@@ -1414,4 +1451,286 @@ int lc_gguf_weights(int qtype, const uint8_t* w, long row_bytes, void* y, int y_
     run_job(threads);
     pthread_mutex_unlock(&call_lock);
     return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * A whole transformer block of a decode step (one token) on GGUF weights, in one call.
+ *
+ * Why: with the products on the kernels above, a TinyLlama-shaped Q4_0 step still spent ~8 of its
+ * ~37 ms (AMD EPYC, 2 threads) between them: loop attention as ~15 torch ops per layer on a single
+ * query (4.5 ms at context 16, 11.5 at 512), and the norms, SwiGLU, residual adds and Python
+ * around them; each of those ops runs cold, right after a product streamed megabytes through the
+ * caches, and each product call paid Python's and the pool's start. Here the block runs as one call
+ * per layer: the products, then attention as the same loop (engine/model/attention.py: the cache
+ * walked in blocks of `block` positions, a running maximum and the two running totals per query
+ * head, one division at the end), on the pool, one key/value head per unit of work.
+ * It computes what engine/model/transformer.py's TransformerBlock computes with the compiled norms,
+ * rotary and products, in the same order, rounded to the activation dtype at the same points; the
+ * float32 sums inside attention and the exponentials (a polynomial, within ~2 ulp of expf) are the
+ * only differences, at rounding level. */
+
+enum { W_Q, W_K, W_V, W_O, W_GATE, W_UP, W_DOWN, W_COUNT };
+
+typedef struct {
+    const uint8_t* w[W_COUNT];  /* each weight's blocks [rows][row_bytes] */
+    long row_bytes[W_COUNT];
+    int qtype[W_COUNT];
+    int dtype;                  /* activations, KV cache and norm gains: DT_BF16 or DT_F32 */
+    const void* attn_norm;      /* [dim] */
+    const void* ffn_norm;       /* [dim] */
+    void* k_cache;              /* [n_kv_heads][cache_len][head_dim] */
+    void* v_cache;
+    const float* cos_table;     /* [cache_len][head_dim / 2] */
+    const float* sin_table;
+    long dim, hidden, n_heads, n_kv_heads, head_dim, cache_len, block;
+    float eps;
+    int interleaved;            /* rotary pairs (2i, 2i + 1), else (i, i + head_dim / 2) */
+} LcBlock;
+
+static struct {
+    const LcBlock* b;
+    const void* q;       /* [n_heads][head_dim], dtype, rotated */
+    void* out;           /* [n_heads][head_dim], dtype */
+    long pos;            /* the query's position: keys 0 .. pos are read */
+    long block;          /* positions per loop iteration */
+    float* scratch;      /* unit_floats per key/value head */
+    long unit_floats;
+} attn;
+
+static void* step_buf;
+static size_t step_bytes;
+
+#if defined(__AVX2__)
+/* e^x for 8 floats (Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2, a degree-7 polynomial for e^r,
+ * times 2^n built in the exponent bits); 0 below -87.3, infinity above 88.7, NaN stays NaN. */
+static inline __m256 lc_exp8(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.3365478515625f), hi = _mm256_set1_ps(88.72283935546875f);
+    const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ), over = _mm256_cmp_ps(x, hi, _CMP_GT_OQ);
+    x = _mm256_min_ps(hi, _mm256_max_ps(lo, x)); /* the second operand returns if x is NaN */
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+    y = _mm256_andnot_ps(under, y);
+    return _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY), over);
+}
+#endif
+
+/* e^x of n floats in place. */
+static void lc_exp_n(float* v, long n) {
+    long i = 0;
+#if defined(__AVX2__)
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(v + i, lc_exp8(_mm256_loadu_ps(v + i)));
+#endif
+    for (; i < n; i++) v[i] = expf(v[i]);
+}
+
+/* q . k over d values: q float32, k in dtype. */
+static inline float lc_dot(const float* q, const void* k, int dtype, long d) {
+    long i = 0;
+    float total = 0.0f;
+#if defined(__AVX2__)
+    __m256 s = _mm256_setzero_ps();
+    for (; i + 8 <= d; i += 8) s = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), gg_x8(k, dtype, i), s);
+    total = gg_hsum(s);
+#endif
+    for (; i < d; i++) total += q[i] * load_at(k, dtype, i);
+    return total;
+}
+
+/* acc[i] += w * v[i] over d values, v in dtype. */
+static inline void lc_axpy(float* acc, float w, const void* v, int dtype, long d) {
+    long i = 0;
+#if defined(__AVX2__)
+    const __m256 w8 = _mm256_set1_ps(w);
+    for (; i + 8 <= d; i += 8)
+        _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(w8, gg_x8(v, dtype, i), _mm256_loadu_ps(acc + i)));
+#endif
+    for (; i < d; i++) acc[i] += w * load_at(v, dtype, i);
+}
+
+/* Loop attention of the query heads that share key/value head g (engine/model/attention.py). */
+static void attend_kv_head(long g) {
+    const LcBlock* b = attn.b;
+    const long d = b->head_dim, rep = b->n_heads / b->n_kv_heads, B = attn.block;
+    const int dt = b->dtype;
+    const size_t es = dt == DT_BF16 ? 2 : 4;
+    float* qs = attn.scratch + g * attn.unit_floats; /* [rep][d] */
+    float* acc = qs + rep * d;                        /* [rep][d] */
+    float* running_max = acc + rep * d;               /* [rep] */
+    float* total = running_max + rep;                 /* [rep] */
+    float* scores = total + rep;                      /* [rep][B] */
+    const float scale = 1.0f / sqrtf((float)d);
+    for (long r = 0; r < rep; r++) {
+        for (long i = 0; i < d; i++) {
+            qs[r * d + i] = load_at(attn.q, dt, (g * rep + r) * d + i) * scale;
+            acc[r * d + i] = 0.0f;
+        }
+        total[r] = 0.0f;
+    }
+    const char* keys = (const char*)b->k_cache + (size_t)g * b->cache_len * d * es;
+    const char* values = (const char*)b->v_cache + (size_t)g * b->cache_len * d * es;
+    for (long b0 = 0; b0 <= attn.pos; b0 += B) {
+        const long nb = attn.pos + 1 - b0 < B ? attn.pos + 1 - b0 : B;
+        /* score every position of the block against every query head: q . k / sqrt(d) */
+        for (long t = 0; t < nb; t++) {
+            const void* k = keys + (size_t)(b0 + t) * d * es;
+            for (long r = 0; r < rep; r++) scores[r * B + t] = lc_dot(qs + r * d, k, dt, d);
+        }
+        /* online softmax: rescale what is there to the new maximum, then add this block */
+        for (long r = 0; r < rep; r++) {
+            float* s = scores + r * B;
+            float block_max = s[0];
+            for (long t = 1; t < nb; t++) block_max = s[t] > block_max ? s[t] : block_max;
+            const float new_max = b0 == 0 || block_max > running_max[r] ? block_max : running_max[r];
+            if (b0 > 0) {
+                const float rescale = expf(running_max[r] - new_max);
+                total[r] *= rescale;
+                for (long i = 0; i < d; i++) acc[r * d + i] *= rescale;
+            }
+            for (long t = 0; t < nb; t++) s[t] -= new_max;
+            lc_exp_n(s, nb);
+            float block_total = 0.0f;
+            for (long t = 0; t < nb; t++) block_total += s[t];
+            total[r] += block_total;
+            running_max[r] = new_max;
+        }
+        for (long t = 0; t < nb; t++) {
+            const void* v = values + (size_t)(b0 + t) * d * es;
+            for (long r = 0; r < rep; r++) lc_axpy(acc + r * d, scores[r * B + t], v, dt, d);
+        }
+    }
+    for (long r = 0; r < rep; r++)
+        for (long i = 0; i < d; i++)
+            store_at(attn.out, dt, (g * rep + r) * d + i, acc[r * d + i] / total[r]);
+}
+
+/* y = silu(gate) * up, each rounded to dtype as torch rounds F.silu's and the product's results. */
+static void lc_swiglu(const void* gate, const void* up, void* y, int dtype, long n) {
+    float tmp[8];
+    long i = 0;
+#if defined(__AVX2__)
+    const __m256 one = _mm256_set1_ps(1.0f);
+    for (; i + 8 <= n; i += 8) {
+        const __m256 g = gg_x8(gate, dtype, i);
+        const __m256 s = _mm256_div_ps(g, _mm256_add_ps(one, lc_exp8(_mm256_sub_ps(_mm256_setzero_ps(), g))));
+        _mm256_storeu_ps(tmp, s);
+        for (int j = 0; j < 8; j++) store_at(y, dtype, i + j, round_to(dtype, tmp[j]) * load_at(up, dtype, i + j));
+    }
+#endif
+    for (; i < n; i++) {
+        const float g = load_at(gate, dtype, i);
+        store_at(y, dtype, i, round_to(dtype, g / (1.0f + expf(-g))) * load_at(up, dtype, i));
+    }
+    (void)tmp;
+}
+
+/* h[i] += a[i] (dtype): a residual add. */
+static void lc_add(void* h, const void* a, int dtype, long n) {
+    for (long i = 0; i < n; i++) store_at(h, dtype, i, load_at(h, dtype, i) + load_at(a, dtype, i));
+}
+
+/* h [dim] (dtype) through one transformer block at position pos, in place: the token's key and
+ * value go into the cache at pos, attention reads positions 0 .. pos. Returns 0, -1 for arguments
+ * it cannot take, -2 when out of memory. */
+int lc_gguf_decode_block(const LcBlock* b, void* h, long pos, int threads) {
+    const int dt = b->dtype;
+    if ((dt != DT_BF16 && dt != DT_F32) || threads < 1 || b->dim <= 0 || b->hidden <= 0 ||
+        b->n_heads <= 0 || b->n_kv_heads <= 0 || b->n_heads % b->n_kv_heads || b->head_dim <= 0 ||
+        b->head_dim % 2 || b->block < 1 || pos < 0 || pos >= b->cache_len)
+        return -1;
+    const long d = b->head_dim, qdim = b->n_heads * d, kvdim = b->n_kv_heads * d;
+    const long in_of[W_COUNT] = {b->dim, b->dim, b->dim, qdim, b->dim, b->dim, b->hidden};
+    const long out_of[W_COUNT] = {qdim, kvdim, kvdim, b->dim, b->hidden, b->hidden, b->dim};
+    for (int i = 0; i < W_COUNT; i++)
+        if (!gg_shapes_ok(1, &b->qtype[i], &b->row_bytes[i], &out_of[i], in_of[i])) return -1;
+    const long block = b->block < pos + 1 ? b->block : pos + 1;
+    const long rep = b->n_heads / b->n_kv_heads;
+    const long unit_floats = 2 * rep * d + 2 * rep + rep * block + 16; /* attend_kv_head's */
+    const long act = 2 * b->dim + qdim + 2 * kvdim + qdim + 3 * b->hidden; /* activations */
+    const size_t need = (size_t)act * 4 + (size_t)(b->n_kv_heads * unit_floats) * 4 + 64;
+    pthread_mutex_lock(&call_lock);
+    if (need > step_bytes) {
+        void* grown = realloc(step_buf, need);
+        if (!grown) {
+            pthread_mutex_unlock(&call_lock);
+            return -2;
+        }
+        step_buf = grown;
+        step_bytes = need;
+    }
+    const size_t es = dt == DT_BF16 ? 2 : 4;
+    char* p = (char*)step_buf;
+    void* xn = p;                   p += b->dim * es;
+    void* q = p;                    p += qdim * es;
+    void* k = p;                    p += kvdim * es;
+    void* v = p;                    p += kvdim * es;
+    void* att = p;                  p += qdim * es;
+    void* o = p;                    p += b->dim * es;
+    void* gate = p;                 p += b->hidden * es;
+    void* up = p;                   p += b->hidden * es;
+    void* a = p;                    p += b->hidden * es;
+    float* scratch = (float*)(((uintptr_t)p + 63) & ~(uintptr_t)63);
+    int rc;
+
+    /* attention: norm, q/k/v as one job, rotary, the cache, the loop, o */
+    lc_rms_norm(h, b->attn_norm, xn, dt, 1, b->dim, b->eps);
+    {
+        void* y[3] = {q, k, v};
+        rc = gg_product(3, &b->qtype[W_Q], &b->w[W_Q], &b->row_bytes[W_Q], y, &out_of[W_Q], xn,
+                        dt, dt, 1, b->dim, threads);
+    }
+    if (rc) goto done;
+    lc_rotary(q, q, dt, b->cos_table, b->sin_table, pos, 1, b->n_heads, d, b->interleaved);
+    lc_rotary(k, k, dt, b->cos_table, b->sin_table, pos, 1, b->n_kv_heads, d, b->interleaved);
+    for (long g = 0; g < b->n_kv_heads; g++) {
+        const size_t at = ((size_t)g * b->cache_len + pos) * d * es;
+        memcpy((char*)b->k_cache + at, (char*)k + g * d * es, d * es);
+        memcpy((char*)b->v_cache + at, (char*)v + g * d * es, d * es);
+    }
+    attn.b = b;
+    attn.q = q;
+    attn.out = att;
+    attn.pos = pos;
+    attn.block = block;
+    attn.scratch = scratch;
+    attn.unit_floats = unit_floats;
+    job = (Job){.kind = KIND_ATTENTION, .units = b->n_kv_heads, .n_parts = 0};
+    run_job(threads);
+    {
+        void* y[1] = {o};
+        rc = gg_product(1, &b->qtype[W_O], &b->w[W_O], &b->row_bytes[W_O], y, &out_of[W_O], att,
+                        dt, dt, 1, qdim, threads);
+    }
+    if (rc) goto done;
+    lc_add(h, o, dt, b->dim);
+
+    /* feed-forward: norm, gate/up as one job, SwiGLU, down */
+    lc_rms_norm(h, b->ffn_norm, xn, dt, 1, b->dim, b->eps);
+    {
+        void* y[2] = {gate, up};
+        rc = gg_product(2, &b->qtype[W_GATE], &b->w[W_GATE], &b->row_bytes[W_GATE], y,
+                        &out_of[W_GATE], xn, dt, dt, 1, b->dim, threads);
+    }
+    if (rc) goto done;
+    lc_swiglu(gate, up, a, dt, b->hidden);
+    {
+        void* y[1] = {o};
+        rc = gg_product(1, &b->qtype[W_DOWN], &b->w[W_DOWN], &b->row_bytes[W_DOWN], y,
+                        &out_of[W_DOWN], a, dt, dt, 1, b->hidden, threads);
+    }
+    if (rc) goto done;
+    lc_add(h, o, dt, b->dim);
+done:
+    pthread_mutex_unlock(&call_lock);
+    return rc;
 }
