@@ -63,6 +63,12 @@ class CompiledGGUFBlock(TransformerBlock):
         self.attention_norm = block.attention_norm
         self.ffn_norm = block.ffn_norm
         self.kernel = kernel
+        attention, ffn = block.attention, block.feed_forward
+        self._linears = (
+            attention.wq, attention.wk, attention.wv, attention.wo, ffn.w1, ffn.w3, ffn.w2,
+        )  # fmt: skip
+        # (the objects the description was made from, the description): checked by identity
+        # first, at every step, so that a step costs no pointer reads while nothing changed
         self._prepared: tuple[tuple, LcBlock] | None = None
 
     def plain(self) -> TransformerBlock:
@@ -84,16 +90,23 @@ class CompiledGGUFBlock(TransformerBlock):
         return h
 
     def _spec(self, x: torch.Tensor) -> LcBlock | None:
-        """The C description of this layer for x, rebuilt when a pointer under it changed (a new
-        cache or rotary table, another block size); None where the compiled block does not apply."""
-        attention, ffn = self.attention, self.feed_forward
-        linears = (attention.wq, attention.wk, attention.wv, attention.wo, ffn.w1, ffn.w3, ffn.w2)
+        """The C description of this layer for x, rebuilt when what it points into changed (a new
+        cache or rotary table, another block size or dtype); None where the compiled block does not
+        apply."""
+        attention = self.attention
+        linears = self._linears
         cache, rotary = attention.cache, attention.rotary
+        for layer in linears:
+            if getattr(layer, "native", None) is not self.kernel:
+                return None  # not a GGUFLinear, or one switched to torch's product
+        made_from = (cache, rotary, attention.block_size, x.dtype, x.device)
+        prepared = self._prepared
+        if prepared is not None and prepared[0] == made_from:
+            return prepared[1]
         if x.dtype not in X_DTYPES or x.device.type != "cpu" or cache is None or rotary is None:
             return None
-        for layer in linears:
-            if not isinstance(layer, GGUFLinear) or layer.native is not self.kernel:
-                return None
+        if not all(isinstance(layer, GGUFLinear) for layer in linears):
+            return None
         gains = (self.attention_norm.weight, self.ffn_norm.weight)
         tensors = (cache.keys, cache.values, rotary.cos, rotary.sin, *gains)
         if any(not t.is_contiguous() for t in tensors):
@@ -102,16 +115,6 @@ class CompiledGGUFBlock(TransformerBlock):
             return None
         if rotary.cos.dtype != torch.float32 or rotary.sin.dtype != torch.float32:
             return None
-        key = (
-            *(t.data_ptr() for t in tensors),
-            *(layer.raw.data_ptr() for layer in linears),
-            x.dtype,
-            attention.block_size,
-            cache.max_seq_len,
-            rotary.interleaved,
-        )
-        if self._prepared is not None and self._prepared[0] == key:
-            return self._prepared[1]
         spec = LcBlock()
         for i, layer in enumerate(linears):
             spec.w[i] = layer.raw.data_ptr()
@@ -121,15 +124,15 @@ class CompiledGGUFBlock(TransformerBlock):
         spec.attn_norm, spec.ffn_norm = gains[0].data_ptr(), gains[1].data_ptr()
         spec.k_cache, spec.v_cache = cache.keys.data_ptr(), cache.values.data_ptr()
         spec.cos_table, spec.sin_table = rotary.cos.data_ptr(), rotary.sin.data_ptr()
-        spec.dim = attention.wq.in_features
-        spec.hidden = ffn.w1.out_features
+        spec.dim = linears[0].in_features
+        spec.hidden = linears[4].out_features
         spec.n_heads, spec.n_kv_heads = attention.n_heads, attention.n_kv_heads
         spec.head_dim = attention.head_dim
         spec.cache_len = cache.max_seq_len
         spec.block = attention.block_size
         spec.eps = self.attention_norm.eps
         spec.interleaved = int(rotary.interleaved)
-        self._prepared = (key, spec)
+        self._prepared = (made_from, spec)
         return spec
 
 
