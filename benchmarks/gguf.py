@@ -154,15 +154,19 @@ def child_llama(args: argparse.Namespace) -> dict:
 
 
 def child_profile(args: argparse.Namespace) -> dict:
-    """Per decode step: time in the layers' weight products, the output head, attention and the
-    rest (norms, SwiGLU, residuals, embedding, sampling, Python), measured around the modules.
+    """Per decode step: time in the layers' weight products, attention (rotary, cache, the loop),
+    the output head and the rest (norms, SwiGLU, residuals, embedding, sampling, Python).
 
-    The products are timed where the model calls them: each block's `project` (q/k/v and
-    gate/up, fused or not) and its `wo` / `w2`; the head is `output`."""
+    With the compiled blocks (engine/kernels/gguf_step.py) the C code counts its own nanoseconds
+    per part (`CompiledGGUFBlock.spent`); otherwise the products are timed where the model calls
+    them (each block's `project` and its `wo` / `w2`) and attention around its module."""
+    import ctypes
+
     import torch
 
     from engine.generation.generate import Generator
     from engine.generation.sampling import SamplingParams
+    from engine.kernels.gguf_step import CompiledGGUFBlock
     from engine.loading.loader import load_model
 
     contexts = [int(c) for c in args.contexts.split(",")]
@@ -173,6 +177,10 @@ def child_profile(args: argparse.Namespace) -> dict:
     model = loaded.model
     spent = {"attention_products": 0.0, "ffn_products": 0.0, "head": 0.0, "attention": 0.0}
     active = [False]
+    compiled = [layer for layer in model.layers if isinstance(layer, CompiledGGUFBlock)]
+    counters = [(ctypes.c_longlong * 3)() for _ in compiled]
+    for layer, counter in zip(compiled, counters, strict=True):
+        layer.spent = counter
 
     def timed_call(fn, key: str):
         def call(*a, **k):
@@ -200,7 +208,7 @@ def child_profile(args: argparse.Namespace) -> dict:
 
     greedy = SamplingParams(temperature=0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
     gen = Generator(loaded)
-    out: dict = {"threads": torch.get_num_threads()}
+    out: dict = {"threads": torch.get_num_threads(), "compiled_blocks": bool(compiled)}
     for n in contexts:
         active[0] = False
         for key in spent:
@@ -211,18 +219,22 @@ def child_profile(args: argparse.Namespace) -> dict:
             steps += 1
             if steps == 1:  # the first token comes from the prefill: time the steps after it
                 active[0] = True
+                for counter in counters:
+                    counter[:] = [0, 0, 0]
                 started = time.perf_counter()
         total = time.perf_counter() - started
         active[0] = False
         per = 1000 / max(steps - 1, 1)
-        products = spent["attention_products"] + spent["ffn_products"]
-        attention_only = spent["attention"] - spent["attention_products"]
+        in_c = [sum(c[i] for c in counters) / 1e9 for i in range(3)]
+        products = spent["attention_products"] + spent["ffn_products"] + in_c[0]
+        attention_only = spent["attention"] - spent["attention_products"] + in_c[1]
         out[str(n)] = {
             "step_ms": total * per,
             "products_ms": products * per,
             "head_ms": spent["head"] * per,
             "attention_ms": attention_only * per,
             "rest_ms": (total - products - spent["head"] - attention_only) * per,
+            "rest_in_blocks_ms": in_c[2] * per,
         }
     return out
 
@@ -533,7 +545,8 @@ def tinyllama(args: argparse.Namespace, work: Path, phases: Phases) -> None:
     if profiles:
         print(
             f"\nWhere an engine decode step goes (--quant file, {args.dtype} activations, "
-            f"{THREADS} threads; ms per token, one run):\n"
+            f"{THREADS} threads; ms per token, one run; inside the compiled blocks the C code "
+            "counts its own time):\n"
         )
         print(
             "| type | context | step ms | weight products (q k v o gate up down) | output head "

@@ -213,3 +213,25 @@ def test_arguments_the_c_code_cannot_take_are_refused(files) -> None:
         with pytest.raises(RuntimeError, match="decode block failed"):
             KERNEL.gguf_decode_block(spec, x.clone(), position, 2)
     assert torch.equal(block.attention.cache.keys, before)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_one_token_lookup_equals_the_dequantized_row(files, dtype) -> None:
+    """A decode step's embedding row comes from the C code: the same values as torch's
+    dequantization of that row (gguf-py's arithmetic), for each block type of the mixes."""
+    from engine.kernels.gguf_linear import GGUFEmbedding
+
+    for mix in MIXES:
+        embedding = _loaded(files[mix, 2], dtype).model.tok_embeddings
+        assert isinstance(embedding, GGUFEmbedding) and embedding.native is not None
+        kernel = embedding.native
+        for token in (0, 7, embedding.num_embeddings - 1):
+            ids = torch.tensor([token])
+            fast = embedding(ids)
+            embedding.native = None
+            slow = embedding(ids)
+            embedding.native = kernel
+            assert fast.dtype == slow.dtype == getattr(torch, dtype)
+            assert torch.equal(fast, slow), (mix, token)
+        with pytest.raises(IndexError):  # an id past the vocabulary: torch's own error
+            embedding(torch.tensor([embedding.num_embeddings]))

@@ -49,6 +49,7 @@ class LcBlock(ctypes.Structure):
         ("block", ctypes.c_long),
         ("eps", ctypes.c_float),
         ("interleaved", ctypes.c_int),
+        ("spent", ctypes.c_void_p),  # NULL or long long[3]: ns in products, attention, the rest
     ]
 
 
@@ -70,6 +71,9 @@ class CompiledGGUFBlock(TransformerBlock):
         # (the objects the description was made from, the description): checked by identity
         # first, at every step, so that a step costs no pointer reads while nothing changed
         self._prepared: tuple[tuple, LcBlock] | None = None
+        self.spent: ctypes.Array | None = None
+        """None, or three ctypes.c_longlong the C code adds nanoseconds to: products, attention
+        (rotary, cache, the loop), the rest (benchmarks/gguf.py's step profile)."""
 
     def plain(self) -> TransformerBlock:
         """The block with the readable forward only (the same submodules)."""
@@ -83,6 +87,7 @@ class CompiledGGUFBlock(TransformerBlock):
         spec = self._spec(x) if x.shape[0] == 1 and not self.attention.capture else None
         if spec is None:
             return super().forward(x, start_pos)
+        spec.spent = None if self.spent is None else ctypes.addressof(self.spent)
         h = x.contiguous().clone()
         kernel = self.kernel
         kernel.gguf_decode_block(spec, h, start_pos, kernel.threads or torch.get_num_threads())

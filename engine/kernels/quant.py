@@ -278,9 +278,9 @@ def use_native(model: torch.nn.Module) -> str | None:
 
 def _native_layers() -> tuple[type[nn.Module], ...]:
     """The layer types with a compiled one-row product (GGUF's are imported only when asked)."""
-    from engine.kernels.gguf_linear import GGUFLinear
+    from engine.kernels.gguf_linear import GGUFEmbedding, GGUFLinear
 
-    return (Int8Linear, Int4Linear, GGUFLinear)
+    return (Int8Linear, Int4Linear, GGUFLinear, GGUFEmbedding)
 
 
 def kernel_of(model: torch.nn.Module) -> NativeKernel | None:

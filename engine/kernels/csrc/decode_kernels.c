@@ -1558,6 +1558,8 @@ typedef struct {
     long dim, hidden, n_heads, n_kv_heads, head_dim, cache_len, block;
     float eps;
     int interleaved;            /* rotary pairs (2i, 2i + 1), else (i, i + head_dim / 2) */
+    long long* spent;           /* NULL, or nanoseconds added: [0] products, [1] attention (rotary,
+                                 * cache, the loop), [2] the rest (norms, SwiGLU, residuals) */
 } LcBlock;
 
 static struct {
@@ -1754,15 +1756,24 @@ int lc_gguf_decode_block(const LcBlock* b, void* h, long pos, int threads) {
     void* a = p;                    p += b->hidden * es;
     float* scratch = (float*)(((uintptr_t)p + 63) & ~(uintptr_t)63);
     int rc;
+    long long mark = b->spent ? now_ns() : 0;
+#define LC_SPENT(i)                                  \
+    if (b->spent) {                                  \
+        const long long t = now_ns();                \
+        b->spent[i] += t - mark;                     \
+        mark = t;                                    \
+    }
 
     /* attention: norm, q/k/v as one job, rotary, the cache, the loop, o */
     lc_rms_norm(h, b->attn_norm, xn, dt, 1, b->dim, b->eps);
+    LC_SPENT(2)
     {
         void* y[3] = {q, k, v};
         rc = gg_product(3, &b->qtype[W_Q], &b->w[W_Q], &b->row_bytes[W_Q], y, &out_of[W_Q], xn,
                         dt, dt, 1, b->dim, threads);
     }
     if (rc) goto done;
+    LC_SPENT(0)
     lc_rotary(q, q, dt, b->cos_table, b->sin_table, pos, 1, b->n_heads, d, b->interleaved);
     lc_rotary(k, k, dt, b->cos_table, b->sin_table, pos, 1, b->n_kv_heads, d, b->interleaved);
     for (long g = 0; g < b->n_kv_heads; g++) {
@@ -1779,30 +1790,38 @@ int lc_gguf_decode_block(const LcBlock* b, void* h, long pos, int threads) {
     attn.unit_floats = unit_floats;
     job = (Job){.kind = KIND_ATTENTION, .units = b->n_kv_heads, .n_parts = 0};
     run_job(threads);
+    LC_SPENT(1)
     {
         void* y[1] = {o};
         rc = gg_product(1, &b->qtype[W_O], &b->w[W_O], &b->row_bytes[W_O], y, &out_of[W_O], att,
                         dt, dt, 1, qdim, threads);
     }
     if (rc) goto done;
+    LC_SPENT(0)
     lc_add(h, o, dt, b->dim);
 
     /* feed-forward: norm, gate/up as one job, SwiGLU, down */
     lc_rms_norm(h, b->ffn_norm, xn, dt, 1, b->dim, b->eps);
+    LC_SPENT(2)
     {
         void* y[2] = {gate, up};
         rc = gg_product(2, &b->qtype[W_GATE], &b->w[W_GATE], &b->row_bytes[W_GATE], y,
                         &out_of[W_GATE], xn, dt, dt, 1, b->dim, threads);
     }
     if (rc) goto done;
+    LC_SPENT(0)
     lc_swiglu(gate, up, a, dt, b->hidden);
+    LC_SPENT(2)
     {
         void* y[1] = {o};
         rc = gg_product(1, &b->qtype[W_DOWN], &b->w[W_DOWN], &b->row_bytes[W_DOWN], y,
                         &out_of[W_DOWN], a, dt, dt, 1, b->hidden, threads);
     }
     if (rc) goto done;
+    LC_SPENT(0)
     lc_add(h, o, dt, b->dim);
+    LC_SPENT(2)
+#undef LC_SPENT
 done:
     pthread_mutex_unlock(&call_lock);
     return rc;
