@@ -12,6 +12,8 @@ weight llama.cpp's (4.5 for Q4_0/Q4_K, 8.5 for Q8_0, 6.6 for Q6_K).
   input), multiplies them by the blocks' integers exactly (maddubs, or vpdpbusd with AVX-512 VNNI)
   and applies each (sub-)block's scale in float32; each weight row is read once for 8 rows of x.
   Several layers that read one x (q, k, v; gate, up) go as one job (`fused_projection`).
+* A decode step of a whole block (engine/kernels/gguf_step.py) runs the same products from C,
+  with no Python between them.
 * More rows (a long prefill chunk): the weight is written out transposed in x's dtype a slice of
   rows at a time (`NativeKernel.gguf_weights`, exactly gguf-py's dequantized values, at most
   WRITE_OUT_BYTES at once), then one GEMM per slice.
