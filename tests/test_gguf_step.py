@@ -235,3 +235,28 @@ def test_one_token_lookup_equals_the_dequantized_row(files, dtype) -> None:
             assert torch.equal(fast, slow), (mix, token)
         with pytest.raises(IndexError):  # an id past the vocabulary: torch's own error
             embedding(torch.tensor([embedding.num_embeddings]))
+
+
+def test_a_new_cache_frees_the_old_one_and_gets_a_new_description(files) -> None:
+    """setup_cache frees the old cache before allocating the new one (a 7B context's worth of
+    memory); the compiled blocks must not keep it alive, and the next step must write into the new
+    cache, not the freed one."""
+    import gc
+    import weakref
+
+    loaded = _loaded(files["Q4_0", 2], "float32")
+    model = loaded.model
+    model.setup_cache(48)
+    with torch.inference_mode():
+        model(torch.tensor([1, 5, 9]), 0)
+        model(torch.tensor([12]), 3)  # a compiled step: the description now points at the cache
+    old = weakref.ref(model.layers[0].attention.cache)
+    model.setup_cache(96)
+    gc.collect()
+    assert old() is None
+    cache = model.layers[0].attention.cache
+    cache.keys.zero_()
+    with torch.inference_mode():
+        model(torch.tensor([12]), 70)
+    assert cache.max_seq_len == 96
+    assert bool(cache.keys[:, 70].abs().sum() > 0)  # written where the new cache is

@@ -15,6 +15,7 @@ projection a GGUFLinear on the compiled kernel; anything else goes to Transforme
 from __future__ import annotations
 
 import ctypes
+import weakref
 
 import torch
 from torch import nn
@@ -68,8 +69,10 @@ class CompiledGGUFBlock(TransformerBlock):
         self._linears = (
             attention.wq, attention.wk, attention.wv, attention.wo, ffn.w1, ffn.w3, ffn.w2,
         )  # fmt: skip
-        # (the objects the description was made from, the description): checked by identity
-        # first, at every step, so that a step costs no pointer reads while nothing changed
+        # (what the description was made from, the description): checked by identity at every
+        # step, so that a step costs no pointer reads while nothing changed. The cache and the
+        # rotary tables are held weakly: setup_cache frees the old cache before allocating the
+        # new one, and a reference here would keep both in memory at once.
         self._prepared: tuple[tuple, LcBlock] | None = None
         self.spent: ctypes.Array | None = None
         """None, or three ctypes.c_longlong the C code adds nanoseconds to: products, attention
@@ -104,10 +107,12 @@ class CompiledGGUFBlock(TransformerBlock):
         for layer in linears:
             if getattr(layer, "native", None) is not self.kernel:
                 return None  # not a GGUFLinear, or one switched to torch's product
-        made_from = (cache, rotary, attention.block_size, x.dtype, x.device)
+        settings = (attention.block_size, x.dtype, x.device)
         prepared = self._prepared
-        if prepared is not None and prepared[0] == made_from:
-            return prepared[1]
+        if prepared is not None:
+            (cache_ref, rotary_ref, *made_with), spec = prepared
+            if cache_ref() is cache and rotary_ref() is rotary and made_with == list(settings):
+                return spec
         if x.dtype not in X_DTYPES or x.device.type != "cpu" or cache is None or rotary is None:
             return None
         if not all(isinstance(layer, GGUFLinear) for layer in linears):
@@ -137,7 +142,7 @@ class CompiledGGUFBlock(TransformerBlock):
         spec.block = attention.block_size
         spec.eps = self.attention_norm.eps
         spec.interleaved = int(rotary.interleaved)
-        self._prepared = (made_from, spec)
+        self._prepared = ((weakref.ref(cache), weakref.ref(rotary), *settings), spec)
         return spec
 
 
