@@ -154,7 +154,7 @@ def test_layer_computes_like_f_linear_on_the_dequantized_weight(kernel, qtype, d
 
 
 def test_prefill_writes_the_weight_out_a_slice_of_rows_at_a_time(kernel, monkeypatch) -> None:
-    layer, weight = _layer(Q4_K, 100, 256, torch.float32)
+    layer, weight = _layer(Q6_K, 100, 256, torch.float32)
     layer.use_native(kernel)
     monkeypatch.setattr(gguf_linear, "GEMM_ROWS", 16)
     calls = []
@@ -197,7 +197,11 @@ def test_fused_projection_is_one_job_below_gemm_rows(kernel) -> None:
         assert outs is not None and outs[0].shape == (1, tokens, 64)
         assert torch.equal(outs[0], q(x)) and torch.equal(outs[1], v(x))
     many = torch.randn(1, gguf_linear.GEMM_ROWS, 256)
-    assert gguf_linear.fused_projection([q, v], many) is None
+    assert gguf_linear.fused_projection([q, v], many) is None  # Q6_K writes its weight out
+    k, _ = _layer(Q4_0, 32, 256, torch.float32)
+    k.use_native(kernel)
+    outs = gguf_linear.fused_projection([q, k], many)  # both tiled: one integer job, any rows
+    assert outs is not None and torch.equal(outs[1], k(many))
     v.use_native(None)
     assert gguf_linear.fused_projection([q, v], x) is None
 
@@ -218,6 +222,28 @@ def test_many_rows_equal_each_row_alone(kernel, qtype: int) -> None:
             for t in (0, 4, 7, 8, 15, 18):
                 assert torch.equal(got[t : t + 1], kernel.gguf_matvec(xs[t : t + 1], raw, qtype, 1))
             assert_within_rounding_bound(got, xs, weight, dtype, (NAMES[qtype], dtype, threads))
+
+
+@pytest.mark.parametrize(("qtype", "cols"), [(Q4_0, 416), (Q4_0, 2048), (Q4_K, 512)])
+def test_four_bit_tiles_give_each_row_what_one_row_gives(kernel, qtype: int, cols: int) -> None:
+    """From 8 rows of x the 4-bit products run in tiles of 8 weight rows (rows in the lanes):
+    every output equals the one-row product's bit for bit, with weight rows left over after the
+    tiles (133 = 16 tiles + 5), groups left over after the vector spans (416 inputs: 13 groups) and
+    both thread counts."""
+    raw = blocks(qtype, 133, cols, seed=5)
+    weight = reference(raw, qtype)
+    gen = torch.Generator().manual_seed(9)
+    for m in (8, 12, 33):
+        x = torch.randn(m, cols, generator=gen)
+        x[m // 2] *= 1e3
+        for dtype in (torch.float32, torch.bfloat16):
+            xs = x.to(dtype)
+            for threads in (1, 2):
+                got = kernel.gguf_matvec(xs, raw, qtype, threads)
+                for t in range(m):
+                    one = kernel.gguf_matvec(xs[t : t + 1], raw, qtype, 1)
+                    assert torch.equal(got[t : t + 1], one), (m, t, dtype, threads)
+                assert_within_rounding_bound(got, xs, weight, dtype, (NAMES[qtype], m, threads))
 
 
 @pytest.mark.parametrize("qtype", [Q4_0, Q8_0, Q4_K, Q6_K, 6], ids=lambda q: NAMES.get(q, "Q5_0"))

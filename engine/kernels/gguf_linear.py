@@ -6,11 +6,13 @@ int4/int8 layouts would cost a pass at every load, a second copy in memory and a
 reading the blocks as they are keeps the file mapped, the numbers the file's, and the bytes per
 weight llama.cpp's (4.5 for Q4_0/Q4_K, 8.5 for Q8_0, 6.6 for Q6_K).
 
-* Fewer than GEMM_ROWS rows (a decode step, a verify pass, a prefill chunk) on a CPU with the
-  compiled kernels: `NativeKernel.gguf_matvec`, which rounds x to 8-bit integers per 32 inputs
-  (llama.cpp's Q8_0 rule: scale max|x| / 127; error at most half a step, max|x_b| / 254, per
-  input), multiplies them by the blocks' integers exactly (maddubs, or vpdpbusd with AVX-512 VNNI)
-  and applies each (sub-)block's scale in float32; each weight row is read once for 8 rows of x.
+* Fewer than GEMM_ROWS rows (a decode step, a verify pass, a prefill chunk), or any number of
+  rows of Q4_0 and Q4_K weights (TILED_TYPES), on a CPU with the compiled kernels:
+  `NativeKernel.gguf_matvec`, which rounds x to 8-bit integers per 32 inputs (llama.cpp's Q8_0
+  rule: scale max|x| / 127; error at most half a step, max|x_b| / 254, per input), multiplies
+  them by the blocks' integers exactly (maddubs, or vpdpbusd with AVX-512 VNNI) and applies each
+  (sub-)block's scale in float32; each weight row is read once for 8 rows of x (Q4_0 and Q4_K:
+  8 weight rows are unpacked once for every row of x).
   Several layers that read one x (q, k, v; gate, up) go as one job (`fused_projection`).
 * A decode step of a whole block (engine/kernels/gguf_step.py) runs the same products from C,
   with no Python between them.
@@ -55,6 +57,20 @@ GEMM; below, the integer product takes all rows at once (x rounded once, each we
 for 8 rows of x). Measured on an AMD EPYC (Zen 3, AVX2, 2 threads, TinyLlama's 5632x2048, float32
 GEMM; ms integer / write-out + GEMM): 16 rows 2.7 / 42, 64 rows 12.6 / 52, 256 rows 51 / 76 (Q4_0;
 Q6_K 67 / 78), 512 rows 109 / 109 (Q4_0; Q6_K 123 / 102), 1024 rows 205 / 170 (Q6_K 256 / 167)."""
+TILED_TYPES = frozenset({2, 12})
+"""Q4_0 and Q4_K: from 8 rows of x their integer product runs in tiles of 8 weight rows with the
+rows in the lanes (decode_kernels.c, gg_tile_rows) and beat writing the weight out + a float32
+GEMM at every size measured (AMD EPYC Zen 3, 2 threads, ms integer / written out + GEMM; Q4_0
+5632x2048: 64 rows 7.9 / 52, 256 rows 30 / 69, 512 rows 58 / 105, 1024 rows 122 / 159; Q4_K
+512 rows 54 / 81, 1024 rows 123 / 151), so they never write their weights out."""
+
+
+def written_out(qtype: int, rows: int) -> bool:
+    """Whether `rows` rows of x meet a weight of this type on the compiled kernel through the
+    weight written out as floats and a GEMM (else the integer product)."""
+    return rows >= GEMM_ROWS and qtype not in TILED_TYPES
+
+
 WRITE_OUT_BYTES = 32 * 2**20
 """Most bytes of float weight written out (or dequantized) at once, as Int4Linear's prefill: the
 7B MLP weight is 90 MB in bfloat16, more than the 7B Q4_K_M peak-memory target can spare."""
@@ -136,7 +152,7 @@ class GGUFLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)  # [T, in]
         native = self.native
-        if native is not None and flat.shape[0] < GEMM_ROWS and not flat.is_cuda:
+        if native is not None and not written_out(self.qtype, flat.shape[0]) and not flat.is_cuda:
             out = native.gguf_matvec(flat, self.raw, self.qtype, native.threads or _threads())
         elif native is not None and not flat.is_cuda:
             out = self._written_out_product(native, flat)
@@ -181,15 +197,16 @@ class GGUFLinear(nn.Module):
 
 def fused_projection(layers: Sequence[nn.Module], x: torch.Tensor) -> list[torch.Tensor] | None:
     """x through several GGUFLinear layers that read it (q, k, v; gate, up) as one compiled job,
-    where it is fewer than GEMM_ROWS rows on the CPU and all of them run on one kernel; None
-    otherwise (the caller then runs them one by one). Why: the short k and v products then pay no
-    wake-up and no tail of their own, and x is rounded once."""
+    where all of them take x's rows on the integer product (`written_out`) on one kernel, on the
+    CPU; None otherwise (the caller then runs them one by one). Why: the short k and v products
+    then pay no wake-up and no tail of their own, and x is rounded once."""
     first = layers[0]
     if not isinstance(first, GGUFLinear) or first.native is None:
         return None
-    if x.shape[-1] != first.in_features or x.numel() >= GEMM_ROWS * first.in_features:
+    if x.shape[-1] != first.in_features or x.is_cuda:
         return None
-    if x.is_cuda:
+    rows = x.numel() // first.in_features
+    if any(written_out(layer.qtype, rows) for layer in layers if isinstance(layer, GGUFLinear)):
         return None
     for layer in layers[1:]:
         if not (
