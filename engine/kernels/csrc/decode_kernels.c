@@ -856,7 +856,8 @@ int lc_rotary(const void* x, void* y, int dtype, const float* cos_table, const f
  * blocks' integers exactly (AVX2: maddubs on unsigned nibbles, or on |w| with w's sign moved onto x,
  * then madd; AVX-512 VNNI: vpdpbusd, the same sums) and applies each block's (or sub-block's) float
  * scale in float32, eight groups at a time. Each weight row is unpacked once for up to GG_ROWS rows
- * of x (a verify pass, a prefill chunk), so it comes from memory once. Why 8 bits: a maddubs takes
+ * of x (a verify pass, a prefill chunk), so it comes from memory once; Q4_0 and Q4_K unpack 8
+ * weight rows at a time, rows in the lanes, for every row of x (gg_tile_rows). Why 8 bits: a maddubs takes
  * 32 weights where pmaddwd takes 16, which matters where the product is compute-bound (several
  * rows); a decode step streams weights at memory speed either way. Writing weights out
  * computes exactly what gguf-py's dequantize computes (float32, the same products in the same
