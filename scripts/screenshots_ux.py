@@ -103,6 +103,23 @@ def settle(ms: int = 150) -> None:
     loop.exec()
 
 
+def greedy_reply(window, prompt: str = PROMPT, tokens: int = 48):
+    """Send `prompt` with greedy sampling and the fixed seed; the finished reply's message."""
+    window.sampling.seed.setText(str(SEED))
+    window.sampling.temperature.setValue(0.0)
+    window.sampling.max_new_tokens.setValue(tokens)
+    window.input.setPlainText(prompt)
+    window.send(prompt)
+    wait_for(window.reply_finished)
+    return window.chat.messages[-1]
+
+
+def word_with_rivals(reply) -> int | None:
+    """The least likely of the reply's first 12 word steps (its top-k rows are worth seeing)."""
+    words = [i for i, s in enumerate(reply.steps) if s["text"].strip().isalpha()]
+    return min(words[:12], key=lambda i: reply.steps[i]["prob"]) if words else None
+
+
 def save(window, path: Path) -> None:
     """What the screen shows over `window` (under X), else the window rendered offscreen. Layout
     and painting are done first, so a shot taken inside a signal handler is up to date."""
@@ -376,18 +393,11 @@ def shoot_dock(model: str, theme: str, home: Path, out: Path) -> None:
     window = new_window(home / f"dock-{theme}", DOCK_SIZE, theme)
     window.start(None) if model == "builtin" else window.load_model(model)
     wait_for(window.model_ready)
-    window.sampling.seed.setText(str(SEED))
-    window.sampling.temperature.setValue(0.0)
-    window.sampling.max_new_tokens.setValue(48)
-    window.input.setPlainText(PROMPT)
-    window.send(PROMPT)
-    wait_for(window.reply_finished)
-    reply = window.chat.messages[-1]
+    reply = greedy_reply(window)
     reply.set_token_view(True)
     window.attention.action.setChecked(True)
     settle(200)
-    words = [i for i, s in enumerate(reply.steps) if s["text"].strip().isalpha()]
-    index = min(words[:12], key=lambda i: reply.steps[i]["prob"])  # a choice with rivals
+    index = word_with_rivals(reply)
     reply.token_clicked.emit(reply, index)  # the top-k panel describes it too
     window.attention.select(reply, index)
     wait_for(window.attention.shown)
@@ -441,20 +451,13 @@ def shoot_inside(model: str, home: Path, out: Path) -> None:
     else:
         window.load_model(model)
     wait_for(window.model_ready)
-    window.sampling.seed.setText(str(SEED))
-    window.sampling.temperature.setValue(0.0)
-    window.sampling.max_new_tokens.setValue(48)
-    question = 'What does "ephemeral" mean?'
-    window.input.setPlainText(question)
-    window.send(question)
-    wait_for(window.reply_finished)
+    reply = greedy_reply(window, 'What does "ephemeral" mean?')
     window.surprisal.action.setChecked(True)
     wait_for(window.surprisal.applied)
     settle(300)
     save(window, out / "screenshot-surprisal.png")
     window.surprisal.action.setChecked(False)
 
-    reply = window.chat.messages[-1]
     reply.set_token_view(True)
     window.attention.action.setChecked(True)
     settle(200)
@@ -602,17 +605,10 @@ def shoot_remote(home: Path, out: Path) -> None:
         chooser.close()
         window.load_model(remote_path(server.id, model))
         wait_for(window.model_ready)
-        window.sampling.seed.setText(str(SEED))
-        window.sampling.temperature.setValue(0.0)
-        window.sampling.max_new_tokens.setValue(48)
-        window.input.setPlainText(PROMPT)
-        window.send(PROMPT)
-        wait_for(window.reply_finished)
-        reply = window.chat.messages[-1]
+        reply = greedy_reply(window)
         reply.set_token_view(True)
-        words = [i for i, s in enumerate(reply.steps) if s["text"].strip().isalpha()]
-        if words:  # a word with rivals: its top-k rows are worth seeing
-            index = min(words[:12], key=lambda i: reply.steps[i]["prob"])
+        index = word_with_rivals(reply)
+        if index is not None:
             reply.token_clicked.emit(reply, index)
         settle(300)
         save(window, out / "screenshot-remote-chat.png")
@@ -681,17 +677,11 @@ def shoot_gguf(home: Path, out: Path) -> None:
     chooser.close()
     window.load_model(str(gguf))
     wait_for(window.model_ready)
-    window.sampling.seed.setText(str(SEED))
-    window.sampling.temperature.setValue(0.0)
-    window.sampling.max_new_tokens.setValue(48)
-    window.input.setPlainText(PROMPT)
-    window.send(PROMPT)
-    wait_for(window.reply_finished)
-    reply = window.chat.messages[-1]
+    reply = greedy_reply(window)
     reply.set_token_view(True)
-    words = [i for i, s in enumerate(reply.steps) if s["text"].strip().isalpha()]
-    if words:
-        reply.token_clicked.emit(reply, min(words[:12], key=lambda i: reply.steps[i]["prob"]))
+    index = word_with_rivals(reply)
+    if index is not None:
+        reply.token_clicked.emit(reply, index)
     settle(300)
     save(window, out / "screenshot-gguf-chat.png")
     window.close()

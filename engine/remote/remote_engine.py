@@ -374,29 +374,21 @@ class RemoteEngine:
         """Where each message's tokens sit in `ids`: its encoding after a space ('▁' first) or
         after a newline (no '▁': the first user turn after the system prompt), searched in
         order, as engine/text/token_spans.py does locally."""
-        from engine.text.token_spans import find_run
+        from engine.text.token_spans import spans_in_order
 
         if self.tokenizer is None:
             return [None] * len(contents)
         newline = self.tokenize("\n", bos=False)
-        spans: list[tuple[int, int] | None] = []
-        cursor = 0
-        for text in contents:
-            text = text.strip()
-            best: tuple[int, int] | None = None
-            if text:
-                plain = self.tokenize(text, bos=False)
-                after_newline = self.tokenize("\n" + text, bos=False)
-                if after_newline[: len(newline)] == newline:
-                    after_newline = after_newline[len(newline) :]
-                for needle in (plain, after_newline):
-                    at = find_run(ids, needle, cursor) if needle else -1
-                    if at >= 0 and (best is None or at < best[0]):
-                        best = (at, at + len(needle))
-            spans.append(best)
-            if best is not None:
-                cursor = best[1]
-        return spans
+
+        def candidates(text: str) -> list[list[int]]:
+            if not text:
+                return []
+            after_newline = self.tokenize("\n" + text, bos=False)
+            if after_newline[: len(newline)] == newline:
+                after_newline = after_newline[len(newline) :]
+            return [self.tokenize(text, bos=False), after_newline]
+
+        return spans_in_order(ids, [candidates(text.strip()) for text in contents])
 
     def outside_vocabulary(self, ids: Sequence[int]) -> int | None:
         """The first id this engine did not get from this server (its tokenizer or its

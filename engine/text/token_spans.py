@@ -29,11 +29,20 @@ def message_spans(
     tokenizer: Tokenizer, ids: Sequence[int], contents: Sequence[str]
 ) -> list[tuple[int, int] | None]:
     """[start, end) of each message's tokens in `ids`, searched in order; None if not found."""
+    return spans_in_order(ids, [encodings(tokenizer, text.strip()) for text in contents])
+
+
+def spans_in_order(
+    ids: Sequence[int], candidates: Sequence[Sequence[Sequence[int]]]
+) -> list[tuple[int, int] | None]:
+    """For each message in turn, the earliest of its candidate encodings found in `ids` after the
+    previous message's span: [start, end), or None (then the search goes on from the same place).
+    Shared by the local tokenizer and a remote server's (engine/remote)."""
     spans: list[tuple[int, int] | None] = []
     cursor = 0
-    for text in contents:
+    for needles in candidates:
         best: tuple[int, int] | None = None
-        for needle in encodings(tokenizer, text.strip()):
+        for needle in needles:
             at = find_run(ids, needle, cursor)
             if at >= 0 and (best is None or at < best[0]):
                 best = (at, at + len(needle))
