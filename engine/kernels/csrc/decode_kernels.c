@@ -1115,13 +1115,17 @@ static int gg_quantize_x(const void* x, int x_dtype, long m, long k) {
     int32_t* gsum = (int32_t*)(xs + m * groups);
     int16_t* gsum16 = (int16_t*)(gsum + m * groups);
     int8_t* paired = (int8_t*)(gsum16 + m * 2 * groups);
+    int pairs = 0; /* only the Q4_0 product reads the paired copy, and only in the vector builds */
+#if defined(__AVX2__)
+    for (int i = 0; i < job.n_parts; i++) pairs |= job.parts[i].qtype == GG_Q4_0;
+#endif
     const size_t width = x_dtype == DT_BF16 ? 2 : 4;
     for (long t = 0; t < m; t++) {
         gg_quantize_row((const char*)x + (size_t)t * k * width, x_dtype, k, xq + t * k,
                         xs + t * groups, gsum + t * groups, gsum16 + t * 2 * groups);
-        gg_pair_blocks(xq + t * k, k, paired + t * k);
+        if (pairs) gg_pair_blocks(xq + t * k, k, paired + t * k);
     }
-    job.xq8p = paired;
+    job.xq8p = pairs ? paired : xq; /* not read without a Q4_0 part */
     job.xq8 = xq;
     job.gscale = xs;
     job.gsum = gsum;
